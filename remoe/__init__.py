@@ -1,0 +1,23 @@
+"""Remoe: serve Mixture-of-Experts models cheaply.
+
+`from remoe import LocalEngine` runs a whole model in one process. Heavy imports (torch, transformers)
+happen on first use, so light modules (the function server, the CLI's --help) start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+__all__ = ["LocalEngine", "GenerationResult"]
+
+if TYPE_CHECKING:
+    from remoe.model.engine import GenerationResult, LocalEngine
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from remoe.model import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'remoe' has no attribute {name!r}")

@@ -1,0 +1,154 @@
+"""The `remoe` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from remoe.errors import RemoeError
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from remoe.model.tiny import TinySpec, make_tiny_model
+
+    spec = TinySpec(
+        arch=args.arch,
+        layers=args.layers,
+        experts=args.experts,
+        top_k=args.top_k,
+        hidden=args.hidden,
+        vocab=args.vocab,
+        seed=args.seed,
+    )
+    out = make_tiny_model(spec, args.out, layout=args.layout)
+    print(f"wrote {spec.arch} tiny model ({args.layout} layout) to {out}")
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from remoe.model.split import split_checkpoint
+
+    manifest = split_checkpoint(args.checkpoint, args.out, progress=not args.quiet)
+    print(
+        f"split {manifest.architecture} into {args.out}: backbone {manifest.backbone_bytes} bytes, "
+        f"{len(manifest.layers)} MoE layers x {manifest.num_experts} experts ({manifest.experts_bytes} bytes)"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from remoe.model.split import describe
+    from remoe.model.weights import open_weights
+
+    print(describe(open_weights(args.model)))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from remoe.model.engine import LocalEngine
+
+    engine = LocalEngine(args.model, device=args.device, expert_budget_bytes=args.expert_budget)
+    token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
+    prompt = None if token_ids is not None else args.prompt
+    if prompt is None and token_ids is None:
+        raise RemoeError("give a prompt or --token-ids")
+    result = engine.generate(
+        token_ids=token_ids,
+        prompt=prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "token_ids": result.token_ids,
+                    "text": result.text,
+                    "finish_reason": result.finish_reason,
+                    "ttft_s": result.ttft_s,
+                    "tpot_s": result.tpot_s,
+                    "expert_cache": engine.executor.stats.as_dict(),
+                    "activations": result.activations.to_dict(),
+                }
+            )
+        )
+    else:
+        print(result.text)
+        print(
+            f"[{len(result.token_ids)} tokens, finish={result.finish_reason}, TTFT {result.ttft_s * 1e3:.1f} ms, "
+            f"TPOT {result.tpot_s * 1e3:.1f} ms]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from remoe.model.tiny import SUPPORTED_ARCHS
+
+    parser = argparse.ArgumentParser(
+        prog="remoe",
+        description="Remoe: serve Mixture-of-Experts models with a GPU backbone, CPU experts and serverless functions.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tiny-model", help="write a seeded random-init MoE checkpoint with a real tokenizer")
+    p.add_argument("--arch", required=True, choices=SUPPORTED_ARCHS, help="transformers model_type")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
+    p.add_argument("--experts", type=int, default=8, help="routed experts per MoE layer (default 8)")
+    p.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size, a multiple of 16 (default 64)")
+    p.add_argument("--vocab", type=int, default=512, help="BPE vocabulary size (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
+    p.add_argument(
+        "--layout",
+        choices=["per-expert", "fused"],
+        default="per-expert",
+        help="on-disk expert layout: per-expert keys as hub checkpoints use (default) or fused [E, ...] tensors",
+    )
+    p.set_defaults(func=_cmd_tiny_model)
+
+    p = sub.add_parser("split", help="split a checkpoint into backbone, per-layer expert shards and manifest.json")
+    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json + *.safetensors)")
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("inspect", help="describe a checkpoint or split directory: layers, experts, sizes")
+    p.add_argument("model", help="checkpoint or split directory")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("generate", help="generate text")
+    p.add_argument("prompt", nargs="?", help="prompt text (needs tokenizer files in the model directory)")
+    p.add_argument("--model", required=True, help="checkpoint or split directory; runs in this process")
+    p.add_argument("--token-ids", help="comma-separated prompt token ids instead of text")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--device", default=None, help="backbone device (default: cuda if available, else cpu)")
+    p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts kept loaded (default: all)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (RemoeError, ValueError) as e:
+        print(f"remoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""ExpertExecutor: what the backbone hands each MoE layer's routed tokens to.
+
+T = tokens, K = top-k, H = hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+import torch
+
+from remoe.errors import RemoeError
+from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
+from remoe.experts.modules import DEFAULT_IMPLEMENTATION, ExpertModuleFactory, run_expert
+from remoe.model.weights import ModelWeights
+
+
+class ExpertExecutor(Protocol):
+    def compute(
+        self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """hidden_states [T, H], top_k_index [T, K], top_k_weights [T, K] -> weighted expert sum [T, H]."""
+        ...
+
+
+class ExpertNotHostedError(RemoeError):
+    """Tokens were routed to an executor that does not host their expert."""
+
+
+class LocalExpertExecutor:
+    """Hosts a subset of experts in this process, loading each on first use and evicting by LRU."""
+
+    def __init__(
+        self,
+        weights: ModelWeights,
+        hosted: Iterable[ExpertId] | None = None,
+        budget_bytes: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        implementation: str = DEFAULT_IMPLEMENTATION,
+    ) -> None:
+        self.weights = weights
+        self.dtype = dtype
+        self.device = torch.device(device)
+        arch = weights.arch
+        self.hosted: frozenset[ExpertId] = frozenset(
+            hosted if hosted is not None else ((m.layer, e) for m in arch.moe_layers for e in range(m.num_experts))
+        )
+        self._factories = {
+            m.layer: ExpertModuleFactory(arch.experts_module(m.layer), implementation) for m in arch.moe_layers
+        }
+        self.cache: ExpertCache[torch.nn.Module] = ExpertCache(self._load, budget_bytes)
+
+    @property
+    def stats(self) -> CacheStats:
+        return self.cache.stats
+
+    def _load(self, expert: ExpertId) -> tuple[torch.nn.Module, int]:
+        layer, index = expert
+        tensors = {
+            name: t.to(device=self.device, dtype=self.dtype).contiguous()
+            for name, t in self.weights.read_expert(layer, index).items()
+        }
+        nbytes = sum(t.nbytes for t in tensors.values())
+        return self._factories[layer].build(tensors), nbytes
+
+    @torch.inference_mode()
+    def compute(
+        self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        out_device, out_dtype = hidden_states.device, hidden_states.dtype
+        hidden = hidden_states.to(self.device, self.dtype)  # [T, H]
+        index = top_k_index.to(self.device)  # [T, K]
+        weights = top_k_weights.to(self.device, self.dtype)  # [T, K]
+        out = torch.zeros_like(hidden)  # [T, H]
+        for expert in torch.unique(index).tolist():
+            if (layer, expert) not in self.hosted:
+                raise ExpertNotHostedError(f"layer {layer} expert {expert} is not hosted by this executor")
+            module = self.cache.get((layer, expert))
+            rows, slots = torch.where(index == expert)  # [N], [N]
+            out.index_add_(0, rows, run_expert(module, hidden[rows], weights[rows, slots]))
+        return out.to(out_device, out_dtype)

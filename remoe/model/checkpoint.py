@@ -1,0 +1,174 @@
+"""Open a Hugging Face checkpoint directory: config.json plus one or more safetensors files.
+
+Only headers are read here; tensors are read on demand, one key (or one slice of a key) at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, PretrainedConfig
+
+from remoe.errors import CheckpointError, MissingWeightError
+
+INDEX_FILE = "model.safetensors.index.json"
+# safetensors stores an 8-byte little-endian header length, then the JSON header, then the data.
+_HEADER_LEN_BYTES = 8
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """Parse a safetensors header without touching tensor data; raise CheckpointError naming the file."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            raw_len = f.read(_HEADER_LEN_BYTES)
+            if len(raw_len) != _HEADER_LEN_BYTES:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > min(_MAX_HEADER_BYTES, size - _HEADER_LEN_BYTES):
+                raise CheckpointError(f"{path}: corrupt safetensors header (claims {header_len} bytes)")
+            header = json.loads(f.read(header_len))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
+    data_bytes = size - _HEADER_LEN_BYTES - header_len
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if not (0 <= begin <= end <= data_bytes):
+            raise CheckpointError(f"{path}: tensor {key!r} lies outside the file (truncated or corrupt)")
+    return header
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    file: Path
+    dtype: str  # safetensors dtype name, e.g. "F32", "BF16"
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint directory with an index from tensor key to where and what it is."""
+
+    path: Path
+    config: PretrainedConfig
+    tensors: dict[str, TensorInfo]
+    _handles: dict[Path, object] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Checkpoint:
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: checkpoint directory not found")
+        config = load_config(path)
+        return cls(path=path, config=config, tensors=_index_tensors(path))
+
+    @classmethod
+    def from_files(cls, path: Path, config: PretrainedConfig, files: list[Path]) -> Checkpoint:
+        """A checkpoint made of named files (a `remoe split` directory); keys must be unique across them."""
+        tensors: dict[str, TensorInfo] = {}
+        for file in files:
+            if not file.is_file():
+                raise CheckpointError(f"{file}: missing")
+            tensors.update(_file_tensors(file))
+        return cls(path=path, config=config, tensors=tensors)
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({t.file for t in self.tensors.values()})
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def info(self, key: str) -> TensorInfo:
+        try:
+            return self.tensors[key]
+        except KeyError:
+            raise MissingWeightError(f"{self.path}: tensor {key!r} is not in any safetensors file") from None
+
+    def file_of(self, key: str) -> Path:
+        return self.info(key).file
+
+    def _handle(self, file: Path):
+        handle = self._handles.get(file)
+        if handle is None:
+            try:
+                handle = safe_open(str(file), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{file}: cannot open as safetensors ({e})") from e
+            self._handles[file] = handle
+        return handle
+
+    def read(self, key: str) -> torch.Tensor:
+        file = self.file_of(key)
+        try:
+            return self._handle(file).get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from e
+
+    def read_row(self, key: str, index: int) -> torch.Tensor:
+        """Read `tensor[index]` only: one expert of a fused [E, ...] tensor, without the others' bytes."""
+        file = self.file_of(key)
+        try:
+            return self._handle(file).get_slice(key)[index]
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: cannot read {key!r}[{index}] ({e})") from e
+
+
+def load_config(path: Path) -> PretrainedConfig:
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: config.json not found (is this a Hugging Face checkpoint directory?)")
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, KeyError, OSError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: cannot load the model config ({e})") from e
+
+
+def _file_tensors(file: Path) -> dict[str, TensorInfo]:
+    out = {}
+    for key, info in read_safetensors_header(file).items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        out[key] = TensorInfo(file, info["dtype"], tuple(info["shape"]), end - begin)
+    return out
+
+
+def _index_tensors(path: Path) -> dict[str, TensorInfo]:
+    index_path = path / INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index_path}: corrupt index ({e})") from e
+        files = sorted(set(weight_map.values()))
+        for name in files:
+            if not (path / name).is_file():
+                raise CheckpointError(f"{index_path}: names shard {name!r}, which is missing from {path}")
+        tensors: dict[str, TensorInfo] = {}
+        for name in files:
+            tensors.update(_file_tensors(path / name))
+        for key, name in weight_map.items():
+            if key not in tensors or tensors[key].file != path / name:
+                raise CheckpointError(f"{index_path}: tensor {key!r} is not in {name} as the index says")
+        return tensors
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files (only safetensors checkpoints are supported)")
+    tensors = {}
+    for file in files:
+        for key, info in _file_tensors(file).items():
+            if key in tensors:
+                raise CheckpointError(f"{path}: tensor {key!r} is in both {tensors[key].file.name} and {file.name}")
+            tensors[key] = info
+    return tensors

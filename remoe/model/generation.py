@@ -1,0 +1,62 @@
+"""Plain prefill / decode functions over a transformers causal LM with a DynamicCache.
+
+V = vocab size, T = prompt tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_on_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    return DynamicCache(config=model.config)
+
+
+def forward_logits(
+    model: PreTrainedModel, token_ids: list[int], cache: DynamicCache, all_positions: bool = False
+) -> torch.Tensor:
+    """Run `token_ids` after what `cache` holds; logits of the last position [V] (or of all, [T, V])."""
+    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    input_ids = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, T]
+    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_positions else 1)
+    return out.logits[0] if all_positions else out.logits[0, -1]
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick the next token from logits [V]: argmax when greedy, else temperature + nucleus sampling."""
+    if params.temperature == 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # [V]
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def make_generator(seed: int | None) -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator

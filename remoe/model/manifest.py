@@ -1,0 +1,71 @@
+"""`manifest.json` of a split model directory: what the scheduler's cost model and the expert hosts read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from remoe.errors import CheckpointError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "remoe-split/1"
+
+
+@dataclass(slots=True)
+class LayerExperts:
+    layer: int  # decoder layer index
+    file: str  # relative to the split directory; keys are "{expert}.{param}"
+    expert_bytes: list[int]  # exact tensor-data bytes of each expert
+
+
+@dataclass(slots=True)
+class Manifest:
+    architecture: str  # e.g. "MixtralForCausalLM"
+    model_type: str
+    num_hidden_layers: int
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    dtype: str  # dtype of the stored expert weights, e.g. "float32"
+    backbone_file: str
+    backbone_bytes: int  # exact tensor-data bytes of the backbone (tied weights once)
+    kv_cache_bytes_per_token: int
+    layers: list[LayerExperts] = field(default_factory=list)
+    format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise CheckpointError(f"manifest format {self.format!r} is not {FORMAT!r}")
+        for entry in self.layers:
+            if len(entry.expert_bytes) != self.num_experts:
+                raise CheckpointError(f"manifest: layer {entry.layer} lists {len(entry.expert_bytes)} experts")
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [entry.layer for entry in self.layers]
+
+    @property
+    def experts_bytes(self) -> int:
+        return sum(sum(entry.expert_bytes) for entry in self.layers)
+
+    def layer(self, layer: int) -> LayerExperts:
+        for entry in self.layers:
+            if entry.layer == layer:
+                return entry
+        raise KeyError(f"layer {layer} has no routed experts (MoE layers: {self.moe_layers})")
+
+    def save(self, directory: Path) -> None:
+        (directory / MANIFEST_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST_FILE
+        try:
+            raw = json.loads(path.read_text())
+            raw["layers"] = [LayerExperts(**entry) for entry in raw["layers"]]
+            return cls(**raw)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: not found (is {directory} a `remoe split` output?)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: corrupt manifest ({e})") from e

@@ -1,0 +1,115 @@
+"""`remoe split`: a checkpoint into backbone weights, per-layer expert shards and a manifest.
+
+Layout of the output directory:
+  config.json, generation_config.json, tokenizer files   copied unchanged
+  backbone.safetensors        everything but routed experts, under the model's parameter names
+  experts/layer_NNN.safetensors   one file per MoE layer; key "layers.L.experts.E.PARAM" = one expert's
+                                  tensor in the experts module's layout, readable alone
+  manifest.json               sizes the scheduler's cost model reads (exact tensor-data bytes)
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from remoe.errors import CheckpointError
+from remoe.model.architecture import kv_cache_bytes_per_token
+from remoe.model.manifest import MANIFEST_FILE, LayerExperts, Manifest
+from remoe.model.weights import ModelWeights, open_weights, split_expert_key
+
+BACKBONE_FILE = "backbone.safetensors"
+_COPIED = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+
+
+def layer_file(layer: int) -> str:
+    return f"experts/layer_{layer:03d}.safetensors"
+
+
+def split_checkpoint(src: str | Path, out: str | Path, progress: bool = True) -> Manifest:
+    """Write the split into `out` (created; must not exist or be empty). Written to a side directory first
+    and renamed at the end, so an interrupted split never leaves a half-written `out` behind."""
+    src, out = Path(src), Path(out)
+    if (src / MANIFEST_FILE).is_file():
+        raise CheckpointError(f"{src}: already a split directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: output exists and is not an empty directory")
+    weights = open_weights(src)
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "experts").mkdir(parents=True)
+    try:
+        manifest = _write_split(weights, src, work, progress)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    work.rename(out)
+    return manifest
+
+
+def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool) -> Manifest:
+    for name in _COPIED:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+
+    arch = weights.arch
+    steps = 1 + len(arch.moe_layers)
+    with tqdm(total=steps, desc="split", unit="file", disable=not progress) as bar:
+        backbone = {name: t.contiguous() for name, t in weights.backbone_tensors()}
+        save_file(backbone, str(out / BACKBONE_FILE), metadata={"format": "pt"})
+        backbone_bytes = sum(t.nbytes for t in backbone.values())
+        del backbone
+        bar.update()
+        layers, dtype = [], None
+        for moe in arch.moe_layers:
+            tensors: dict[str, torch.Tensor] = {}
+            expert_bytes = []
+            for e in range(moe.num_experts):
+                expert = weights.read_expert(moe.layer, e)
+                expert_bytes.append(sum(t.nbytes for t in expert.values()))
+                for param, t in expert.items():
+                    tensors[split_expert_key(moe.layer, e, param)] = t.contiguous()
+                    dtype = t.dtype
+            save_file(tensors, str(out / layer_file(moe.layer)), metadata={"format": "pt"})
+            layers.append(LayerExperts(moe.layer, layer_file(moe.layer), expert_bytes))
+            bar.update()
+
+    manifest = Manifest(
+        architecture=type(arch.skeleton).__name__,
+        model_type=arch.model_type,
+        num_hidden_layers=int(weights.config.num_hidden_layers),
+        num_experts=arch.num_experts,
+        top_k=arch.top_k,
+        hidden_size=arch.hidden_size,
+        dtype=str(dtype).removeprefix("torch."),
+        backbone_file=BACKBONE_FILE,
+        backbone_bytes=backbone_bytes,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(weights.config, dtype),
+        layers=layers,
+    )
+    manifest.save(out)
+    return manifest
+
+
+def describe(weights: ModelWeights) -> str:
+    arch = weights.arch
+    expert_bytes = sum(weights.expert_nbytes(m.layer, e) for m in arch.moe_layers for e in range(m.num_experts))
+    return (
+        f"{type(arch.skeleton).__name__}: {len(arch.moe_layers)} MoE layers x {arch.num_experts} experts, "
+        f"top-{arch.top_k}, hidden {arch.hidden_size}; backbone {weights.backbone_nbytes() / 2**20:.1f} MiB, "
+        f"routed experts {expert_bytes / 2**20:.1f} MiB"
+    )

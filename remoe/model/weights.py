@@ -1,0 +1,123 @@
+"""Where a model's weights come from: an original Hugging Face checkpoint or a `remoe split` directory.
+
+Both give the same two things: backbone tensors under the model's own parameter names, and one expert's
+tensors (in the experts module's in-memory layout, without the E dim) read on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig
+
+from remoe.model.architecture import Architecture
+from remoe.model.checkpoint import Checkpoint, load_config
+from remoe.model.manifest import MANIFEST_FILE, Manifest
+from remoe.model.weight_map import WeightMap, build_weight_map
+
+
+def split_expert_key(layer: int, expert: int, param: str) -> str:
+    return f"layers.{layer}.experts.{expert}.{param}"
+
+
+class ModelWeights:
+    """Common interface; see CheckpointWeights and SplitWeights."""
+
+    path: Path
+    config: PretrainedConfig
+    arch: Architecture  # float32 meta skeleton, for names and shapes only
+    ckpt: Checkpoint
+
+    def backbone_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def backbone_key(self, name: str) -> str:
+        raise NotImplementedError
+
+    def read_backbone(self, name: str) -> torch.Tensor:
+        return self.ckpt.read(self.backbone_key(name))
+
+    def backbone_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.backbone_names():
+            yield name, self.read_backbone(name)
+
+    def backbone_nbytes(self) -> int:
+        return sum(self.ckpt.info(self.backbone_key(n)).nbytes for n in self.backbone_names())
+
+    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def expert_nbytes(self, layer: int, expert: int) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class CheckpointWeights(ModelWeights):
+    path: Path
+    config: PretrainedConfig
+    arch: Architecture
+    ckpt: Checkpoint
+    wmap: WeightMap
+
+    @classmethod
+    def open(cls, path: str | Path) -> CheckpointWeights:
+        ckpt = Checkpoint.open(path)
+        arch = Architecture.from_config(ckpt.config)
+        return cls(Path(path), ckpt.config, arch, ckpt, build_weight_map(ckpt, arch))
+
+    def backbone_names(self) -> list[str]:
+        return list(self.wmap.backbone)
+
+    def backbone_key(self, name: str) -> str:
+        return self.wmap.backbone[name]
+
+    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
+        moe = self.arch.moe_layer(layer)
+        return {p: self.wmap.experts[(layer, p)].read(self.ckpt, expert) for p in moe.param_shapes}
+
+    def expert_nbytes(self, layer: int, expert: int) -> int:
+        moe = self.arch.moe_layer(layer)
+        return sum(self.wmap.experts[(layer, p)].nbytes(self.ckpt, expert) for p in moe.param_shapes)
+
+
+@dataclass
+class SplitWeights(ModelWeights):
+    path: Path
+    config: PretrainedConfig
+    arch: Architecture
+    ckpt: Checkpoint
+    manifest: Manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> SplitWeights:
+        path = Path(path)
+        manifest = Manifest.load(path)
+        config = load_config(path)
+        files = [path / manifest.backbone_file] + [path / entry.file for entry in manifest.layers]
+        ckpt = Checkpoint.from_files(path, config, files)
+        return cls(path, config, Architecture.from_config(config), ckpt, manifest)
+
+    def backbone_names(self) -> list[str]:
+        backbone = self.path / self.manifest.backbone_file
+        return [k for k, info in self.ckpt.tensors.items() if info.file == backbone]
+
+    def backbone_key(self, name: str) -> str:
+        return name
+
+    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
+        moe = self.arch.moe_layer(layer)
+        return {p: self.ckpt.read(split_expert_key(layer, expert, p)) for p in moe.param_shapes}
+
+    def expert_nbytes(self, layer: int, expert: int) -> int:
+        return self.manifest.layer(layer).expert_bytes[expert]
+
+
+def open_weights(path: str | Path) -> ModelWeights:
+    """Open a split directory (has manifest.json) or an original Hugging Face checkpoint."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return SplitWeights.open(path)
+    return CheckpointWeights.open(path)

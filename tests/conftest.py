@@ -1,0 +1,64 @@
+"""Shared fixtures: seeded tiny checkpoints, made once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from remoe.model.tiny import TinySpec, make_tiny_model
+
+# One tiny spec per architecture; top-k varies so partial sums of 2, 3 and 4 experts are all exercised.
+ARCH_SPECS: dict[str, TinySpec] = {
+    "mixtral": TinySpec("mixtral", layers=3, experts=8, top_k=2),
+    "qwen2_moe": TinySpec("qwen2_moe", layers=3, experts=8, top_k=4),
+    "qwen3_moe": TinySpec("qwen3_moe", layers=3, experts=8, top_k=2),
+    "olmoe": TinySpec("olmoe", layers=3, experts=8, top_k=3),
+    "deepseek_v2": TinySpec("deepseek_v2", layers=3, experts=8, top_k=3),
+    "gpt_oss": TinySpec("gpt_oss", layers=3, experts=8, top_k=2),
+}
+ARCHS = list(ARCH_SPECS)
+LAYOUTS = ["per-expert", "fused"]
+PROMPT = "The quick brown fox explains how a hash table works"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Callable[..., Path]:
+    """tiny_model(arch, layout="per-expert") -> checkpoint directory (made once per session)."""
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(arch: str, layout: str = "per-expert") -> Path:
+        if (arch, layout) not in made:
+            out = tmp_path_factory.mktemp(f"{arch}-{layout}")
+            made[(arch, layout)] = make_tiny_model(ARCH_SPECS[arch], out, layout=layout)
+        return made[(arch, layout)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model) -> Callable[..., AutoModelForCausalLM]:
+    """reference(arch) -> transformers' own model for the arch's per-expert checkpoint, float32, eval."""
+    loaded: dict[str, AutoModelForCausalLM] = {}
+
+    def get(arch: str) -> AutoModelForCausalLM:
+        if arch not in loaded:
+            model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), dtype=torch.float32)
+            loaded[arch] = model.eval()
+        return loaded[arch]
+
+    return get
+
+
+def reference_generate(model, token_ids: list[int], max_new_tokens: int = 32) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([token_ids]), max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, len(token_ids) :].tolist()
+
+
+def reference_logits(model, token_ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([token_ids])).logits[0].float()
