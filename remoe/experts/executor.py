@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from remoe.errors import RemoeError
+from remoe.errors import CheckpointError, RemoeError
 from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
 from remoe.experts.modules import DEFAULT_IMPLEMENTATION, ExpertModuleFactory, run_expert
 from remoe.model.weights import ModelWeights
@@ -58,10 +58,15 @@ class LocalExpertExecutor:
 
     def _load(self, expert: ExpertId) -> tuple[torch.nn.Module, int]:
         layer, index = expert
-        tensors = {
-            name: t.to(device=self.device, dtype=self.dtype).contiguous()
-            for name, t in self.weights.read_expert(layer, index).items()
-        }
+        shapes = self.weights.arch.moe_layer(layer).param_shapes
+        tensors = {}
+        for name, t in self.weights.read_expert(layer, index).items():
+            if tuple(t.shape) != shapes[name]:
+                raise CheckpointError(
+                    f"{self.weights.path}: layer {layer} expert {index} {name} has shape {tuple(t.shape)}, "
+                    f"the config implies {shapes[name]}"
+                )
+            tensors[name] = t.to(device=self.device, dtype=self.dtype).contiguous()
         nbytes = sum(t.nbytes for t in tensors.values())
         return self._factories[layer].build(tensors), nbytes
 

@@ -126,8 +126,8 @@ def kv_cache_bytes_per_token(config: PretrainedConfig, dtype: torch.dtype) -> in
     """Bytes of KV cache one token adds across all layers (full-attention growth; sliding layers cap later)."""
     heads = int(config.num_attention_heads)
     if getattr(config, "kv_lora_rank", None):
-        # MLA as transformers runs it caches decompressed keys [heads, nope+rope] and values [heads, v_head_dim].
-        per_layer = heads * (config.qk_nope_head_dim + config.qk_rope_head_dim) + heads * config.v_head_dim
+        # MLA as transformers 5 runs it caches the compressed latent [kv_lora_rank] plus the shared rope key.
+        per_layer = config.kv_lora_rank + config.qk_rope_head_dim
     else:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads

@@ -34,6 +34,11 @@ _COPIED = (
 )
 
 
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)  # safetensors writes 0600; expert hosts may run as another user
+
+
 def layer_file(layer: int) -> str:
     return f"experts/layer_{layer:03d}.safetensors"
 
@@ -70,7 +75,7 @@ def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool) ->
     steps = 1 + len(arch.moe_layers)
     with tqdm(total=steps, desc="split", unit="file", disable=not progress) as bar:
         backbone = {name: t.contiguous() for name, t in weights.backbone_tensors()}
-        save_file(backbone, str(out / BACKBONE_FILE), metadata={"format": "pt"})
+        _save(backbone, out / BACKBONE_FILE)
         backbone_bytes = sum(t.nbytes for t in backbone.values())
         del backbone
         bar.update()
@@ -84,7 +89,7 @@ def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool) ->
                 for param, t in expert.items():
                     tensors[split_expert_key(moe.layer, e, param)] = t.contiguous()
                     dtype = t.dtype
-            save_file(tensors, str(out / layer_file(moe.layer)), metadata={"format": "pt"})
+            _save(tensors, out / layer_file(moe.layer))
             layers.append(LayerExperts(moe.layer, layer_file(moe.layer), expert_bytes))
             bar.update()
 
