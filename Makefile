@@ -11,7 +11,7 @@ help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
 	@echo "make test          install if needed, then run the whole test suite"
 	@echo "make lint          ruff check + format check"
-	@echo "make demo          make a tiny model, split it, and generate text from it"
+	@echo "make demo          make a tiny model, split it, generate from it, verify it against transformers"
 	@echo "make bench-engine  LocalEngine vs transformers generate, tokens/s"
 
 install: $(STAMP)
@@ -36,7 +36,10 @@ demo: $(STAMP)
 	$(BIN)/remoe tiny-model --arch mixtral --layers 4 --experts 8 --out $(DEMO_DIR)/mixtral
 	$(BIN)/remoe split $(DEMO_DIR)/mixtral --out $(DEMO_DIR)/mixtral-split
 	$(BIN)/remoe inspect $(DEMO_DIR)/mixtral-split
+	@echo "--- generate (random weights: the text is noise; what matters is that it is transformers' text)"
 	$(BIN)/remoe generate --model $(DEMO_DIR)/mixtral-split --max-new-tokens 24 "The quick brown fox"
+	@echo "--- verify: the split under a 2-expert budget against transformers' own generate"
+	$(BIN)/remoe verify $(DEMO_DIR)/mixtral --split $(DEMO_DIR)/mixtral-split --expert-budget 200000
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine.py

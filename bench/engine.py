@@ -67,7 +67,14 @@ def bench_model(name: str, spec: TinySpec, workdir: Path, new_tokens: int, repea
     hf_rate, hf_out = _best_tok_s(hf, new_tokens, repeats)
     remoe_rate, remoe_out = _best_tok_s(remoe, new_tokens, repeats)
     params = sum(p.numel() for p in ref.parameters()) / 1e6
-    return Row(name, round(params, 1), round(hf_rate, 1), round(remoe_rate, 1), round(remoe_rate / hf_rate, 3), hf_out == remoe_out)
+    return Row(
+        name,
+        round(params, 1),
+        round(hf_rate, 1),
+        round(remoe_rate, 1),
+        round(remoe_rate / hf_rate, 3),
+        hf_out == remoe_out,
+    )
 
 
 def main() -> None:

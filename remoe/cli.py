@@ -47,6 +47,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from remoe.model.verify import verify
+
+    report = verify(
+        args.checkpoint,
+        remoe_model=args.split,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        expert_budget_bytes=args.expert_budget,
+    )
+    status = "OK" if report.ok else "MISMATCH"
+    print(
+        f"{status}: {len(report.remoe_tokens)} greedy tokens {'equal' if report.tokens_equal else 'DIFFER'}, "
+        f"max prefill logit difference {report.max_logit_diff:.2e} (tolerance {report.tolerance:.0e})"
+    )
+    if not report.tokens_equal:
+        print(f"  remoe:        {report.remoe_tokens}\n  transformers: {report.reference_tokens}")
+    return 0 if report.ok else 1
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from remoe.model.engine import LocalEngine
 
@@ -123,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="describe a checkpoint or split directory: layers, experts, sizes")
     p.add_argument("model", help="checkpoint or split directory")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("verify", help="check that Remoe reproduces transformers on a checkpoint, token for token")
+    p.add_argument("checkpoint", help="original Hugging Face checkpoint directory (the reference)")
+    p.add_argument("--split", default=None, help="a `remoe split` of it to check instead of the checkpoint itself")
+    p.add_argument("--prompt", default="The quick brown fox", help="prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens to compare (default 32)")
+    p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts kept loaded (default: all)")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("generate", help="generate text")
     p.add_argument("prompt", nargs="?", help="prompt text (needs tokenizer files in the model directory)")

@@ -35,7 +35,9 @@ def _reference_routing_counts(model, arch, token_ids, new_tokens):
 
     try:
         with torch.inference_mode():
-            model.generate(torch.tensor([token_ids]), max_new_tokens=new_tokens, do_sample=False, streamer=PhaseSwitch())
+            model.generate(
+                torch.tensor([token_ids]), max_new_tokens=new_tokens, do_sample=False, streamer=PhaseSwitch()
+            )
     finally:
         for h in hooks:
             h.remove()

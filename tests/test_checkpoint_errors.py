@@ -81,7 +81,9 @@ def test_missing_fused_expert_tensor_is_named(tiny_model, tmp_path):
 
 
 def test_dense_architecture_is_unsupported_by_name(tmp_path):
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedArchitectureError, match=r"llama.*experts interface"):
         open_weights(tmp_path)

@@ -18,7 +18,7 @@ def remoe(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands():
     out = remoe("--help")
     assert out.returncode == 0
-    for command in ("tiny-model", "split", "inspect", "generate"):
+    for command in ("tiny-model", "split", "inspect", "verify", "generate"):
         assert command in out.stdout
 
 
@@ -32,7 +32,9 @@ def test_tiny_model_split_and_generate_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     assert Manifest.load(split).num_experts == 4
 
-    gens = [remoe("generate", "--model", str(d), "--max-new-tokens", "5", "--json", "hello there") for d in (ckpt, split)]
+    gens = [
+        remoe("generate", "--model", str(d), "--max-new-tokens", "5", "--json", "hello there") for d in (ckpt, split)
+    ]
     for g in gens:
         assert g.returncode == 0, g.stderr
     results = [json.loads(g.stdout) for g in gens]
@@ -59,3 +61,23 @@ def test_user_errors_exit_2_with_a_message_not_a_traceback(args, message):
 def test_unknown_architecture_is_rejected_by_argparse():
     out = remoe("tiny-model", "--arch", "llama", "--out", "/tmp/x")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_verify_passes_on_a_faithful_split_and_fails_on_a_tampered_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt, split = tmp_path / "m", tmp_path / "m-split"
+    assert remoe("tiny-model", "--arch", "mixtral", "--layers", "2", "--out", str(ckpt)).returncode == 0
+    assert remoe("split", str(ckpt), "--out", str(split), "-q").returncode == 0
+
+    ok = remoe("verify", str(ckpt), "--split", str(split), "--max-new-tokens", "8")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("OK: 8 greedy tokens equal")
+
+    shard = split / "experts" / "layer_001.safetensors"
+    tensors = load_file(str(shard))
+    tensors = {k: (t * 3 if ".experts." in k else t) for k, t in tensors.items()}
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    bad = remoe("verify", str(ckpt), "--split", str(split), "--max-new-tokens", "8")
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("MISMATCH")

@@ -69,5 +69,7 @@ def test_partial_sums_over_disjoint_hosts_add_up_to_the_whole(tiny_model):
         # Slots this host does not serve keep a hosted id with zero weight.
         sub_index = torch.where(mine, index, hosted[0][1])[rows]
         sub_weights = torch.where(mine, routing, torch.zeros_like(routing))[rows]
-        parts.index_add_(0, rows, LocalExpertExecutor(weights, hosted=hosted).compute(0, hidden[rows], sub_index, sub_weights))
+        parts.index_add_(
+            0, rows, LocalExpertExecutor(weights, hosted=hosted).compute(0, hidden[rows], sub_index, sub_weights)
+        )
     torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)

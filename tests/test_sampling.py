@@ -59,7 +59,10 @@ def test_bad_prompts_are_named(engine):
 
 
 def test_stream_yields_the_same_tokens_as_generate(engine):
-    assert list(engine.stream(prompt=PROMPT, max_new_tokens=6)) == engine.generate(prompt=PROMPT, max_new_tokens=6).token_ids
+    assert (
+        list(engine.stream(prompt=PROMPT, max_new_tokens=6))
+        == engine.generate(prompt=PROMPT, max_new_tokens=6).token_ids
+    )
 
 
 def test_generation_stops_at_eos(engine):

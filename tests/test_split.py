@@ -80,7 +80,7 @@ def test_manifest_kv_bytes_per_token_matches_the_cache_transformers_fills(arch, 
     def cache_bytes(n: int) -> int:
         cache = new_cache(engine.model)
         with torch.inference_mode():
-            forward_logits(engine.model, ids[:n], cache)
+            forward_logits(engine.model, engine.device, ids[:n], cache)
         return sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
 
     assert cache_bytes(8) - cache_bytes(4) == 4 * manifest.kv_cache_bytes_per_token

@@ -59,6 +59,10 @@ class LocalEngine:
     def model(self):
         return self.backbone.model
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
     def encode(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise RemoeError(f"{self.model_dir} has no tokenizer files; pass token_ids instead of a prompt")
@@ -83,12 +87,13 @@ class LocalEngine:
     def prefill_logits(self, token_ids: list[int]) -> torch.Tensor:
         """Logits of every prompt position [T, V], as float32 on the CPU."""
         with self._lock:
-            return forward_logits(self.model, list(token_ids), new_cache(self.model), all_positions=True).float().cpu()
+            cache = new_cache(self.model)
+            logits = forward_logits(self.model, self.device, list(token_ids), cache, all_positions=True)
+            return logits.float().cpu()
 
     def stream(self, token_ids: list[int] | None = None, prompt: str | None = None, **sampling) -> Iterator[int]:
         """Yield generated token ids one by one."""
-        result_box: list[GenerationResult] = []
-        yield from self._generate(self._prompt_ids(token_ids, prompt), SamplingParams(**sampling), result_box)
+        yield from self._generate(self._prompt_ids(token_ids, prompt), SamplingParams(**sampling), [])
 
     def generate(self, token_ids: list[int] | None = None, prompt: str | None = None, **sampling) -> GenerationResult:
         ids = self._prompt_ids(token_ids, prompt)
@@ -98,7 +103,8 @@ class LocalEngine:
         return result_box[0]
 
     @torch.inference_mode()
-    def _generate(self, ids: list[int], params: SamplingParams, result_box: list) -> Iterator[int]:
+    def _generate(self, ids: list[int], params: SamplingParams, result_box: list[GenerationResult]) -> Iterator[int]:
+        """Yield tokens as they are made; append the GenerationResult to `result_box` at the end."""
         arch = self.backbone.arch
         recorder = ActivationRecorder(arch.layer_indices, arch.num_experts, arch.top_k)
         generator = make_generator(params.seed)
@@ -109,7 +115,7 @@ class LocalEngine:
             try:
                 start = time.perf_counter()
                 cache = new_cache(self.model)
-                logits = forward_logits(self.model, ids, cache)
+                logits = forward_logits(self.model, self.device, ids, cache)
                 first_at = time.perf_counter()
                 recorder.phase = "decode"
                 while True:
@@ -123,7 +129,7 @@ class LocalEngine:
                         break
                     if len(out) >= params.max_new_tokens:
                         break
-                    logits = forward_logits(self.model, [next_id], cache)
+                    logits = forward_logits(self.model, self.device, [next_id], cache)
                 end = time.perf_counter()
             finally:
                 current_recorder.reset(token)

@@ -33,10 +33,13 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
 
 
 def forward_logits(
-    model: PreTrainedModel, token_ids: list[int], cache: DynamicCache, all_positions: bool = False
+    model: PreTrainedModel,
+    device: torch.device,
+    token_ids: list[int],
+    cache: DynamicCache,
+    all_positions: bool = False,
 ) -> torch.Tensor:
     """Run `token_ids` after what `cache` holds; logits of the last position [V] (or of all, [T, V])."""
-    device = next(p.device for p in model.parameters() if p.device.type != "meta")
     input_ids = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, T]
     out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_positions else 1)
     return out.logits[0] if all_positions else out.logits[0, -1]

@@ -76,9 +76,6 @@ class WeightMap:
     backbone: dict[str, str] = field(default_factory=dict)  # model parameter/buffer name -> checkpoint key
     experts: dict[tuple[int, str], ExpertSource] = field(default_factory=dict)  # (layer, param) -> source
 
-    def expert_keys(self, layer: int, expert: int) -> list[str]:
-        return [k for (lyr, _), src in self.experts.items() if lyr == layer for k in src.keys(expert)]
-
 
 def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
     model = arch.skeleton

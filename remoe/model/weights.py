@@ -6,6 +6,7 @@ tensors (in the experts module's in-memory layout, without the E dim) read on de
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ def split_expert_key(layer: int, expert: int, param: str) -> str:
     return f"layers.{layer}.experts.{expert}.{param}"
 
 
-class ModelWeights:
+class ModelWeights(ABC):
     """Common interface; see CheckpointWeights and SplitWeights."""
 
     path: Path
@@ -31,11 +32,12 @@ class ModelWeights:
     arch: Architecture  # float32 meta skeleton, for names and shapes only
     ckpt: Checkpoint
 
-    def backbone_names(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def backbone_names(self) -> list[str]: ...
 
+    @abstractmethod
     def backbone_key(self, name: str) -> str:
-        raise NotImplementedError
+        """Checkpoint key holding the model parameter/buffer `name`."""
 
     def read_backbone(self, name: str) -> torch.Tensor:
         return self.ckpt.read(self.backbone_key(name))
@@ -47,11 +49,13 @@ class ModelWeights:
     def backbone_nbytes(self) -> int:
         return sum(self.ckpt.info(self.backbone_key(n)).nbytes for n in self.backbone_names())
 
+    @abstractmethod
     def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """One expert's tensors by experts-module parameter name, per-expert shape (no E dim)."""
 
+    @abstractmethod
     def expert_nbytes(self, layer: int, expert: int) -> int:
-        raise NotImplementedError
+        """Exact bytes of one expert's tensors as stored."""
 
 
 @dataclass
