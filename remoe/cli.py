@@ -70,7 +70,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from remoe.model.engine import LocalEngine
 
-    engine = LocalEngine(args.model, device=args.device, expert_budget_bytes=args.expert_budget)
+    engine = LocalEngine(args.model, device=args.device, dtype=args.dtype, expert_budget_bytes=args.expert_budget)
     token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
     prompt = None if token_ids is not None else args.prompt
     if prompt is None and token_ids is None:
@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--device", default=None, help="backbone device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="compute dtype (default: the checkpoint's own)",
+    )
     p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts kept loaded (default: all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_generate)

@@ -74,3 +74,21 @@ def test_generation_stops_at_eos(engine):
     finally:
         engine.eos_token_ids = {eos}
     assert result.token_ids == [first] and result.finish_reason == "stop"
+
+
+def test_dtype_defaults_to_the_checkpoint_dtype_like_from_pretrained(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    ckpt = tmp_path / "bf16"
+    shutil.copytree(tiny_model("mixtral"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["dtype"] = "bfloat16"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    engine = LocalEngine(ckpt, device="cpu")
+    assert engine.backbone.dtype == torch.bfloat16 and engine.executor.dtype == torch.bfloat16
+    assert engine.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert len(engine.generate(prompt=PROMPT, max_new_tokens=4).token_ids) == 4
+    assert LocalEngine(ckpt, device="cpu", dtype="float32").backbone.dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        LocalEngine(ckpt, device="cpu", dtype="int8")

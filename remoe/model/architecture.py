@@ -7,6 +7,7 @@ to compute hosted experts with the architecture's own math.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class Architecture:
                 f"{config.model_type}: quantized checkpoints ({config.quantization_config.get('quant_method', '?')}) "
                 "are not supported; use an unquantized (bf16/fp16/fp32) checkpoint"
             )
+        config = copy.deepcopy(config)  # from_config writes dtype (and we the implementation) into it
         if experts_implementation is not None:
             config._experts_implementation = experts_implementation
         try:

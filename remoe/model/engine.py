@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 from remoe.errors import RemoeError
 from remoe.experts.executor import ExpertExecutor, LocalExpertExecutor
 from remoe.model.activations import ActivationRecord, ActivationRecorder, current_recorder
-from remoe.model.backbone import Backbone
+from remoe.model.backbone import Backbone, resolve_dtype
 from remoe.model.generation import SamplingParams, forward_logits, make_generator, new_cache, sample_next
 from remoe.model.weights import ModelWeights, open_weights
 
@@ -36,19 +36,20 @@ class LocalEngine:
 
     `model_dir` is an original Hugging Face checkpoint or a `remoe split` directory. Routed experts run on
     the CPU in this process (lazily loaded, optionally under `expert_budget_bytes` with LRU eviction); the
-    backbone runs on CUDA when available.
+    backbone runs on CUDA when available. `dtype` defaults to the checkpoint's own, as from_pretrained's.
     """
 
     def __init__(
         self,
         model_dir: str | Path,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str | None = None,
         expert_budget_bytes: int | None = None,
         executor: ExpertExecutor | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.weights: ModelWeights = open_weights(self.model_dir)
+        dtype = resolve_dtype(self.weights.config, dtype)
         self.executor = executor or LocalExpertExecutor(self.weights, budget_bytes=expert_budget_bytes, dtype=dtype)
         self.backbone = Backbone(self.weights, self.executor, device=device, dtype=dtype)
         self.tokenizer: PreTrainedTokenizerBase | None = _load_tokenizer(self.model_dir)

@@ -34,7 +34,9 @@ def verify(
 ) -> VerifyReport:
     """Compare `AutoModelForCausalLM.from_pretrained(checkpoint)` with LocalEngine over `remoe_model`
     (default: the same checkpoint; pass a split directory to check a split), in float32 on the CPU."""
-    engine = LocalEngine(remoe_model or checkpoint, device="cpu", expert_budget_bytes=expert_budget_bytes)
+    engine = LocalEngine(
+        remoe_model or checkpoint, device="cpu", dtype=torch.float32, expert_budget_bytes=expert_budget_bytes
+    )
     reference = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
     ids = engine.encode(prompt)
     with torch.inference_mode():
