@@ -77,6 +77,15 @@ def bench_model(name: str, spec: TinySpec, workdir: Path, new_tokens: int, repea
     )
 
 
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = f"{names[0]} x {len(names)}" if names else cpu
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -84,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
 
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    machine = machine_description()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench_model(name, spec, Path(tmp), args.new_tokens, args.repeats) for name, spec in MODELS.items()]
 

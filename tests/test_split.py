@@ -109,3 +109,20 @@ def test_split_refuses_a_non_empty_output_and_leaves_nothing_half_written(tiny_m
     with pytest.raises(CheckpointError):
         split_checkpoint(broken, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out2.partial").exists()
+
+
+def test_tied_embeddings_load_once_and_match(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from remoe.model.tiny import TinySpec, make_tiny_model
+
+    ckpt = make_tiny_model(TinySpec("qwen3_moe", layers=2, tie_embeddings=True), tmp_path / "tied")
+    out = tmp_path / "tied-split"
+    manifest = split_checkpoint(ckpt, out, progress=False)
+    engine = LocalEngine(out, device="cpu")
+    ref = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+
+    assert engine.model.lm_head.weight.data_ptr() == engine.model.model.embed_tokens.weight.data_ptr()
+    assert engine.backbone.param_bytes() == manifest.backbone_bytes
+    ids = engine.encode(PROMPT)
+    assert engine.generate(token_ids=ids, max_new_tokens=12).token_ids == reference_generate(ref, ids, 12)

@@ -28,6 +28,7 @@ class TinySpec:
     vocab: int = 512
     seed: int = 0
     initializer_range: float = 0.1  # wider than 0.02 so logits have clear winners (no greedy near-ties)
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCH_OVERRIDES:
@@ -150,7 +151,7 @@ def make_tiny_model(spec: TinySpec, out: str | Path, layout: str = "per-expert")
         num_experts_per_tok=spec.top_k,
         max_position_embeddings=1024,
         initializer_range=spec.initializer_range,
-        tie_word_embeddings=False,
+        tie_word_embeddings=spec.tie_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
