@@ -67,17 +67,117 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from remoe.cluster import LocalCluster
+
+    cluster = LocalCluster(
+        args.model,
+        port=args.port,
+        expert_services=args.expert_services,
+        run_dir=args.run_dir,
+        expert_budget_bytes=args.expert_budget,
+        backbone_device=args.device,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"remoe up: {args.model} (logs in {cluster.run_dir})", flush=True)
+    try:
+        cluster.start(report=lambda line: print(f"  {line}", flush=True))
+        print(f"gateway listening on {cluster.address}; Ctrl-C stops every service", flush=True)
+        while not stop.wait(1.0):
+            dead = [s for s in cluster.services if s.process.poll() is not None]
+            if dead:
+                names = ", ".join(f"{s.name} (exit {s.process.returncode}, log {s.log_path})" for s in dead)
+                print(f"remoe up: {names} stopped; shutting the cluster down", file=sys.stderr)
+                return 1
+    finally:
+        print("stopping services ...", flush=True)
+        cluster.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from remoe.sdk import Client
+
+    with Client(args.address) as client:
+        reply = client.status(timeout=args.timeout)
+    print(
+        f"gateway {args.address}: model {reply.model}, {reply.active_requests} active, {reply.served_requests} served"
+    )
+    if reply.backbone_error:
+        print(f"backbone: UNREACHABLE ({reply.backbone_error})")
+        return 1
+    b = reply.backbone
+    print(
+        f"backbone: {b.architecture} on {b.device}, {b.active_requests} active, {b.served_requests} served, "
+        f"TTFT p50 {b.recent_ttft_ms_p50:.1f} ms, TPOT p50 {b.recent_tpot_ms_p50:.1f} ms, "
+        f"fan-out p50 {b.recent_fanout_ms_p50:.2f} ms/layer"
+    )
+    for d in b.destinations:
+        if not d.healthy:
+            print(f"  {d.address}: DOWN ({d.error})")
+            continue
+        s = d.stats
+        print(
+            f"  {s.name or d.address} @ {d.address}: hosts {len(s.hosted)} experts, {len(s.resident)} loaded "
+            f"({s.resident_bytes / 2**20:.1f} MiB), hits {s.hits}, loads {s.loads}, evictions {s.evictions}, "
+            f"batch p50 {s.recent_batch_ms_p50:.2f} ms p99 {s.recent_batch_ms_p99:.2f} ms"
+        )
+    return 0
+
+
+def _generate_remote(args: argparse.Namespace, token_ids: list[int] | None) -> int:
+    from remoe.sdk import Client
+
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    with Client(args.address, timeout=args.timeout) as client:
+        if args.json:
+            result = client.generate(prompt=args.prompt, token_ids=token_ids, **options)
+            usage = result.usage
+            print(
+                json.dumps(
+                    {
+                        "token_ids": result.token_ids,
+                        "text": result.text,
+                        "finish_reason": result.finish_reason,
+                        "ttft_s": usage.ttft_s,
+                        "tpot_s": usage.tpot_s,
+                        "plan": json.loads(usage.plan) if usage.plan else None,
+                    }
+                )
+            )
+            return 0
+        usage = None
+        for chunk in client.stream(prompt=args.prompt, token_ids=token_ids, **options):
+            print(chunk.text, end="", flush=True)
+            usage = chunk.usage or usage
+        print()
+        if usage is not None:
+            print(
+                f"[{usage.completion_tokens} tokens, TTFT {usage.ttft_s * 1e3:.1f} ms, "
+                f"TPOT {usage.tpot_s * 1e3:.1f} ms]",
+                file=sys.stderr,
+            )
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
+    token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
+    if (args.prompt is None) == (token_ids is None):
+        raise RemoeError("give a prompt or --token-ids (not both)")
+    if args.model is None:
+        return _generate_remote(args, token_ids)
     from remoe.model.engine import LocalEngine
 
     engine = LocalEngine(args.model, device=args.device, dtype=args.dtype, expert_budget_bytes=args.expert_budget)
-    token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
-    prompt = None if token_ids is not None else args.prompt
-    if prompt is None and token_ids is None:
-        raise RemoeError("give a prompt or --token-ids")
     result = engine.generate(
         token_ids=token_ids,
-        prompt=prompt,
+        prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -152,9 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts kept loaded (default: all)")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("generate", help="generate text")
+    p = sub.add_parser("up", help="run the whole cluster (gateway, backbone, expert services) as local processes")
+    p.add_argument("--model", required=True, help="checkpoint or split directory")
+    p.add_argument("--port", type=int, default=50051, help="gateway port (default 50051)")
+    p.add_argument(
+        "--expert-services", type=int, default=2, help="expert services; each layer's experts are split between them"
+    )
+    p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts each service keeps loaded")
+    p.add_argument("--device", default=None, help="backbone device (default: cuda if available, else cpu)")
+    p.add_argument("--run-dir", default=None, help="where logs and port files go (default: a new temp dir)")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("status", help="show each service of a running cluster, its experts and counters")
+    p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("generate", help="generate text through a running cluster, or in-process with --model")
     p.add_argument("prompt", nargs="?", help="prompt text (needs tokenizer files in the model directory)")
-    p.add_argument("--model", required=True, help="checkpoint or split directory; runs in this process")
+    p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds (default 300)")
+    p.add_argument("--model", default=None, help="run in this process on this checkpoint or split directory")
     p.add_argument("--token-ids", help="comma-separated prompt token ids instead of text")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -179,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        return 130
     except (RemoeError, ValueError) as e:
         print(f"remoe {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -83,6 +83,16 @@ class ExpertCache(Generic[V]):
             self._resident -= evicted.nbytes
             self.stats.evictions += 1
 
+    def evict(self, expert: ExpertId) -> bool:
+        """Drop one expert if resident; True when it was."""
+        with self._lock:
+            entry = self._entries.pop(expert, None)
+            if entry is None:
+                return False
+            self._resident -= entry.nbytes
+            self.stats.evictions += 1
+            return True
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -20,7 +20,10 @@ class ExpertExecutor(Protocol):
     def compute(
         self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
-        """hidden_states [T, H], top_k_index [T, K], top_k_weights [T, K] -> weighted expert sum [T, H]."""
+        """hidden_states [T, H], top_k_index [T, K], top_k_weights [T, K] -> weighted expert sum [T, H].
+
+        An index of -1 marks a slot that another destination serves; it contributes nothing here.
+        """
         ...
 
 
@@ -70,6 +73,12 @@ class LocalExpertExecutor:
         nbytes = sum(t.nbytes for t in tensors.values())
         return self._factories[layer].build(tensors), nbytes
 
+    def preload(self, layer: int, expert: int) -> None:
+        """Load a hosted expert now (warm-up) instead of at its first use."""
+        if (layer, expert) not in self.hosted:
+            raise ExpertNotHostedError(f"layer {layer} expert {expert} is not hosted by this executor")
+        self.cache.get((layer, expert))
+
     @torch.inference_mode()
     def compute(
         self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -80,6 +89,8 @@ class LocalExpertExecutor:
         weights = top_k_weights.to(self.device, self.dtype)  # [T, K]
         out = torch.zeros_like(hidden)  # [T, H]
         for expert in torch.unique(index).tolist():
+            if expert < 0:
+                continue  # a slot served by another destination
             if (layer, expert) not in self.hosted:
                 raise ExpertNotHostedError(f"layer {layer} expert {expert} is not hosted by this executor")
             module = self.cache.get((layer, expert))

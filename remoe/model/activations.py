@@ -65,6 +65,9 @@ class ActivationRecorder:
         self._row = {layer: i for i, layer in enumerate(moe_layers)}
         self.phase = "prefill"
 
+    def start_decode(self) -> None:
+        self.phase = "decode"
+
     def observe(self, layer: int, top_k_index: torch.Tensor) -> None:
         counts = torch.bincount(top_k_index.flatten().cpu(), minlength=self.record.num_experts)  # [E]
         target = self.record.prefill if self.phase == "prefill" else self.record.decode

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from remoe.errors import RemoeError
 from remoe.experts.executor import ExpertExecutor, LocalExpertExecutor
 from remoe.model.activations import ActivationRecord, ActivationRecorder, current_recorder
 from remoe.model.backbone import Backbone, resolve_dtype
-from remoe.model.generation import SamplingParams, forward_logits, make_generator, new_cache, sample_next
+from remoe.model.generation import GenerationTrace, SamplingParams, forward_logits, generate_tokens, new_cache
+from remoe.model.tokenizer import eos_token_ids, load_tokenizer
 from remoe.model.weights import ModelWeights, open_weights
 
 
@@ -52,9 +52,9 @@ class LocalEngine:
         dtype = resolve_dtype(self.weights.config, dtype)
         self.executor = executor or LocalExpertExecutor(self.weights, budget_bytes=expert_budget_bytes, dtype=dtype)
         self.backbone = Backbone(self.weights, self.executor, device=device, dtype=dtype)
-        self.tokenizer: PreTrainedTokenizerBase | None = _load_tokenizer(self.model_dir)
-        self.eos_token_ids = _eos_token_ids(self.model_dir, self.backbone.model.config)
-        self._lock = threading.Lock()  # one request at a time: the backbone's activations are shared state
+        self.tokenizer: PreTrainedTokenizerBase | None = load_tokenizer(self.model_dir)
+        self.eos_token_ids = eos_token_ids(self.model_dir, self.backbone.model.config)
+        self._lock = threading.Lock()  # one request at a time: the expert cache and timings stay readable
 
     @property
     def model(self):
@@ -103,64 +103,30 @@ class LocalEngine:
             pass
         return result_box[0]
 
-    @torch.inference_mode()
     def _generate(self, ids: list[int], params: SamplingParams, result_box: list[GenerationResult]) -> Iterator[int]:
         """Yield tokens as they are made; append the GenerationResult to `result_box` at the end."""
         arch = self.backbone.arch
         recorder = ActivationRecorder(arch.layer_indices, arch.num_experts, arch.top_k)
-        generator = make_generator(params.seed)
-        out: list[int] = []
-        finish = "length"
+        trace = GenerationTrace()
         with self._lock:
             token = current_recorder.set(recorder)
             try:
-                start = time.perf_counter()
-                cache = new_cache(self.model)
-                logits = forward_logits(self.model, self.device, ids, cache)
-                first_at = time.perf_counter()
-                recorder.phase = "decode"
-                while True:
-                    next_id = sample_next(logits, params, generator)
-                    out.append(next_id)
-                    if len(out) == 1:
-                        first_at = time.perf_counter()
-                    yield next_id
-                    if params.stop_on_eos and next_id in self.eos_token_ids:
-                        finish = "stop"
-                        break
-                    if len(out) >= params.max_new_tokens:
-                        break
-                    logits = forward_logits(self.model, self.device, [next_id], cache)
-                end = time.perf_counter()
+                yield from generate_tokens(
+                    self.model, self.device, ids, params, self.eos_token_ids, trace, on_decode=recorder.start_decode
+                )
             finally:
                 current_recorder.reset(token)
         record = recorder.record
-        record.n_in, record.n_out = len(ids), len(out)
+        record.n_in, record.n_out = len(ids), len(trace.tokens)
         result_box.append(
             GenerationResult(
-                token_ids=out,
-                text=self.decode(out),
+                token_ids=trace.tokens,
+                text=self.decode(trace.tokens),
                 prompt_tokens=len(ids),
-                finish_reason=finish,
-                ttft_s=first_at - start,
-                tpot_s=(end - first_at) / max(1, len(out) - 1),
+                finish_reason=trace.finish_reason,
+                ttft_s=trace.ttft_s,
+                tpot_s=trace.tpot_s,
                 activations=record,
-                timings={"total_s": end - start},
+                timings={"total_s": trace.end - trace.start},
             )
         )
-
-
-def _load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase | None:
-    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-
-
-def _eos_token_ids(model_dir: Path, config) -> set[int]:
-    if (model_dir / "generation_config.json").is_file():
-        eos = GenerationConfig.from_pretrained(str(model_dir), local_files_only=True).eos_token_id
-    else:
-        eos = GenerationConfig.from_model_config(config).eos_token_id
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, list) else [eos])}

@@ -5,7 +5,9 @@ V = vocab size, T = prompt tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -63,3 +65,59 @@ def make_generator(seed: int | None) -> torch.Generator | None:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+@dataclass
+class GenerationTrace:
+    """What one generation did: filled in as `generate_tokens` runs."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = ""  # "stop" (EOS) or "length"; "" while running
+    start: float = 0.0
+    first_token_at: float = 0.0
+    end: float = 0.0
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first_token_at - self.start
+
+    @property
+    def tpot_s(self) -> float:
+        return (self.end - self.first_token_at) / max(1, len(self.tokens) - 1)
+
+
+def generate_tokens(
+    model: PreTrainedModel,
+    device: torch.device,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    eos_token_ids: set[int],
+    trace: GenerationTrace,
+    on_decode: Callable[[], None] | None = None,
+) -> Iterator[int]:
+    """Prefill, then decode one token at a time with a request-private KV cache; yield each new token.
+
+    `on_decode` runs once after prefill (e.g. to switch activation recording to the decode phase).
+    """
+    generator = make_generator(params.seed)
+    trace.start = time.perf_counter()
+    cache = new_cache(model)
+    with torch.inference_mode():
+        logits = forward_logits(model, device, prompt_ids, cache)
+    if on_decode is not None:
+        on_decode()
+    while True:
+        next_id = sample_next(logits, params, generator)
+        trace.tokens.append(next_id)
+        trace.end = time.perf_counter()
+        if len(trace.tokens) == 1:
+            trace.first_token_at = trace.end
+        if params.stop_on_eos and next_id in eos_token_ids:
+            trace.finish_reason = "stop"
+        elif len(trace.tokens) >= params.max_new_tokens:
+            trace.finish_reason = "length"
+        yield next_id
+        if trace.finish_reason:
+            return
+        with torch.inference_mode():
+            logits = forward_logits(model, device, [next_id], cache)

@@ -1,0 +1,249 @@
+"""Backbone service: the model's non-expert part; each MoE layer fans out to the expert services.
+
+    python -m remoe.services.backbone --model DIR --expert 127.0.0.1:50061@0/2 --expert 127.0.0.1:50062@1/2
+Without --expert every routed expert runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from remoe.experts.dispatch import DispatchingExecutor
+from remoe.experts.executor import LocalExpertExecutor
+from remoe.experts.placement import LOCAL, Placement, Shard
+from remoe.model.activations import ActivationRecorder, current_recorder
+from remoe.model.backbone import Backbone, resolve_dtype
+from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
+from remoe.model.tokenizer import eos_token_ids
+from remoe.model.weights import open_weights
+from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
+from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.tracing import tracer
+from remoe.transport.expert_stream import RemoteExpertError
+from remoe.transport.request_context import current_deadline, current_request_id
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+
+
+def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
+    """Raises ValueError naming the bad field."""
+    return SamplingParams(
+        max_new_tokens=int(msg.max_new_tokens),
+        temperature=float(msg.temperature),
+        top_p=float(msg.top_p) if msg.top_p else 1.0,
+        seed=int(msg.seed) if msg.HasField("seed") else None,
+        stop_on_eos=not msg.ignore_eos,
+    )
+
+
+def activation_summary(recorder: ActivationRecorder) -> common_pb2.ActivationSummary:
+    record = recorder.record
+    return common_pb2.ActivationSummary(
+        moe_layers=record.moe_layers,
+        num_experts=record.num_experts,
+        top_k=record.top_k,
+        prefill=record.prefill.flatten().tolist(),
+        decode=record.decode.flatten().tolist(),
+    )
+
+
+class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
+    def __init__(self, backbone: Backbone, executor: DispatchingExecutor, model_dir: str, max_new_tokens: int) -> None:
+        self.backbone = backbone
+        self.executor = executor
+        self.model_dir = model_dir
+        self.max_new_tokens = max_new_tokens
+        config = backbone.model.config.get_text_config()
+        self.vocab_size = int(config.vocab_size)
+        self.context_len = int(getattr(config, "max_position_embeddings", 0) or 0)
+        self.eos_token_ids = eos_token_ids(Path(model_dir), backbone.model.config)
+        self._lock = threading.Lock()
+        self._active = 0
+        self._served = 0
+        self._ttft_ms: deque[float] = deque(maxlen=512)
+        self._tpot_ms: deque[float] = deque(maxlen=512)
+
+    def _validate(self, request, context) -> tuple[list[int], SamplingParams]:
+        ids = list(request.token_ids)
+        if not ids:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "token_ids is empty")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"token ids {bad[:5]} outside [0, {self.vocab_size})")
+        try:
+            params = sampling_from_proto(request.sampling)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"sampling: {e}")
+        if params.max_new_tokens > self.max_new_tokens:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_new_tokens {params.max_new_tokens} is above this server's limit of {self.max_new_tokens}",
+            )
+        if self.context_len and len(ids) + params.max_new_tokens > self.context_len:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the model's "
+                f"context of {self.context_len}",
+            )
+        return ids, params
+
+    def Generate(self, request, context):
+        ids, params = self._validate(request, context)
+        arch = self.backbone.arch
+        recorder = ActivationRecorder(arch.layer_indices, arch.num_experts, arch.top_k)
+        trace = GenerationTrace()
+        remaining = context.time_remaining()
+        tokens = [
+            current_recorder.set(recorder),
+            current_request_id.set(request.request_id or uuid.uuid4().hex),
+            current_deadline.set(time.time() + remaining if remaining is not None else None),
+        ]
+        with self._lock:
+            self._active += 1
+        try:
+            with _tracer.start_as_current_span("generate") as span:
+                span.set_attribute("remoe.prompt_tokens", len(ids))
+                steps = generate_tokens(
+                    self.backbone.model,
+                    self.backbone.device,
+                    ids,
+                    params,
+                    self.eos_token_ids,
+                    trace,
+                    on_decode=recorder.start_decode,
+                )
+                for token in steps:
+                    if not context.is_active():
+                        return  # the client cancelled or its deadline passed: stop computing
+                    if not trace.finish_reason:
+                        yield backbone_pb2.BackboneChunk(token_id=token)
+                        continue
+                    record = recorder.record
+                    record.n_in, record.n_out = len(ids), len(trace.tokens)
+                    usage = common_pb2.Usage(
+                        prompt_tokens=len(ids),
+                        completion_tokens=len(trace.tokens),
+                        ttft_s=trace.ttft_s,
+                        tpot_s=trace.tpot_s,
+                        activations=activation_summary(recorder),
+                        plan=self.executor.placement.summary(),
+                    )
+                    with self._lock:
+                        self._served += 1
+                        self._ttft_ms.append(trace.ttft_s * 1e3)
+                        self._tpot_ms.append(trace.tpot_s * 1e3)
+                    yield backbone_pb2.BackboneChunk(token_id=token, finish_reason=trace.finish_reason, usage=usage)
+        except RemoteExpertError as e:
+            context.abort(e.code, str(e))
+        finally:
+            with self._lock:
+                self._active -= 1
+            for var, token in zip((current_recorder, current_request_id, current_deadline), tokens, strict=True):
+                var.reset(token)
+
+    def Status(self, request, context):
+        destinations = []
+        for address, stream in self.executor.streams.items():
+            try:
+                destinations.append(
+                    backbone_pb2.DestinationStatus(address=address, healthy=True, stats=stream.stats(2))
+                )
+            except grpc.RpcError as e:
+                destinations.append(backbone_pb2.DestinationStatus(address=address, healthy=False, error=e.details()))
+        local = self.executor.local
+        if local is not None:
+            stats = local.stats
+            destinations.append(
+                backbone_pb2.DestinationStatus(
+                    address=LOCAL,
+                    healthy=True,
+                    stats=expert_pb2.StatsReply(
+                        name="backbone-local",
+                        resident_bytes=local.cache.resident_bytes,
+                        hits=stats.hits,
+                        loads=stats.loads,
+                        bytes_loaded=stats.bytes_loaded,
+                        evictions=stats.evictions,
+                        load_s=stats.load_seconds,
+                    ),
+                )
+            )
+        with self._lock:
+            ttft = float(np.median(self._ttft_ms)) if self._ttft_ms else 0.0
+            tpot = float(np.median(self._tpot_ms)) if self._tpot_ms else 0.0
+            active, served = self._active, self._served
+        fanout = list(self.executor.fanout_s)
+        return backbone_pb2.BackboneStatusReply(
+            model=self.model_dir,
+            architecture=type(self.backbone.model).__name__,
+            device=str(self.backbone.device),
+            active_requests=active,
+            served_requests=served,
+            destinations=destinations,
+            recent_ttft_ms_p50=ttft,
+            recent_tpot_ms_p50=tpot,
+            recent_fanout_ms_p50=float(np.median(fanout)) * 1e3 if fanout else 0.0,
+        )
+
+
+def parse_expert_arg(text: str) -> tuple[str, Shard]:
+    address, sep, shard = text.rpartition("@")
+    if not sep or not address:
+        raise ValueError(f"--expert {text!r} is not ADDRESS@INDEX/COUNT, e.g. 127.0.0.1:50061@0/2")
+    return address, Shard.parse(shard)
+
+
+def build_placement(experts: list[tuple[str, Shard]], moe_layers: list[int], num_experts: int) -> Placement:
+    if not experts:
+        return Placement({LOCAL: Shard(0, 1).experts(moe_layers, num_experts)})
+    return Placement({address: shard.experts(moe_layers, num_experts) for address, shard in experts})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m remoe.services.backbone", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint or split directory")
+    parser.add_argument(
+        "--expert",
+        action="append",
+        default=[],
+        metavar="ADDRESS@INDEX/COUNT",
+        help="an expert service and the shard it hosts (repeat; default: all experts in this process)",
+    )
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
+    parser.add_argument("--max-new-tokens", type=int, default=4096, help="largest max_new_tokens accepted")
+    add_server_args(parser, default_port=50052)
+    args = parser.parse_args(argv)
+    setup_logging("backbone", args.verbose)
+    server = Server("backbone", args.host, args.port, args.workers)
+    weights = open_weights(args.model)
+    dtype = resolve_dtype(weights.config, args.dtype)
+    arch = weights.arch
+    placement = build_placement([parse_expert_arg(e) for e in args.expert], arch.layer_indices, arch.num_experts)
+    local = (
+        LocalExpertExecutor(weights, hosted=placement.destinations[LOCAL], dtype=dtype)
+        if LOCAL in placement.destinations
+        else None
+    )
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local)
+    backbone = Backbone(weights, executor, device=args.device, dtype=dtype)
+    servicer = BackboneServicer(backbone, executor, args.model, args.max_new_tokens)
+    backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
+    server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
+    server.start(args.ready_file)
+    server.wait_for_signal()
+    executor.close()
+
+
+if __name__ == "__main__":
+    main()

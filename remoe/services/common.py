@@ -1,0 +1,77 @@
+"""What every Remoe server shares: options, health, reflection, readiness file, clean shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from remoe.services.tracing import setup_tracing
+from remoe.transport.channel import SERVER_OPTIONS
+
+log = logging.getLogger(__name__)
+
+
+def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port}; 0 = any free)")
+    parser.add_argument("--workers", type=int, default=16, help="concurrent RPCs (default 16)")
+    parser.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+class Server:
+    """A grpc.Server with health checking and reflection, started on host:port."""
+
+    def __init__(self, name: str, host: str, port: int, workers: int) -> None:
+        setup_tracing(name)
+        self.name = name
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.address = f"{host}:{port}"
+        self.host = host
+        self.port = port
+
+    def add(self, service_name: str) -> None:
+        self._services.append(service_name)
+
+    def start(self, ready_file: Path | None = None) -> int:
+        reflection.enable_server_reflection(self._services, self.server)
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise SystemExit(f"{self.name}: cannot bind {self.address}")
+        self.server.start()
+        for service in self._services:
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(str(self.port))
+            tmp.rename(ready_file)  # atomic: a reader never sees a half-written port
+        log.info("%s serving on %s:%d", self.name, self.host, self.port)
+        return self.port
+
+    def wait_for_signal(self, grace_s: float = 5.0) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        log.info("%s stopped", self.name)
+
+
+def setup_logging(name: str, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,203 @@
+"""Expert service: hosts a set of routed experts and computes them for the backbone.
+
+python -m remoe.services.expert --model DIR [--shard 0/2] [--budget-bytes N] [--port 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import torch
+
+from remoe.errors import RemoeError
+from remoe.experts.executor import ExpertNotHostedError, LocalExpertExecutor
+from remoe.experts.placement import Shard
+from remoe.model.backbone import resolve_dtype
+from remoe.model.weights import open_weights
+from remoe.proto import expert_pb2, expert_pb2_grpc
+from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.transport import tensor_codec
+
+log = logging.getLogger(__name__)
+_FLOAT_WIRE = ("float32", "bfloat16", "float16")
+_END = object()
+
+
+class BatchError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
+    def __init__(self, executor: LocalExpertExecutor, name: str, workers: int = 4) -> None:
+        self.executor = executor
+        self.name = name
+        arch = executor.weights.arch
+        self._layers = set(arch.layer_indices)
+        self._num_experts = arch.num_experts
+        self._hidden = arch.hidden_size
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert-compute")
+        self._recent_ms: deque[float] = deque(maxlen=1024)
+        self._batches = 0
+        self._compute_s = 0.0
+        self._lock = threading.Lock()
+
+    # -- Compute: batches from one stream run concurrently; results go back as each finishes.
+    def Compute(self, request_iterator, context):
+        results: queue.Queue = queue.Queue()
+        count = {"sent": 0}  # written by the reader only; final once it has put _END
+
+        def read() -> None:
+            try:
+                for batch in request_iterator:
+                    count["sent"] += 1
+                    self._pool.submit(lambda b=batch: results.put(self._answer(b)))
+            except grpc.RpcError:
+                pass  # the client went away; its pending results are dropped with the stream
+            finally:
+                results.put(_END)
+
+        threading.Thread(target=read, name="expert-stream-reader", daemon=True).start()
+        answered, reader_done = 0, False
+        while context.is_active():
+            try:
+                item = results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is _END:
+                reader_done = True
+            else:
+                answered += 1
+                yield item
+            if reader_done and answered == count["sent"]:
+                return
+
+    def _answer(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
+        start = time.perf_counter()
+        try:
+            if batch.deadline_unix_s and time.time() > batch.deadline_unix_s:
+                raise BatchError(grpc.StatusCode.DEADLINE_EXCEEDED, "batch arrived after its deadline")
+            hidden, index, weights = self._decode(batch)
+            output = self.executor.compute(batch.layer, hidden, index, weights)
+            reply = expert_pb2.ExpertResult(seq=batch.seq, output=tensor_codec.encode(output))
+        except BatchError as e:
+            reply = expert_pb2.ExpertResult(seq=batch.seq, status_code=e.code.value[0], error=str(e))
+        except ExpertNotHostedError as e:
+            code = grpc.StatusCode.FAILED_PRECONDITION
+            reply = expert_pb2.ExpertResult(seq=batch.seq, status_code=code.value[0], error=f"{self.name}: {e}")
+        except RemoeError as e:  # e.g. a corrupt expert file or a budget too small for one expert
+            code = grpc.StatusCode.INTERNAL
+            reply = expert_pb2.ExpertResult(seq=batch.seq, status_code=code.value[0], error=f"{self.name}: {e}")
+        except Exception as e:  # never let one batch take the stream down
+            log.exception("batch %d (request %s) failed", batch.seq, batch.request_id)
+            code = grpc.StatusCode.INTERNAL
+            reply = expert_pb2.ExpertResult(seq=batch.seq, status_code=code.value[0], error=f"{self.name}: {e!r}")
+        elapsed = time.perf_counter() - start
+        reply.compute_s = elapsed
+        with self._lock:
+            self._batches += 1
+            self._compute_s += elapsed
+            self._recent_ms.append(elapsed * 1e3)
+        return reply
+
+    def _decode(self, batch: expert_pb2.ExpertBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if batch.layer not in self._layers:
+            raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, f"layer {batch.layer} has no routed experts")
+        try:
+            hidden = tensor_codec.decode(batch.hidden_states, "hidden_states", dtype=_FLOAT_WIRE, rank=2)
+            index = tensor_codec.decode(batch.top_k_index, "top_k_index", dtype="int64", rank=2)
+            weights = tensor_codec.decode(batch.top_k_weights, "top_k_weights", dtype=_FLOAT_WIRE, rank=2)
+        except tensor_codec.TensorDecodeError as e:
+            raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        if hidden.shape[1] != self._hidden:
+            raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, f"hidden size {hidden.shape[1]} != {self._hidden}")
+        if index.shape != weights.shape or index.shape[0] != hidden.shape[0]:
+            raise BatchError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"inconsistent shapes: hidden {list(hidden.shape)}, index {list(index.shape)}, "
+                f"weights {list(weights.shape)}",
+            )
+        if index.numel() and (int(index.min()) < -1 or int(index.max()) >= self._num_experts):
+            raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, f"expert ids outside [-1, {self._num_experts})")
+        return hidden, index, weights
+
+    # -- Control and introspection.
+    def Load(self, request, context):
+        before = self.executor.stats.bytes_loaded
+        start = time.perf_counter()
+        try:
+            for ref in request.experts:
+                self.executor.preload(ref.layer, ref.expert)
+        except (ExpertNotHostedError, KeyError) as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except RemoeError as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        return expert_pb2.LoadReply(
+            bytes_loaded=self.executor.stats.bytes_loaded - before, load_s=time.perf_counter() - start
+        )
+
+    def Unload(self, request, context):
+        unloaded = sum(self.executor.cache.evict((r.layer, r.expert)) for r in request.experts)
+        return expert_pb2.UnloadReply(unloaded=unloaded)
+
+    def Stats(self, request, context):
+        stats = self.executor.stats
+        with self._lock:
+            recent = np.array(self._recent_ms) if self._recent_ms else np.zeros(1)
+            batches, compute_s = self._batches, self._compute_s
+        return expert_pb2.StatsReply(
+            name=self.name,
+            hosted=[expert_pb2.ExpertRef(layer=lyr, expert=e) for lyr, e in sorted(self.executor.hosted)],
+            resident=[expert_pb2.ExpertRef(layer=lyr, expert=e) for lyr, e in self.executor.cache.resident()],
+            resident_bytes=self.executor.cache.resident_bytes,
+            budget_bytes=self.executor.cache.budget_bytes or 0,
+            hits=stats.hits,
+            loads=stats.loads,
+            bytes_loaded=stats.bytes_loaded,
+            evictions=stats.evictions,
+            load_s=stats.load_seconds,
+            batches=batches,
+            compute_s=compute_s,
+            recent_batch_ms_p50=float(np.percentile(recent, 50)),
+            recent_batch_ms_p99=float(np.percentile(recent, 99)),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m remoe.services.expert", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint or split directory")
+    parser.add_argument("--shard", default="0/1", help="host experts e with e %% COUNT == INDEX (default 0/1: all)")
+    parser.add_argument("--budget-bytes", type=int, default=None, help="expert bytes kept loaded (default: all)")
+    parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
+    parser.add_argument("--name", default=None, help="name in status output (default expert-SHARD)")
+    add_server_args(parser, default_port=50061)
+    args = parser.parse_args(argv)
+    shard = Shard.parse(args.shard)
+    name = args.name or f"expert-{shard.index}"
+    setup_logging(name, args.verbose)
+    server = Server(name, args.host, args.port, args.workers)
+    weights = open_weights(args.model)
+    arch = weights.arch
+    executor = LocalExpertExecutor(
+        weights,
+        hosted=shard.experts(arch.layer_indices, arch.num_experts),
+        budget_bytes=args.budget_bytes,
+        dtype=resolve_dtype(weights.config, args.dtype),
+    )
+    expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(executor, name), server.server)
+    server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)
+    server.start(args.ready_file)
+    server.wait_for_signal()
+
+
+if __name__ == "__main__":
+    main()

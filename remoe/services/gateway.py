@@ -1,0 +1,136 @@
+"""Gateway: the client-facing service. Validates, tokenizes, streams tokens and text, reports usage.
+
+python -m remoe.services.gateway --model DIR --backbone 127.0.0.1:50052 [--port 50051]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import uuid
+from pathlib import Path
+
+import grpc
+
+from remoe.model.checkpoint import load_config
+from remoe.model.text_stream import TextStream
+from remoe.model.tokenizer import load_tokenizer
+from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.transport.channel import insecure_channel
+
+log = logging.getLogger(__name__)
+MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, model_dir: Path, backbone_address: str) -> None:
+        self.model_dir = model_dir
+        self.tokenizer = load_tokenizer(model_dir)
+        config = load_config(model_dir).get_text_config()
+        self.vocab_size = int(config.vocab_size)
+        self.backbone = backbone_pb2_grpc.BackboneServiceStub(insecure_channel(backbone_address))
+        self._lock = threading.Lock()
+        self._active = 0
+        self._served = 0
+
+    def _prompt_ids(self, request, context) -> list[int]:
+        kind = request.WhichOneof("input")
+        if kind is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give a prompt or token_ids")
+        if kind == "token_ids":
+            ids = list(request.token_ids.ids)
+        else:
+            if not request.prompt:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty")
+            if len(request.prompt) > MAX_PROMPT_CHARS:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the prompt is over {MAX_PROMPT_CHARS} characters")
+            if self.tokenizer is None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this model has no tokenizer; send token_ids")
+            ids = self.tokenizer.encode(request.prompt)
+        if not ids:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the prompt has no tokens")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"token ids {bad[:5]} outside [0, {self.vocab_size})")
+        return ids
+
+    def Generate(self, request, context):
+        ids = self._prompt_ids(request, context)
+        if request.sampling.max_new_tokens == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be >= 1")
+        stops = [s for s in request.stop if s]
+        if stops and self.tokenizer is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stop strings need a tokenizer")
+        request_id = request.request_id or uuid.uuid4().hex
+        call = self.backbone.Generate(
+            backbone_pb2.BackboneGenerateRequest(request_id=request_id, token_ids=ids, sampling=request.sampling),
+            timeout=context.time_remaining(),
+        )
+        context.add_callback(call.cancel)  # the client going away stops the backbone too
+        text = TextStream(self.tokenizer, stops)
+        with self._lock:
+            self._active += 1
+        try:
+            for chunk in call:
+                delta = text.push(chunk.token_id)
+                if text.stopped:
+                    call.cancel()
+                    usage = common_pb2.Usage(prompt_tokens=len(ids), completion_tokens=len(text.tokens))
+                    yield gateway_pb2.GenerateChunk(
+                        token_ids=[chunk.token_id],
+                        text_delta=delta,
+                        finish_reason="stop",
+                        usage=usage,
+                        request_id=request_id,
+                    )
+                    break
+                if chunk.finish_reason:
+                    delta += text.finish()
+                yield gateway_pb2.GenerateChunk(
+                    token_ids=[chunk.token_id],
+                    text_delta=delta,
+                    finish_reason=chunk.finish_reason,
+                    usage=chunk.usage if chunk.finish_reason else None,
+                    request_id=request_id,
+                )
+            with self._lock:
+                self._served += 1
+        except grpc.RpcError as e:
+            if not context.is_active():
+                return  # the client left; the backbone call was cancelled with it
+            context.abort(e.code(), f"backbone: {e.details()}")
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def Status(self, request, context):
+        with self._lock:
+            reply = gateway_pb2.StatusReply(
+                model=str(self.model_dir), active_requests=self._active, served_requests=self._served
+            )
+        try:
+            reply.backbone.CopyFrom(self.backbone.Status(backbone_pb2.BackboneStatusRequest(), timeout=5))
+        except grpc.RpcError as e:
+            reply.backbone_error = f"{e.code().name}: {e.details()}"
+        return reply
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m remoe.services.gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint or split directory (for tokenizer)")
+    parser.add_argument("--backbone", required=True, help="backbone service address, e.g. 127.0.0.1:50052")
+    add_server_args(parser, default_port=50051)
+    args = parser.parse_args(argv)
+    setup_logging("gateway", args.verbose)
+    server = Server("gateway", args.host, args.port, args.workers)
+    servicer = GatewayServicer(args.model, args.backbone)
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
+    server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
+    server.start(args.ready_file)
+    server.wait_for_signal()
+
+
+if __name__ == "__main__":
+    main()

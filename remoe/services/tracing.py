@@ -1,0 +1,50 @@
+"""OpenTelemetry tracing, configured by the standard OTEL_* environment variables.
+
+OTEL_TRACES_EXPORTER: "none" (default), "console", or "otlp" (OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT).
+OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose sampling as the SDK documents. gRPC client and server
+calls are instrumented, so trace context flows gateway -> backbone -> expert services.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import trace
+
+log = logging.getLogger(__name__)
+_done = False
+
+
+def setup_tracing(service_name: str) -> None:
+    global _done
+    if _done:
+        return
+    _done = True
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    if exporter_name in ("", "none"):
+        return
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient, GrpcInstrumentorServer
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    elif exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        log.warning("OTEL_TRACES_EXPORTER=%r is not one of none, console, otlp; tracing stays off", exporter_name)
+        return
+    name = os.environ.get("OTEL_SERVICE_NAME", f"remoe-{service_name}")
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    GrpcInstrumentorServer().instrument()
+    GrpcInstrumentorClient().instrument()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)

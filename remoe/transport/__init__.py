@@ -1,0 +1,1 @@
+"""Wire-level pieces shared by every service: tensor codec, stream multiplexing, status mapping."""

@@ -1,0 +1,44 @@
+"""gRPC channel and server options shared by every Remoe process."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from remoe.transport.tensor_codec import DEFAULT_MAX_BYTES
+
+# Three tensors of the size limit plus headers fit in one message.
+MAX_MESSAGE_BYTES = 3 * DEFAULT_MAX_BYTES + 1024 * 1024
+
+_RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{"service": "remoe.v1.GatewayService"}, {"service": "remoe.v1.BackboneService"}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(_RETRY_POLICY)),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def insecure_channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
