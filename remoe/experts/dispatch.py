@@ -13,6 +13,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import torch
+from opentelemetry import propagate, trace
 
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement
@@ -21,6 +22,7 @@ from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
 from remoe.transport.request_context import current_deadline, current_request_id, remaining, status_from_int
 
+_tracer = trace.get_tracer(__name__)
 # Without a request deadline, a destination that accepted a batch still gets this long to answer.
 DEFAULT_BATCH_TIMEOUT_S = 300.0
 
@@ -51,6 +53,13 @@ class DispatchingExecutor:
     def compute(
         self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        with _tracer.start_as_current_span("expert_fanout") as span:
+            span.set_attribute("remoe.layer", layer)
+            return self._compute(layer, hidden_states, top_k_index, top_k_weights)
+
+    def _compute(
+        self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         start = time.perf_counter()
         hidden = hidden_states.to("cpu")  # [T, H]
         index = top_k_index.to("cpu")  # [T, K]
@@ -58,6 +67,8 @@ class DispatchingExecutor:
         dest_of_slot = self._owner[layer][index]  # [T, K]
         out = torch.zeros_like(hidden)  # [T, H]
         in_flight, local_job = [], None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # empty unless tracing is on
         for number, dest in enumerate(self.destinations):
             mine = dest_of_slot == number  # [T, K]
             if not bool(mine.any()):
@@ -75,6 +86,7 @@ class DispatchingExecutor:
                 top_k_index=tensor_codec.encode(sub_index),
                 top_k_weights=tensor_codec.encode(sub_weights),
                 deadline_unix_s=current_deadline.get() or 0.0,
+                trace_context=carrier,
             )
             seq, future = self.streams[dest].submit(batch)
             in_flight.append((dest, rows, seq, future))

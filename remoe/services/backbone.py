@@ -122,7 +122,12 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                     trace,
                     on_decode=recorder.start_decode,
                 )
-                for token in steps:
+                while True:
+                    # One span per step: the first next() is the prefill, each later one a decode step.
+                    with _tracer.start_as_current_span("decode_step" if trace.tokens else "prefill"):
+                        token = next(steps, None)
+                    if token is None:
+                        return
                     if not context.is_active():
                         return  # the client cancelled or its deadline passed: stop computing
                     if not trace.finish_reason:

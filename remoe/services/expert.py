@@ -24,9 +24,11 @@ from remoe.model.backbone import resolve_dtype
 from remoe.model.weights import open_weights
 from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.tracing import context_from, tracer
 from remoe.transport import tensor_codec
 
 log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
 _FLOAT_WIRE = ("float32", "bfloat16", "float16")
 _END = object()
 
@@ -82,6 +84,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 return
 
     def _answer(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
+        with _tracer.start_as_current_span("expert_batch", context=context_from(batch.trace_context)) as span:
+            span.set_attribute("remoe.layer", batch.layer)
+            return self._compute(batch)
+
+    def _compute(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
         start = time.perf_counter()
         try:
             if batch.deadline_unix_s and time.time() > batch.deadline_unix_s:

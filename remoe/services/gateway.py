@@ -18,6 +18,7 @@ from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.tracing import outgoing_metadata
 from remoe.transport.channel import insecure_channel
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         call = self.backbone.Generate(
             backbone_pb2.BackboneGenerateRequest(request_id=request_id, token_ids=ids, sampling=request.sampling),
             timeout=context.time_remaining(),
+            metadata=outgoing_metadata(),
         )
         context.add_callback(call.cancel)  # the client going away stops the backbone too
         text = TextStream(self.tokenizer, stops)

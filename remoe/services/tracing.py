@@ -1,8 +1,9 @@
 """OpenTelemetry tracing, configured by the standard OTEL_* environment variables.
 
 OTEL_TRACES_EXPORTER: "none" (default), "console", or "otlp" (OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT).
-OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose sampling as the SDK documents. gRPC client and server
-calls are instrumented, so trace context flows gateway -> backbone -> expert services.
+OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose sampling as the SDK documents. Server calls are
+instrumented; outgoing calls carry the context explicitly (`outgoing_metadata`), and each expert batch
+carries its request's context in the message, since many requests share one expert stream.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from opentelemetry import trace
+from opentelemetry import context, propagate, trace
 
 log = logging.getLogger(__name__)
 _done = False
@@ -24,7 +25,7 @@ def setup_tracing(service_name: str) -> None:
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
     if exporter_name in ("", "none"):
         return
-    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient, GrpcInstrumentorServer
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorServer
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -43,8 +44,18 @@ def setup_tracing(service_name: str) -> None:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     GrpcInstrumentorServer().instrument()
-    GrpcInstrumentorClient().instrument()
 
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+def outgoing_metadata() -> list[tuple[str, str]]:
+    """The current trace context as gRPC metadata (empty when tracing is off)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())
+
+
+def context_from(carrier) -> context.Context:
+    return propagate.extract(dict(carrier))

@@ -1,0 +1,255 @@
+"""End to end through real processes over real gRPC on 127.0.0.1: gateway, backbone, two expert services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from remoe.cluster import LocalCluster
+from remoe.model.tokenizer import load_tokenizer
+from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
+from remoe.sdk import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Unavailable
+from tests.conftest import ARCHS, PROMPT, reference_generate
+
+PROMPTS = [
+    "The quick brown fox",
+    "Explain how a hash table works",
+    "Write a short poem about the sea",
+    "What is the capital of France?",
+    "SELECT name, price FROM products",
+    "The committee will meet on Monday",
+    "Recipes: whisk two eggs with milk",
+    "History remembers the printing press",
+]
+
+
+@pytest.fixture(scope="module")
+def mixtral_cluster(tiny_model):
+    with LocalCluster(tiny_model("mixtral"), port=0) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "mixtral"] + ["mixtral"])
+def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_model, reference, mixtral_cluster):
+    path = tiny_model(arch)
+    ids = load_tokenizer(path).encode(PROMPT)
+    expected = reference_generate(reference(arch), ids, 32)
+    if arch == "mixtral":
+        result = Client(mixtral_cluster.address).generate(token_ids=ids, max_new_tokens=32)
+    else:
+        with LocalCluster(path, port=0) as cluster:
+            result = Client(cluster.address).generate(token_ids=ids, max_new_tokens=32)
+    assert result.token_ids == expected
+    plan = json.loads(result.usage.plan)
+    assert len(plan) == 2, "experts should be spread over two expert services"
+    assert result.usage.prompt_tokens == len(ids)
+    assert (result.usage.prefill_activations.sum(axis=1) == len(ids) * reference(arch).config.num_experts_per_tok).all()
+
+
+def test_eight_concurrent_clients_get_their_exact_outputs(mixtral_cluster, tiny_model, reference):
+    tokenizer = load_tokenizer(tiny_model("mixtral"))
+    expected = {p: reference_generate(reference("mixtral"), tokenizer.encode(p), 24) for p in PROMPTS}
+    client = Client(mixtral_cluster.address)
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        outputs = pool.map(lambda p: client.generate(prompt=p, max_new_tokens=24), PROMPTS)
+        results = dict(zip(PROMPTS, outputs, strict=True))
+    for prompt, result in results.items():
+        assert result.token_ids == expected[prompt], prompt
+        assert result.text == tokenizer.decode(expected[prompt], skip_special_tokens=True)
+
+
+def test_stream_and_async_client_agree_with_generate(mixtral_cluster):
+    client = Client(mixtral_cluster.address)
+    whole = client.generate(prompt=PROMPT, max_new_tokens=10)
+    chunks = list(client.stream(prompt=PROMPT, max_new_tokens=10))
+    assert [t for c in chunks for t in c.token_ids] == whole.token_ids
+    assert "".join(c.text for c in chunks) == whole.text
+    assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 10
+
+    async def run():
+        async with AsyncClient(mixtral_cluster.address) as aclient:
+            return await aclient.generate(prompt=PROMPT, max_new_tokens=10)
+
+    assert asyncio.run(run()).token_ids == whole.token_ids
+
+
+def test_stop_string_ends_generation_before_it(mixtral_cluster):
+    client = Client(mixtral_cluster.address)
+    full = client.generate(prompt=PROMPT, max_new_tokens=24)
+    cut = full.text[3:6]
+    assert cut, "the reference text is too short to pick a stop string from"
+    stopped = client.generate(prompt=PROMPT, max_new_tokens=24, stop=[cut])
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.find(cut)]
+
+
+def _raw_request(**fields) -> gateway_pb2.GenerateRequest:
+    sampling = fields.pop("sampling", common_pb2.SamplingParams(max_new_tokens=4))
+    return gateway_pb2.GenerateRequest(sampling=sampling, **fields)
+
+
+BAD_REQUESTS = {
+    "neither": (_raw_request(), "give a prompt or token_ids"),
+    "empty-prompt": (_raw_request(prompt=""), "the prompt is empty"),
+    "empty-ids": (_raw_request(token_ids=gateway_pb2.TokenIds(ids=[])), "no tokens"),
+    "id-outside-vocab": (_raw_request(token_ids=gateway_pb2.TokenIds(ids=[1, 10**9])), "outside"),
+    "zero-new-tokens": (_raw_request(prompt="hi", sampling=common_pb2.SamplingParams()), "max_new_tokens"),
+    "too-many-new-tokens": (
+        _raw_request(prompt="hi", sampling=common_pb2.SamplingParams(max_new_tokens=10**6)),
+        "max_new_tokens",
+    ),
+    "longer-than-context": (
+        _raw_request(prompt="hi " * 2000, sampling=common_pb2.SamplingParams(max_new_tokens=8)),
+        "context",
+    ),
+    "negative-temperature": (
+        _raw_request(prompt="hi", sampling=common_pb2.SamplingParams(max_new_tokens=4, temperature=-1)),
+        "temperature",
+    ),
+    "top-p-above-1": (
+        _raw_request(prompt="hi", sampling=common_pb2.SamplingParams(max_new_tokens=4, top_p=1.5)),
+        "top_p",
+    ),
+}
+
+
+@pytest.mark.parametrize("request_, message", list(BAD_REQUESTS.values()), ids=list(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_and_the_cluster_keeps_serving(request_, message, mixtral_cluster):
+    stub = gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(mixtral_cluster.address))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Generate(request_, timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    assert len(Client(mixtral_cluster.address).generate(prompt="ok", max_new_tokens=2).token_ids) == 2
+
+
+def test_sdk_raises_typed_errors(mixtral_cluster):
+    client = Client(mixtral_cluster.address)
+    with pytest.raises(InvalidArgument, match="outside"):
+        client.generate(token_ids=[10**9], max_new_tokens=2)
+    with pytest.raises(ValueError, match="exactly one"):
+        client.generate(max_new_tokens=2)
+    with pytest.raises(Unavailable):
+        Client("127.0.0.1:9", timeout=5).generate(prompt="hi", max_new_tokens=2)
+
+
+def _backbone_active(cluster) -> int:
+    return Client(cluster.address).status().backbone.active_requests
+
+
+def _wait_idle(cluster, timeout_s=10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _backbone_active(cluster) == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_deadline_and_cancellation_stop_the_work(mixtral_cluster):
+    client = Client(mixtral_cluster.address)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        client.generate(prompt=PROMPT, max_new_tokens=900, ignore_eos=True, timeout=0.5)
+    assert time.monotonic() - start < 5
+    assert _wait_idle(mixtral_cluster), "the backbone kept working after the deadline"
+
+    stream = client.stream(prompt=PROMPT, max_new_tokens=900, ignore_eos=True)
+    next(stream), next(stream)
+    assert _backbone_active(mixtral_cluster) == 1
+    stream.close()  # the consumer walks away
+    assert _wait_idle(mixtral_cluster), "the backbone kept working after the client cancelled"
+
+
+def test_status_reports_every_service(mixtral_cluster):
+    Client(mixtral_cluster.address).generate(prompt=PROMPT, max_new_tokens=4)
+    out = subprocess.run(
+        [sys.executable, "-m", "remoe.cli", "status", "--address", mixtral_cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "MixtralForCausalLM" in out.stdout
+    assert out.stdout.count("expert-") == 2 and "hits" in out.stdout
+
+
+def test_a_dead_expert_service_gives_unavailable_within_the_deadline(tiny_model):
+    with LocalCluster(tiny_model("olmoe"), port=0) as cluster:
+        client = Client(cluster.address)
+        assert client.generate(prompt=PROMPT, max_new_tokens=4).token_ids
+        victim = cluster.by_name("expert-1").process
+        victim.kill()
+        victim.wait()
+        start = time.monotonic()
+        with pytest.raises(Unavailable, match="expert service"):
+            client.generate(prompt=PROMPT, max_new_tokens=4, timeout=20)
+        assert time.monotonic() - start < 20
+        status = client.status().backbone
+        assert [d.healthy for d in status.destinations].count(False) == 1
+
+
+def test_remoe_up_serves_and_stops_every_process_on_sigint(tiny_model, tmp_path):
+    up = subprocess.Popen(
+        [sys.executable, "-m", "remoe.cli", "up", "--model", str(tiny_model("qwen3_moe"))]
+        + ["--port", "0", "--run-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in up.stdout:
+            lines.append(line)
+            if "gateway listening on" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(120), "".join(lines)
+        address = next(line for line in lines if "gateway listening on" in line).split()[3].rstrip(";")
+        assert len(Client(address).generate(prompt=PROMPT, max_new_tokens=3).token_ids) == 3
+        assert len(list(tmp_path.glob("*.log"))) == 4
+        children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 4
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+        for pid in children:
+            assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+        assert any("stopped" in line for line in lines)
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_one_trace_spans_gateway_backbone_and_expert_services(tiny_model, tmp_path):
+    import re
+
+    cluster = LocalCluster(tiny_model("mixtral"), port=0, run_dir=tmp_path, env={"OTEL_TRACES_EXPORTER": "console"})
+    with cluster:
+        Client(cluster.address).generate(prompt=PROMPT, max_new_tokens=3)
+        cluster.stop()  # spans are flushed as each service exits
+
+        def spans(name: str) -> list[tuple[str, str]]:
+            text = (tmp_path / f"{name}.log").read_text()
+            names = re.findall(r'"name": "([^"]+)"', text)
+            traces = re.findall(r'"trace_id": "(0x[0-9a-f]+)"', text)
+            return list(zip(names, traces, strict=False))
+
+        gateway, backbone, expert = spans("gateway"), spans("backbone"), spans("expert-0") + spans("expert-1")
+    generate_traces = {t for n, t in backbone if n == "generate"}
+    assert {"prefill", "decode_step", "expert_fanout"} <= {n for n, _ in backbone}
+    assert generate_traces & {t for _, t in gateway}, "gateway and backbone spans are not in one trace"
+    assert generate_traces & {t for _, t in expert}, "expert service spans are not in the request's trace"

@@ -1,0 +1,179 @@
+"""DispatchingExecutor over real gRPC expert servers on 127.0.0.1 (in this process, for speed)."""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+import torch
+
+from remoe.experts.dispatch import DispatchingExecutor
+from remoe.experts.executor import LocalExpertExecutor
+from remoe.experts.placement import LOCAL, Placement, Shard
+from remoe.model.engine import LocalEngine
+from remoe.model.weights import open_weights
+from remoe.proto import expert_pb2, expert_pb2_grpc
+from remoe.services.expert import ExpertServicer
+from remoe.transport import tensor_codec
+from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
+from remoe.transport.request_context import current_deadline
+from tests.conftest import ARCHS, PROMPT, reference_generate
+
+
+class ExpertServers:
+    def __init__(self, weights, shards: list[Shard]) -> None:
+        arch = weights.arch
+        self.servers, self.addresses = [], []
+        for shard in shards:
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+            executor = LocalExpertExecutor(weights, hosted=shard.experts(arch.layer_indices, arch.num_experts))
+            expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(executor, f"expert-{shard}"), server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            self.servers.append(server)
+            self.addresses.append(f"127.0.0.1:{port}")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop(0).wait()
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(weights, shards):
+        s = ExpertServers(weights, shards)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def _engine_over(path, placement, weights):
+    arch = weights.arch
+    local = LocalExpertExecutor(weights, hosted=placement.destinations.get(LOCAL, []))
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local)
+    return LocalEngine(path, device="cpu", executor=executor), executor
+
+
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_remote_and_local_experts_together_reproduce_transformers(arch_name, tiny_model, reference, servers):
+    path = tiny_model(arch_name)
+    weights = open_weights(path)
+    arch = weights.arch
+    remote = servers(weights, [Shard(1, 3), Shard(2, 3)])
+    placement = Placement(
+        {
+            LOCAL: Shard(0, 3).experts(arch.layer_indices, arch.num_experts),
+            remote.addresses[0]: Shard(1, 3).experts(arch.layer_indices, arch.num_experts),
+            remote.addresses[1]: Shard(2, 3).experts(arch.layer_indices, arch.num_experts),
+        }
+    )
+    engine, executor = _engine_over(path, placement, weights)
+    try:
+        ids = engine.encode(PROMPT)
+        assert engine.generate(token_ids=ids, max_new_tokens=16).token_ids == reference_generate(
+            reference(arch_name), ids, 16
+        )
+        assert len(executor.fanout_s) > 0
+    finally:
+        executor.close()
+
+
+def test_a_down_expert_service_gives_unavailable_fast(tiny_model):
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    placement = Placement({"127.0.0.1:9": Shard(0, 1).experts(arch.layer_indices, arch.num_experts)})
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts)
+    start = time.monotonic()
+    with pytest.raises(RemoteExpertError) as err:
+        executor.compute(0, torch.randn(2, arch.hidden_size), torch.tensor([[0, 1], [2, 3]]), torch.ones(2, 2))
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "127.0.0.1:9" in str(err.value)
+    assert time.monotonic() - start < 10
+    executor.close()
+
+
+def test_an_expired_deadline_is_answered_without_computing(tiny_model, servers):
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    remote = servers(weights, [Shard(0, 1)])
+    placement = Placement({remote.addresses[0]: Shard(0, 1).experts(arch.layer_indices, arch.num_experts)})
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts)
+    token = current_deadline.set(time.time() - 1)
+    try:
+        with pytest.raises(RemoteExpertError) as err:
+            executor.compute(0, torch.randn(1, arch.hidden_size), torch.tensor([[0, 1]]), torch.ones(1, 2))
+    finally:
+        current_deadline.reset(token)
+        executor.close()
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _batch(weights, **overrides):
+    h = weights.arch.hidden_size
+    fields = dict(
+        layer=0,
+        hidden_states=tensor_codec.encode(torch.randn(2, h)),
+        top_k_index=tensor_codec.encode(torch.tensor([[0, 1], [1, -1]])),
+        top_k_weights=tensor_codec.encode(torch.ones(2, 2)),
+    )
+    fields.update(overrides)
+    return expert_pb2.ExpertBatch(**fields)
+
+
+def test_bad_batches_get_their_own_error_and_the_stream_keeps_serving(tiny_model, servers):
+    weights = open_weights(tiny_model("mixtral"))
+    h = weights.arch.hidden_size
+    remote = servers(weights, [Shard(0, 2)])
+    stream = ExpertStream(remote.addresses[0])
+    bad_data = tensor_codec.encode(torch.randn(2, h))
+    bad_data.data = bad_data.data[:-4]
+    cases = {
+        "508 data bytes": _batch(weights, hidden_states=bad_data),
+        "hidden size": _batch(weights, hidden_states=tensor_codec.encode(torch.randn(2, h + 1))),
+        "inconsistent shapes": _batch(weights, top_k_weights=tensor_codec.encode(torch.ones(3, 2))),
+        "outside": _batch(weights, top_k_index=tensor_codec.encode(torch.tensor([[0, 99], [1, 0]]))),
+        "no routed experts": _batch(weights, layer=57),
+        "float32 where int64 is expected": _batch(weights, top_k_index=tensor_codec.encode(torch.ones(2, 2))),
+    }
+    try:
+        for message, batch in cases.items():
+            result = stream.submit(batch)[1].result(timeout=10)
+            assert result.status_code == grpc.StatusCode.INVALID_ARGUMENT.value[0], message
+            assert message in result.error
+        not_hosted = stream.submit(_batch(weights))[1].result(timeout=10)  # expert 1 is shard 1's
+        assert not_hosted.status_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        ok = stream.submit(_batch(weights, top_k_index=tensor_codec.encode(torch.tensor([[0, 2], [4, -1]]))))
+        assert ok[1].result(timeout=10).status_code == 0
+    finally:
+        stream.close()
+
+
+def test_many_threads_share_one_stream(tiny_model, servers):
+    weights = open_weights(tiny_model("olmoe"))
+    arch = weights.arch
+    remote = servers(weights, [Shard(0, 1)])
+    placement = Placement({remote.addresses[0]: Shard(0, 1).experts(arch.layer_indices, arch.num_experts)})
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts)
+    local = LocalExpertExecutor(weights)
+    cases = [
+        (
+            torch.randn(4, arch.hidden_size),
+            torch.randint(0, arch.num_experts, (4, arch.top_k)),
+            torch.rand(4, arch.top_k),
+        )
+        for _ in range(24)
+    ]
+    try:
+        with futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda c: executor.compute(0, *c), cases))
+        for case, out in zip(cases, got, strict=True):
+            torch.testing.assert_close(out, local.compute(0, *case), rtol=0, atol=1e-5)
+    finally:
+        executor.close()
