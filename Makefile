@@ -5,14 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install test lint demo bench-engine clean help
+.PHONY: install test lint demo protos bench-engine bench-dispatch clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
 	@echo "make test          install if needed, then run the whole test suite"
 	@echo "make lint          ruff check + format check"
-	@echo "make demo          make a tiny model, split it, generate from it, verify it against transformers"
+	@echo "make demo          tiny model -> split -> verify -> remoe up -> generate -> status -> shut down"
+	@echo "make protos        regenerate remoe/proto from protos/remoe/v1"
 	@echo "make bench-engine  LocalEngine vs transformers generate, tokens/s"
+	@echo "make bench-dispatch  gRPC fan-out cost; TTFT/TPOT of remoe up vs LocalEngine vs transformers"
 
 install: $(STAMP)
 
@@ -32,17 +34,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check remoe tests bench
 
 demo: $(STAMP)
-	rm -rf $(DEMO_DIR)
-	$(BIN)/remoe tiny-model --arch mixtral --layers 4 --experts 8 --out $(DEMO_DIR)/mixtral
-	$(BIN)/remoe split $(DEMO_DIR)/mixtral --out $(DEMO_DIR)/mixtral-split
-	$(BIN)/remoe inspect $(DEMO_DIR)/mixtral-split
-	@echo "--- generate (random weights: the text is noise; what matters is that it is transformers' text)"
-	$(BIN)/remoe generate --model $(DEMO_DIR)/mixtral-split --max-new-tokens 24 "The quick brown fox"
-	@echo "--- verify: the split under a 2-expert budget against transformers' own generate"
-	$(BIN)/remoe verify $(DEMO_DIR)/mixtral --split $(DEMO_DIR)/mixtral-split --expert-budget 200000
+	scripts/demo.sh
+
+protos: $(STAMP)
+	$(BIN)/python -m remoe.proto.generate
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine.py
+
+bench-dispatch: $(STAMP)
+	$(BIN)/python bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -27,7 +27,7 @@ class ExpertServers:
         arch = weights.arch
         self.servers, self.addresses = [], []
         for shard in shards:
-            server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
             executor = LocalExpertExecutor(weights, hosted=shard.experts(arch.layer_indices, arch.num_experts))
             expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(executor, f"expert-{shard}"), server)
             port = server.add_insecure_port("127.0.0.1:0")

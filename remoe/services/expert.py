@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -30,7 +28,6 @@ from remoe.transport import tensor_codec
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _FLOAT_WIRE = ("float32", "bfloat16", "float16")
-_END = object()
 
 
 class BatchError(Exception):
@@ -40,47 +37,25 @@ class BatchError(Exception):
 
 
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
-    def __init__(self, executor: LocalExpertExecutor, name: str, workers: int = 4) -> None:
+    def __init__(self, executor: LocalExpertExecutor, name: str) -> None:
         self.executor = executor
         self.name = name
         arch = executor.weights.arch
         self._layers = set(arch.layer_indices)
         self._num_experts = arch.num_experts
         self._hidden = arch.hidden_size
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="expert-compute")
         self._recent_ms: deque[float] = deque(maxlen=1024)
         self._batches = 0
         self._compute_s = 0.0
         self._lock = threading.Lock()
 
-    # -- Compute: batches from one stream run concurrently; results go back as each finishes.
+    # -- Compute: one stream's batches are answered in order, in this handler's thread (no hand-offs:
+    # each costs tens of microseconds). The backbone opens one stream per concurrent request thread, so
+    # requests still run in parallel, each on its own stream.
     def Compute(self, request_iterator, context):
-        results: queue.Queue = queue.Queue()
-        count = {"sent": 0}  # written by the reader only; final once it has put _END
-
-        def read() -> None:
-            try:
-                for batch in request_iterator:
-                    count["sent"] += 1
-                    self._pool.submit(lambda b=batch: results.put(self._answer(b)))
-            except grpc.RpcError:
-                pass  # the client went away; its pending results are dropped with the stream
-            finally:
-                results.put(_END)
-
-        threading.Thread(target=read, name="expert-stream-reader", daemon=True).start()
-        answered, reader_done = 0, False
-        while context.is_active():
-            try:
-                item = results.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if item is _END:
-                reader_done = True
-            else:
-                answered += 1
-                yield item
-            if reader_done and answered == count["sent"]:
+        for batch in request_iterator:
+            yield self._answer(batch)
+            if not context.is_active():
                 return
 
     def _answer(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
@@ -186,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-bytes", type=int, default=None, help="expert bytes kept loaded (default: all)")
     parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
     parser.add_argument("--name", default=None, help="name in status output (default expert-SHARD)")
-    add_server_args(parser, default_port=50061)
+    # Each open Compute stream holds a worker: one per concurrent backbone request thread.
+    add_server_args(parser, default_port=50061, default_workers=64)
     args = parser.parse_args(argv)
     shard = Shard.parse(args.shard)
     name = args.name or f"expert-{shard.index}"

@@ -31,12 +31,19 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 1),
     ("grpc.service_config", json.dumps(_RETRY_POLICY)),
+    # Ping idle long-lived expert streams so a dead peer is noticed; the servers below allow it.
     ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
 ]
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # Without these, a server answers the clients' keepalive pings on idle streams with GOAWAY
+    # ENHANCE_YOUR_CALM ("too_many_pings") and the stream breaks.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 

@@ -1,8 +1,9 @@
-"""Client end of `ExpertService.Compute`: one long-lived bidirectional stream per destination.
+"""Client end of `ExpertService.Compute`: long-lived bidirectional streams to one destination.
 
-Many requests share it: each batch gets a sequence number and a Future; a reader thread matches results
-(which may come back out of order) to their futures. When the stream breaks, every pending batch fails with
-the stream's status and the next submit opens a new stream.
+Each calling thread (the backbone runs one request per thread) gets its own stream, so requests do not wait
+behind each other and the server answers each stream in order without thread hand-offs. Each batch gets a
+sequence number and a Future; a reader thread matches results to futures, which lets the caller wait with a
+deadline. When a stream breaks, its pending batches fail with its status and the next submit reopens it.
 """
 
 from __future__ import annotations
@@ -95,25 +96,30 @@ class ExpertStream:
         self._stub = expert_pb2_grpc.ExpertServiceStub(self._channel)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        self._stream: _Stream | None = None
+        self._local = threading.local()  # .stream: this thread's _Stream
+        self._all: list[_Stream] = []
+
+    def _thread_stream(self) -> _Stream:
+        stream: _Stream | None = getattr(self._local, "stream", None)
+        if stream is None or stream.broken is not None:
+            stream = _Stream(self._stub, self.address)
+            self._local.stream = stream
+            with self._lock:
+                self._all = [s for s in self._all if s.broken is None] + [stream]
+        return stream
 
     def submit(self, batch: expert_pb2.ExpertBatch) -> tuple[int, Future]:
         seq = next(self._seq)
         batch.seq = seq
         for _ in range(2):  # a stream found broken is replaced once
-            with self._lock:
-                if self._stream is None or self._stream.broken is not None:
-                    self._stream = _Stream(self._stub, self.address)
-                stream = self._stream
-            future = stream.submit(seq, batch)
+            future = self._thread_stream().submit(seq, batch)
             if future is not None:
                 return seq, future
         raise RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address}: stream keeps breaking")
 
     def forget(self, seq: int) -> None:
         """Drop a batch whose caller stopped waiting (deadline); a late result is then ignored."""
-        with self._lock:
-            stream = self._stream
+        stream: _Stream | None = getattr(self._local, "stream", None)
         if stream is not None:
             stream.forget(seq)
 
@@ -122,7 +128,7 @@ class ExpertStream:
 
     def close(self) -> None:
         with self._lock:
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
+            streams, self._all = self._all, []
+        for stream in streams:
+            stream.close()
         self._channel.close()

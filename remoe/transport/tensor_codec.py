@@ -21,10 +21,13 @@ DTYPES: dict[str, torch.dtype] = {
     "int32": torch.int32,
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
+_ITEMSIZE = {name: torch.empty(0, dtype=dtype).element_size() for name, dtype in DTYPES.items()}
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # one tensor; gRPC's message limit is set to match
 MAX_RANK = 4
 
 assert sys.byteorder == "little", "the wire format is little-endian and so must this host be"
+# Decoded tensors share the message's read-only bytes; nothing writes to them, so torch's warning is noise.
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
 
 class TensorDecodeError(ValueError):
@@ -62,15 +65,11 @@ def decode(
         raise TensorDecodeError(f"{what}: rank {len(shape)} shape {list(shape)} is not allowed")
     if any(d < 0 for d in shape):
         raise TensorDecodeError(f"{what}: negative dimension in shape {list(shape)}")
-    itemsize = torch.tensor([], dtype=DTYPES[msg.dtype]).element_size()
-    expected = math.prod(shape) * itemsize
+    expected = math.prod(shape) * _ITEMSIZE[msg.dtype]
     if expected > max_bytes:
         raise TensorDecodeError(f"{what}: {expected} bytes exceeds the limit of {max_bytes}")
     if len(msg.data) != expected:
         raise TensorDecodeError(f"{what}: {len(msg.data)} data bytes, but {msg.dtype} {list(shape)} needs {expected}")
     if expected == 0:
         return torch.empty(shape, dtype=DTYPES[msg.dtype])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the buffer is read-only bytes; we never write to it
-        flat = torch.frombuffer(msg.data, dtype=DTYPES[msg.dtype])
-    return flat.view(shape)
+    return torch.frombuffer(msg.data, dtype=DTYPES[msg.dtype]).view(shape)
