@@ -177,3 +177,22 @@ def test_many_threads_share_one_stream(tiny_model, servers):
             torch.testing.assert_close(out, local.compute(0, *case), rtol=0, atol=1e-5)
     finally:
         executor.close()
+
+
+def test_load_unload_and_stats_rpcs(tiny_model, servers):
+    weights = open_weights(tiny_model("mixtral"))
+    remote = servers(weights, [Shard(0, 2)])
+    stub = expert_pb2_grpc.ExpertServiceStub(grpc.insecure_channel(remote.addresses[0]))
+    refs = [expert_pb2.ExpertRef(layer=1, expert=0), expert_pb2.ExpertRef(layer=1, expert=2)]
+
+    loaded = stub.Load(expert_pb2.LoadRequest(experts=refs), timeout=10)
+    assert loaded.bytes_loaded == 2 * weights.expert_nbytes(1, 0)
+    stats = stub.Stats(expert_pb2.StatsRequest(), timeout=10)
+    assert {(r.layer, r.expert) for r in stats.resident} == {(1, 0), (1, 2)}
+    assert len(stats.hosted) == len(weights.arch.layer_indices) * weights.arch.num_experts // 2
+    assert stub.Unload(expert_pb2.UnloadRequest(experts=refs[:1]), timeout=10).unloaded == 1
+    assert {(r.layer, r.expert) for r in stub.Stats(expert_pb2.StatsRequest(), timeout=10).resident} == {(1, 2)}
+
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Load(expert_pb2.LoadRequest(experts=[expert_pb2.ExpertRef(layer=1, expert=1)]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not hosted" in err.value.details()
