@@ -15,7 +15,7 @@ import numpy as np
 
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk.errors import from_rpc_error
-from remoe.transport.channel import CHANNEL_OPTIONS
+from remoe.transport.channel import CLIENT_CHANNEL_OPTIONS
 
 
 @dataclass(slots=True)
@@ -111,7 +111,7 @@ class Client:
     def __init__(self, target: str = "localhost:50051", timeout: float | None = 300.0) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 
     def stream(
@@ -154,7 +154,7 @@ class AsyncClient:
     def __init__(self, target: str = "localhost:50051", timeout: float | None = 300.0) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 
     async def stream(

@@ -11,10 +11,11 @@ from remoe.transport.tensor_codec import DEFAULT_MAX_BYTES
 # Three tensors of the size limit plus headers fit in one message.
 MAX_MESSAGE_BYTES = 3 * DEFAULT_MAX_BYTES + 1024 * 1024
 
+# Retries happen at one layer only, the client's: retrying inside the cluster as well would multiply attempts.
 _RETRY_POLICY = {
     "methodConfig": [
         {
-            "name": [{"service": "remoe.v1.GatewayService"}, {"service": "remoe.v1.BackboneService"}],
+            "name": [{"service": "remoe.v1.GatewayService"}],
             "retryPolicy": {
                 "maxAttempts": 4,
                 "initialBackoff": "0.1s",
@@ -26,14 +27,21 @@ _RETRY_POLICY = {
     ]
 }
 
+# Between Remoe's own services.
 CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+    # Ping idle long-lived expert streams so a dead peer is noticed; the servers below allow it.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+# The SDK's channel to the gateway: UNAVAILABLE is retried with backoff by gRPC itself.
+CLIENT_CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 1),
     ("grpc.service_config", json.dumps(_RETRY_POLICY)),
-    # Ping idle long-lived expert streams so a dead peer is noticed; the servers below allow it.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
 ]
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
