@@ -19,6 +19,9 @@ from remoe.model.checkpoint import Checkpoint, load_config
 from remoe.model.manifest import MANIFEST_FILE, Manifest
 from remoe.model.weight_map import WeightMap, build_weight_map
 
+# safetensors dtype names (header "dtype") of the float types MoE checkpoints use.
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
 
 def split_expert_key(layer: int, expert: int, param: str) -> str:
     return f"layers.{layer}.experts.{expert}.{param}"
@@ -57,6 +60,15 @@ class ModelWeights(ABC):
     def expert_nbytes(self, layer: int, expert: int) -> int:
         """Exact bytes of one expert's tensors as stored."""
 
+    @abstractmethod
+    def expert_key(self, layer: int, expert: int) -> str:
+        """A checkpoint key holding (part of) this expert, e.g. to learn its stored dtype."""
+
+    def expert_nbytes_as(self, layer: int, expert: int, dtype: torch.dtype) -> int:
+        """Bytes of one expert once loaded in `dtype`."""
+        stored = SAFETENSORS_DTYPES.get(self.ckpt.info(self.expert_key(layer, expert)).dtype, dtype)
+        return self.expert_nbytes(layer, expert) * dtype.itemsize // stored.itemsize
+
 
 @dataclass
 class CheckpointWeights(ModelWeights):
@@ -85,6 +97,10 @@ class CheckpointWeights(ModelWeights):
     def expert_nbytes(self, layer: int, expert: int) -> int:
         moe = self.arch.moe_layer(layer)
         return sum(self.wmap.experts[(layer, p)].nbytes(self.ckpt, expert) for p in moe.param_shapes)
+
+    def expert_key(self, layer: int, expert: int) -> str:
+        param = next(iter(self.arch.moe_layer(layer).param_shapes))
+        return self.wmap.experts[(layer, param)].keys(expert)[0]
 
 
 @dataclass
@@ -117,6 +133,9 @@ class SplitWeights(ModelWeights):
 
     def expert_nbytes(self, layer: int, expert: int) -> int:
         return self.manifest.layer(layer).expert_bytes[expert]
+
+    def expert_key(self, layer: int, expert: int) -> str:
+        return split_expert_key(layer, expert, next(iter(self.arch.moe_layer(layer).param_shapes)))
 
 
 def open_weights(path: str | Path) -> ModelWeights:

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -37,9 +38,19 @@ class BatchError(Exception):
 
 
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
-    def __init__(self, executor: LocalExpertExecutor, name: str) -> None:
+    def __init__(
+        self,
+        executor: LocalExpertExecutor,
+        name: str,
+        kind: str = "service",
+        on_batch: Callable[[], None] | None = None,
+        cold_start: Callable[[], expert_pb2.ColdStart] | None = None,
+    ) -> None:
         self.executor = executor
         self.name = name
+        self.kind = kind
+        self._on_batch = on_batch  # e.g. a function recording its cold start after the first batch
+        self._cold_start = cold_start
         arch = executor.weights.arch
         self._layers = set(arch.layer_indices)
         self._num_experts = arch.num_experts
@@ -61,7 +72,10 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
     def _answer(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
         with _tracer.start_as_current_span("expert_batch", context=context_from(batch.trace_context)) as span:
             span.set_attribute("remoe.layer", batch.layer)
-            return self._compute(batch)
+            reply = self._compute(batch)
+        if self._on_batch is not None:
+            self._on_batch()
+        return reply
 
     def _compute(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
         start = time.perf_counter()
@@ -151,6 +165,8 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             compute_s=compute_s,
             recent_batch_ms_p50=float(np.percentile(recent, 50)),
             recent_batch_ms_p99=float(np.percentile(recent, 99)),
+            kind=self.kind,
+            cold_start=self._cold_start() if self._cold_start is not None else None,
         )
 
 

@@ -1,0 +1,86 @@
+"""A function instance's configuration, all from environment variables (Knative's way).
+
+PORT                    port to serve h2c gRPC on (Knative sets it; default 8080)
+REMOE_HOST              address to bind (default 127.0.0.1; the Knative manifest sets 0.0.0.0)
+REMOE_MODEL_DIR         checkpoint or split directory
+REMOE_FUNCTION_EXPERTS  hosted experts, "LAYER:E,E,...;LAYER:E,..." e.g. "1:3,5;2:0"
+REMOE_FUNCTION_NAME     name in status and traces (default "function")
+REMOE_MEMORY_BYTES      the instance's memory size; it refuses to start when its experts cannot fit
+REMOE_DTYPE             compute dtype (default: the checkpoint's own)
+REMOE_READY_FILE        local platform only: write the port here once serving
+REMOE_SPAWNED_AT        local platform only: time.time() at spawn, to measure process start
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from remoe.experts.cache import ExpertId
+
+
+def format_experts(experts: list[ExpertId]) -> str:
+    by_layer: dict[int, list[int]] = {}
+    for layer, e in sorted(experts):
+        by_layer.setdefault(layer, []).append(e)
+    return ";".join(f"{layer}:{','.join(map(str, es))}" for layer, es in by_layer.items())
+
+
+def parse_experts(text: str) -> list[ExpertId]:
+    experts: list[ExpertId] = []
+    try:
+        for group in filter(None, text.split(";")):
+            layer, _, ids = group.partition(":")
+            experts += [(int(layer), int(e)) for e in ids.split(",") if e]
+    except ValueError:
+        raise ValueError(f"REMOE_FUNCTION_EXPERTS={text!r} is not 'LAYER:E,E;LAYER:E'") from None
+    if not experts:
+        raise ValueError("REMOE_FUNCTION_EXPERTS names no experts")
+    return experts
+
+
+@dataclass(slots=True)
+class FunctionConfig:
+    model_dir: Path
+    experts: list[ExpertId]
+    name: str = "function"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    memory_bytes: int | None = None
+    dtype: str = "auto"
+    ready_file: Path | None = None
+    spawned_at: float | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> FunctionConfig:
+        env = dict(os.environ if env is None else env)
+        missing = [k for k in ("REMOE_MODEL_DIR", "REMOE_FUNCTION_EXPERTS") if not env.get(k)]
+        if missing:
+            raise ValueError(f"set {', '.join(missing)} (see python -m remoe.functions.expert --help)")
+        return cls(
+            model_dir=Path(env["REMOE_MODEL_DIR"]),
+            experts=parse_experts(env["REMOE_FUNCTION_EXPERTS"]),
+            name=env.get("REMOE_FUNCTION_NAME", "function"),
+            host=env.get("REMOE_HOST", "127.0.0.1"),
+            port=int(env.get("PORT", "8080")),
+            memory_bytes=int(env["REMOE_MEMORY_BYTES"]) if env.get("REMOE_MEMORY_BYTES") else None,
+            dtype=env.get("REMOE_DTYPE", "auto"),
+            ready_file=Path(env["REMOE_READY_FILE"]) if env.get("REMOE_READY_FILE") else None,
+            spawned_at=float(env["REMOE_SPAWNED_AT"]) if env.get("REMOE_SPAWNED_AT") else None,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        env = {
+            "REMOE_MODEL_DIR": str(self.model_dir),
+            "REMOE_FUNCTION_EXPERTS": format_experts(self.experts),
+            "REMOE_FUNCTION_NAME": self.name,
+            "REMOE_HOST": self.host,
+            "PORT": str(self.port),
+            "REMOE_DTYPE": self.dtype,
+        }
+        if self.memory_bytes is not None:
+            env["REMOE_MEMORY_BYTES"] = str(self.memory_bytes)
+        if self.ready_file is not None:
+            env["REMOE_READY_FILE"] = str(self.ready_file)
+        return env

@@ -1,0 +1,106 @@
+"""What every function platform offers, and the description of one function."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from remoe.errors import RemoeError
+from remoe.experts.cache import ExpertId
+
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS-1123 label: Knative names Services this way
+
+
+class FunctionStartError(RemoeError):
+    """A function instance could not start (its message says why, e.g. too little memory)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """One remote-expert function of a plan: its experts, memory size and replica count."""
+
+    name: str
+    experts: tuple[ExpertId, ...]
+    memory_mb: int
+    replicas: int = 1
+    concurrency: int = 0  # requests one instance takes at once; 0 = unlimited (Knative's default)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"function name {self.name!r} must be a DNS label (lowercase letters, digits, '-')")
+        if not self.experts:
+            raise ValueError(f"function {self.name} hosts no experts")
+        if self.memory_mb < 64:
+            raise ValueError(f"function {self.name}: memory_mb {self.memory_mb} is below 64")
+        if self.replicas < 1:
+            raise ValueError(f"function {self.name}: replicas must be >= 1")
+
+
+@dataclass(slots=True)
+class InstanceStatus:
+    function: str
+    replica: int
+    state: str  # "cold" (not running), "starting", "warm"
+    address: str = ""
+    memory_mb: int = 0
+    cold_starts: int = 0
+    calls: int = 0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class ColdStartRecord:
+    function: str
+    replica: int
+    started_at: float  # time.time()
+    ready_s: float  # spawn to serving
+    reason: str  # "warm-up" or "on demand"
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+class FunctionPlatform(Protocol):
+    def deploy(self, specs: list[FunctionSpec]) -> None:
+        """Make these the platform's functions (create, update, delete as needed); start nothing yet."""
+
+    def warm(self, names: list[str] | None = None) -> None:
+        """Start the named functions' replicas now (all when None) without waiting for them."""
+
+    def endpoints(self, name: str, timeout_s: float) -> list[str]:
+        """Addresses of the function's replicas, starting cold ones and waiting until they serve."""
+
+    def status(self) -> list[InstanceStatus]: ...
+
+    def close(self) -> None: ...
+
+
+def functions_to_json(specs: list[FunctionSpec]) -> dict:
+    return {
+        "functions": [
+            {
+                "name": s.name,
+                "experts": [list(x) for x in s.experts],
+                "memory_mb": s.memory_mb,
+                "replicas": s.replicas,
+                "concurrency": s.concurrency,
+            }
+            for s in specs
+        ]
+    }
+
+
+def functions_from_json(raw: dict) -> list[FunctionSpec]:
+    """Parse a plan's functions; ValueError names what is wrong."""
+    try:
+        return [
+            FunctionSpec(
+                name=f["name"],
+                experts=tuple((int(layer), int(e)) for layer, e in f["experts"]),
+                memory_mb=int(f["memory_mb"]),
+                replicas=int(f.get("replicas", 1)),
+                concurrency=int(f.get("concurrency", 0)),
+            )
+            for f in raw["functions"]
+        ]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"plan: malformed functions entry ({e!r})") from None

@@ -1,0 +1,187 @@
+"""The Knative function platform: one `serving.knative.dev/v1` Service per remote-expert function.
+
+Rendering is a pure function (`render_service`), validated in the tests against Knative's own CRD schema.
+`KnativeFunctionPlatform` applies, updates and deletes the Services through the official `kubernetes`
+client. Knative scales each Service between 0 and `replicas` instances; a request to a Service at zero
+cold-starts it, which is how `warm` pre-warms.
+
+Cluster prerequisites (see docs/knative.md): Knative Serving with the PVC volume feature enabled
+(`kubernetes.podspec-persistent-volume-claim: enabled` in config-features), and a PVC with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from remoe.functions.config import format_experts
+from remoe.platform.base import FunctionSpec, InstanceStatus
+
+log = logging.getLogger(__name__)
+GROUP, VERSION, PLURAL = "serving.knative.dev", "v1", "services"
+PART_OF = "app.kubernetes.io/part-of"
+FUNCTION_LABEL = "remoe.dev/function"
+MODEL_MOUNT = "/models"
+H2C_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class KnativeSettings:
+    namespace: str = "remoe"
+    image: str = "remoe/expert-function:latest"
+    model_pvc: str = "remoe-models"
+    model_subdir: str = "model"  # the model directory inside the volume
+    idle_ttl_s: int = 60  # kept warm this long after the last request, then scaled to zero
+    prefix: str = "remoe-"
+
+    def service_name(self, function: str) -> str:
+        return f"{self.prefix}{function}"
+
+
+def render_service(spec: FunctionSpec, settings: KnativeSettings) -> dict[str, Any]:
+    """The Knative Service manifest for one function (a plain dict, ready for YAML or the API)."""
+    name = settings.service_name(spec.name)
+    cpu_millis = max(100, spec.memory_mb * 1000 // 1024)  # 1 GB of memory buys 1 vCPU, as in the paper
+    env = {
+        "REMOE_MODEL_DIR": f"{MODEL_MOUNT}/{settings.model_subdir}",
+        "REMOE_FUNCTION_EXPERTS": format_experts(list(spec.experts)),
+        "REMOE_FUNCTION_NAME": spec.name,
+        "REMOE_MEMORY_BYTES": str(spec.memory_mb * 2**20),
+        "REMOE_HOST": "0.0.0.0",  # inside the pod; Knative's queue-proxy is the only way in
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": {PART_OF: "remoe", FUNCTION_LABEL: spec.name},
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": {PART_OF: "remoe", FUNCTION_LABEL: spec.name},
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": "0",
+                        "autoscaling.knative.dev/max-scale": str(spec.replicas),
+                        "autoscaling.knative.dev/initial-scale": "0",
+                        "autoscaling.knative.dev/scale-to-zero-pod-retention-period": f"{settings.idle_ttl_s}s",
+                    },
+                },
+                "spec": {
+                    "containerConcurrency": spec.concurrency,
+                    "timeoutSeconds": 300,
+                    "containers": [
+                        {
+                            "name": "expert-function",
+                            "image": settings.image,
+                            "ports": [{"name": "h2c", "containerPort": H2C_PORT}],
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "resources": {
+                                "requests": {"memory": f"{spec.memory_mb}Mi", "cpu": f"{cpu_millis}m"},
+                                "limits": {"memory": f"{spec.memory_mb}Mi", "cpu": f"{cpu_millis}m"},
+                            },
+                            "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "model", "persistentVolumeClaim": {"claimName": settings.model_pvc, "readOnly": True}}
+                    ],
+                },
+            }
+        },
+    }
+
+
+class KnativeFunctionPlatform:
+    """Applies a plan's functions as Knative Services in one namespace (kubernetes CustomObjectsApi)."""
+
+    def __init__(self, settings: KnativeSettings, api=None) -> None:
+        self.settings = settings
+        if api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api = client.CustomObjectsApi()
+        self.api = api
+        self._specs: dict[str, FunctionSpec] = {}
+
+    def _list(self) -> list[dict]:
+        items = self.api.list_namespaced_custom_object(
+            GROUP, VERSION, self.settings.namespace, PLURAL, label_selector=f"{PART_OF}=remoe"
+        )
+        return items.get("items", [])
+
+    def deploy(self, specs: list[FunctionSpec]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        ns = self.settings.namespace
+        wanted = {self.settings.service_name(s.name): s for s in specs}
+        existing = {item["metadata"]["name"]: item for item in self._list()}
+        for name, spec in wanted.items():
+            body = render_service(spec, self.settings)
+            if name in existing:
+                body["metadata"]["resourceVersion"] = existing[name]["metadata"].get("resourceVersion")
+                self.api.replace_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, body)
+                log.info("updated Knative Service %s/%s", ns, name)
+            else:
+                self.api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+                log.info("created Knative Service %s/%s", ns, name)
+        for name in existing.keys() - wanted.keys():
+            try:
+                self.api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+                log.info("deleted Knative Service %s/%s", ns, name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        self._specs = {s.name: s for s in specs}
+
+    def endpoints(self, name: str, timeout_s: float = 120.0) -> list[str]:
+        """The Service's cluster-local address; Knative balances over (and cold-starts) its instances."""
+        item = self.api.get_namespaced_custom_object(
+            GROUP, VERSION, self.settings.namespace, PLURAL, self.settings.service_name(name)
+        )
+        url = item.get("status", {}).get("address", {}).get("url") or item.get("status", {}).get("url", "")
+        host = url.split("://", 1)[-1].rstrip("/")
+        return [f"{host}:80"] if host else []
+
+    def warm(self, names: list[str] | None = None) -> None:
+        """Knative starts instances on the first request: send each function a Stats call now."""
+        import grpc
+
+        from remoe.proto import expert_pb2, expert_pb2_grpc
+
+        for name in names if names is not None else list(self._specs):
+            for address in self.endpoints(name):
+                stub = expert_pb2_grpc.ExpertServiceStub(grpc.insecure_channel(address))
+                stub.Stats.future(expert_pb2.StatsRequest(), timeout=120)  # fire and forget
+
+    def status(self) -> list[InstanceStatus]:
+        out = []
+        for item in self._list():
+            labels = item["metadata"].get("labels", {})
+            conditions = {c["type"]: c["status"] for c in item.get("status", {}).get("conditions", [])}
+            annotations = item["spec"]["template"]["metadata"].get("annotations", {})
+            memory = item["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+            out.append(
+                InstanceStatus(
+                    function=labels.get(FUNCTION_LABEL, item["metadata"]["name"]),
+                    replica=int(annotations.get("autoscaling.knative.dev/max-scale", "1")),
+                    state="ready" if conditions.get("Ready") == "True" else "not ready",
+                    address=item.get("status", {}).get("url", ""),
+                    memory_mb=int(memory.removesuffix("Mi")),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        pass

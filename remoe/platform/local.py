@@ -1,0 +1,237 @@
+"""The local function platform: function instances as processes on this machine.
+
+Scale from zero: an instance starts when first needed (or on `warm`). Scale to zero: an instance idle
+for `idle_ttl_s` is stopped. Each replica is its own process with its own memory size, passed to the
+function, which refuses to start (exit 3, message on stderr) when its experts cannot fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remoe.functions.config import FunctionConfig
+from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartError, InstanceStatus
+
+log = logging.getLogger(__name__)
+DEFAULT_IDLE_TTL_S = 60.0
+
+
+@dataclass
+class _Instance:
+    spec: FunctionSpec
+    replica: int
+    process: subprocess.Popen | None = None
+    port: int = 0
+    ready: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
+    spawned_at: float = 0.0
+    last_used: float = 0.0
+    cold_starts: int = 0
+    calls: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}-{self.replica}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def state(self) -> str:
+        if not self.running:
+            return "cold"
+        return "warm" if self.ready.is_set() else "starting"
+
+
+class LocalFunctionPlatform:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        run_dir: str | Path,
+        idle_ttl_s: float = DEFAULT_IDLE_TTL_S,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir).resolve()
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.idle_ttl_s = idle_ttl_s
+        # A function gets one OpenMP thread: many small processes share the machine's cores.
+        self._env = {"OMP_NUM_THREADS": "1", **(env or {})}
+        self._lock = threading.RLock()
+        self._instances: dict[str, list[_Instance]] = {}
+        self.cold_starts: list[ColdStartRecord] = []
+        self._closed = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_idle, name="function-reaper", daemon=True)
+        self._reaper.start()
+
+    # -- deployment
+    def deploy(self, specs: list[FunctionSpec]) -> None:
+        wanted = {s.name: s for s in specs}
+        with self._lock:
+            for name in list(self._instances):
+                current = self._instances[name]
+                if name not in wanted or current[0].spec != wanted[name]:
+                    for inst in current:
+                        self._stop(inst)
+                    del self._instances[name]
+            for name, spec in wanted.items():
+                if name not in self._instances:
+                    self._instances[name] = [_Instance(spec, r) for r in range(spec.replicas)]
+
+    def specs(self) -> list[FunctionSpec]:
+        with self._lock:
+            return [instances[0].spec for instances in self._instances.values()]
+
+    # -- scale from zero
+    def warm(self, names: list[str] | None = None) -> None:
+        with self._lock:
+            for name in names if names is not None else list(self._instances):
+                for inst in self._instances_of(name):
+                    self._start(inst, reason="warm-up")
+
+    def endpoints(self, name: str, timeout_s: float = 120.0) -> list[str]:
+        with self._lock:
+            instances = self._instances_of(name)
+            for inst in instances:
+                self._start(inst, reason="on demand")
+        deadline = time.monotonic() + timeout_s
+        for inst in instances:
+            self._wait_ready(inst, deadline)
+        now = time.monotonic()
+        with self._lock:
+            for inst in instances:
+                inst.last_used = now
+        return [f"127.0.0.1:{inst.port}" for inst in instances]
+
+    def touch(self, name: str, replica: int) -> None:
+        """Note a call to an instance (keeps it warm for another TTL)."""
+        with self._lock:
+            for inst in self._instances.get(name, []):
+                if inst.replica == replica:
+                    inst.last_used = time.monotonic()
+                    inst.calls += 1
+
+    def _instances_of(self, name: str) -> list[_Instance]:
+        try:
+            return self._instances[name]
+        except KeyError:
+            raise FunctionStartError(f"no function named {name!r} is deployed") from None
+
+    def _start(self, inst: _Instance, reason: str) -> None:
+        if inst.running:
+            return
+        ready_file = self.run_dir / f"{inst.name}.port"
+        ready_file.unlink(missing_ok=True)
+        config = FunctionConfig(
+            model_dir=self.model_dir,
+            experts=list(inst.spec.experts),
+            name=inst.name,
+            port=0,
+            memory_bytes=inst.spec.memory_mb * 2**20,
+            ready_file=ready_file,
+        )
+        inst.spawned_at = time.time()
+        env = {**os.environ, **self._env, **config.to_env(), "REMOE_SPAWNED_AT": repr(inst.spawned_at)}
+        log_file = (self.run_dir / f"{inst.name}.log").open("ab")
+        inst.process = subprocess.Popen(
+            [sys.executable, "-m", "remoe.functions.expert"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log_file.close()
+        inst.ready = threading.Event()
+        inst.error = ""
+        inst.cold_starts += 1
+        inst.last_used = time.monotonic()
+        threading.Thread(target=self._watch_start, args=(inst, inst.process, ready_file, reason), daemon=True).start()
+
+    def _watch_start(self, inst: _Instance, process: subprocess.Popen, ready_file: Path, reason: str) -> None:
+        while process.poll() is None and not ready_file.is_file():
+            time.sleep(0.02)
+        if process.poll() is not None and not ready_file.is_file():
+            inst.error = self._exit_message(inst, process.returncode)
+            inst.ready.set()
+            return
+        inst.port = int(ready_file.read_text())
+        ready_s = time.time() - inst.spawned_at
+        with self._lock:
+            self.cold_starts.append(ColdStartRecord(inst.spec.name, inst.replica, inst.spawned_at, ready_s, reason))
+        inst.ready.set()
+
+    def _exit_message(self, inst: _Instance, code: int) -> str:
+        lines = (self.run_dir / f"{inst.name}.log").read_text(errors="replace").strip().splitlines()
+        tail = next((line for line in reversed(lines) if "remoe function" in line), lines[-1] if lines else "")
+        return f"function {inst.name} exited with code {code} while starting: {tail}"
+
+    def _wait_ready(self, inst: _Instance, deadline: float) -> None:
+        if not inst.ready.wait(max(0.0, deadline - time.monotonic())):
+            raise FunctionStartError(f"function {inst.name} did not start in time (log {self.run_dir})")
+        if inst.error:
+            raise FunctionStartError(inst.error)
+
+    # -- scale to zero
+    def _reap_idle(self) -> None:
+        while not self._closed.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                for instances in self._instances.values():
+                    for inst in instances:
+                        if inst.state == "warm" and now - inst.last_used > self.idle_ttl_s:
+                            log.info("scaling %s to zero after %.0f s idle", inst.name, now - inst.last_used)
+                            self._stop(inst)
+
+    def _stop(self, inst: _Instance) -> None:
+        process = inst.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        inst.process = None
+        inst.port = 0
+
+    def kill(self, name: str, replica: int) -> None:
+        """SIGKILL one instance (fault injection in tests)."""
+        with self._lock:
+            inst = self._instances_of(name)[replica]
+            if inst.process is not None:
+                inst.process.kill()
+                inst.process.wait()
+
+    # -- introspection
+    def status(self) -> list[InstanceStatus]:
+        with self._lock:
+            return [
+                InstanceStatus(
+                    function=inst.spec.name,
+                    replica=inst.replica,
+                    state=inst.state,
+                    address=f"127.0.0.1:{inst.port}" if inst.state == "warm" else "",
+                    memory_mb=inst.spec.memory_mb,
+                    cold_starts=inst.cold_starts,
+                    calls=inst.calls,
+                    last_error=inst.error,
+                )
+                for instances in self._instances.values()
+                for inst in instances
+            ]
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            for instances in self._instances.values():
+                for inst in instances:
+                    self._stop(inst)

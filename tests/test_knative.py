@@ -1,0 +1,118 @@
+"""Knative manifests: rendered per function, valid against Knative's own CRD schema; applied, updated and
+deleted through the kubernetes client (a stand-in API here: there is no cluster on this machine)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from remoe.platform.base import FunctionSpec, functions_from_json, functions_to_json
+from remoe.platform.knative import KnativeFunctionPlatform, KnativeSettings, render_service
+
+CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative" / "services.serving.knative.dev.crd.yaml"
+SAMPLE = [
+    FunctionSpec("layer1-remote", experts=((1, 5), (1, 6), (1, 7)), memory_mb=1536, replicas=2, concurrency=4),
+    FunctionSpec("layer2-remote", experts=((2, 7),), memory_mb=512),
+]
+
+
+@pytest.fixture(scope="module")
+def validator():
+    if not CRD.is_file():
+        pytest.skip(f"the Knative CRD schema is not at {CRD}")
+    schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_rendered_services_validate_against_the_crd(validator):
+    for spec in SAMPLE:
+        manifest = render_service(spec, KnativeSettings(namespace="remoe"))
+        errors = list(validator.iter_errors(manifest))
+        assert not errors, [e.message for e in errors]
+
+
+def test_the_schema_check_catches_a_broken_manifest(validator):
+    manifest = render_service(SAMPLE[0], KnativeSettings())
+    broken = copy.deepcopy(manifest)
+    broken["spec"]["template"]["spec"]["containerConcurrency"] = "four"
+    broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "h2c"
+    assert len(list(validator.iter_errors(broken))) >= 2
+
+
+def test_manifest_carries_the_plan(validator):
+    manifest = render_service(SAMPLE[0], KnativeSettings(namespace="prod", image="reg/fn:1", model_pvc="models"))
+    template = manifest["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    container = template["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert manifest["metadata"] == {
+        "name": "remoe-layer1-remote",
+        "namespace": "prod",
+        "labels": {"app.kubernetes.io/part-of": "remoe", "remoe.dev/function": "layer1-remote"},
+    }
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+    assert annotations["autoscaling.knative.dev/max-scale"] == "2"
+    assert template["spec"]["containerConcurrency"] == 4
+    assert container["ports"] == [{"name": "h2c", "containerPort": 8080}]
+    assert container["resources"]["limits"] == {"memory": "1536Mi", "cpu": "1500m"}
+    assert env["REMOE_FUNCTION_EXPERTS"] == "1:5,6,7" and env["REMOE_MEMORY_BYTES"] == str(1536 * 2**20)
+    assert template["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+class FakeCustomObjectsApi:
+    """Stand-in for kubernetes.client.CustomObjectsApi, keeping objects in a dict."""
+
+    def __init__(self):
+        self.objects: dict[str, dict] = {}
+        self.calls: list[str] = []
+
+    def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector=""):
+        key, _, value = label_selector.partition("=")
+        items = [o for o in self.objects.values() if o["metadata"]["labels"].get(key) == value]
+        return {"items": copy.deepcopy(items)}
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.calls.append(f"create {body['metadata']['name']}")
+        self.objects[body["metadata"]["name"]] = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+
+    def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        assert body["metadata"]["resourceVersion"], "updates must carry the resourceVersion"
+        self.calls.append(f"replace {name}")
+        self.objects[name] = body
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(f"delete {name}")
+        del self.objects[name]
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        obj = copy.deepcopy(self.objects[name])
+        obj["status"] = {"address": {"url": f"http://{name}.{namespace}.svc.cluster.local"}}
+        return obj
+
+
+def test_deploy_creates_updates_and_deletes_services():
+    api = FakeCustomObjectsApi()
+    platform = KnativeFunctionPlatform(KnativeSettings(namespace="remoe"), api=api)
+    platform.deploy(SAMPLE)
+    assert sorted(api.calls) == ["create remoe-layer1-remote", "create remoe-layer2-remote"]
+
+    api.calls.clear()
+    bigger = FunctionSpec("layer1-remote", experts=SAMPLE[0].experts, memory_mb=2048, replicas=3)
+    platform.deploy([bigger])
+    assert sorted(api.calls) == ["delete remoe-layer2-remote", "replace remoe-layer1-remote"]
+    container = api.objects["remoe-layer1-remote"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "2048Mi"
+    assert platform.endpoints("layer1-remote") == ["remoe-layer1-remote.remoe.svc.cluster.local:80"]
+    assert [(s.function, s.memory_mb) for s in platform.status()] == [("layer1-remote", 2048)]
+
+
+def test_function_specs_round_trip_through_json():
+    raw = json.loads(json.dumps(functions_to_json(SAMPLE)))
+    assert functions_from_json(raw) == SAMPLE
+    with pytest.raises(ValueError, match="malformed"):
+        functions_from_json({"functions": [{"name": "x"}]})

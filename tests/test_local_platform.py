@@ -1,0 +1,121 @@
+"""The local function platform with real function processes: scale from zero, replicas, scale to zero,
+memory sizes, cold-start records."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+import torch
+
+from remoe.experts.executor import LocalExpertExecutor
+from remoe.model.weights import open_weights
+from remoe.platform.base import FunctionSpec, FunctionStartError
+from remoe.platform.local import LocalFunctionPlatform
+from remoe.proto import expert_pb2, expert_pb2_grpc
+from remoe.transport import tensor_codec
+from remoe.transport.expert_stream import ExpertStream
+
+
+def _compute(address: str, layer: int, hidden, index, weights):
+    stream = ExpertStream(address)
+    try:
+        batch = expert_pb2.ExpertBatch(
+            layer=layer,
+            hidden_states=tensor_codec.encode(hidden),
+            top_k_index=tensor_codec.encode(index),
+            top_k_weights=tensor_codec.encode(weights),
+        )
+        result = stream.submit(batch)[1].result(timeout=60)
+        assert result.status_code == 0, result.error
+        return tensor_codec.decode(result.output).clone()
+    finally:
+        stream.close()
+
+
+def _stats(address: str) -> expert_pb2.StatsReply:
+    return expert_pb2_grpc.ExpertServiceStub(grpc.insecure_channel(address)).Stats(
+        expert_pb2.StatsRequest(), timeout=10
+    )
+
+
+@pytest.fixture
+def platform(tiny_model, tmp_path):
+    p = LocalFunctionPlatform(tiny_model("mixtral"), tmp_path, idle_ttl_s=60.0)
+    yield p
+    p.close()
+
+
+def test_functions_start_on_demand_with_replicas_and_compute_right(platform, tiny_model):
+    weights = open_weights(tiny_model("mixtral"))
+    platform.deploy(
+        [
+            FunctionSpec("layer1-cold", experts=((1, 6), (1, 7)), memory_mb=2048, replicas=2),
+            FunctionSpec("layer2-cold", experts=((2, 0),), memory_mb=2048),
+        ]
+    )
+    assert {s.state for s in platform.status()} == {"cold"}
+    replicas = platform.endpoints("layer1-cold", timeout_s=120)
+    assert len(replicas) == 2 and len(set(replicas)) == 2
+    hidden = torch.randn(3, weights.arch.hidden_size)
+    index = torch.tensor([[6, 7], [7, -1], [-1, 6]])
+    routing = torch.rand(3, 2)
+    expected = LocalExpertExecutor(weights).compute(1, hidden, index, routing)
+    for address in replicas:
+        torch.testing.assert_close(_compute(address, 1, hidden, index, routing), expected, rtol=0, atol=1e-6)
+        stats = _stats(address)
+        assert stats.kind == "function" and stats.cold_start.complete
+        assert stats.cold_start.imports_s > 0 and stats.cold_start.first_compute_s > 0
+        assert {(r.layer, r.expert) for r in stats.resident} == {(1, 6), (1, 7)}  # loaded lazily, only these
+    states = {(s.function, s.replica): s.state for s in platform.status()}
+    assert states == {("layer1-cold", 0): "warm", ("layer1-cold", 1): "warm", ("layer2-cold", 0): "cold"}
+    assert [r.function for r in platform.cold_starts] == ["layer1-cold", "layer1-cold"]
+
+
+def test_idle_instances_scale_to_zero_and_cold_start_again(platform, tiny_model):
+    platform.idle_ttl_s = 2.0
+    weights = open_weights(tiny_model("mixtral"))
+    platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
+    first = platform.endpoints("f")[0]
+    hidden, index, routing = torch.randn(1, weights.arch.hidden_size), torch.tensor([[1]]), torch.ones(1, 1)
+    before = _compute(first, 0, hidden, index, routing)
+    deadline = time.monotonic() + 30
+    while platform.status()[0].state != "cold":
+        assert time.monotonic() < deadline, "the idle instance was not stopped"
+        time.sleep(0.2)
+    again = platform.endpoints("f")[0]
+    torch.testing.assert_close(_compute(again, 0, hidden, index, routing), before, rtol=0, atol=0)
+    assert platform.status()[0].cold_starts == 2
+    assert len(platform.cold_starts) == 2
+
+
+def test_too_little_memory_fails_cleanly_with_the_reason(platform):
+    platform.deploy([FunctionSpec("tiny-mem", experts=((0, 1),), memory_mb=64)])
+    with pytest.raises(FunctionStartError, match=r"memory size 64 MiB is too small"):
+        platform.endpoints("tiny-mem", timeout_s=120)
+    assert "too small" in platform.status()[0].last_error
+
+
+def test_a_killed_instance_is_restarted_on_next_use(platform):
+    platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
+    platform.endpoints("f")
+    platform.kill("f", 0)
+    assert platform.status()[0].state == "cold"
+    assert platform.endpoints("f")
+    assert platform.status()[0].cold_starts == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "Bad_Name"}, "DNS label"),
+        ({"experts": ()}, "hosts no experts"),
+        ({"memory_mb": 10}, "below 64"),
+        ({"replicas": 0}, "replicas"),
+    ],
+)
+def test_bad_function_specs_are_named(kwargs, message):
+    fields = {"name": "f", "experts": ((0, 1),), "memory_mb": 512, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        FunctionSpec(**fields)
