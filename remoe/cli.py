@@ -80,6 +80,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         expert_budget_bytes=args.expert_budget,
         backbone_device=args.device,
+        remote_ratio=args.remote_ratio,
+        plan_file=args.plan,
+        function_ttl_s=args.function_ttl,
+        function_memory_mb=args.function_memory_mb,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,6 +122,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"TTFT p50 {b.recent_ttft_ms_p50:.1f} ms, TPOT p50 {b.recent_tpot_ms_p50:.1f} ms, "
         f"fan-out p50 {b.recent_fanout_ms_p50:.2f} ms/layer"
     )
+    if b.functions:
+        print(f"functions: {b.function_retries} retries, {b.function_fallbacks} fallbacks to an expert service")
+    for f in b.functions:
+        where = f" @ {f.address}" if f.address else ""
+        error = f", last error: {f.last_error}" if f.last_error else ""
+        print(
+            f"  function {f.function} replica {f.replica}: {f.state}{where}, {f.memory_mb} MiB, "
+            f"{f.cold_starts} cold starts, {f.calls} calls{error}"
+        )
     for d in b.destinations:
         if not d.healthy:
             print(f"  {d.address}: DOWN ({d.error})")
@@ -261,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts each service keeps loaded")
     p.add_argument("--device", default=None, help="backbone device (default: cuda if available, else cpu)")
     p.add_argument("--run-dir", default=None, help="where logs and port files go (default: a new temp dir)")
+    p.add_argument(
+        "--remote-ratio",
+        type=float,
+        default=0.0,
+        help="share of each layer's experts served by serverless functions (one per layer), e.g. 0.5",
+    )
+    p.add_argument("--plan", default=None, help="plan file (JSON) naming the functions, instead of --remote-ratio")
+    p.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function scales to zero")
+    p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function instance")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("status", help="show each service of a running cluster, its experts and counters")

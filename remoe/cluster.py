@@ -1,8 +1,9 @@
 """LocalCluster: gateway, backbone and expert services as local processes (what `remoe up` runs).
 
-Expert services start first on free ports, each hosting a round-robin shard of every layer's experts; the
-backbone is pointed at them; the gateway at the backbone. Each process writes its port to a ready file
-once it serves; logs go to one file per service under the run directory.
+Expert services start first on free ports; the backbone is pointed at them (sending each a round-robin
+share of every layer's experts, and the remote share to functions it starts on demand when a remote ratio
+is set); the gateway at the backbone. Each process writes its port to a ready file once it serves; logs go
+to one file per service under the run directory.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class LocalCluster:
     run_dir: Path | None = None
     expert_budget_bytes: int | None = None
     backbone_device: str | None = None
+    remote_ratio: float = 0.0
+    plan_file: Path | None = None
+    function_ttl_s: float = 60.0
+    function_memory_mb: int = 1024
+    prewarm: bool = True
     env: dict[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -118,7 +124,7 @@ class LocalCluster:
         try:
             experts = []
             for i in range(self.expert_services):
-                args = ["--port", "0", "--shard", f"{i}/{self.expert_services}"]
+                args = ["--port", "0", "--name", f"expert-{i}"]
                 if self.expert_budget_bytes:
                     args += ["--budget-bytes", str(self.expert_budget_bytes)]
                 experts.append(self._service(f"expert-{i}", "remoe.services.expert", args))
@@ -127,17 +133,23 @@ class LocalCluster:
             report(f"starting {len(experts)} expert service(s); logs in {self.run_dir}")
             self._wait_ready(experts, timeout_s, report)
 
-            args = ["--port", "0"]
-            for i, service in enumerate(experts):
-                args += ["--expert", f"{service.address}@{i}/{len(experts)}"]
+            args = ["--port", "0", "--run-dir", str(self.run_dir / "functions")]
+            for service in experts:
+                args += ["--expert", service.address]
             if self.backbone_device:
                 args += ["--device", self.backbone_device]
+            if self.plan_file:
+                args += ["--plan", str(self.plan_file)]
+            elif self.remote_ratio:
+                args += ["--remote-ratio", str(self.remote_ratio)]
+            args += ["--function-ttl", str(self.function_ttl_s), "--function-memory-mb", str(self.function_memory_mb)]
             backbone = self._service("backbone", "remoe.services.backbone", args)
             self._spawn(backbone)
             self._wait_ready([backbone], timeout_s, report)
 
+            gateway_args = ["--port", str(self.port), "--backbone", backbone.address]
             gateway = self._service(
-                "gateway", "remoe.services.gateway", ["--port", str(self.port), "--backbone", backbone.address]
+                "gateway", "remoe.services.gateway", gateway_args + ([] if self.prewarm else ["--no-prewarm"])
             )
             self._spawn(gateway)
             self._wait_ready([gateway], timeout_s, report)

@@ -17,7 +17,7 @@ ARCH_SPECS: dict[str, TinySpec] = {
     "qwen2_moe": TinySpec("qwen2_moe", layers=3, experts=8, top_k=4),
     "qwen3_moe": TinySpec("qwen3_moe", layers=3, experts=8, top_k=2),
     "olmoe": TinySpec("olmoe", layers=3, experts=8, top_k=3),
-    "deepseek_v2": TinySpec("deepseek_v2", layers=3, experts=8, top_k=3),
+    "deepseek_v2": TinySpec("deepseek_v2", layers=4, experts=8, top_k=3),  # 1 dense + 3 MoE layers
     "gpt_oss": TinySpec("gpt_oss", layers=3, experts=8, top_k=2),
 }
 ARCHS = list(ARCH_SPECS)

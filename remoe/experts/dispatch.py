@@ -1,15 +1,23 @@
 """DispatchingExecutor: fans each MoE layer out to the destinations that host its routed experts.
 
-One message per remote destination per layer, all in flight at once; the backbone's own local experts
-(if any) are computed while the remote ones work; the weighted partial sums are added.
-T = tokens, K = top-k, H = hidden size.
+Destinations: "local" (this process), an expert service's address, or "function:NAME" (a serverless
+function, resolved to its replicas through the function platform). One message per remote destination
+per layer, all in flight at once; the local experts are computed while the remote ones work; the
+weighted partial sums are added. A function replica that fails is retried on another live replica, then
+the batch goes to the fallback (an expert service, which loads any expert lazily). T = tokens, K = top-k,
+H = hidden size.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 
 import grpc
 import torch
@@ -22,9 +30,27 @@ from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
 from remoe.transport.request_context import current_deadline, current_request_id, remaining, status_from_int
 
+log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+FUNCTION_PREFIX = "function:"
 # Without a request deadline, a destination that accepted a batch still gets this long to answer.
 DEFAULT_BATCH_TIMEOUT_S = 300.0
+# Failures worth another replica or the fallback; bad input or a passed deadline would fail there too.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+
+
+def function_destination(name: str) -> str:
+    return f"{FUNCTION_PREFIX}{name}"
+
+
+@dataclass
+class _InFlight:
+    dest: str
+    rows: torch.Tensor  # [N] token rows this destination computes
+    batch: expert_pb2.ExpertBatch
+    address: str
+    seq: int
+    future: Future
 
 
 class DispatchingExecutor:
@@ -34,14 +60,24 @@ class DispatchingExecutor:
         moe_layers: list[int],
         num_experts: int,
         local: LocalExpertExecutor | None = None,
+        platform=None,
+        fallback: str | None = None,
     ) -> None:
         placement.check_covers(moe_layers, num_experts)
         if LOCAL in placement.destinations and local is None:
             raise ValueError("the placement puts experts on 'local' but no local executor was given")
+        functions = [d for d in placement.destinations if d.startswith(FUNCTION_PREFIX)]
+        if functions and platform is None:
+            raise ValueError(f"the placement uses functions {functions} but no function platform was given")
         self.placement = placement
         self.destinations = list(placement.destinations)
         self.local = local
-        self.streams = {d: ExpertStream(d) for d in self.destinations if d != LOCAL}
+        self.platform = platform
+        services = [d for d in self.destinations if d != LOCAL and not d.startswith(FUNCTION_PREFIX)]
+        self.fallback = fallback or (services[0] if services else (LOCAL if local is not None else None))
+        self._streams: dict[str, ExpertStream] = {}
+        self._streams_lock = threading.Lock()
+        self._round_robin = itertools.count()
         owners = placement.owner_table()
         # Per layer: destination number of every expert, so a slot's destination is one gather away.
         self._owner = {
@@ -49,6 +85,20 @@ class DispatchingExecutor:
             for layer in moe_layers
         }
         self.fanout_s: deque[float] = deque(maxlen=2048)  # wall time of recent remote fan-outs
+        self.retries = 0
+        self.fallbacks = 0
+
+    @property
+    def streams(self) -> dict[str, ExpertStream]:
+        """Expert-service streams by address (functions' replica streams are not listed)."""
+        return {d: self._stream(d) for d in self.destinations if d != LOCAL and not d.startswith(FUNCTION_PREFIX)}
+
+    def _stream(self, address: str) -> ExpertStream:
+        with self._streams_lock:
+            stream = self._streams.get(address)
+            if stream is None:
+                stream = self._streams[address] = ExpertStream(address)
+            return stream
 
     def compute(
         self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -66,7 +116,8 @@ class DispatchingExecutor:
         weights = top_k_weights.to("cpu", hidden.dtype)  # [T, K]
         dest_of_slot = self._owner[layer][index]  # [T, K]
         out = torch.zeros_like(hidden)  # [T, H]
-        in_flight, local_job = [], None
+        in_flight: list[_InFlight] = []
+        local_job = None
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # empty unless tracing is on
         for number, dest in enumerate(self.destinations):
@@ -88,38 +139,81 @@ class DispatchingExecutor:
                 deadline_unix_s=current_deadline.get() or 0.0,
                 trace_context=carrier,
             )
-            seq, future = self.streams[dest].submit(batch)
-            in_flight.append((dest, rows, seq, future))
+            in_flight.append(self._send(dest, rows, batch))
         if local_job is not None:
             rows, sub_index, sub_weights = local_job
             out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
-        for dest, rows, seq, future in in_flight:
-            out.index_add_(0, rows, self._await(dest, rows, seq, future, hidden))
+        for job in in_flight:
+            out.index_add_(0, job.rows, self._await(job, hidden))
         if in_flight:
             self.fanout_s.append(time.perf_counter() - start)
         return out.to(hidden_states.device, hidden_states.dtype)
 
-    def _await(self, dest: str, rows: torch.Tensor, seq: int, future, hidden: torch.Tensor) -> torch.Tensor:
+    def _send(self, dest: str, rows: torch.Tensor, batch: expert_pb2.ExpertBatch, avoid: str = "") -> _InFlight:
+        address = self._pick_address(dest, avoid)
+        seq, future = self._stream(address).submit(batch)
+        return _InFlight(dest, rows, batch, address, seq, future)
+
+    def _pick_address(self, dest: str, avoid: str = "") -> str:
+        if not dest.startswith(FUNCTION_PREFIX):
+            return dest
+        name = dest.removeprefix(FUNCTION_PREFIX)
+        live = [(r, a) for r, a in self.platform.live_endpoints(name) if a != avoid]
+        if not live:  # scale from zero (or every live replica just failed): start and wait
+            if avoid:
+                raise RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"function {name}: no other live replica")
+            addresses = self.platform.endpoints(name, timeout_s=remaining(DEFAULT_BATCH_TIMEOUT_S))
+            live = list(enumerate(addresses))
+        replica, address = live[next(self._round_robin) % len(live)]
+        self.platform.touch(name, replica)
+        return address
+
+    def _result(self, job: _InFlight) -> torch.Tensor:
         try:
-            result = future.result(timeout=remaining(DEFAULT_BATCH_TIMEOUT_S))
+            result = job.future.result(timeout=remaining(DEFAULT_BATCH_TIMEOUT_S))
         except FutureTimeout:
-            self.streams[dest].forget(seq)
+            self._stream(job.address).forget(job.seq)
             raise RemoteExpertError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"expert service {dest} did not answer before the deadline"
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{job.dest} ({job.address}) did not answer before the deadline"
             ) from None
         if result.status_code != 0:
-            raise RemoteExpertError(status_from_int(result.status_code), f"expert service {dest}: {result.error}")
+            raise RemoteExpertError(status_from_int(result.status_code), f"{job.dest} ({job.address}): {result.error}")
         try:
-            wire = tensor_codec.wire_name(hidden.dtype)
-            partial = tensor_codec.decode(result.output, f"output from {dest}", dtype=wire, rank=2)
+            wire = job.batch.hidden_states.dtype  # the answer comes back in the dtype it was sent in
+            partial = tensor_codec.decode(result.output, f"output from {job.address}", dtype=wire, rank=2)
         except tensor_codec.TensorDecodeError as e:
             raise RemoteExpertError(grpc.StatusCode.INTERNAL, str(e)) from None
-        if tuple(partial.shape) != (len(rows), hidden.shape[1]):
-            raise RemoteExpertError(
-                grpc.StatusCode.INTERNAL, f"expert service {dest} answered shape {list(partial.shape)}"
-            )
+        if tuple(partial.shape) != (len(job.rows), job.batch.hidden_states.shape[1]):
+            raise RemoteExpertError(grpc.StatusCode.INTERNAL, f"{job.address} answered shape {list(partial.shape)}")
         return partial
 
+    def _await(self, job: _InFlight, hidden: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._result(job)
+        except RemoteExpertError as e:
+            if not job.dest.startswith(FUNCTION_PREFIX) or e.code not in _RETRYABLE:
+                raise
+            first_error = e
+        span = trace.get_current_span()
+        log.warning("%s failed (%s); retrying on another replica", job.address, first_error)
+        try:
+            self.retries += 1
+            span.add_event("function_retry", {"remoe.function": job.dest, "remoe.error": str(first_error)})
+            return self._result(self._send(job.dest, job.rows, job.batch, avoid=job.address))
+        except RemoteExpertError as e:
+            if e.code not in _RETRYABLE or self.fallback is None:
+                raise
+        self.fallbacks += 1
+        span.add_event("function_fallback", {"remoe.function": job.dest, "remoe.fallback": self.fallback})
+        log.warning("%s: every replica failed; computing its batch on %s", job.dest, self.fallback)
+        if self.fallback == LOCAL:
+            index = tensor_codec.decode(job.batch.top_k_index)
+            weights = tensor_codec.decode(job.batch.top_k_weights)
+            return self.local.compute(job.batch.layer, hidden[job.rows], index, weights)
+        return self._result(self._send(self.fallback, job.rows, job.batch))
+
     def close(self) -> None:
-        for stream in self.streams.values():
+        with self._streams_lock:
+            streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
             stream.close()

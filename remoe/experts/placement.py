@@ -72,3 +72,12 @@ class Placement:
                 per_layer.setdefault(str(layer), []).append(e)
             out[dest] = per_layer
         return json.dumps(out, sort_keys=True)
+
+
+def services_round_robin(experts: list[ExpertId], services: list[str]) -> dict[str, list[ExpertId]]:
+    """Spread experts over expert services: expert e goes to services[e % n] (LOCAL when there are none)."""
+    targets = services or [LOCAL]
+    out: dict[str, list[ExpertId]] = {t: [] for t in targets}
+    for layer, e in experts:
+        out[targets[e % len(targets)]].append((layer, e))
+    return {t: xs for t, xs in out.items() if xs}

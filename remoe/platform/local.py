@@ -112,6 +112,11 @@ class LocalFunctionPlatform:
                 inst.last_used = now
         return [f"127.0.0.1:{inst.port}" for inst in instances]
 
+    def live_endpoints(self, name: str) -> list[tuple[int, str]]:
+        """(replica, address) of the function's instances that serve now; starts nothing."""
+        with self._lock:
+            return [(i.replica, f"127.0.0.1:{i.port}") for i in self._instances_of(name) if i.state == "warm"]
+
     def touch(self, name: str, replica: int) -> None:
         """Note a call to an instance (keeps it warm for another TTL)."""
         with self._lock:
@@ -150,6 +155,7 @@ class LocalFunctionPlatform:
             stdin=subprocess.DEVNULL,
         )
         log_file.close()
+        (self.run_dir / f"{inst.name}.pid").write_text(str(inst.process.pid))
         inst.ready = threading.Event()
         inst.error = ""
         inst.cold_starts += 1

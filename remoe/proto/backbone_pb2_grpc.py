@@ -45,6 +45,11 @@ class BackboneServiceStub:
                 request_serializer=remoe_dot_v1_dot_backbone__pb2.BackboneStatusRequest.SerializeToString,
                 response_deserializer=remoe_dot_v1_dot_backbone__pb2.BackboneStatusReply.FromString,
                 _registered_method=True)
+        self.Warm = channel.unary_unary(
+                '/remoe.v1.BackboneService/Warm',
+                request_serializer=remoe_dot_v1_dot_backbone__pb2.WarmRequest.SerializeToString,
+                response_deserializer=remoe_dot_v1_dot_backbone__pb2.WarmReply.FromString,
+                _registered_method=True)
 
 
 class BackboneServiceServicer:
@@ -63,6 +68,13 @@ class BackboneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Warm(self, request, context):
+        """Start the plan's functions now (returns at once), so their cold starts overlap other work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackboneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_BackboneServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=remoe_dot_v1_dot_backbone__pb2.BackboneStatusRequest.FromString,
                     response_serializer=remoe_dot_v1_dot_backbone__pb2.BackboneStatusReply.SerializeToString,
+            ),
+            'Warm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Warm,
+                    request_deserializer=remoe_dot_v1_dot_backbone__pb2.WarmRequest.FromString,
+                    response_serializer=remoe_dot_v1_dot_backbone__pb2.WarmReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class BackboneService:
             '/remoe.v1.BackboneService/Status',
             remoe_dot_v1_dot_backbone__pb2.BackboneStatusRequest.SerializeToString,
             remoe_dot_v1_dot_backbone__pb2.BackboneStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Warm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/remoe.v1.BackboneService/Warm',
+            remoe_dot_v1_dot_backbone__pb2.WarmRequest.SerializeToString,
+            remoe_dot_v1_dot_backbone__pb2.WarmReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import threading
 import time
 import uuid
@@ -19,12 +20,15 @@ import numpy as np
 
 from remoe.experts.dispatch import DispatchingExecutor
 from remoe.experts.executor import LocalExpertExecutor
-from remoe.experts.placement import LOCAL, Placement, Shard
+from remoe.experts.placement import LOCAL
 from remoe.model.activations import ActivationRecorder, current_recorder
 from remoe.model.backbone import Backbone, resolve_dtype
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
 from remoe.model.tokenizer import eos_token_ids
 from remoe.model.weights import open_weights
+from remoe.platform.base import FunctionStartError
+from remoe.platform.local import LocalFunctionPlatform
+from remoe.platform.plan import load_plan_file, plan_with_functions, remote_ratio_functions
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
 from remoe.services.common import Server, add_server_args, setup_logging
 from remoe.services.tracing import tracer
@@ -156,6 +160,17 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             for var, token in zip((current_recorder, current_request_id, current_deadline), tokens, strict=True):
                 var.reset(token)
 
+    def Warm(self, request, context):
+        platform = self.executor.platform
+        if platform is None:
+            return backbone_pb2.WarmReply(started=0)
+        names = list(request.functions) or [spec.name for spec in platform.specs()]
+        try:
+            platform.warm(names)
+        except FunctionStartError as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        return backbone_pb2.WarmReply(started=len(names))
+
     def Status(self, request, context):
         destinations = []
         for address, stream in self.executor.streams.items():
@@ -188,7 +203,24 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             tpot = float(np.median(self._tpot_ms)) if self._tpot_ms else 0.0
             active, served = self._active, self._served
         fanout = list(self.executor.fanout_s)
+        platform = self.executor.platform
+        functions = [
+            backbone_pb2.FunctionInstance(
+                function=i.function,
+                replica=i.replica,
+                state=i.state,
+                address=i.address,
+                memory_mb=i.memory_mb,
+                cold_starts=i.cold_starts,
+                calls=i.calls,
+                last_error=i.last_error,
+            )
+            for i in (platform.status() if platform is not None else [])
+        ]
         return backbone_pb2.BackboneStatusReply(
+            functions=functions,
+            function_retries=self.executor.retries,
+            function_fallbacks=self.executor.fallbacks,
             model=self.model_dir,
             architecture=type(self.backbone.model).__name__,
             device=str(self.backbone.device),
@@ -201,17 +233,12 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         )
 
 
-def parse_expert_arg(text: str) -> tuple[str, Shard]:
-    address, sep, shard = text.rpartition("@")
-    if not sep or not address:
-        raise ValueError(f"--expert {text!r} is not ADDRESS@INDEX/COUNT, e.g. 127.0.0.1:50061@0/2")
-    return address, Shard.parse(shard)
-
-
-def build_placement(experts: list[tuple[str, Shard]], moe_layers: list[int], num_experts: int) -> Placement:
-    if not experts:
-        return Placement({LOCAL: Shard(0, 1).experts(moe_layers, num_experts)})
-    return Placement({address: shard.experts(moe_layers, num_experts) for address, shard in experts})
+def parse_expert_arg(text: str) -> str:
+    """`ADDRESS` (or the older `ADDRESS@INDEX/COUNT`, whose shard part is ignored)."""
+    address = text.rpartition("@")[0] or text
+    if ":" not in address:
+        raise ValueError(f"--expert {text!r} is not HOST:PORT, e.g. 127.0.0.1:50061")
+    return address
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,9 +248,14 @@ def main(argv: list[str] | None = None) -> None:
         "--expert",
         action="append",
         default=[],
-        metavar="ADDRESS@INDEX/COUNT",
-        help="an expert service and the shard it hosts (repeat; default: all experts in this process)",
+        metavar="ADDRESS",
+        help="an expert service (repeat; experts are spread round-robin; default: all in this process)",
     )
+    parser.add_argument("--remote-ratio", type=float, default=0.0, help="share of each layer's experts in functions")
+    parser.add_argument("--plan", default=None, help="a plan file (JSON) naming the functions instead")
+    parser.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function")
+    parser.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function stops")
+    parser.add_argument("--run-dir", default=None, help="where function instances keep logs (default: temp)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="largest max_new_tokens accepted")
@@ -234,13 +266,22 @@ def main(argv: list[str] | None = None) -> None:
     weights = open_weights(args.model)
     dtype = resolve_dtype(weights.config, args.dtype)
     arch = weights.arch
-    placement = build_placement([parse_expert_arg(e) for e in args.expert], arch.layer_indices, arch.num_experts)
-    local = (
-        LocalExpertExecutor(weights, hosted=placement.destinations[LOCAL], dtype=dtype)
-        if LOCAL in placement.destinations
-        else None
-    )
-    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local)
+    services = [parse_expert_arg(e) for e in args.expert]
+    if args.plan:
+        functions = load_plan_file(args.plan)
+    else:
+        functions = remote_ratio_functions(
+            arch.layer_indices, arch.num_experts, args.remote_ratio, args.function_memory_mb
+        )
+    placement = plan_with_functions(arch.layer_indices, arch.num_experts, services, functions)
+    platform = None
+    if functions:
+        run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
+        platform = LocalFunctionPlatform(args.model, run_dir, idle_ttl_s=args.function_ttl)
+        platform.deploy(functions)
+    # Without expert services the backbone computes locally, and takes over failed functions' batches too.
+    local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local, platform=platform)
     backbone = Backbone(weights, executor, device=args.device, dtype=dtype)
     servicer = BackboneServicer(backbone, executor, args.model, args.max_new_tokens)
     backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
@@ -248,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     server.start(args.ready_file)
     server.wait_for_signal()
     executor.close()
+    if platform is not None:
+        platform.close()
 
 
 if __name__ == "__main__":

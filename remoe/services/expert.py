@@ -1,6 +1,9 @@
-"""Expert service: hosts a set of routed experts and computes them for the backbone.
+"""Expert service: computes routed experts for the backbone, loading any expert lazily on first use.
 
-python -m remoe.services.expert --model DIR [--shard 0/2] [--budget-bytes N] [--port 0]
+Which experts it is sent is the backbone's placement; it can serve any expert, which is what lets it take
+over a failed function's batches. `--budget-bytes` bounds what it keeps loaded (LRU).
+
+    python -m remoe.services.expert --model DIR [--budget-bytes N] [--port 0]
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import torch
 
 from remoe.errors import RemoeError
 from remoe.experts.executor import ExpertNotHostedError, LocalExpertExecutor
-from remoe.experts.placement import Shard
 from remoe.model.backbone import resolve_dtype
 from remoe.model.weights import open_weights
 from remoe.proto import expert_pb2, expert_pb2_grpc
@@ -173,22 +175,18 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m remoe.services.expert", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint or split directory")
-    parser.add_argument("--shard", default="0/1", help="host experts e with e %% COUNT == INDEX (default 0/1: all)")
     parser.add_argument("--budget-bytes", type=int, default=None, help="expert bytes kept loaded (default: all)")
     parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
-    parser.add_argument("--name", default=None, help="name in status output (default expert-SHARD)")
+    parser.add_argument("--name", default="expert", help="name in status output (default expert)")
     # Each open Compute stream holds a worker: one per concurrent backbone request thread.
     add_server_args(parser, default_port=50061, default_workers=64)
     args = parser.parse_args(argv)
-    shard = Shard.parse(args.shard)
-    name = args.name or f"expert-{shard.index}"
+    name = args.name
     setup_logging(name, args.verbose)
     server = Server(name, args.host, args.port, args.workers)
     weights = open_weights(args.model)
-    arch = weights.arch
     executor = LocalExpertExecutor(
         weights,
-        hosted=shard.experts(arch.layer_indices, arch.num_experts),
         budget_bytes=args.budget_bytes,
         dtype=resolve_dtype(weights.config, args.dtype),
     )

@@ -26,8 +26,9 @@ MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, model_dir: Path, backbone_address: str) -> None:
+    def __init__(self, model_dir: Path, backbone_address: str, prewarm: bool = True) -> None:
         self.model_dir = model_dir
+        self.prewarm = prewarm
         self.tokenizer = load_tokenizer(model_dir)
         config = load_config(model_dir).get_text_config()
         self.vocab_size = int(config.vocab_size)
@@ -58,6 +59,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return ids
 
     def Generate(self, request, context):
+        if self.prewarm:
+            # First thing: start the plan's functions so their cold starts overlap tokenizing and prefill.
+            self.backbone.Warm.future(backbone_pb2.WarmRequest(), timeout=10, metadata=outgoing_metadata())
         ids = self._prompt_ids(request, context)
         if request.sampling.max_new_tokens == 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be >= 1")
@@ -123,11 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m remoe.services.gateway", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="checkpoint or split directory (for tokenizer)")
     parser.add_argument("--backbone", required=True, help="backbone service address, e.g. 127.0.0.1:50052")
+    parser.add_argument(
+        "--no-prewarm", action="store_true", help="do not warm the plan's functions when a request arrives"
+    )
     add_server_args(parser, default_port=50051)
     args = parser.parse_args(argv)
     setup_logging("gateway", args.verbose)
     server = Server("gateway", args.host, args.port, args.workers)
-    servicer = GatewayServicer(args.model, args.backbone)
+    servicer = GatewayServicer(args.model, args.backbone, prewarm=not args.no_prewarm)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
     server.start(args.ready_file)
