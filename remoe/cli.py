@@ -129,7 +129,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         error = f", last error: {f.last_error}" if f.last_error else ""
         print(
             f"  function {f.function} replica {f.replica}: {f.state}{where}, {f.memory_mb} MiB, "
-            f"{f.cold_starts} cold starts, {f.calls} calls{error}"
+            f"{f.cold_starts} cold starts, {f.crashes} crashes, {f.calls} calls{error}"
         )
     for d in b.destinations:
         if not d.healthy:

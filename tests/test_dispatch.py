@@ -196,3 +196,46 @@ def test_load_unload_and_stats_rpcs(tiny_model, servers):
     with pytest.raises(grpc.RpcError) as err:
         stub.Load(expert_pb2.LoadRequest(experts=[expert_pb2.ExpertRef(layer=1, expert=1)]), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not hosted" in err.value.details()
+
+
+class StubPlatform:
+    """Stands in for the function platform (a unit test of the failover logic around it): fixed replicas."""
+
+    def __init__(self, replicas: list[str]) -> None:
+        self.replicas = replicas
+        self.touched: list[int] = []
+
+    def live_endpoints(self, name):
+        return list(enumerate(self.replicas))
+
+    def endpoints(self, name, timeout_s):
+        return self.replicas
+
+    def touch(self, name, replica):
+        self.touched.append(replica)
+
+
+@pytest.mark.parametrize("live_replica", [True, False])
+def test_a_failed_function_replica_is_retried_then_falls_back_to_an_expert_service(live_replica, tiny_model, servers):
+    from remoe.experts.dispatch import function_destination
+
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    remote = servers(weights, [Shard(0, 1), Shard(0, 1)])  # [a function replica, the expert service]
+    dead = "127.0.0.1:9"
+    replicas = [dead, remote.addresses[0]] if live_replica else [dead, dead]
+    experts = Shard(0, 1).experts(arch.layer_indices, arch.num_experts)
+    placement = Placement({remote.addresses[1]: experts[:1], function_destination("f"): experts[1:]})
+    platform = StubPlatform(replicas)
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, platform=platform)
+    hidden, index, routing = torch.randn(2, arch.hidden_size), torch.tensor([[2, 3], [4, 0]]), torch.rand(2, 2)
+    try:
+        for _ in range(3):  # round-robin lands on the dead replica at least once
+            out = executor.compute(0, hidden, index, routing)
+            torch.testing.assert_close(out, LocalExpertExecutor(weights).compute(0, hidden, index, routing))
+    finally:
+        executor.close()
+    if live_replica:
+        assert executor.retries >= 1 and executor.fallbacks == 0
+    else:
+        assert executor.fallbacks >= 1

@@ -47,6 +47,7 @@ class InstanceStatus:
     cold_starts: int = 0
     calls: int = 0
     last_error: str = ""
+    crashes: int = 0
 
 
 @dataclass(slots=True)

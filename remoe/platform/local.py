@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class _Instance:
     last_used: float = 0.0
     cold_starts: int = 0
     calls: int = 0
+    crashes: int = 0
 
     @property
     def name(self) -> str:
@@ -68,6 +70,7 @@ class LocalFunctionPlatform:
         self._env = {"OMP_NUM_THREADS": "1", **(env or {})}
         self._lock = threading.RLock()
         self._instances: dict[str, list[_Instance]] = {}
+        self._active_requests = 0  # while any request runs, no function is idle: the request may need it
         self.cold_starts: list[ColdStartRecord] = []
         self._closed = threading.Event()
         self._reaper = threading.Thread(target=self._reap_idle, name="function-reaper", daemon=True)
@@ -113,9 +116,34 @@ class LocalFunctionPlatform:
         return [f"127.0.0.1:{inst.port}" for inst in instances]
 
     def live_endpoints(self, name: str) -> list[tuple[int, str]]:
-        """(replica, address) of the function's instances that serve now; starts nothing."""
+        """(replica, address) of the function's instances that serve now. A replica found dead (it crashed,
+        we did not stop it) is replaced in the background, as Knative replaces a failed pod."""
         with self._lock:
-            return [(i.replica, f"127.0.0.1:{i.port}") for i in self._instances_of(name) if i.state == "warm"]
+            instances = self._instances_of(name)
+            for inst in instances:
+                if inst.process is not None and inst.process.poll() is not None and inst.ready.is_set():
+                    inst.error = f"instance exited with code {inst.process.returncode}; replaced"
+                    inst.crashes += 1
+                    log.warning("function %s: %s", inst.name, inst.error)
+                    inst.process = None
+                    self._start(inst, reason="replace crashed")
+            return [(i.replica, f"127.0.0.1:{i.port}") for i in instances if i.state == "warm"]
+
+    @contextmanager
+    def lease(self):
+        """Hold every function warm for the duration of a request (a request touches layers in turn, and
+        waiting on one function's cold start must not let another one's idle TTL run out)."""
+        with self._lock:
+            self._active_requests += 1
+        try:
+            yield
+        finally:
+            now = time.monotonic()
+            with self._lock:
+                self._active_requests -= 1
+                for instances in self._instances.values():
+                    for inst in instances:
+                        inst.last_used = max(inst.last_used, now)
 
     def touch(self, name: str, replica: int) -> None:
         """Note a call to an instance (keeps it warm for another TTL)."""
@@ -157,7 +185,6 @@ class LocalFunctionPlatform:
         log_file.close()
         (self.run_dir / f"{inst.name}.pid").write_text(str(inst.process.pid))
         inst.ready = threading.Event()
-        inst.error = ""
         inst.cold_starts += 1
         inst.last_used = time.monotonic()
         threading.Thread(target=self._watch_start, args=(inst, inst.process, ready_file, reason), daemon=True).start()
@@ -170,6 +197,8 @@ class LocalFunctionPlatform:
             inst.ready.set()
             return
         inst.port = int(ready_file.read_text())
+        inst.error = ""
+        inst.last_used = time.monotonic()  # the idle TTL counts from when it could first be used
         ready_s = time.time() - inst.spawned_at
         with self._lock:
             self.cold_starts.append(ColdStartRecord(inst.spec.name, inst.replica, inst.spawned_at, ready_s, reason))
@@ -191,6 +220,8 @@ class LocalFunctionPlatform:
         while not self._closed.wait(0.25):
             now = time.monotonic()
             with self._lock:
+                if self._active_requests:
+                    continue
                 for instances in self._instances.values():
                     for inst in instances:
                         if inst.state == "warm" and now - inst.last_used > self.idle_ttl_s:
@@ -230,6 +261,7 @@ class LocalFunctionPlatform:
                     cold_starts=inst.cold_starts,
                     calls=inst.calls,
                     last_error=inst.error,
+                    crashes=inst.crashes,
                 )
                 for instances in self._instances.values()
                 for inst in instances

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import nullcontext
 from pathlib import Path
 
 import grpc
@@ -114,8 +115,12 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         ]
         with self._lock:
             self._active += 1
+        platform = self.executor.platform
         try:
-            with _tracer.start_as_current_span("generate") as span:
+            with (
+                platform.lease() if platform is not None else nullcontext(),
+                _tracer.start_as_current_span("generate") as span,
+            ):
                 span.set_attribute("remoe.prompt_tokens", len(ids))
                 steps = generate_tokens(
                     self.backbone.model,
@@ -214,6 +219,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                 cold_starts=i.cold_starts,
                 calls=i.calls,
                 last_error=i.last_error,
+                crashes=i.crashes,
             )
             for i in (platform.status() if platform is not None else [])
         ]

@@ -109,13 +109,18 @@ class ExpertStream:
         return stream
 
     def submit(self, batch: expert_pb2.ExpertBatch) -> tuple[int, Future]:
+        """Send a batch; its Future holds the result, or the RemoteExpertError that stopped it."""
         seq = next(self._seq)
         batch.seq = seq
         for _ in range(2):  # a stream found broken is replaced once
             future = self._thread_stream().submit(seq, batch)
             if future is not None:
                 return seq, future
-        raise RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address}: stream keeps breaking")
+        failed: Future = Future()
+        failed.set_exception(
+            RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address}: stream keeps breaking")
+        )
+        return seq, failed
 
     def forget(self, seq: int) -> None:
         """Drop a batch whose caller stopped waiting (deadline); a late result is then ignored."""

@@ -1,0 +1,58 @@
+"""Functions under faults and idleness, through real processes: a killed replica, scale to zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from remoe.cluster import LocalCluster
+from remoe.model.tokenizer import load_tokenizer
+from remoe.sdk import Client
+from tests.conftest import PROMPT, reference_generate
+
+
+@pytest.fixture(scope="module")
+def function_cluster(tiny_model, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("function-cluster")
+    with LocalCluster(tiny_model("olmoe"), port=0, remote_ratio=0.5, function_ttl_s=4.0, run_dir=run_dir) as cluster:
+        yield cluster
+
+
+def _functions(cluster):
+    return list(Client(cluster.address).status().backbone.functions)
+
+
+def test_killing_a_function_replica_mid_generation_keeps_the_tokens_exact(function_cluster, tiny_model, reference):
+    ids = load_tokenizer(tiny_model("olmoe")).encode(PROMPT)
+    expected = reference_generate(reference("olmoe"), ids, 64)
+    client = Client(function_cluster.address)
+    assert client.generate(token_ids=ids, max_new_tokens=2).token_ids == expected[:2]  # functions now warm
+    pid_file = function_cluster.run_dir / "functions" / "layer-1-1.pid"  # layer 1 runs two replicas
+
+    got = []
+    for i, chunk in enumerate(client.stream(token_ids=ids, max_new_tokens=64)):
+        got += chunk.token_ids
+        if i == 4:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert got == expected
+    killed = [f for f in _functions(function_cluster) if (f.function, f.replica) == ("layer-1", 1)]
+    assert killed[0].crashes == 1, "the dead replica should have been noticed and replaced"
+
+
+def test_idle_functions_scale_to_zero_and_cold_start_with_the_right_tokens(function_cluster, tiny_model, reference):
+    ids = load_tokenizer(tiny_model("olmoe")).encode(PROMPT)
+    expected = reference_generate(reference("olmoe"), ids, 8)
+    client = Client(function_cluster.address)
+    assert client.generate(token_ids=ids, max_new_tokens=8).token_ids == expected
+    cold_starts = sum(f.cold_starts for f in _functions(function_cluster))
+    deadline = time.monotonic() + 60
+    while any(f.state != "cold" for f in _functions(function_cluster)):
+        assert time.monotonic() < deadline, "functions did not scale to zero after their TTL"
+        time.sleep(0.5)
+    assert client.generate(token_ids=ids, max_new_tokens=8).token_ids == expected
+    after = _functions(function_cluster)
+    assert sum(f.cold_starts for f in after) > cold_starts
+    assert any(f.state == "warm" for f in after)
