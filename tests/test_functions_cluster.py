@@ -56,3 +56,20 @@ def test_idle_functions_scale_to_zero_and_cold_start_with_the_right_tokens(funct
     after = _functions(function_cluster)
     assert sum(f.cold_starts for f in after) > cold_starts
     assert any(f.state == "warm" for f in after)
+
+
+def test_warm_starts_every_function_at_once(function_cluster):
+    import grpc
+
+    from remoe.proto import backbone_pb2, backbone_pb2_grpc
+
+    deadline = time.monotonic() + 60
+    while any(f.state != "cold" for f in _functions(function_cluster)):
+        assert time.monotonic() < deadline, "functions did not scale to zero after their TTL"
+        time.sleep(0.5)
+    backbone = backbone_pb2_grpc.BackboneServiceStub(
+        grpc.insecure_channel(function_cluster.by_name("backbone").address)
+    )
+    reply = backbone.Warm(backbone_pb2.WarmRequest(), timeout=10)
+    assert reply.started == len({f.function for f in _functions(function_cluster)})
+    assert all(f.state in ("starting", "warm") for f in _functions(function_cluster))

@@ -36,6 +36,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._lock = threading.Lock()
         self._active = 0
         self._served = 0
+        self._warming: set = set()
 
     def _prompt_ids(self, request, context) -> list[int]:
         kind = request.WhichOneof("input")
@@ -61,7 +62,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def Generate(self, request, context):
         if self.prewarm:
             # First thing: start the plan's functions so their cold starts overlap tokenizing and prefill.
-            self.backbone.Warm.future(backbone_pb2.WarmRequest(), timeout=10, metadata=outgoing_metadata())
+            self._warm()
         ids = self._prompt_ids(request, context)
         if request.sampling.max_new_tokens == 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be >= 1")
@@ -110,6 +111,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         finally:
             with self._lock:
                 self._active -= 1
+
+    def _warm(self) -> None:
+        future = self.backbone.Warm.future(backbone_pb2.WarmRequest(), timeout=10, metadata=outgoing_metadata())
+        with self._lock:
+            self._warming.add(future)  # a dropped future may be cancelled: hold it until it is done
+        future.add_done_callback(self._warm_done)
+
+    def _warm_done(self, future) -> None:
+        with self._lock:
+            self._warming.discard(future)
+        if future.exception() is not None:
+            log.warning("pre-warm failed: %s", future.exception())
 
     def Status(self, request, context):
         with self._lock:
