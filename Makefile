@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install test lint demo protos bench-engine bench-dispatch clean help
+.PHONY: install test lint demo protos bench-engine bench-dispatch bench-cold-start clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -15,6 +15,7 @@ help:
 	@echo "make protos        regenerate remoe/proto from protos/remoe/v1"
 	@echo "make bench-engine  LocalEngine vs transformers generate, tokens/s"
 	@echo "make bench-dispatch  gRPC fan-out cost; TTFT/TPOT of remoe up vs LocalEngine vs transformers"
+	@echo "make bench-cold-start  function cold start (lazy vs whole checkpoint); cold TTFT with/without pre-warm"
 
 install: $(STAMP)
 
@@ -44,6 +45,9 @@ bench-engine: $(STAMP)
 
 bench-dispatch: $(STAMP)
 	$(BIN)/python bench/dispatch.py
+
+bench-cold-start: $(STAMP)
+	$(BIN)/python bench/cold_start.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -220,6 +220,57 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _knative_functions(args: argparse.Namespace):
+    from remoe.platform.plan import load_plan_file, remote_ratio_functions
+
+    if args.plan:
+        return load_plan_file(args.plan)
+    if args.model is None:
+        raise RemoeError("give --plan FILE, or --model DIR with --remote-ratio R")
+    from remoe.model.weights import open_weights
+
+    arch = open_weights(args.model).arch
+    return remote_ratio_functions(arch.layer_indices, arch.num_experts, args.remote_ratio, args.function_memory_mb)
+
+
+def _knative_settings(args: argparse.Namespace):
+    from remoe.platform.knative import KnativeSettings
+
+    return KnativeSettings(
+        namespace=args.namespace,
+        image=args.image,
+        model_pvc=args.pvc,
+        model_subdir=args.model_subdir,
+        idle_ttl_s=args.idle_ttl,
+    )
+
+
+def _cmd_knative_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from remoe.platform.knative import render_service
+
+    settings = _knative_settings(args)
+    docs = [render_service(spec, settings) for spec in _knative_functions(args)]
+    text = yaml.safe_dump_all(docs, sort_keys=False)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {len(docs)} Knative Service(s) to {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _cmd_knative_apply(args: argparse.Namespace) -> int:
+    from remoe.platform.knative import KnativeFunctionPlatform
+
+    specs = _knative_functions(args)
+    KnativeFunctionPlatform(_knative_settings(args)).deploy(specs)
+    print(f"applied {len(specs)} Knative Service(s) in namespace {args.namespace}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from remoe.model.tiny import SUPPORTED_ARCHS
 
@@ -284,6 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function scales to zero")
     p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function instance")
     p.set_defaults(func=_cmd_up)
+
+    for verb, func, text in (
+        ("knative-render", _cmd_knative_render, "print the Knative Services (YAML) of a plan's functions"),
+        ("knative-apply", _cmd_knative_apply, "create/update/delete a plan's Knative Services in a cluster"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("--plan", default=None, help="plan file (JSON) naming the functions")
+        p.add_argument("--model", default=None, help="with --remote-ratio: make one function per MoE layer")
+        p.add_argument("--remote-ratio", type=float, default=0.5, help="share of each layer's experts (default 0.5)")
+        p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size per function (MiB)")
+        p.add_argument("--namespace", default="remoe", help="Kubernetes namespace (default remoe)")
+        p.add_argument("--image", default="remoe/expert-function:latest", help="function container image")
+        p.add_argument("--pvc", default="remoe-models", help="PersistentVolumeClaim holding the model")
+        p.add_argument("--model-subdir", default="model", help="model directory inside the volume (default model)")
+        p.add_argument("--idle-ttl", type=int, default=60, help="seconds idle before scaling to zero (default 60)")
+        if verb == "knative-render":
+            p.add_argument("--out", default=None, help="write the YAML here instead of stdout")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("status", help="show each service of a running cluster, its experts and counters")
     p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")

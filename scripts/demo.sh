@@ -16,8 +16,8 @@ $BIN/remoe inspect "$DEMO/mixtral-split"
 echo "--- verify: the split, under a 2-expert budget, against transformers' own generate"
 $BIN/remoe verify "$DEMO/mixtral" --split "$DEMO/mixtral-split" --expert-budget 200000
 
-echo "--- remoe up: the cluster as local processes"
-$BIN/remoe up --model "$DEMO/mixtral-split" --port "$PORT" --run-dir "$DEMO/run" > "$DEMO/up.log" 2>&1 &
+echo "--- remoe up: gateway, backbone, two expert services; half of each layer's experts in functions"
+$BIN/remoe up --model "$DEMO/mixtral-split" --port "$PORT" --run-dir "$DEMO/run" --remote-ratio 0.5 > "$DEMO/up.log" 2>&1 &
 UP=$!
 trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do

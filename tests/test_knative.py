@@ -116,3 +116,13 @@ def test_function_specs_round_trip_through_json():
     assert functions_from_json(raw) == SAMPLE
     with pytest.raises(ValueError, match="malformed"):
         functions_from_json({"functions": [{"name": "x"}]})
+
+
+def test_the_documented_sample_is_current_and_valid(validator):
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    specs = functions_from_json(json.loads((docs / "sample-plan.json").read_text()))
+    rendered = [render_service(s, KnativeSettings()) for s in specs]
+    committed = list(yaml.safe_load_all((docs / "knative-sample.yaml").read_text()))
+    assert committed == rendered, "docs/knative-sample.yaml is stale: run remoe knative-render --plan ..."
+    for manifest in committed:
+        assert not list(validator.iter_errors(manifest))
