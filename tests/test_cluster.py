@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import grpc
 import pytest
@@ -35,40 +36,37 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def mixtral_cluster(tiny_model):
-    with LocalCluster(tiny_model("mixtral"), port=0) as cluster:
+    """Shared by most tests here: two expert services plus a function per MoE layer (remote ratio 0.5)."""
+    with LocalCluster(tiny_model("mixtral"), port=0, remote_ratio=0.5) as cluster:
         yield cluster
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "mixtral"] + ["mixtral"])
 def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_model, reference, mixtral_cluster):
-    """Two expert services; for every architecture but the shared Mixtral cluster, half of each layer's
-    experts also go to serverless functions (one per layer, every second one with two replicas)."""
+    """Two expert services, and half of each layer's experts in serverless functions (one per layer, every
+    second one with two replicas)."""
     path = tiny_model(arch)
     ids = load_tokenizer(path).encode(PROMPT)
     expected = reference_generate(reference(arch), ids, 32)
-    if arch == "mixtral":
-        result = Client(mixtral_cluster.address).generate(token_ids=ids, max_new_tokens=32)
-        functions = []
-    else:
-        with LocalCluster(path, port=0, remote_ratio=0.5) as cluster:
-            client = Client(cluster.address)
-            result = client.generate(token_ids=ids, max_new_tokens=32)
-            functions = list(client.status().backbone.functions)
+    shared = arch == "mixtral"
+    with nullcontext(mixtral_cluster) if shared else LocalCluster(path, port=0, remote_ratio=0.5) as cluster:
+        client = Client(cluster.address)
+        result = client.generate(token_ids=ids, max_new_tokens=32)
+        functions = list(client.status().backbone.functions)
     assert result.token_ids == expected
     plan = json.loads(result.usage.plan)
     services = [d for d in plan if not d.startswith("function:")]
     assert len(services) == 2, "experts should be spread over two expert services"
-    if arch != "mixtral":
-        groups = [d for d in plan if d.startswith("function:")]
-        assert len(groups) >= 3, "every MoE layer should have its function"
-        replicas = {f.function: 0 for f in functions}
-        calls = {f.function: 0 for f in functions}
-        for f in functions:
-            replicas[f.function] += 1
-            calls[f.function] += f.calls
-        assert set(replicas) == {g.removeprefix("function:") for g in groups}
-        assert 2 in replicas.values(), "some function should run two replicas"
-        assert all(n > 0 for n in calls.values()), f"every function should have been called: {calls}"
+    groups = [d for d in plan if d.startswith("function:")]
+    assert len(groups) >= 3, "every MoE layer should have its function"
+    replicas = {f.function: 0 for f in functions}
+    calls = {f.function: 0 for f in functions}
+    for f in functions:
+        replicas[f.function] += 1
+        calls[f.function] += f.calls
+    assert set(replicas) == {g.removeprefix("function:") for g in groups}
+    assert 2 in replicas.values(), "some function should run two replicas"
+    assert all(n > 0 for n in calls.values()), f"every function should have been called: {calls}"
     assert result.usage.prompt_tokens == len(ids)
     assert (result.usage.prefill_activations.sum(axis=1) == len(ids) * reference(arch).config.num_experts_per_tok).all()
 
