@@ -14,7 +14,10 @@ import yaml
 from remoe.platform.base import FunctionSpec, functions_from_json, functions_to_json
 from remoe.platform.knative import KnativeFunctionPlatform, KnativeSettings, render_service
 
-CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative" / "services.serving.knative.dev.crd.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+CRD_NAME = "services.serving.knative.dev.crd.yaml"
+CRD = ROOT / "k8s" / "schemas" / CRD_NAME  # vendored copy of Knative's own CRD (see k8s/schemas/README.md)
+SHARED_CRD = ROOT.parent / "shared" / "schemas" / "knative" / CRD_NAME
 SAMPLE = [
     FunctionSpec("layer1-remote", experts=((1, 5), (1, 6), (1, 7)), memory_mb=1536, replicas=2, concurrency=4),
     FunctionSpec("layer2-remote", experts=((2, 7),), memory_mb=512),
@@ -23,10 +26,14 @@ SAMPLE = [
 
 @pytest.fixture(scope="module")
 def validator():
-    if not CRD.is_file():
-        pytest.skip(f"the Knative CRD schema is not at {CRD}")
     schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return jsonschema.Draft7Validator(schema)
+
+
+def test_the_vendored_crd_is_the_shared_reference():
+    if not SHARED_CRD.is_file():
+        pytest.skip(f"no shared reference schema at {SHARED_CRD}")
+    assert CRD.read_bytes() == SHARED_CRD.read_bytes()
 
 
 def test_rendered_services_validate_against_the_crd(validator):
@@ -119,7 +126,7 @@ def test_function_specs_round_trip_through_json():
 
 
 def test_the_documented_sample_is_current_and_valid(validator):
-    docs = Path(__file__).resolve().parents[1] / "docs"
+    docs = ROOT / "docs"
     specs = functions_from_json(json.loads((docs / "sample-plan.json").read_text()))
     rendered = [render_service(s, KnativeSettings()) for s in specs]
     committed = list(yaml.safe_load_all((docs / "knative-sample.yaml").read_text()))
