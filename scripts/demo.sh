@@ -28,5 +28,7 @@ done
 cat "$DEMO/up.log"
 echo "--- remoe generate (random weights: the text is noise; it is exactly transformers' noise)"
 $BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 24 "The quick brown fox"
+echo "--- again: the first request's TTFT included the functions' cold starts; now they are warm"
+$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 24 "The quick brown fox"
 echo "--- remoe status"
 $BIN/remoe status --address "127.0.0.1:$PORT"
