@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install test lint demo protos bench-engine bench-dispatch bench-cold-start clean help
+.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# redis-server (Debian's) backs the predictor's global prior; tests start their own on 127.0.0.1.
+system-deps:
+	@command -v redis-server >/dev/null || scripts/install-redis.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check remoe tests bench

@@ -1,0 +1,109 @@
+"""SPS predictor over embedded Qdrant and a real Redis: forecasts, fallbacks, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+import torch
+
+from remoe.model.activations import ActivationRecord
+from remoe.predictor.embedding import EMBEDDING_DIM, PromptEmbedder
+from remoe.predictor.predictor import Predictor, SPSConfig
+from remoe.predictor.prior import GlobalPrior
+from remoe.predictor.soft_cosine import SoftCosine
+from remoe.predictor.store import PromptStore
+
+LAYERS, EXPERTS, TOP_K = [0, 1], 4, 2
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return PromptEmbedder()
+
+
+@pytest.fixture(scope="module")
+def soft_cosine():
+    torch.manual_seed(0)
+    return SoftCosine(torch.randn(100, 16))
+
+
+def _record(hot: int, n_in: int = 5) -> ActivationRecord:
+    """Every token of both layers goes to expert `hot` and the next one."""
+    record = ActivationRecord(LAYERS, EXPERTS, TOP_K, n_in=n_in, n_out=1)
+    record.prefill[:, hot] = n_in
+    record.prefill[:, (hot + 1) % EXPERTS] = n_in
+    return record
+
+
+def test_embeddings_are_unit_vectors_and_meaningful(embedder):
+    v = embedder.embed(["The cat sat on the mat.", "A cat was sitting on a mat.", "Quarterly tax filing deadline."])
+    assert v.shape == (3, EMBEDDING_DIM)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(3))
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
+
+
+def test_soft_cosine_is_one_for_the_same_bag_and_symmetric(soft_cosine):
+    assert soft_cosine.similarity([1, 2, 3], [3, 2, 1]) == pytest.approx(1.0)
+    a, b = [1, 2, 3, 4], [5, 6, 7]
+    assert soft_cosine.similarity(a, b) == pytest.approx(soft_cosine.similarity(b, a))
+    assert soft_cosine.similarity(a, b) < soft_cosine.similarity(a, [1, 2, 3, 9])
+
+
+def _predictor(tmp_path, embedder, soft_cosine, redis_url, model_id="m"):
+    store = PromptStore.open(model_id, path=str(tmp_path / "qdrant"))
+    prior = GlobalPrior.from_url(redis_url, model_id, len(LAYERS), EXPERTS)
+    return Predictor(LAYERS, EXPERTS, embedder, soft_cosine, store, prior, SPSConfig(candidates=10, alpha=3))
+
+
+def test_similar_prompts_forecast_their_experts(tmp_path, embedder, soft_cosine, redis_url):
+    predictor = _predictor(tmp_path, embedder, soft_cosine, redis_url, "similar")
+    examples = {
+        "Write a poem about the sea and the wind": ([10, 11, 12], 0),
+        "Compose a short poem about ocean waves": ([10, 11, 13], 0),
+        "SELECT name FROM users WHERE id = 3": ([50, 51, 52], 2),
+        "SELECT price FROM products ORDER BY price": ([50, 53, 52], 2),
+    }
+    for prompt, (ids, hot) in examples.items():
+        predictor.record(prompt, ids, _record(hot))
+    forecast = predictor.predict("A poem about the sea at night", [10, 11, 14])
+    assert forecast.source == "sps" and forecast.neighbours == 3
+    np.testing.assert_allclose(forecast.frequency.sum(axis=1), 1.0)
+    assert forecast.frequency[:, :2].sum() > forecast.frequency[:, 2:].sum(), forecast.frequency
+    sql = predictor.predict("SELECT id FROM orders WHERE total > 10", [50, 51, 55])
+    assert sql.frequency[:, 2:].sum() > sql.frequency[:, :2].sum(), sql.frequency
+
+
+def test_empty_store_falls_back_to_the_global_prior_then_equal_frequency(tmp_path, embedder, soft_cosine, redis_url):
+    predictor = _predictor(tmp_path, embedder, soft_cosine, redis_url, "empty")
+    first = predictor.predict("anything", [1, 2])
+    assert first.source == "equal"
+    np.testing.assert_allclose(first.frequency, np.full((2, 4), 0.25))
+    predictor.prior.add(_record(1).prefill)
+    predictor.store = PromptStore.open("other", path=str(tmp_path / "qdrant2"))  # still empty
+    second = predictor.predict("anything", [1, 2])
+    assert second.source == "prior"
+    np.testing.assert_allclose(second.frequency, [[0, 0.5, 0.5, 0], [0, 0.5, 0.5, 0]])
+
+
+def test_qdrant_and_redis_down_never_fail_a_prediction(embedder, soft_cosine):
+    store = PromptStore.open("m", url="http://127.0.0.1:9")  # nothing listens there
+    prior = GlobalPrior(redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2), "m", 2, 4)
+    predictor = Predictor(LAYERS, EXPERTS, embedder, soft_cosine, store, prior)
+    forecast = predictor.predict("hello", [1, 2])
+    assert forecast.source == "equal"
+    predictor.record("hello", [1, 2], _record(0))  # must not raise either
+    assert predictor.counters.store_errors == 2 and prior.errors >= 2
+
+
+def test_the_store_persists_across_restarts(tmp_path, embedder):
+    path = str(tmp_path / "persist")
+    store = PromptStore.open("m", path=path)
+    store.add(embedder.embed_one("hello world"), [1, 2, 3], _record(3))
+    store.close()
+    again = PromptStore.open("m", path=path)
+    assert again.count() == 1
+    hit = again.nearest(embedder.embed_one("hello world"), 1)[0]
+    assert hit.token_ids == [1, 2, 3] and hit.score == pytest.approx(1.0, abs=1e-4)
+    np.testing.assert_array_equal(hit.record.prefill, _record(3).prefill)
+    again.close()
