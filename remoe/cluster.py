@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remoe.errors import RemoeError
@@ -63,6 +65,7 @@ class LocalCluster:
     function_ttl_s: float = 60.0
     function_memory_mb: int = 1024
     prewarm: bool = True
+    predictor: bool = True  # the predictor service, with embedded Qdrant and (when installed) Redis
     env: dict[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -148,6 +151,8 @@ class LocalCluster:
             self._wait_ready([backbone], timeout_s, report)
 
             gateway_args = ["--port", str(self.port), "--backbone", backbone.address]
+            if self.predictor:
+                gateway_args += ["--predictor", self._start_predictor(timeout_s, report)]
             gateway = self._service(
                 "gateway", "remoe.services.gateway", gateway_args + ([] if self.prewarm else ["--no-prewarm"])
             )
@@ -158,6 +163,40 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _start_redis(self, report: Callable[[str], None]) -> str | None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            report("redis-server not found (apt-get install redis-server): the predictor runs without its prior")
+            return None
+        port = _free_port()
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        redis_service = ServiceProcess("redis", argv, self.run_dir / "redis.log", self.run_dir / "redis.port")
+        self._spawn(redis_service)
+        redis_service.port = port
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or redis_service.process.poll() is not None:
+                    raise ClusterError(f"redis-server did not start; log {redis_service.log_path}") from None
+                time.sleep(0.05)
+        report(f"redis ready on 127.0.0.1:{port}")
+        return url
+
+    def _start_predictor(self, timeout_s: float, report: Callable[[str], None]) -> str:
+        args = ["--port", "0", "--qdrant-path", str(self.run_dir / "qdrant")]
+        redis_url = self._start_redis(report)
+        if redis_url:
+            args += ["--redis-url", redis_url]
+        predictor = self._service("predictor", "remoe.services.predictor", args)
+        self._spawn(predictor)
+        self._wait_ready([predictor], timeout_s, report)
+        return predictor.address
 
     def by_name(self, name: str) -> ServiceProcess:
         return next(s for s in self.services if s.name == name)
@@ -188,6 +227,12 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _check_health(address: str, timeout_s: float = 10.0) -> None:

@@ -236,9 +236,9 @@ def test_remoe_up_serves_and_stops_every_process_on_sigint(tiny_model, tmp_path)
         assert ready.wait(120), "".join(lines)
         address = next(line for line in lines if "gateway listening on" in line).split()[3].rstrip(";")
         assert len(Client(address).generate(prompt=PROMPT, max_new_tokens=3).token_ids) == 3
-        assert len(list(tmp_path.glob("*.log"))) == 4
+        assert len(list(tmp_path.glob("*.log"))) == 6
         children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 4
+        assert len(children) == 6  # 2 expert services, backbone, redis, predictor, gateway
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
         for pid in children:
@@ -268,3 +268,50 @@ def test_one_trace_spans_gateway_backbone_and_expert_services(tiny_model, tmp_pa
     assert {"prefill", "decode_step", "expert_fanout"} <= {n for n, _ in backbone}
     assert generate_traces & {t for _, t in gateway}, "gateway and backbone spans are not in one trace"
     assert generate_traces & {t for _, t in expert}, "expert service spans are not in the request's trace"
+
+
+def test_the_gateway_learns_from_requests_and_scores_its_forecasts(mixtral_cluster):
+    client = Client(mixtral_cluster.address)
+    prompt = "Forecast me: the quick brown fox jumps over the lazy dog"
+    client.generate(prompt=prompt, max_new_tokens=4)
+    deadline = time.monotonic() + 20
+    while True:  # Record is sent in the background after the first request finished
+        usage = client.generate(prompt=prompt, max_new_tokens=4).usage
+        if usage.forecast_source == "sps" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert usage.forecast_source == "sps"
+    assert usage.forecast_js < 0.05, "a stored identical prompt should forecast its own activation"
+
+
+def test_predictor_service_round_trip_and_bad_input(mixtral_cluster):
+    from remoe.proto import common_pb2, predictor_pb2, predictor_pb2_grpc
+    from remoe.transport import tensor_codec
+
+    stub = predictor_pb2_grpc.PredictorServiceStub(grpc.insecure_channel(mixtral_cluster.by_name("predictor").address))
+    first = stub.Predict(predictor_pb2.PredictRequest(prompt="zebra crossing at dawn", token_ids=[5, 6, 7]), timeout=30)
+    layers = list(first.moe_layers)
+    experts = tensor_codec.decode(first.frequency).shape[1]
+    prefill = [0] * (len(layers) * experts)
+    for row in range(len(layers)):
+        prefill[row * experts + 3] = prefill[row * experts + 5] = 3  # 3 tokens, top-2: experts 3 and 5
+    activations = common_pb2.ActivationSummary(moe_layers=layers, num_experts=experts, top_k=2, prefill=prefill)
+    stub.Record(
+        predictor_pb2.RecordRequest(prompt="zebra crossing at dawn", token_ids=[5, 6, 7], activations=activations),
+        timeout=30,
+    )
+    again = stub.Predict(predictor_pb2.PredictRequest(prompt="zebra crossing at dawn", token_ids=[5, 6, 7]), timeout=30)
+    frequency = tensor_codec.decode(again.frequency)
+    assert again.source == "sps"
+    assert float(frequency[:, [3, 5]].sum()) > 0.5 * len(layers)
+
+    for request, message in [
+        (predictor_pb2.PredictRequest(prompt=""), "empty"),
+        (predictor_pb2.RecordRequest(prompt="x", activations=common_pb2.ActivationSummary(moe_layers=[99])), "layers"),
+    ]:
+        method = stub.Predict if isinstance(request, predictor_pb2.PredictRequest) else stub.Record
+        with pytest.raises(grpc.RpcError) as err:
+            method(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    huge = stub.Predict(predictor_pb2.PredictRequest(prompt="a" * 1_000_000, token_ids=[1] * 10), timeout=60)
+    assert huge.source in ("sps", "prior", "equal")

@@ -28,6 +28,8 @@ class Usage:
     prefill_activations: np.ndarray | None = None  # [layers, experts] tokens routed during prefill
     decode_activations: np.ndarray | None = None  # [layers, experts] during decode
     plan: str = ""  # JSON: which destination hosted which experts
+    forecast_source: str = ""  # the predictor's forecast: "sps", "prior", "equal" ("" when none was made)
+    forecast_js: float = 0.0  # its mean JS divergence from the actual prefill activation
 
     @classmethod
     def from_proto(cls, msg: common_pb2.Usage) -> Usage:
@@ -42,6 +44,8 @@ class Usage:
             prefill_activations=np.array(act.prefill, dtype=np.int64).reshape(shape) if act.prefill else None,
             decode_activations=np.array(act.decode, dtype=np.int64).reshape(shape) if act.decode else None,
             plan=msg.plan,
+            forecast_source=msg.forecast_source,
+            forecast_js=msg.forecast_js,
         )
 
 

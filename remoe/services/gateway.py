@@ -12,23 +12,40 @@ import uuid
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from remoe.model.checkpoint import load_config
 from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
-from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+from remoe.predictor.divergence import mean_js
+from remoe.proto import (
+    backbone_pb2,
+    backbone_pb2_grpc,
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    predictor_pb2,
+    predictor_pb2_grpc,
+)
 from remoe.services.common import Server, add_server_args, setup_logging
 from remoe.services.tracing import outgoing_metadata
+from remoe.transport import tensor_codec
 from remoe.transport.channel import insecure_channel
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
+PREDICT_TIMEOUT_S = 1.0  # a forecast that takes longer is skipped, not waited for
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, model_dir: Path, backbone_address: str, prewarm: bool = True) -> None:
+    def __init__(
+        self, model_dir: Path, backbone_address: str, prewarm: bool = True, predictor_address: str | None = None
+    ) -> None:
         self.model_dir = model_dir
         self.prewarm = prewarm
+        self.predictor = (
+            predictor_pb2_grpc.PredictorServiceStub(insecure_channel(predictor_address)) if predictor_address else None
+        )
         self.tokenizer = load_tokenizer(model_dir)
         config = load_config(model_dir).get_text_config()
         self.vocab_size = int(config.vocab_size)
@@ -36,7 +53,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._lock = threading.Lock()
         self._active = 0
         self._served = 0
-        self._warming: set = set()
+        self._background: set = set()
 
     def _prompt_ids(self, request, context) -> list[int]:
         kind = request.WhichOneof("input")
@@ -70,6 +87,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if stops and self.tokenizer is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stop strings need a tokenizer")
         request_id = request.request_id or uuid.uuid4().hex
+        prompt_text = self._prompt_text(request, ids)
+        forecast = self._predict(prompt_text, ids)
         call = self.backbone.Generate(
             backbone_pb2.BackboneGenerateRequest(request_id=request_id, token_ids=ids, sampling=request.sampling),
             timeout=context.time_remaining(),
@@ -95,6 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     break
                 if chunk.finish_reason:
                     delta += text.finish()
+                    self._learn(prompt_text, ids, chunk.usage, forecast)
                 yield gateway_pb2.GenerateChunk(
                     token_ids=[chunk.token_id],
                     text_delta=delta,
@@ -112,17 +132,54 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             with self._lock:
                 self._active -= 1
 
+    def _prompt_text(self, request, ids: list[int]) -> str:
+        if request.WhichOneof("input") == "prompt":
+            return request.prompt
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else " ".join(map(str, ids))
+
+    def _predict(self, prompt: str, ids: list[int]):
+        """The predictor's forecast, or None: a forecast must never fail or stall a request."""
+        if self.predictor is None:
+            return None
+        try:
+            return self.predictor.Predict(
+                predictor_pb2.PredictRequest(prompt=prompt, token_ids=ids), timeout=PREDICT_TIMEOUT_S
+            )
+        except grpc.RpcError as e:
+            log.warning("predictor unavailable, planning without a forecast (%s)", e.code().name)
+            return None
+
+    def _learn(self, prompt: str, ids: list[int], usage, forecast) -> None:
+        """Score the forecast against what happened (into usage) and send the activation to the predictor."""
+        act = usage.activations
+        if forecast is not None and act.prefill:
+            shape = (len(act.moe_layers), act.num_experts)
+            predicted = tensor_codec.decode(forecast.frequency, "frequency", dtype="float32", rank=2).numpy()
+            if predicted.shape == shape:
+                actual = np.asarray(act.prefill, dtype=np.float64).reshape(shape)
+                usage.forecast_source = forecast.source
+                usage.forecast_js = mean_js(predicted.astype(np.float64), actual)
+        if self.predictor is None or not act.prefill:
+            return
+        future = self.predictor.Record.future(
+            predictor_pb2.RecordRequest(prompt=prompt, token_ids=ids, activations=act, n_out=usage.completion_tokens),
+            timeout=10,
+        )
+        with self._lock:
+            self._background.add(future)  # held until done, like the warm calls
+        future.add_done_callback(self._call_done)
+
     def _warm(self) -> None:
         future = self.backbone.Warm.future(backbone_pb2.WarmRequest(), timeout=10, metadata=outgoing_metadata())
         with self._lock:
-            self._warming.add(future)  # a dropped future may be cancelled: hold it until it is done
-        future.add_done_callback(self._warm_done)
+            self._background.add(future)  # a dropped future may be cancelled: hold it until it is done
+        future.add_done_callback(self._call_done)
 
-    def _warm_done(self, future) -> None:
+    def _call_done(self, future) -> None:
         with self._lock:
-            self._warming.discard(future)
+            self._background.discard(future)
         if future.exception() is not None:
-            log.warning("pre-warm failed: %s", future.exception())
+            log.warning("background call failed: %s", future.exception())
 
     def Status(self, request, context):
         with self._lock:
@@ -143,11 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-prewarm", action="store_true", help="do not warm the plan's functions when a request arrives"
     )
+    parser.add_argument("--predictor", default=None, help="predictor service address (default: no forecasts)")
     add_server_args(parser, default_port=50051)
     args = parser.parse_args(argv)
     setup_logging("gateway", args.verbose)
     server = Server("gateway", args.host, args.port, args.workers)
-    servicer = GatewayServicer(args.model, args.backbone, prewarm=not args.no_prewarm)
+    servicer = GatewayServicer(args.model, args.backbone, prewarm=not args.no_prewarm, predictor_address=args.predictor)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
     server.start(args.ready_file)

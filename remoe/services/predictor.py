@@ -1,0 +1,113 @@
+"""Predictor service: SPS forecasts (Predict) and learning from finished requests (Record).
+
+python -m remoe.services.predictor --model DIR --qdrant-path DIR [--redis-url redis://127.0.0.1:6379/0]
+python -m remoe.services.predictor --model DIR --qdrant-url http://qdrant:6333 --redis-url ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+
+import grpc
+import numpy as np
+import torch
+
+from remoe.model.activations import ActivationRecord
+from remoe.model.weights import open_weights
+from remoe.predictor.embedding import PromptEmbedder
+from remoe.predictor.predictor import Predictor, SPSConfig
+from remoe.predictor.prior import GlobalPrior
+from remoe.predictor.soft_cosine import SoftCosine
+from remoe.predictor.store import PromptStore
+from remoe.proto import predictor_pb2, predictor_pb2_grpc
+from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.transport import tensor_codec
+
+log = logging.getLogger(__name__)
+MAX_PROMPT_CHARS = 4_000_000  # refused above this; the embedding reads the first 256 tokens anyway
+SCS_TOKENS = 2048  # the soft cosine re-rank looks at the prompt's first tokens (the paper: first 500 characters)
+
+
+class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
+    def __init__(self, predictor: Predictor, moe_layers: list[int], num_experts: int, top_k: int) -> None:
+        self.predictor = predictor
+        self.moe_layers = moe_layers
+        self.num_experts = num_experts
+        self.top_k = top_k
+
+    def _check_prompt(self, prompt: str, context) -> None:
+        if not prompt:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the prompt is over {MAX_PROMPT_CHARS} characters")
+
+    def Predict(self, request, context):
+        self._check_prompt(request.prompt, context)
+        forecast = self.predictor.predict(request.prompt, list(request.token_ids)[:SCS_TOKENS])
+        return predictor_pb2.PredictReply(
+            frequency=tensor_codec.encode(torch.as_tensor(forecast.frequency, dtype=torch.float32)),
+            moe_layers=self.moe_layers,
+            confidence=forecast.confidence,
+            source=forecast.source,
+            neighbours=forecast.neighbours,
+        )
+
+    def Record(self, request, context):
+        self._check_prompt(request.prompt, context)
+        act = request.activations
+        shape = (len(self.moe_layers), self.num_experts)
+        if list(act.moe_layers) != self.moe_layers or act.num_experts != self.num_experts:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"activations are for layers {list(act.moe_layers)} x {act.num_experts} experts; this model has "
+                f"{self.moe_layers} x {self.num_experts}",
+            )
+        if len(act.prefill) != shape[0] * shape[1] or (act.decode and len(act.decode) != shape[0] * shape[1]):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"activation counts are not {shape[0]} x {shape[1]}")
+        prefill = np.asarray(act.prefill, dtype=np.int64).reshape(shape)
+        if (prefill < 0).any():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "negative activation counts")
+        decode = np.asarray(act.decode, dtype=np.int64).reshape(shape) if act.decode else None
+        n_in = int(prefill[0].sum()) // max(1, self.top_k)
+        record = ActivationRecord(self.moe_layers, self.num_experts, self.top_k, prefill, decode, n_in, request.n_out)
+        self.predictor.record(request.prompt, list(request.token_ids)[:SCS_TOKENS], record)
+        return predictor_pb2.RecordReply()
+
+
+def build_predictor(model_dir: str, qdrant_path: str | None, qdrant_url: str | None, redis_url: str | None):
+    weights = open_weights(model_dir)
+    arch = weights.arch
+    embeddings_name = next(n for n, m in arch.skeleton.named_modules() if m is arch.skeleton.get_input_embeddings())
+    soft_cosine = SoftCosine(weights.read_backbone(f"{embeddings_name}.weight"))
+    # Stable across restarts (the store must find its collection again): the model type and its path.
+    model_id = f"{arch.model_type}-{hashlib.sha1(str(weights.path.resolve()).encode()).hexdigest()[:12]}"
+    store = PromptStore.open(model_id, path=qdrant_path, url=qdrant_url)
+    prior = GlobalPrior.from_url(redis_url, model_id, len(arch.layer_indices), arch.num_experts) if redis_url else None
+    predictor = Predictor(
+        arch.layer_indices, arch.num_experts, PromptEmbedder(), soft_cosine, store, prior, SPSConfig()
+    )
+    return predictor, arch
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m remoe.services.predictor", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint or split directory")
+    parser.add_argument("--qdrant-path", default=None, help="embedded Qdrant directory (one process per path)")
+    parser.add_argument("--qdrant-url", default=None, help="a Qdrant server instead, e.g. http://127.0.0.1:6333")
+    parser.add_argument("--redis-url", default=None, help="Redis for the global prior (default: none)")
+    add_server_args(parser, default_port=50053)
+    args = parser.parse_args(argv)
+    setup_logging("predictor", args.verbose)
+    server = Server("predictor", args.host, args.port, args.workers)
+    predictor, arch = build_predictor(args.model, args.qdrant_path, args.qdrant_url, args.redis_url)
+    servicer = PredictorServicer(predictor, arch.layer_indices, arch.num_experts, arch.top_k)
+    predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server.server)
+    server.add(predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name)
+    server.start(args.ready_file)
+    server.wait_for_signal()
+
+
+if __name__ == "__main__":
+    main()
