@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
-# redis-server (Debian's) backs the predictor's global prior; tests start their own on 127.0.0.1.
+# Debian packages: redis-server (the predictor's prior) and text for the prompt corpus.
 system-deps:
-	@command -v redis-server >/dev/null || scripts/install-redis.sh
+	@scripts/install-system-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check remoe tests bench

@@ -271,6 +271,24 @@ def _cmd_knative_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus_build(args: argparse.Namespace) -> int:
+    from collections import Counter
+    from pathlib import Path
+
+    from remoe.corpus.build import build_corpus, split, write_jsonl
+
+    prompts = build_corpus(seed=args.seed, progress=not args.quiet)[: args.max_prompts]
+    train, test = split(prompts, args.test_fraction)
+    out = Path(args.out)
+    write_jsonl(prompts, out / "corpus.jsonl")
+    write_jsonl(train, out / "train.jsonl")
+    write_jsonl(test, out / "test.jsonl")
+    domains = ", ".join(f"{k} {v}" for k, v in sorted(Counter(p.domain for p in prompts).items()))
+    langs = ", ".join(f"{k} {v}" for k, v in sorted(Counter(p.lang for p in prompts).items()))
+    print(f"{len(prompts)} prompts ({domains}; languages: {langs}) -> {out}: {len(train)} train, {len(test)} test")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from remoe.model.tiny import SUPPORTED_ARCHS
 
@@ -353,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "knative-render":
             p.add_argument("--out", default=None, help="write the YAML here instead of stdout")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("corpus", help="prompt corpora: `remoe corpus build --out DIR`")
+    corpus = p.add_subparsers(dest="corpus_command", required=True, metavar="COMMAND")
+    p = corpus.add_parser("build", help="real prompts from Debian's text packages (fortunes, Python docs, licenses)")
+    p.add_argument("--out", required=True, help="directory for corpus.jsonl, train.jsonl, test.jsonl")
+    p.add_argument("--max-prompts", type=int, default=6000, help="keep this many after the shuffle (default 6000)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="held out per domain (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_corpus_build)
 
     p = sub.add_parser("status", help="show each service of a running cluster, its experts and counters")
     p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")

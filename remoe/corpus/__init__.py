@@ -1,0 +1,1 @@
+"""A real prompt corpus, assembled offline from text that Debian packages ship."""
