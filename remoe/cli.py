@@ -289,6 +289,30 @@ def _cmd_corpus_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_tiny(args: argparse.Namespace) -> int:
+    from remoe.corpus.build import read_prompts
+    from remoe.model.train import TrainSpec, train_tiny
+
+    spec = TrainSpec(
+        arch=args.arch,
+        layers=args.layers,
+        experts=args.experts,
+        top_k=args.top_k,
+        hidden=args.hidden,
+        vocab=args.vocab,
+        steps=args.steps,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+    )
+    summary = train_tiny(read_prompts(args.corpus), args.out, spec, progress=not args.quiet)
+    print(
+        f"trained {summary['parameters'] / 1e6:.1f}M parameters for {summary['steps']} steps in "
+        f"{summary['minutes']:.1f} min: loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f}; "
+        f"saved to {args.out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from remoe.model.tiny import SUPPORTED_ARCHS
 
@@ -381,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus_build)
+
+    p = sub.add_parser("train-tiny", help="train a small MoE on a prompt corpus on the CPU (a normal HF checkpoint)")
+    p.add_argument("--corpus", required=True, help="JSON Lines with a 'prompt' field, or plain text lines")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--arch", choices=["qwen3_moe", "mixtral"], default="qwen3_moe")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary trained on the corpus")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=20.0, help="stop (and save) after this long")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_tiny)
 
     p = sub.add_parser("status", help="show each service of a running cluster, its experts and counters")
     p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
