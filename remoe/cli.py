@@ -313,6 +313,30 @@ def _cmd_train_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predictor_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from remoe.corpus.build import read_prompts
+    from remoe.predictor.evaluate import evaluate, plot
+    from remoe.predictor.predictor import SPSConfig
+
+    train = read_prompts(args.train)[: args.max_train]
+    test = read_prompts(args.test)[: args.max_test]
+    config = SPSConfig(candidates=args.candidates, alpha=args.alpha, temperature=args.temperature)
+    report = evaluate(args.model, train, test, config, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.table())
+        print(f"SPS predict latency: p50 {report.sps_predict_ms_p50:.1f} ms, p99 {report.sps_predict_ms_p99:.1f} ms")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "predictor.json").write_text(json.dumps(report.as_dict(), indent=2))
+        plot(report, str(out / "predictor.png"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from remoe.model.tiny import SUPPORTED_ARCHS
 
@@ -405,6 +429,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus_build)
+
+    p = sub.add_parser("predictor", help="the expert-activation predictor: `remoe predictor eval ...`")
+    predictor = p.add_subparsers(dest="predictor_command", required=True, metavar="COMMAND")
+    p = predictor.add_parser("eval", help="forecast accuracy of SPS and the baselines on held-out prompts")
+    p.add_argument("--model", required=True, help="checkpoint or split directory")
+    p.add_argument("--train", required=True, help="prompts to ingest (JSON Lines with 'prompt', or text lines)")
+    p.add_argument("--test", required=True, help="prompts to forecast")
+    p.add_argument("--max-train", type=int, default=5000, help="use at most this many train prompts (default 5000)")
+    p.add_argument("--max-test", type=int, default=500, help="use at most this many test prompts (default 500)")
+    p.add_argument("--candidates", type=int, default=50, help="M: nearest prompts fetched by embedding")
+    p.add_argument("--alpha", type=int, default=15, help="kept after the soft cosine re-rank")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax(SCS / temperature)")
+    p.add_argument("--out", default=None, help="write predictor.json and predictor.png here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_predictor_eval)
 
     p = sub.add_parser("train-tiny", help="train a small MoE on a prompt corpus on the CPU (a normal HF checkpoint)")
     p.add_argument("--corpus", required=True, help="JSON Lines with a 'prompt' field, or plain text lines")

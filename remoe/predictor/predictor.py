@@ -17,7 +17,7 @@ import torch
 
 from remoe.model.activations import ActivationRecord
 from remoe.predictor.embedding import PromptEmbedder
-from remoe.predictor.prior import GlobalPrior
+from remoe.predictor.prior import GlobalPrior, InMemoryPrior
 from remoe.predictor.soft_cosine import SoftCosine
 from remoe.predictor.store import PromptStore
 
@@ -61,7 +61,7 @@ class Predictor:
         embedder: PromptEmbedder,
         soft_cosine: SoftCosine,
         store: PromptStore | None,
-        prior: GlobalPrior | None,
+        prior: GlobalPrior | InMemoryPrior | None,
         config: SPSConfig | None = None,
     ) -> None:
         self.shape = (len(moe_layers), num_experts)

@@ -54,3 +54,23 @@ class GlobalPrior:
                 counts[layer, expert] = int(value)
         totals = counts.sum(axis=1, keepdims=True)
         return np.divide(counts, totals, out=np.full(self.shape, 1.0 / self.shape[1]), where=totals > 0)
+
+
+class InMemoryPrior:
+    """The same prior without Redis (offline evaluation, single process)."""
+
+    def __init__(self, num_layers: int, num_experts: int) -> None:
+        self.counts = np.zeros((num_layers, num_experts))
+        self.errors = 0
+
+    def add(self, prefill_counts: np.ndarray) -> bool:
+        self.counts += prefill_counts
+        return True
+
+    def frequency(self) -> np.ndarray | None:
+        totals = self.counts.sum(axis=1, keepdims=True)
+        if not totals.any():
+            return None
+        return np.divide(
+            self.counts, totals, out=np.full(self.counts.shape, 1.0 / self.counts.shape[1]), where=totals > 0
+        )
