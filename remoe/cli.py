@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=500, help="use at most this many test prompts (default 500)")
     p.add_argument("--candidates", type=int, default=50, help="M: nearest prompts fetched by embedding")
     p.add_argument("--alpha", type=int, default=15, help="kept after the soft cosine re-rank")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax(SCS / temperature)")
+    p.add_argument("--temperature", type=float, default=0.05, help="softmax(SCS / temperature) (default 0.05)")
     p.add_argument("--out", default=None, help="write predictor.json and predictor.png here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

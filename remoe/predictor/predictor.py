@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 class SPSConfig:
     candidates: int = 50  # M: nearest prompts fetched from Qdrant by embedding
     alpha: int = 15  # kept after the SCS re-rank (the paper's alpha)
-    temperature: float = 1.0  # softmax(SCS / temperature); 1.0 is the paper's softmax(SCS)
+    # softmax(SCS / temperature). The paper writes softmax(SCS), i.e. 1.0; but SCS lies in [0, 1] and the top
+    # alpha neighbours are all fairly similar, so at 1.0 their weights are nearly equal and an identical past
+    # prompt barely counts more than a loose match. 0.05 lets closer neighbours dominate (tune with eval).
+    temperature: float = 0.05
     min_similarity: float = 0.3  # below this best embedding similarity the matches are "weak": use the prior
 
     def __post_init__(self) -> None:
