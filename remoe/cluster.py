@@ -169,7 +169,7 @@ class LocalCluster:
         if binary is None:
             report("redis-server not found (apt-get install redis-server): the predictor runs without its prior")
             return None
-        port = _free_port()
+        port = free_port()
         argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
         redis_service = ServiceProcess("redis", argv, self.run_dir / "redis.log", self.run_dir / "redis.port")
         self._spawn(redis_service)
@@ -229,7 +229,8 @@ class LocalCluster:
         self.cleanup()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port on 127.0.0.1 free right now (the caller binds it soon after)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -12,10 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]  # ids 0 and 1: EOS/BOS and padding
+from remoe.model.tokenizer import train_bpe_tokenizer
 
 
 @dataclass(slots=True)
@@ -118,21 +117,9 @@ SUPPORTED_ARCHS = sorted(ARCH_OVERRIDES)
 
 
 def build_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the corpus shipped with Remoe: deterministic, offline."""
+    """Byte-level BPE trained on the small corpus shipped with Remoe: deterministic, offline."""
     text = resources.files("remoe.model").joinpath("data/corpus.txt").read_text()
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(text.splitlines(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[0], pad_token=SPECIAL_TOKENS[1]
-    )
+    return train_bpe_tokenizer(text.splitlines(), vocab)
 
 
 def make_tiny_model(spec: TinySpec, out: str | Path, layout: str = "per-expert") -> Path:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from remoe.model.tiny import SPECIAL_TOKENS
+from remoe.model.tokenizer import train_bpe_tokenizer
 
 
 @dataclass(slots=True)
@@ -40,22 +39,6 @@ class TrainSpec:
             raise ValueError(f"train-tiny supports qwen3_moe and mixtral, not {self.arch!r}")
         if self.steps < 1 or self.batch < 1 or self.seq_len < 8:
             raise ValueError("steps, batch must be >= 1 and seq_len >= 8")
-
-
-def train_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[0], pad_token=SPECIAL_TOKENS[1]
-    )
 
 
 def _config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast):
@@ -108,7 +91,7 @@ def train_tiny(texts: list[str], out: str | Path, spec: TrainSpec, progress: boo
         raise ValueError("no training text")
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
-    tokenizer = train_tokenizer(texts, spec.vocab)
+    tokenizer = train_bpe_tokenizer(texts, spec.vocab)
     model = AutoModelForCausalLM.from_config(_config(spec, tokenizer), dtype=torch.float32)
     stream = _token_stream(tokenizer, texts)
     if len(stream) <= spec.seq_len + 1:
