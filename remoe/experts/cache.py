@@ -92,8 +92,3 @@ class ExpertCache(Generic[V]):
             self._resident -= entry.nbytes
             self.stats.evictions += 1
             return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._resident = 0

@@ -24,14 +24,6 @@ class Shard:
         if not 0 <= self.index < self.count:
             raise ValueError(f"shard {self.index}/{self.count}: need 0 <= index < count")
 
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        try:
-            index, count = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise ValueError(f"shard {text!r} is not INDEX/COUNT, e.g. 0/2") from None
-        return cls(index, count)
-
     def experts(self, moe_layers: list[int], num_experts: int) -> list[ExpertId]:
         return [(layer, e) for layer in moe_layers for e in range(num_experts) if e % self.count == self.index]
 
@@ -59,9 +51,6 @@ class Placement:
         missing = [(layer, e) for layer in moe_layers for e in range(num_experts) if (layer, e) not in owners]
         if missing:
             raise ValueError(f"placement leaves experts {missing[:5]} without a destination")
-
-    def to_json(self) -> str:
-        return json.dumps({d: [list(x) for x in experts] for d, experts in self.destinations.items()})
 
     def summary(self) -> str:
         """Compact JSON: destination -> {layer: [experts]} (what usage reports as the plan used)."""
