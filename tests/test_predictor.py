@@ -13,6 +13,7 @@ from remoe.predictor.predictor import Predictor, SPSConfig
 from remoe.predictor.prior import GlobalPrior
 from remoe.predictor.soft_cosine import SoftCosine
 from remoe.predictor.store import PromptStore
+from remoe.predictor.vector_index import ExactIndex
 
 LAYERS, EXPERTS, TOP_K = [0, 1], 4, 2
 
@@ -48,6 +49,25 @@ def test_soft_cosine_is_one_for_the_same_bag_and_symmetric(soft_cosine):
     a, b = [1, 2, 3, 4], [5, 6, 7]
     assert soft_cosine.similarity(a, b) == pytest.approx(soft_cosine.similarity(b, a))
     assert soft_cosine.similarity(a, b) < soft_cosine.similarity(a, [1, 2, 3, 9])
+
+
+def _dense_soft_cosine(unit: torch.Tensor, a: list[int], b: list[int]) -> float:
+    """The paper's formula over the whole vocabulary, no shortcuts."""
+    gram = (unit @ unit.T).clamp(min=0.0)  # [V, V]
+    va = torch.bincount(torch.tensor(a), minlength=len(unit)).float()
+    vb = torch.bincount(torch.tensor(b), minlength=len(unit)).float()
+    return float(va @ gram @ vb / torch.sqrt((va @ gram @ va) * (vb @ gram @ vb)))
+
+
+def test_soft_cosine_equals_the_dense_formula_with_stored_and_computed_norms(soft_cosine):
+    g = torch.Generator().manual_seed(1)
+    query = torch.randint(0, 100, (30,), generator=g).tolist()
+    candidates = [torch.randint(0, 100, (int(n),), generator=g).tolist() for n in (1, 5, 40, 17)]
+    expected = torch.tensor([_dense_soft_cosine(soft_cosine.unit, query, c) for c in candidates])
+    torch.testing.assert_close(soft_cosine.many(query, candidates), expected)
+    stored = [soft_cosine.self_norm(c) for c in candidates]  # as the store keeps them
+    torch.testing.assert_close(soft_cosine.against(query, soft_cosine.bags(candidates, stored)), expected)
+    assert soft_cosine.many(query, [[]]).tolist() == [0.0]  # an empty candidate matches nothing, no NaN
 
 
 def _predictor(tmp_path, embedder, soft_cosine, redis_url, model_id="m"):
@@ -107,3 +127,51 @@ def test_the_store_persists_across_restarts(tmp_path, embedder):
     assert hit.token_ids == [1, 2, 3] and hit.score == pytest.approx(1.0, abs=1e-4)
     np.testing.assert_array_equal(hit.record.prefill, _record(3).prefill)
     again.close()
+
+
+def test_the_in_process_index_finds_what_qdrant_finds(tmp_path):
+    from qdrant_client import QdrantClient, models
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, EMBEDDING_DIM)).astype(np.float32)
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection(
+        "c", vectors_config=models.VectorParams(size=EMBEDDING_DIM, distance=models.Distance.COSINE)
+    )
+    client.upsert("c", points=[models.PointStruct(id=i, vector=v.tolist()) for i, v in enumerate(vectors)])
+    index = ExactIndex(EMBEDDING_DIM)
+    index.add([str(i) for i in range(100)], vectors[:100].tolist())  # grows across calls
+    index.add([str(i) for i in range(100, 300)], vectors[100:].tolist())
+    for query in rng.standard_normal((5, EMBEDDING_DIM)):
+        expected = client.query_points("c", query=query.tolist(), limit=20).points
+        got = index.search(query.tolist(), 20)
+        assert [g[0] for g in got] == [str(p.id) for p in expected]
+        np.testing.assert_allclose([g[1] for g in got], [p.score for p in expected], atol=1e-5)
+    assert len(index.search(vectors[0].tolist(), 1000)) == 300
+    client.close()
+
+
+def test_records_come_back_right_when_the_payload_cache_is_smaller_than_a_query(tmp_path, embedder):
+    path = str(tmp_path / "small-cache")
+    store = PromptStore.open("m", path=path)
+    texts = ["red apples", "green pears", "blue plums"]
+    for i, text in enumerate(texts):
+        store.add(embedder.embed_one(text), [i], _record(i))
+    store.close()
+    again = PromptStore.open("m", path=path)
+    again.cache_size = 1  # every query must fetch payloads it no longer holds
+    for i, text in enumerate(texts):
+        hits = again.nearest(embedder.embed_one(text), 3)
+        assert hits[0].token_ids == [i]
+        np.testing.assert_array_equal(hits[0].record.prefill, _record(i).prefill)
+    again.close()
+
+
+def test_every_embedding_backend_computes_the_same_model(embedder):
+    texts = ["The cat sat on the mat.", "Quarterly tax filing deadline, explained at length for everyone."]
+    assert embedder.backend == "onnx-int8"  # onnxruntime is a dependency: the fast path is the one in use
+    reference = PromptEmbedder(backend="torch").embed(texts)
+    exact = (PromptEmbedder(backend="onnx").embed(texts) * reference).sum(dim=1)
+    assert float(exact.min()) > 1 - 1e-5
+    quantised = (embedder.embed(texts) * reference).sum(dim=1)
+    assert float(quantised.min()) > 0.97

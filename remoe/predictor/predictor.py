@@ -9,6 +9,7 @@ L = MoE layers, E = experts per layer.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import torch
 from remoe.model.activations import ActivationRecord
 from remoe.predictor.embedding import PromptEmbedder
 from remoe.predictor.prior import GlobalPrior, InMemoryPrior
-from remoe.predictor.soft_cosine import SoftCosine
+from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine
 from remoe.predictor.store import PromptStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Forecast:
     confidence: float  # 0..1: mean SCS of the neighbours used (0 for fallbacks)
     source: str  # "sps", "prior" or "equal"
     neighbours: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)  # embed, search, rerank
 
 
 @dataclass
@@ -90,22 +92,36 @@ class Predictor:
     def _predict(self, prompt: str, token_ids: list[int]) -> Forecast:
         if self.store is None or not token_ids:
             return self._fallback()
+        clock = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = (now - clock) * 1e3
+            clock = now
+
+        embedding = self.embedder.embed_one(prompt)
+        lap("embed")
         try:
-            hits = self.store.nearest(self.embedder.embed_one(prompt), self.config.candidates)
+            hits = self.store.nearest(embedding, self.config.candidates)
         except Exception as e:  # Qdrant down or broken: the request must still be planned
             self.counters.store_errors += 1
             log.warning("prompt store unavailable, using the prior (%s)", e)
             return self._fallback()
+        lap("search")
         hits = [h for h in hits if h.record.prefill.shape == self.shape]
         if not hits or max(h.score for h in hits) < self.config.min_similarity:
             return self._fallback()
-        scs = self.soft_cosine.many(token_ids, [h.token_ids for h in hits])  # [M]
+        bags = self.soft_cosine.bags([h.token_ids for h in hits], [h.scs_norm for h in hits])
+        scs = self.soft_cosine.against(token_ids, bags)  # [M]
         top = torch.topk(scs, min(self.config.alpha, len(hits)))
         weights = torch.softmax(top.values / self.config.temperature, dim=0).numpy()  # [alpha]
         frequency = sum(
             w * hits[i].record.prefill_frequency() for w, i in zip(weights, top.indices.tolist(), strict=True)
         )
-        return Forecast(frequency, float(top.values.mean()), "sps", len(weights))
+        lap("rerank")
+        return Forecast(frequency, float(top.values.mean()), "sps", len(weights), timings)
 
     def record(self, prompt: str, token_ids: list[int], activation: ActivationRecord) -> None:
         """Learn from a finished request: a point in the store and counts in the global prior."""
@@ -114,7 +130,8 @@ class Predictor:
         if self.store is None:
             return
         try:
-            self.store.add(self.embedder.embed_one(prompt), token_ids, activation)
+            ids = token_ids[:SCS_TOKENS]
+            self.store.add(self.embedder.embed_one(prompt), ids, activation, self.soft_cosine.self_norm(ids))
         except Exception as e:
             self.counters.store_errors += 1
             log.warning("prompt store unavailable, activation not stored (%s)", e)

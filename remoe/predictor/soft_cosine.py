@@ -1,15 +1,30 @@
 """Soft Cosine Similarity (the paper's SPS re-rank) over the served model's own token embeddings.
 
 For prompts as bags of token ids a, b (count vectors over the vocabulary) and S[i, j] = max(0, cos(e_i, e_j))
-from the model's input embedding matrix, SCS(a, b) = a^T S b / sqrt(a^T S a * b^T S b). Only the rows of
-tokens that occur are touched: U = distinct tokens of both prompts, S is [U, U].
+from the model's input embedding matrix, SCS(a, b) = a^T S b / sqrt(a^T S a * b^T S b).
+
+Cost: only the rows of tokens that occur are touched. The query's tokens Uq meet the candidates' union U
+once ([Uq, U] Gram block), and each candidate's own norm sqrt(b^T S b) is computed once, when it is
+stored, not on every query: the full [U, U] Gram of a 50-candidate union (thousands of tokens) would cost
+more than the rest of a prediction.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass
 
 import torch
+
+SCS_TOKENS = 256  # a prompt's first tokens that the soft cosine sees (the paper's prompts are 500 characters)
+
+
+@dataclass(slots=True)
+class TokenBags:
+    """Candidates prepared for `SoftCosine.against`: counts over their joint vocabulary and their norms."""
+
+    vocab: torch.Tensor  # [U] distinct token ids
+    counts: torch.Tensor  # [N, U] float32
+    norms: torch.Tensor  # [N] sqrt(b^T S b)
 
 
 class SoftCosine:
@@ -17,30 +32,47 @@ class SoftCosine:
         # [V, H] -> unit rows, float32 on the CPU: the Gram entries are dot products of these rows.
         self.unit = torch.nn.functional.normalize(token_embeddings.detach().float().cpu(), dim=-1)
 
-    def _gram(self, tokens: list[int]) -> torch.Tensor:
-        rows = self.unit[tokens]  # [U, H]
-        return (rows @ rows.T).clamp(min=0.0)  # [U, U]
+    def _bag(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, counts = torch.unique(torch.as_tensor(tokens[:SCS_TOKENS], dtype=torch.long), return_counts=True)
+        return ids, counts.float()  # [u], [u]
 
-    def similarity(self, a: list[int], b: list[int]) -> float:
-        return float(self.many(a, [b])[0])
+    def self_norm(self, tokens: list[int]) -> float:
+        """sqrt(b^T S b): stored with each prompt so queries need not recompute it."""
+        if not tokens:
+            return 0.0
+        ids, counts = self._bag(tokens)
+        rows = self.unit[ids]  # [u, H]
+        gram = (rows @ rows.T).clamp(min=0.0)  # [u, u]
+        return float(torch.sqrt(counts @ gram @ counts))
+
+    def bags(self, candidates: list[list[int]], norms: list[float | None] | None = None) -> TokenBags:
+        clipped = [c[:SCS_TOKENS] for c in candidates]
+        lengths = torch.tensor([len(c) for c in clipped])
+        flat = torch.tensor([t for c in clipped for t in c], dtype=torch.long)
+        vocab, column = torch.unique(flat, return_inverse=True)
+        row = torch.repeat_interleave(torch.arange(len(clipped)), lengths)
+        counts = torch.zeros(len(clipped), len(vocab))
+        counts.index_put_((row, column), torch.ones(len(flat)), accumulate=True)
+        norms = norms or [None] * len(clipped)
+        values = [n if n is not None else self.self_norm(c) for n, c in zip(norms, clipped, strict=True)]
+        return TokenBags(vocab, counts, torch.tensor(values, dtype=torch.float32))
+
+    def against(self, query: list[int], bags: TokenBags) -> torch.Tensor:
+        """SCS of `query` with every prepared candidate -> [N]."""
+        if not query or len(bags.vocab) == 0:
+            return torch.zeros(len(bags.norms))
+        ids, q = self._bag(query)
+        rows = self.unit[ids]  # [uq, H]
+        cross = (rows @ self.unit[bags.vocab].T).clamp(min=0.0)  # [uq, U]
+        numerator = bags.counts @ (q @ cross)  # [N]
+        q_norm = torch.sqrt(q @ (rows @ rows.T).clamp(min=0.0) @ q)
+        return numerator / (q_norm * bags.norms).clamp(min=1e-12)
 
     def many(self, query: list[int], candidates: list[list[int]]) -> torch.Tensor:
         """SCS of `query` with each candidate -> [N]."""
-        if not query or not candidates:
-            return torch.zeros(len(candidates))
-        vocab = sorted(set(query).union(*map(set, candidates)))
-        position = {t: i for i, t in enumerate(vocab)}
-        gram = self._gram(vocab)  # [U, U]
+        if not candidates:
+            return torch.zeros(0)
+        return self.against(query, self.bags(candidates))
 
-        def counts(tokens: list[int]) -> torch.Tensor:
-            v = torch.zeros(len(vocab))
-            for token, n in Counter(tokens).items():
-                v[position[token]] = n
-            return v
-
-        q = counts(query)  # [U]
-        c = torch.stack([counts(t) for t in candidates])  # [N, U]
-        qs = gram @ q  # [U]
-        num = c @ qs  # [N]
-        den = torch.sqrt((q @ qs) * torch.einsum("nu,uv,nv->n", c, gram, c)).clamp(min=1e-12)
-        return num / den
+    def similarity(self, a: list[int], b: list[int]) -> float:
+        return float(self.many(a, [b])[0])
