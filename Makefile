@@ -5,17 +5,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start clean help
+.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
 	@echo "make test          install if needed, then run the whole test suite"
 	@echo "make lint          ruff check + format check"
-	@echo "make demo          tiny model -> split -> verify -> remoe up -> generate -> status -> shut down"
+	@echo "make demo          trained tiny MoE -> split -> verify -> remoe up -> generate -> status -> shut down"
 	@echo "make protos        regenerate remoe/proto from protos/remoe/v1"
 	@echo "make bench-engine  LocalEngine vs transformers generate, tokens/s"
 	@echo "make bench-dispatch  gRPC fan-out cost; TTFT/TPOT of remoe up vs LocalEngine vs transformers"
 	@echo "make bench-cold-start  function cold start (lazy vs whole checkpoint); cold TTFT with/without pre-warm"
+	@echo "make bench-predictor   SPS forecast accuracy (trained and random-init model) and predict latency"
 
 install: $(STAMP)
 
@@ -38,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check remoe tests bench
 	$(BIN)/ruff format --check remoe tests bench
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	scripts/demo.sh
 
 protos: $(STAMP)
@@ -52,6 +53,10 @@ bench-dispatch: $(STAMP)
 
 bench-cold-start: $(STAMP)
 	$(BIN)/python bench/cold_start.py
+
+# Builds the corpus and trains the model first when data/ lacks them (about 20 minutes on 2 cores).
+bench-predictor: $(STAMP) system-deps
+	scripts/bench-predictor.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from remoe.machine import machine_description
 from remoe.model.engine import LocalEngine
 from remoe.model.tiny import TinySpec, make_tiny_model
 
@@ -75,15 +75,6 @@ def bench_model(name: str, spec: TinySpec, workdir: Path, new_tokens: int, repea
         round(remoe_rate / hf_rate, 3),
         hf_out == remoe_out,
     )
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = f"{names[0]} x {len(names)}" if names else cpu
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -322,18 +322,26 @@ def _cmd_predictor_eval(args: argparse.Namespace) -> int:
 
     train = read_prompts(args.train)[: args.max_train]
     test = read_prompts(args.test)[: args.max_test]
-    config = SPSConfig(candidates=args.candidates, alpha=args.alpha, temperature=args.temperature)
-    report = evaluate(args.model, train, test, config, progress=not args.quiet)
+    config = SPSConfig(
+        candidates=args.candidates,
+        alpha=args.alpha,
+        temperature=args.temperature,
+        min_similarity=args.min_similarity,
+    )
+    report = evaluate(
+        args.model, train, test, config, progress=not args.quiet, embedding_backend=args.embedding_backend
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(report.table())
-        print(f"SPS predict latency: p50 {report.sps_predict_ms_p50:.1f} ms, p99 {report.sps_predict_ms_p99:.1f} ms")
+        print(report.markdown())
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "predictor.json").write_text(json.dumps(report.as_dict(), indent=2))
-        plot(report, str(out / "predictor.png"))
+        (out / f"{args.name}.json").write_text(json.dumps(report.as_dict(), indent=2))
+        (out / f"{args.name}.md").write_text(report.markdown())
+        plot(report, str(out / f"{args.name}.png"))
+        print(f"wrote {out / args.name}.json, .md and .png", file=sys.stderr)
     return 0
 
 
@@ -441,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=50, help="M: nearest prompts fetched by embedding")
     p.add_argument("--alpha", type=int, default=15, help="kept after the soft cosine re-rank")
     p.add_argument("--temperature", type=float, default=0.05, help="softmax(SCS / temperature) (default 0.05)")
-    p.add_argument("--out", default=None, help="write predictor.json and predictor.png here")
+    p.add_argument("--min-similarity", type=float, default=0.3, help="weaker best match: use the prior (0.3)")
+    p.add_argument("--embedding-backend", default=None, help="onnx (default), onnx-int8 or torch: how MiniLM runs")
+    p.add_argument("--out", default=None, help="write NAME.json, NAME.md and NAME.png here")
+    p.add_argument("--name", default="predictor", help="file name stem under --out (default predictor)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predictor_eval)

@@ -32,3 +32,5 @@ def test_eval_reports_every_method_and_writes_table_and_plot(tiny_model, tmp_pat
     assert scores["EF"]["js_mean"] > scores["BF"]["js_mean"]
     assert report["sps_predict_ms_p50"] > 0
     assert (tmp_path / "res" / "predictor.png").stat().st_size > 1000
+    table = (tmp_path / "res" / "predictor.md").read_text()
+    assert "| SPS |" in table and "vs brute force" in table

@@ -22,16 +22,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from remoe.machine import machine_description
 from remoe.model.engine import LocalEngine
 from remoe.predictor.divergence import js_divergence
 from remoe.predictor.embedding import PromptEmbedder
 from remoe.predictor.predictor import Predictor, SPSConfig
 from remoe.predictor.prior import InMemoryPrior
-from remoe.predictor.soft_cosine import SoftCosine
+from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine
 from remoe.predictor.store import PromptStore
 
 METHODS = ["SPS", "EF", "global", "nearest", "BF", "embedding top-k"]
-SCS_TOKENS = 256  # tokens of each prompt the soft cosine sees (prompts are 500 characters)
+INGEST_BATCH = 32
 
 
 @dataclass
@@ -60,8 +61,38 @@ class EvalReport:
         ]
         return "\n".join(lines)
 
+    def markdown(self) -> str:
+        """The table with what it was measured on: model, sizes, settings, machine, date."""
+        by = {s.method: s.js_mean for s in self.scores}
+        verdict = (
+            f"SPS vs EF: {by['SPS'] / by['EF']:.2f}x, vs global: {by['SPS'] / by['global']:.2f}x, "
+            f"vs brute force: {by['SPS'] / by['BF']:.2f}x (mean JS; lower is better)."
+        )
+        return "\n".join(
+            [
+                f"# Forecast accuracy: {self.model}",
+                "",
+                f"{self.train_prompts} stored prompts, {self.test_prompts} held-out test prompts; settings "
+                f"{ {k: v for k, v in self.config.items() if k not in ('machine', 'date')} }. "
+                f"Machine: {self.config.get('machine', '?')}; {self.config.get('date', '')}.",
+                "",
+                self.table(),
+                "",
+                verdict,
+                "",
+                f"SPS predict latency inside the evaluation (shares the process with the model): "
+                f"p50 {self.sps_predict_ms_p50:.1f} ms, p99 {self.sps_predict_ms_p99:.1f} ms; "
+                "bench/predictor_latency.py measures it on its own.",
+                "",
+            ]
+        )
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EvalReport:
+        return cls(**{**raw, "scores": [MethodScore(**s) for s in raw["scores"]]})
 
 
 def _recall(forecast: np.ndarray, actual: np.ndarray, k: int) -> float:
@@ -81,6 +112,7 @@ def evaluate(
     test: list[str],
     config: SPSConfig | None = None,
     progress: bool = True,
+    embedding_backend: str | None = None,
 ) -> EvalReport:
     config = config or SPSConfig()
     engine = LocalEngine(model_dir, device="cpu", dtype=torch.float32)
@@ -88,7 +120,7 @@ def evaluate(
     layers, k = arch.layer_indices, arch.top_k
     embedding_weight = engine.model.get_input_embeddings().weight
     soft_cosine = SoftCosine(embedding_weight)
-    embedder = PromptEmbedder()
+    embedder = PromptEmbedder(embedding_backend)
 
     def measure(prompt: str):
         ids = engine.encode(prompt)[:SCS_TOKENS] or [0]
@@ -99,15 +131,23 @@ def evaluate(
         prior = InMemoryPrior(len(layers), arch.num_experts)  # SPS falls back to it on weak matches, as in serving
         predictor = Predictor(layers, arch.num_experts, embedder, soft_cosine, store, prior, config)
         train_ids, train_freqs, train_embeddings = [], [], []
-        for prompt in tqdm(train, desc="ingest", unit="prompt", disable=not progress):
-            ids, record = measure(prompt)
-            embedding = embedder.embed_one(prompt)
-            store.add(embedding, ids, record)
-            prior.add(record.prefill)
-            train_ids.append(ids)
-            train_freqs.append(record.prefill_frequency())
-            train_embeddings.append(embedding)
+        bar = tqdm(total=len(train), desc="ingest", unit="prompt", disable=not progress)
+        for start in range(0, len(train), INGEST_BATCH):
+            chunk = train[start : start + INGEST_BATCH]
+            embeddings = embedder.embed(chunk).tolist()  # [B, D]: batched, far cheaper than one by one
+            measured = [measure(prompt) for prompt in chunk]
+            store.add_many(
+                [(e, ids, rec, soft_cosine.self_norm(ids)) for e, (ids, rec) in zip(embeddings, measured, strict=True)]
+            )
+            for embedding, (ids, record) in zip(embeddings, measured, strict=True):
+                prior.add(record.prefill)
+                train_ids.append(ids)
+                train_freqs.append(record.prefill_frequency())
+                train_embeddings.append(embedding)
+            bar.update(len(chunk))
+        bar.close()
         global_freq = prior.frequency()
+        train_bags = soft_cosine.bags(train_ids)  # BF scores every test prompt against all of them
         matrix = torch.tensor(train_embeddings)  # [N, D]
 
         js = {m: [] for m in METHODS}
@@ -122,7 +162,7 @@ def evaluate(
             query = torch.tensor(embedder.embed_one(prompt))
             cosine = matrix @ query  # [N]
             nearest = torch.topk(cosine, min(config.alpha, len(train)))
-            scs_all = soft_cosine.many(ids, train_ids)  # [N]
+            scs_all = soft_cosine.against(ids, train_bags)  # [N]
             best = torch.topk(scs_all, min(config.alpha, len(train)))
             forecasts = {
                 "SPS": sps,
@@ -152,7 +192,12 @@ def evaluate(
         scores=scores,
         sps_predict_ms_p50=float(np.percentile(latency, 50)),
         sps_predict_ms_p99=float(np.percentile(latency, 99)),
-        config=asdict(config),
+        config={
+            **asdict(config),
+            "embedding_backend": embedder.backend,
+            "machine": machine_description(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        },
     )
 
 
