@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# make demo: a tiny model (made once), split, verified against transformers, then served by `remoe up`
-# (gateway + backbone + two expert services as local processes) and queried through the SDK's CLI.
+# make demo: a small MoE trained on real text (made once, about 4 minutes on 2 cores), split, verified
+# against transformers, then served by `remoe up` (gateway, backbone, two expert services, functions for half
+# of each layer's experts, the predictor) and queried through the SDK's CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DEMO=${DEMO_DIR:-.cache/demo}
 PORT=${DEMO_PORT:-50051}
+MODEL=$DEMO/trained
 
-if [ ! -f "$DEMO/mixtral/config.json" ]; then
-  $BIN/remoe tiny-model --arch mixtral --layers 4 --experts 8 --out "$DEMO/mixtral"
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "--- once: a prompt corpus from Debian's text packages, and a 4-minute training run on it"
+  $BIN/remoe corpus build --out "$DEMO/corpus" --max-prompts 3000 -q
+  $BIN/remoe train-tiny --corpus "$DEMO/corpus/train.jsonl" --out "$MODEL" --steps 500 --max-minutes 4
 fi
-rm -rf "$DEMO/mixtral-split"
-$BIN/remoe split "$DEMO/mixtral" --out "$DEMO/mixtral-split"
-$BIN/remoe inspect "$DEMO/mixtral-split"
+rm -rf "$MODEL-split"
+$BIN/remoe split "$MODEL" --out "$MODEL-split"
+$BIN/remoe inspect "$MODEL-split"
 echo "--- verify: the split, under a 2-expert budget, against transformers' own generate"
-$BIN/remoe verify "$DEMO/mixtral" --split "$DEMO/mixtral-split" --expert-budget 200000
+$BIN/remoe verify "$MODEL" --split "$MODEL-split" --expert-budget 1600000
 
 echo "--- remoe up: gateway, backbone, two expert services; half of each layer's experts in functions"
-$BIN/remoe up --model "$DEMO/mixtral-split" --port "$PORT" --run-dir "$DEMO/run" --remote-ratio 0.5 > "$DEMO/up.log" 2>&1 &
+$BIN/remoe up --model "$MODEL-split" --port "$PORT" --run-dir "$DEMO/run" --remote-ratio 0.5 > "$DEMO/up.log" 2>&1 &
 UP=$!
 trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do
@@ -26,9 +30,9 @@ for _ in $(seq 1 240); do
   sleep 0.5
 done
 cat "$DEMO/up.log"
-echo "--- remoe generate (random weights: the text is noise; it is exactly transformers' noise)"
-$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 24 "The quick brown fox"
+echo "--- remoe generate (a few minutes of training: text that looks like text, not sense)"
+$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "The Python tutorial"
 echo "--- again: the first request's TTFT included the functions' cold starts; now they are warm"
-$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 24 "The quick brown fox"
+$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "The Python tutorial"
 echo "--- remoe status"
 $BIN/remoe status --address "127.0.0.1:$PORT"
