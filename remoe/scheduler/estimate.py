@@ -1,0 +1,142 @@
+"""The paper's latency and cost model for one request under a plan.
+
+Prefill, per MoE layer l: PT_l = n_in * t_backbone + max(local, max_j ZT_lj) + 2 * tau_sw * n_in, with
+local = sum over local experts of tokens_e * t_loc and ZT_lj = sum over replica j's experts of
+tokens_e * (T(y_l) + 2 D / B) + t_rem. Decode, per token: GT_l = t_backbone_decode + 2 * tau_sw +
+max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). TTFT = sum PT_l,
+TPOT = sum GT_l. Constraints use worst-case token counts (mmp.py); cost uses expected ones:
+main = (prefill + n_out * decode) * (c_g * GPU GB + c_c * CPU GB); each remote replica bills c_c * y_l for
+the time it computes. L = MoE layers, E = experts per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from remoe.scheduler.mmp import expected_tokens, route_probability, worst_case_tokens
+from remoe.scheduler.problem import Limits, Prices, Profile, Request
+
+GIB = 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPlan:
+    remote: tuple[int, ...] = ()  # experts served by this layer's remote function
+    memory_gb: float = 0.0  # y_l, each replica's memory (0 without remote experts)
+    replicas: tuple[tuple[int, ...], ...] = ()  # expert -> replica assignment
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    ttft_s: float
+    tpot_s: float
+    cost_main: float
+    cost_remote: float
+
+    @property
+    def cost(self) -> float:
+        return self.cost_main + self.cost_remote
+
+
+def round_up(gb: float, step: float) -> float:
+    return round(math.ceil(gb / step - 1e-9) * step, 6)
+
+
+@dataclass(slots=True)
+class Tokens:
+    worst: np.ndarray  # [L, E] prefill tokens per expert at the request's confidence
+    expected: np.ndarray  # [L, E]
+    route: np.ndarray  # [L, E] probability that one token uses the expert
+
+    @classmethod
+    def of(cls, request: Request) -> Tokens:
+        route = route_probability(request.frequency, request.top_k)
+        return cls(
+            worst_case_tokens(request.n_in, route, request.confidence), expected_tokens(request.n_in, route), route
+        )
+
+
+def main_memory_gb(request: Request, remote: list[tuple[int, ...]], limits: Limits) -> tuple[float, float]:
+    """(GPU GB, CPU GB) of the main model: backbone + KV cache on the GPU, local experts on the CPU."""
+    gpu = (request.backbone_bytes + request.kv_bytes_per_token * (request.n_in + request.n_out)) / GIB
+    local_experts = sum(request.experts - len(r) for r in remote)
+    cpu = local_experts * request.expert_bytes / GIB
+    low, high = limits.main_memory_gb
+    return round_up(gpu, limits.memory_step_gb), min(high, max(low, round_up(cpu, limits.memory_step_gb)))
+
+
+def layer_prefill_s(
+    tokens: np.ndarray, plan: LayerPlan, request: Request, profile: Profile
+) -> tuple[float, list[float]]:
+    """(layer prefill time, each replica's busy time) for token counts [E] of one layer."""
+    remote = set(plan.remote)
+    local = sum(float(tokens[e]) for e in range(request.experts) if e not in remote)
+    local_s = local * profile.local_expert_s_per_token
+    per_token = (
+        profile.remote_s_per_token(plan.memory_gb) + 2 * request.hidden_bytes_per_token / profile.bandwidth_bytes_s
+        if remote
+        else 0.0
+    )
+    busy = [sum(float(tokens[e]) for e in part) * per_token + profile.invoke_s for part in plan.replicas if part]
+    expert_s = max([local_s, *busy])
+    return (
+        request.n_in * profile.backbone_prefill_s_per_token + expert_s + 2 * profile.swap_s_per_token * request.n_in,
+        busy,
+    )
+
+
+def layer_decode_s(plan: LayerPlan, request: Request, profile: Profile) -> float:
+    """Worst-case time of one decode token in this layer."""
+    k = request.top_k
+    local_s = min(k, request.experts - len(plan.remote)) * profile.local_expert_s_per_token
+    remote_s = 0.0
+    if plan.remote:
+        remote_s = (
+            min(k, len(plan.remote)) * profile.remote_s_per_token(plan.memory_gb)
+            + 2 * request.hidden_bytes_per_token / profile.bandwidth_bytes_s
+            + profile.invoke_s
+        )
+    return profile.backbone_decode_s + 2 * profile.swap_s_per_token + max(local_s, remote_s)
+
+
+def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, profile: Profile) -> float:
+    """Expected replica compute time over the whole decode (all replicas of one layer)."""
+    if not plan.remote:
+        return 0.0
+    per_token = profile.remote_s_per_token(plan.memory_gb) + 2 * request.hidden_bytes_per_token / (
+        profile.bandwidth_bytes_s
+    )
+    busy = 0.0
+    for part in plan.replicas:
+        hit = float(sum(route[e] for e in part))  # expected experts of this replica one token uses
+        busy += hit * per_token + min(1.0, hit) * profile.invoke_s
+    return request.n_out * busy
+
+
+def estimate(
+    request: Request,
+    layers: list[LayerPlan],
+    profile: Profile,
+    prices: Prices,
+    limits: Limits,
+    tokens: Tokens | None = None,
+) -> Estimate:
+    if len(layers) != request.layers:
+        raise ValueError(f"a plan for {len(layers)} layers, the request has {request.layers}")
+    tokens = tokens or Tokens.of(request)
+    gpu_gb, cpu_gb = main_memory_gb(request, [p.remote for p in layers], limits)
+    ttft = sum(layer_prefill_s(tokens.worst[i], p, request, profile)[0] for i, p in enumerate(layers))
+    tpot = sum(layer_decode_s(p, request, profile) for p in layers)
+    expected_prefill, remote_cost = 0.0, 0.0
+    for i, p in enumerate(layers):
+        seconds, busy = layer_prefill_s(tokens.expected[i], p, request, profile)
+        expected_prefill += seconds
+        remote_cost += (
+            prices.cpu_gb_s * p.memory_gb * (sum(busy) + remote_decode_busy_s(p, tokens.route[i], request, profile))
+        )
+    main_s = expected_prefill + request.n_out * tpot
+    main_cost = main_s * (prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb)
+    return Estimate(ttft, tpot, main_cost, remote_cost)

@@ -1,0 +1,99 @@
+"""Memory sizing of the remote functions: the relaxed per-layer problem solved through its Lagrangian dual.
+
+For a fixed remote set and replica partition, layer l's share of the objective g_l(y) (its functions'
+memory x time plus the main model's cost for the time the layer takes) and its latencies p_l(y) (prefill,
+worst case) and d_l(y) (one decode token) depend only on its own memory y_l. The constraints
+sum_l p_l <= TTFT SLO and sum_l d_l <= TPOT SLO couple the layers; with multipliers (lambda, mu) the
+Lagrangian separates (Theorem 3), so each layer minimises g_l + lambda p_l + mu d_l alone, over the
+memory grid (100 MB steps, so the per-layer minimum is exact). The multipliers are searched on a log grid,
+both at once, and the cheapest feasible primal plan they produce is kept.
+
+Convexity (Theorem 2): with T(y) = th1 exp(-th2 y) + th3, a function's memory x time y T(y) has second
+derivative th1 th2 exp(-th2 y) (th2 y - 2), so it is convex only where y >= 2 / th2. `convexity` says whether
+that holds on the whole memory range; when it does not, the grid search still finds each layer's exact
+minimum, but the dual's optimum may leave a gap to the primal one (measured against exact.py in tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from remoe.scheduler.problem import Limits, Profile
+
+MULTIPLIERS = 24  # per multiplier: 0 and 23 log-spaced prices
+
+
+@dataclass(frozen=True, slots=True)
+class Curves:
+    """Per layer over the memory grid: objective share and latencies. Shapes [L, G]."""
+
+    grid: np.ndarray  # [G] memory sizes (GB)
+    cost: np.ndarray
+    prefill: np.ndarray
+    decode: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    index: np.ndarray  # [L] chosen grid position per layer
+    feasible: bool
+    multipliers: tuple[float, float]  # (lambda, mu) at the solution
+    binding: str  # "ttft", "tpot", "both" or "none"
+
+
+def memory_grid(limits: Limits) -> np.ndarray:
+    low, high = limits.remote_memory_gb
+    steps = int(round((high - low) / limits.memory_step_gb))
+    return np.round(low + limits.memory_step_gb * np.arange(steps + 1), 6)
+
+
+def convexity(profile: Profile, limits: Limits) -> tuple[bool, str]:
+    _, th2, _ = profile.remote_fit
+    low = limits.remote_memory_gb[0]
+    threshold = 2 / th2 if th2 > 0 else float("inf")
+    if low >= threshold:
+        return True, f"y T(y) is convex on the whole range (y >= {low} GB >= 2/th2 = {threshold:.2f} GB)"
+    return False, (
+        f"y T(y) is not convex below 2/th2 = {threshold:.2f} GB (range starts at {low} GB): per-layer minima are "
+        "still exact on the grid, the dual may leave a gap"
+    )
+
+
+def _totals(curves: Curves, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """index [..., L] -> (TTFT, TPOT) [...]"""
+    prefill = np.take_along_axis(np.broadcast_to(curves.prefill, index.shape + curves.grid.shape), index[..., None], -1)
+    decode = np.take_along_axis(np.broadcast_to(curves.decode, index.shape + curves.grid.shape), index[..., None], -1)
+    return prefill[..., 0].sum(-1), decode[..., 0].sum(-1)
+
+
+def _multipliers(latency: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """0 and log-spaced prices of latency, up to one that outweighs every cost difference."""
+    span_latency = max(float(np.ptp(latency, axis=1).max()), 1e-12)
+    top = 1e3 * (float(np.ptp(cost, axis=1).max()) + 1e-12) / span_latency
+    return np.concatenate([[0.0], np.geomspace(top * 1e-9, top, MULTIPLIERS - 1)])
+
+
+def solve(curves: Curves, slo_ttft: float, slo_tpot: float) -> Sizing:
+    """Each (lambda, mu) on a log grid gives every layer its own minimiser; of the feasible ones the cheapest
+    primal plan wins (all pairs at once, vectorised: [M, M, L, G])."""
+    lam = _multipliers(curves.prefill, curves.cost)  # [M]
+    mu = _multipliers(curves.decode, curves.cost)  # [M]
+    lagrangian = (
+        curves.cost[None, None]
+        + lam[None, :, None, None] * curves.prefill[None, None]
+        + mu[:, None, None, None] * curves.decode[None, None]
+    )  # [M(mu), M(lam), L, G]
+    index = np.argmin(lagrangian, axis=-1)  # [M, M, L]
+    ttft, tpot = _totals(curves, index)
+    cost = np.take_along_axis(np.broadcast_to(curves.cost, index.shape + curves.grid.shape), index[..., None], -1)
+    cost = cost[..., 0].sum(-1)  # [M, M]
+    feasible = (ttft <= slo_ttft * (1 + 1e-9)) & (tpot <= slo_tpot * (1 + 1e-9))
+    if feasible.any():
+        i, j = np.unravel_index(np.argmin(np.where(feasible, cost, np.inf)), cost.shape)
+    else:  # nothing meets the SLO: the fastest plan, by the sum of the two violations' shares
+        i, j = np.unravel_index(np.argmin(ttft / slo_ttft + tpot / slo_tpot), cost.shape)
+    m, l_ = float(mu[i]), float(lam[j])
+    binding = {(True, False): "ttft", (False, True): "tpot", (True, True): "both"}.get((l_ > 0, m > 0), "none")
+    return Sizing(index[i, j], bool(feasible[i, j]), (l_, m), binding)
