@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -213,7 +214,8 @@ def plot(report: EvalReport, path: str) -> None:
     bars = ax.bar(names, values, color=["#2a6f97" if n == "SPS" else "#999999" for n in names])
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_ylabel("mean JS divergence (lower is better)")
-    ax.set_title(f"Forecast vs actual prefill activation ({report.test_prompts} test prompts)")
+    model = Path(report.model).name
+    ax.set_title(f"{model}: forecast vs actual prefill activation ({report.test_prompts} test prompts)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
