@@ -31,8 +31,8 @@ for _ in $(seq 1 240); do
 done
 cat "$DEMO/up.log"
 echo "--- remoe generate (a few minutes of training: text that looks like text, not sense)"
-$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "The Python tutorial"
+$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
 echo "--- again: the first request's TTFT included the functions' cold starts; now they are warm"
-$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "The Python tutorial"
+$BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
 echo "--- remoe status"
 $BIN/remoe status --address "127.0.0.1:$PORT"
