@@ -101,15 +101,15 @@ class Predictor:
             timings[name] = (now - clock) * 1e3
             clock = now
 
-        embedding = self.embedder.embed_one(prompt)
-        lap("embed")
         try:
+            embedding = self.embedder.embed_one(prompt)
+            lap("embed")
             hits = self.store.nearest(embedding, self.config.candidates)
+            lap("search")
         except Exception as e:  # Qdrant down or broken: the request must still be planned
             self.counters.store_errors += 1
             log.warning("prompt store unavailable, using the prior (%s)", e)
             return self._fallback()
-        lap("search")
         hits = [h for h in hits if h.record.prefill.shape == self.shape]
         if not hits or max(h.score for h in hits) < self.config.min_similarity:
             return self._fallback()
