@@ -7,7 +7,7 @@ bytes, prices in dollars per GB-second of memory held.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,7 +70,6 @@ class Request:
     slo_ttft_s: float = math.inf
     slo_tpot_s: float = math.inf
     confidence: float = 0.95  # worst-case tokens per expert hold with this probability (exact binomial)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         f = np.asarray(self.frequency, dtype=np.float64)

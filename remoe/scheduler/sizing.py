@@ -61,11 +61,11 @@ def convexity(profile: Profile, limits: Limits) -> tuple[bool, str]:
     )
 
 
-def _totals(curves: Curves, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """index [..., L] -> (TTFT, TPOT) [...]"""
-    prefill = np.take_along_axis(np.broadcast_to(curves.prefill, index.shape + curves.grid.shape), index[..., None], -1)
-    decode = np.take_along_axis(np.broadcast_to(curves.decode, index.shape + curves.grid.shape), index[..., None], -1)
-    return prefill[..., 0].sum(-1), decode[..., 0].sum(-1)
+def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """[L, G] values at each layer's chosen grid position, summed over layers: index [..., L] -> [...]"""
+    return np.take_along_axis(np.broadcast_to(values, index.shape + values.shape[-1:]), index[..., None], -1)[
+        ..., 0
+    ].sum(-1)
 
 
 def _multipliers(latency: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -86,9 +86,7 @@ def solve(curves: Curves, slo_ttft: float, slo_tpot: float) -> Sizing:
         + mu[:, None, None, None] * curves.decode[None, None]
     )  # [M(mu), M(lam), L, G]
     index = np.argmin(lagrangian, axis=-1)  # [M, M, L]
-    ttft, tpot = _totals(curves, index)
-    cost = np.take_along_axis(np.broadcast_to(curves.cost, index.shape + curves.grid.shape), index[..., None], -1)
-    cost = cost[..., 0].sum(-1)  # [M, M]
+    ttft, tpot, cost = _at(curves.prefill, index), _at(curves.decode, index), _at(curves.cost, index)  # [M, M]
     feasible = (ttft <= slo_ttft * (1 + 1e-9)) & (tpot <= slo_tpot * (1 + 1e-9))
     if feasible.any():
         i, j = np.unravel_index(np.argmin(np.where(feasible, cost, np.inf)), cost.shape)
