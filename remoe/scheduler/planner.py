@@ -20,7 +20,8 @@ import numpy as np
 from remoe.scheduler.estimate import Estimate, LayerPlan, Tokens, estimate, main_memory_gb
 from remoe.scheduler.problem import Limits, Prices, Profile, Request
 from remoe.scheduler.replicas import lpt_partition, min_replicas_for_payload
-from remoe.scheduler.sizing import Curves, convexity, memory_grid, solve
+from remoe.scheduler.sizing import Curves, Sizing, convexity, memory_grid, solve
+from remoe.scheduler.terms import PartStats, single_replica_stats, stats_array, terms
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +32,11 @@ class Plan:
     estimate: Estimate
     feasible: bool
     binding: str  # which SLO constraint's multiplier is positive: "ttft", "tpot", "both" or "none"
-    remote_per_layer: int
     report: dict = field(default_factory=dict)
+
+    @property
+    def remote_counts(self) -> list[int]:
+        return [len(layer.remote) for layer in self.layers]
 
 
 def utility(request: Request) -> np.ndarray:
@@ -40,10 +44,29 @@ def utility(request: Request) -> np.ndarray:
     return request.n_in * request.frequency + request.n_out * request.top_k * request.frequency
 
 
-def remote_sets(request: Request, count: int) -> list[tuple[int, ...]]:
-    """Per layer, the `count` lowest-utility experts (ties: lower index first)."""
-    u = utility(request)
-    return [tuple(sorted(sorted(range(request.experts), key=lambda e: (row[e], e))[:count])) for row in u]
+def remote_sets(request: Request, count: int, order: np.ndarray | None = None) -> list[tuple[int, ...]]:
+    """Per layer, the `count` lowest-utility experts (ties: lower index first). `order`: utility_order()."""
+    order = utility_order(request) if order is None else order
+    return [tuple(sorted(row)) for row in order[:, :count].tolist()]
+
+
+def utility_order(request: Request) -> np.ndarray:
+    """[L, E] experts by rising utility, ties by index."""
+    return np.argsort(utility(request), axis=1, kind="stable")
+
+
+def local_mask(request: Request, sets: list[tuple[int, ...]]) -> np.ndarray:
+    """[L, E] True where the expert stays on the main model."""
+    mask = np.ones((request.layers, request.experts), dtype=bool)
+    for layer, remote in enumerate(sets):
+        mask[layer, list(remote)] = False
+    return mask
+
+
+def main_rate(request: Request, sets: list[tuple[int, ...]], prices: Prices, limits: Limits) -> float:
+    """The main model's $ per second with these experts remote."""
+    gpu_gb, cpu_gb = main_memory_gb(request, sets, limits)
+    return prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb
 
 
 def curves(
@@ -57,39 +80,9 @@ def curves(
     grid: np.ndarray,
 ) -> Curves:
     """Each layer's objective share and latencies over the memory grid; sums equal estimate()'s totals."""
-    gpu_gb, cpu_gb = main_memory_gb(request, sets, limits)
-    rate = prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb  # the main model's $ per second
-    k, d_over_b = request.top_k, 2 * request.hidden_bytes_per_token / profile.bandwidth_bytes_s
-    t_remote = np.array([profile.remote_s_per_token(y) for y in grid])  # [G]
-    per_token = t_remote + d_over_b
-    prefill_base = request.n_in * (profile.backbone_prefill_s_per_token + 2 * profile.swap_s_per_token)
-    decode_base = profile.backbone_decode_s + 2 * profile.swap_s_per_token
-    t_loc, t_inv = profile.local_expert_s_per_token, profile.invoke_s
-    cost, prefill, decode = [], [], []
-    for layer, (remote, parts) in enumerate(zip(sets, partitions, strict=True)):
-        local = [e for e in range(request.experts) if e not in set(remote)]
-        worst, expected, route = tokens.worst[layer], tokens.expected[layer], tokens.route[layer]
-        local_w, local_x = worst[local].sum() * t_loc, expected[local].sum() * t_loc
-        local_decode = min(k, len(local)) * t_loc
-        parts = [p for p in parts if p]
-        if not parts:
-            p_w = np.full_like(grid, prefill_base + local_w)
-            p_x = np.full_like(grid, prefill_base + local_x)
-            dec = np.full_like(grid, decode_base + local_decode)
-            cost.append(rate * (p_x + request.n_out * dec))
-        else:
-            w_max = max(worst[p].sum() for p in parts)
-            x_parts = np.array([expected[p].sum() for p in parts])
-            p_w = prefill_base + np.maximum(local_w, w_max * per_token + t_inv)
-            p_x = prefill_base + np.maximum(local_x, x_parts.max() * per_token + t_inv)
-            dec = decode_base + np.maximum(local_decode, min(k, len(remote)) * t_remote + d_over_b + t_inv)
-            hits = np.array([route[p].sum() for p in parts])
-            busy = x_parts.sum() * per_token + len(parts) * t_inv  # prefill
-            busy = busy + request.n_out * (hits.sum() * per_token + np.minimum(1.0, hits).sum() * t_inv)
-            cost.append(prices.cpu_gb_s * grid * busy + rate * (p_x + request.n_out * dec))
-        prefill.append(p_w)
-        decode.append(dec)
-    return Curves(grid, np.array(cost), np.array(prefill), np.array(decode))
+    stats = stats_array([PartStats.of(layer, parts, tokens) for layer, parts in enumerate(partitions)])
+    t = terms(request, np.arange(request.layers), local_mask(request, sets), stats, tokens, profile, prices, grid)
+    return Curves(grid, t.cost(main_rate(request, sets, prices, limits)), t.prefill, t.decode)
 
 
 def _layer_plans(sets, partitions, grid, index) -> list[LayerPlan]:
@@ -99,11 +92,12 @@ def _layer_plans(sets, partitions, grid, index) -> list[LayerPlan]:
     ]
 
 
-def _partitions(sets, replicas, tokens: Tokens) -> list[list[list[int]]]:
-    return [
-        lpt_partition({e: float(tokens.worst[layer][e]) for e in remote}, z) if remote else []
-        for layer, (remote, z) in enumerate(zip(sets, replicas, strict=True))
-    ]
+def _partition(remote: tuple[int, ...], replicas: int, worst: np.ndarray) -> list[list[int]]:
+    if not remote:
+        return []
+    if replicas == 1:
+        return [list(remote)]
+    return lpt_partition({e: float(worst[e]) for e in remote}, replicas)
 
 
 def _better(a: tuple[bool, float], b: tuple[bool, float] | None) -> bool:
@@ -111,64 +105,163 @@ def _better(a: tuple[bool, float], b: tuple[bool, float] | None) -> bool:
     return b is None or (a[0] and not b[0]) or (a[0] == b[0] and a[1] < b[1] * (1 - 1e-9))
 
 
-def _plan_for_count(
-    request: Request,
-    count: int,
-    tokens: Tokens,
-    profile: Profile,
-    prices: Prices,
-    limits: Limits,
-    grid,
-    add_replicas: bool,
-) -> Plan:
-    sets = remote_sets(request, count)
-    replicas = [
-        min(
-            limits.max_replicas,
-            len(r),
-            min_replicas_for_payload(
-                tokens.worst[i][list(r)].sum(), request.hidden_bytes_per_token, limits.payload_bytes
-            ),
-        )
-        if r
-        else 0
-        for i, r in enumerate(sets)
-    ]
+# Re-solves the refinement (replica additions, per-layer moves) may spend after the sweep over counts: keeps
+# planning a 26 x 64 model near 30 ms; small instances never reach it.
+REFINEMENT_SOLVES = 24
 
-    def attempt(replicas):
-        partitions = _partitions(sets, replicas, tokens)
-        c = curves(request, sets, partitions, tokens, profile, prices, limits, grid)
+Row = tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # parts, remote $, main s, p, d
+
+
+class _Layers:
+    """Rows over the memory grid per (layer, remote set, replicas), each computed once. The main model's rate
+    depends on every layer's local experts, so rows keep remote $ and main-model seconds apart."""
+
+    def __init__(self, request, tokens, profile, prices, limits, grid) -> None:
+        self.request, self.tokens, self.grid, self.limits = request, tokens, grid, limits
+        self.profile, self.prices = profile, prices
+        self.rows: dict[tuple[int, tuple[int, ...], int], Row] = {}
+
+    def fill(self, sets: list[tuple[int, ...]], replicas: list[int]) -> None:
+        """Every layer's row in one vectorised pass."""
+        parts = [_partition(r, z, self.tokens.worst[i]) for i, (r, z) in enumerate(zip(sets, replicas, strict=True))]
+        layers, local = np.arange(len(sets)), local_mask(self.request, sets)
+        stats = single_replica_stats(layers, local, self.tokens)
+        for i, z in enumerate(replicas):
+            if z > 1:
+                stats[i] = stats_array([PartStats.of(i, parts[i], self.tokens)])[0]
+        t = terms(self.request, layers, local, stats, self.tokens, self.profile, self.prices, self.grid)
+        for i, (r, z) in enumerate(zip(sets, replicas, strict=True)):
+            self.rows[(i, r, z)] = (parts[i], t.remote_cost[i], t.main_s[i], t.prefill[i], t.decode[i])
+
+    def row(self, layer: int, remote: tuple[int, ...], replicas: int) -> Row:
+        key = (layer, remote, replicas)
+        if key not in self.rows:
+            parts = _partition(remote, replicas, self.tokens.worst[layer])
+            local = np.ones((1, self.request.experts), dtype=bool)
+            local[0, list(remote)] = False
+            stats = stats_array([PartStats.of(layer, parts, self.tokens)])
+            t = terms(self.request, np.array([layer]), local, stats, self.tokens, self.profile, self.prices, self.grid)
+            self.rows[key] = (parts, t.remote_cost[0], t.main_s[0], t.prefill[0], t.decode[0])
+        return self.rows[key]
+
+    def curves(self, sets: list[tuple[int, ...]], replicas: list[int]) -> tuple[list[list[list[int]]], Curves]:
+        rows = [self.row(layer, r, z) for layer, (r, z) in enumerate(zip(sets, replicas, strict=True))]
+        rate = main_rate(self.request, sets, self.prices, self.limits)
+        remote_cost, main_s, prefill, decode = (np.stack([r[i] for r in rows]) for i in (1, 2, 3, 4))
+        return [r[0] for r in rows], Curves(self.grid, remote_cost + rate * main_s, prefill, decode)
+
+    def cost_row(self, layer: int, remote: tuple[int, ...], replicas: int, rate: float) -> tuple[np.ndarray, ...]:
+        _, remote_cost, main_s, prefill, decode = self.row(layer, remote, replicas)
+        return remote_cost + rate * main_s, prefill, decode
+
+
+@dataclass(slots=True)
+class _Candidate:
+    count: int  # the remote count the search started from (layers may differ after refinement)
+    sets: list[tuple[int, ...]]
+    partitions: list[list[list[int]]]
+    sizing: Sizing
+    replicas: list[int]
+    score: tuple[bool, float]  # (feasible, cost when feasible else the SLO violation)
+
+
+class _Search:
+    def __init__(self, request, tokens, profile, prices, limits, grid) -> None:
+        self.request, self.tokens, self.limits = request, tokens, limits
+        self.layers = _Layers(request, tokens, profile, prices, limits, grid)
+        self.order = utility_order(request)
+        self.rows = np.arange(request.layers)
+        self.refinements_left = REFINEMENT_SOLVES
+
+    @property
+    def exhausted(self) -> bool:
+        return self.refinements_left <= 0
+
+    def payload_replicas(self, layer: int, remote: tuple[int, ...]) -> int:
+        if not remote:
+            return 0
+        tokens = self.tokens.worst[layer][list(remote)].sum()
+        need = min_replicas_for_payload(tokens, self.request.hidden_bytes_per_token, self.limits.payload_bytes)
+        return min(self.limits.max_replicas, len(remote), need)
+
+    def attempt(self, count: int, sets: list[tuple[int, ...]], replicas: list[int]) -> _Candidate:
+        partitions, c = self.layers.curves(sets, replicas)
+        request, rows = self.request, self.rows
         sizing = solve(c, request.slo_ttft_s, request.slo_tpot_s)
-        rows = np.arange(len(sets))
-        objective = float(c.cost[rows, sizing.index].sum())
-        return (sizing.feasible, objective), partitions, sizing
+        if sizing.feasible:
+            score = float(c.cost[rows, sizing.index].sum())
+        else:
+            ttft, tpot = c.prefill[rows, sizing.index].sum(), c.decode[rows, sizing.index].sum()
+            score = float(ttft / request.slo_ttft_s + tpot / request.slo_tpot_s)
+        return _Candidate(count, sets, partitions, sizing, replicas, (sizing.feasible, score))
 
-    score, partitions, sizing = attempt(replicas)
-    while add_replicas:  # greedy replica additions: the one layer whose extra replica helps most
-        best = None
-        for layer, remote in enumerate(sets):
-            if not remote or replicas[layer] >= min(limits.max_replicas, len(remote)):
-                continue
-            trial = list(replicas)
-            trial[layer] += 1
-            result = attempt(trial)
-            if _better(result[0], best[0] if best else None):
-                best = (*result, trial)
-        if best is None or not _better(best[0], score):
-            break
-        score, partitions, sizing, replicas = best
-    layers = _layer_plans(sets, partitions, grid, sizing.index)
-    gpu_gb, cpu_gb = main_memory_gb(request, sets, limits)
-    est = estimate(request, layers, profile, prices, limits, tokens)
+    def at_count(self, count: int) -> _Candidate:
+        """Every layer's `count` lowest-utility experts remote, replicas just enough for the payload limit."""
+        sets = remote_sets(self.request, count, self.order)
+        replicas = [self.payload_replicas(i, r) for i, r in enumerate(sets)]
+        self.layers.fill(sets, replicas)
+        return self.attempt(count, sets, replicas)
+
+    def add_replicas(self, best: _Candidate) -> _Candidate:
+        """Greedy replica additions by the paper's cost potential: at the current multipliers, how much one more
+        replica lowers each layer's own Lagrangian; the most promising layers are re-solved in turn."""
+        rate = main_rate(self.request, best.sets, self.layers.prices, self.limits)
+        for _ in range(2 * self.request.layers):
+            lam, mu = best.sizing.multipliers
+            potential = []
+            for layer, remote in enumerate(best.sets):
+                z = best.replicas[layer]
+                if not remote or z >= min(self.limits.max_replicas, len(remote)):
+                    continue
+                cost, prefill, decode = self.layers.cost_row(layer, remote, z, rate)
+                cost2, prefill2, decode2 = self.layers.cost_row(layer, remote, z + 1, rate)
+                drop = (cost + lam * prefill + mu * decode).min() - (cost2 + lam * prefill2 + mu * decode2).min()
+                if drop > 0:
+                    potential.append((drop, layer))
+            for _, layer in sorted(potential, reverse=True)[:3]:
+                if self.exhausted:
+                    return best
+                self.refinements_left -= 1
+                trial = self.attempt(best.count, best.sets, [z + (i == layer) for i, z in enumerate(best.replicas)])
+                if _better(trial.score, best.score):
+                    best = trial
+                    break
+            else:
+                return best
+        return best
+
+    def move_layers(self, best: _Candidate, step: int) -> _Candidate:
+        """One pass over the layers: send `step` more experts of a layer out, or bring `step` back, when that
+        alone makes the plan cheaper (or feasible). The paper keeps one remote ratio for all layers."""
+        experts = self.request.experts
+        for layer in range(self.request.layers):
+            now = len(best.sets[layer])
+            for count in (now + step, now - step):
+                if not 0 <= count <= experts or self.exhausted:
+                    continue
+                self.refinements_left -= 1
+                remote = tuple(sorted(self.order[layer, :count].tolist()))
+                sets = [remote if i == layer else r for i, r in enumerate(best.sets)]
+                z = max(self.payload_replicas(layer, remote), min(best.replicas[layer], count))
+                replicas = [z if i == layer else r for i, r in enumerate(best.replicas)]
+                trial = self.attempt(best.count, sets, replicas)
+                if _better(trial.score, best.score):
+                    best = trial
+                    break
+        return best
+
+
+def _plan(request, candidate: _Candidate, tokens, profile, prices, limits, grid) -> Plan:
+    layers = _layer_plans(candidate.sets, candidate.partitions, grid, candidate.sizing.index)
+    gpu_gb, cpu_gb = main_memory_gb(request, candidate.sets, limits)
     return Plan(
         layers,
         gpu_gb,
         cpu_gb,
-        est,
-        sizing.feasible,
-        sizing.binding,
-        count,
-        {"multipliers": sizing.multipliers, "replicas": replicas},
+        estimate(request, layers, profile, prices, limits, tokens),
+        candidate.sizing.feasible,
+        candidate.sizing.binding,
+        {"multipliers": candidate.sizing.multipliers, "replicas": candidate.replicas},
     )
 
 
@@ -179,24 +272,26 @@ def plan(
     limits: Limits | None = None,
     counts: list[int] | None = None,
 ) -> Plan:
-    """The cheapest feasible plan over remote counts per layer (`counts`, default 0..E in at most 17 steps)."""
+    """The cheapest feasible plan: the remote count per layer (`counts`, default 0..E in at most 17 steps)
+    with replicas for the payload limit; then, for the winner, greedy replica additions and one pass of
+    per-layer count moves. While nothing meets the SLO, the next counts get the same treatment (at most 4)."""
     profile, prices, limits = profile or Profile(), prices or Prices(), limits or Limits()
     tokens = Tokens.of(request)
     grid = memory_grid(limits)
     e = request.experts
-    counts = counts if counts is not None else sorted({round(i * e / min(e, 16)) for i in range(min(e, 16) + 1)})
-    best: Plan | None = None
-
-    def key(p: Plan) -> tuple[bool, float]:
-        return p.feasible, p.estimate.cost if p.feasible else p.estimate.ttft_s
-
-    for count in counts:  # payload-sized replicas first; the greedy additions only for the winner
-        candidate = _plan_for_count(request, count, tokens, profile, prices, limits, grid, add_replicas=False)
-        if best is None or _better(key(candidate), key(best)):
-            best = candidate
-    if best.remote_per_layer:
-        refined = _plan_for_count(request, best.remote_per_layer, tokens, profile, prices, limits, grid, True)
-        best = refined if _better(key(refined), key(best)) or key(refined) == key(best) else best
+    step = max(1, e // 16)
+    counts = counts if counts is not None else list(range(0, e + 1, step)) + ([e] if e % step else [])
+    search = _Search(request, tokens, profile, prices, limits, grid)
+    candidates = sorted(
+        (search.at_count(count) for count in counts), key=lambda c: (not c.score[0], c.score[1], c.count)
+    )
+    best = candidates[0]
+    for candidate in candidates[:4]:
+        refined = search.move_layers(search.add_replicas(candidate), step)
+        best = refined if _better(refined.score, best.score) else best
+        if best.score[0]:
+            break
+    result = _plan(request, best, tokens, profile, prices, limits, grid)
     convex, why = convexity(profile, limits)
-    best.report.update({"convex": convex, "convexity": why, "counts_tried": counts})
-    return best
+    result.report.update({"convex": convex, "convexity": why, "counts_tried": counts})
+    return result

@@ -22,7 +22,7 @@ import numpy as np
 
 from remoe.scheduler.problem import Limits, Profile
 
-MULTIPLIERS = 24  # per multiplier: 0 and 23 log-spaced prices
+MULTIPLIERS = 12  # per multiplier and search round: 0 and 11 log-spaced prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +75,17 @@ def _multipliers(latency: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.geomspace(top * 1e-9, top, MULTIPLIERS - 1)])
 
 
-def solve(curves: Curves, slo_ttft: float, slo_tpot: float) -> Sizing:
-    """Each (lambda, mu) on a log grid gives every layer its own minimiser; of the feasible ones the cheapest
-    primal plan wins (all pairs at once, vectorised: [M, M, L, G])."""
-    lam = _multipliers(curves.prefill, curves.cost)  # [M]
-    mu = _multipliers(curves.decode, curves.cost)  # [M]
+def _around(values: np.ndarray, i: int) -> np.ndarray:
+    """A finer grid between the neighbours of values[i]."""
+    upper = values[i + 1] if i + 1 < len(values) else values[i] * 10
+    if i == 0 or values[i - 1] == 0:
+        return np.concatenate([[0.0], np.geomspace(upper * 1e-3, upper, MULTIPLIERS - 1)])
+    return np.geomspace(values[i - 1], upper, MULTIPLIERS)
+
+
+def _search(curves: Curves, lam: np.ndarray, mu: np.ndarray, slo_ttft: float, slo_tpot: float):
+    """Every (mu, lambda) pair at once: each layer's minimiser, then the cheapest feasible primal plan (or the
+    least violating one). Returns (index [L], feasible, cost, violation, i, j)."""
     lagrangian = (
         curves.cost[None, None]
         + lam[None, :, None, None] * curves.prefill[None, None]
@@ -88,10 +94,40 @@ def solve(curves: Curves, slo_ttft: float, slo_tpot: float) -> Sizing:
     index = np.argmin(lagrangian, axis=-1)  # [M, M, L]
     ttft, tpot, cost = _at(curves.prefill, index), _at(curves.decode, index), _at(curves.cost, index)  # [M, M]
     feasible = (ttft <= slo_ttft * (1 + 1e-9)) & (tpot <= slo_tpot * (1 + 1e-9))
+    violation = ttft / slo_ttft + tpot / slo_tpot
     if feasible.any():
         i, j = np.unravel_index(np.argmin(np.where(feasible, cost, np.inf)), cost.shape)
-    else:  # nothing meets the SLO: the fastest plan, by the sum of the two violations' shares
-        i, j = np.unravel_index(np.argmin(ttft / slo_ttft + tpot / slo_tpot), cost.shape)
-    m, l_ = float(mu[i]), float(lam[j])
-    binding = {(True, False): "ttft", (False, True): "tpot", (True, True): "both"}.get((l_ > 0, m > 0), "none")
-    return Sizing(index[i, j], bool(feasible[i, j]), (l_, m), binding)
+    else:
+        i, j = np.unravel_index(np.argmin(violation), cost.shape)
+    return index[i, j], bool(feasible[i, j]), float(cost[i, j]), float(violation[i, j]), int(i), int(j)
+
+
+def _sizing(index, feasible, lam: float, mu: float) -> Sizing:
+    binding = {(True, False): "ttft", (False, True): "tpot", (True, True): "both"}.get((lam > 0, mu > 0), "none")
+    return Sizing(index, feasible, (lam, mu), binding)
+
+
+def solve(curves: Curves, slo_ttft: float, slo_tpot: float) -> Sizing:
+    """The cheapest memory per layer that meets both SLOs.
+
+    When every layer's own cheapest memory already meets the SLO, that is the optimum (lambda = mu = 0).
+    Otherwise a coarse log grid of (lambda, mu) finds the region and a finer grid around the best pair
+    refines it; of all primal plans the pairs produce, the cheapest feasible one wins, or, when none is
+    feasible, the one with the smallest sum of the two latencies' shares of their SLOs."""
+    free = np.argmin(curves.cost, axis=-1)  # [L]
+    rows = np.arange(len(free))
+    if curves.prefill[rows, free].sum() <= slo_ttft * (1 + 1e-9) and curves.decode[rows, free].sum() <= slo_tpot * (
+        1 + 1e-9
+    ):
+        return _sizing(free, True, 0.0, 0.0)
+    lam, mu = _multipliers(curves.prefill, curves.cost), _multipliers(curves.decode, curves.cost)
+    coarse = _search(curves, lam, mu, slo_ttft, slo_tpot)
+    lam2, mu2 = _around(lam, coarse[5]), _around(mu, coarse[4])
+    fine = _search(curves, lam2, mu2, slo_ttft, slo_tpot)
+    better = (
+        (fine[1] and not coarse[1])
+        or (fine[1] and fine[2] < coarse[2])
+        or (not fine[1] and not coarse[1] and fine[3] < coarse[3])
+    )
+    index, feasible, _, _, i, j = fine if better else coarse
+    return _sizing(index, feasible, float((lam2 if better else lam)[j]), float((mu2 if better else mu)[i]))
