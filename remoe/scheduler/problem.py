@@ -42,6 +42,11 @@ class Profile:
     cold_start_s: float = 3.5  # a function's cold start (overlapped with the main model's when pre-warmed)
     # Remote time per expert per token on a function with y GB: T(y) = th1 * exp(-th2 * y) + th3.
     remote_fit: tuple[float, float, float] = (2e-3, 2.44, 2e-4)
+    # For the baselines: the whole model on a CPU (backbone there too) or on the GPU (experts there too).
+    cpu_backbone_prefill_s_per_token: float = 2e-4
+    cpu_backbone_decode_s: float = 1e-3
+    gpu_expert_s_per_token: float = 2e-4
+    device: str = "cpu"  # where backbone_* were measured: on a CPU-only machine the "GPU" numbers are the CPU's
 
     def remote_s_per_token(self, memory_gb: float) -> float:
         th1, th2, th3 = self.remote_fit

@@ -1,0 +1,155 @@
+"""The paper's baselines, costed by the same model and prices as Remoe's plans.
+
+- CPU: the whole model in one CPU function (backbone, KV cache and every expert in CPU memory).
+- GPU: the whole model in one GPU function.
+- MIX: backbone on the GPU, every expert on the main function's CPU (Remoe with nothing remote).
+- Fetch: idealised offloading: the model on the GPU but only the experts of the layer being computed and the
+  next one resident (perfect prefetch, zero swap time), so GPU memory is the backbone plus two layers' experts
+  a request uses.
+Latency uses the worst-case token counts, cost the expected ones, as in estimate.py. L = layers, E = experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from remoe.scheduler.estimate import GIB, LayerPlan, Tokens, estimate, main_memory_gb, round_up
+from remoe.scheduler.planner import plan
+from remoe.scheduler.problem import Limits, Prices, Profile, Request
+
+
+@dataclass(frozen=True, slots=True)
+class SystemCost:
+    system: str
+    ttft_s: float
+    tpot_s: float
+    cost: float  # $ per request
+    gpu_gb: float
+    cpu_gb: float  # main model's CPU memory (functions excluded)
+    remote_cost: float = 0.0
+    meets_slo: bool = True
+
+    def as_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+def _kv_gb(request: Request) -> float:
+    return request.kv_bytes_per_token * (request.n_in + request.n_out) / GIB
+
+
+def _one_device(
+    request: Request, tokens: Tokens, prefill_token_s: float, decode_s: float, expert_s: float
+) -> tuple[float, float, float]:
+    """(TTFT, TPOT, expected busy seconds) with the backbone and every expert on one device, run in turn."""
+    worst, expected = tokens.worst.sum(1), tokens.expected.sum(1)  # [L] expert-token pairs per layer
+    ttft = float((request.n_in * prefill_token_s + worst * expert_s).sum())
+    tpot = request.layers * (decode_s + request.top_k * expert_s)
+    busy = float((request.n_in * prefill_token_s + expected * expert_s).sum()) + request.n_out * tpot
+    return ttft, tpot, busy
+
+
+def _meets(request: Request, ttft: float, tpot: float) -> bool:
+    return ttft <= request.slo_ttft_s * (1 + 1e-9) and tpot <= request.slo_tpot_s * (1 + 1e-9)
+
+
+def cpu_only(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
+    ttft, tpot, busy = _one_device(
+        request,
+        tokens,
+        profile.cpu_backbone_prefill_s_per_token,
+        profile.cpu_backbone_decode_s,
+        profile.local_expert_s_per_token,
+    )
+    all_experts = request.layers * request.experts * request.expert_bytes / GIB
+    memory = round_up(request.backbone_bytes / GIB + _kv_gb(request) + all_experts, limits.memory_step_gb)
+    return SystemCost("CPU", ttft, tpot, prices.cpu_gb_s * memory * busy, 0.0, memory, 0.0, _meets(request, ttft, tpot))
+
+
+def gpu_only(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
+    ttft, tpot, busy = _one_device(
+        request,
+        tokens,
+        profile.backbone_prefill_s_per_token,
+        profile.backbone_decode_s,
+        profile.gpu_expert_s_per_token,
+    )
+    all_experts = request.layers * request.experts * request.expert_bytes / GIB
+    memory = round_up(request.backbone_bytes / GIB + _kv_gb(request) + all_experts, limits.memory_step_gb)
+    return SystemCost("GPU", ttft, tpot, prices.gpu_gb_s * memory * busy, memory, 0.0, 0.0, _meets(request, ttft, tpot))
+
+
+def fetch(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
+    ttft, tpot, busy = _one_device(
+        request,
+        tokens,
+        profile.backbone_prefill_s_per_token,
+        profile.backbone_decode_s,
+        profile.gpu_expert_s_per_token,
+    )
+    used = (tokens.route > 0).sum(1)  # [L] experts the request may touch per layer
+    window = (used[:-1] + used[1:]) if request.layers > 1 else used  # the layer computed and the one prefetched
+    resident = int(window.max()) * request.expert_bytes / GIB
+    memory = round_up(request.backbone_bytes / GIB + _kv_gb(request) + resident, limits.memory_step_gb)
+    return SystemCost(
+        "Fetch", ttft, tpot, prices.gpu_gb_s * memory * busy, memory, 0.0, 0.0, _meets(request, ttft, tpot)
+    )
+
+
+def mix(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
+    layers = [LayerPlan() for _ in range(request.layers)]
+    est = estimate(request, layers, profile, prices, limits, tokens)
+    gpu_gb, cpu_gb = main_memory_gb(request, [() for _ in layers], limits)
+    return SystemCost(
+        "MIX", est.ttft_s, est.tpot_s, est.cost, gpu_gb, cpu_gb, 0.0, _meets(request, est.ttft_s, est.tpot_s)
+    )
+
+
+def remoe(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
+    result = plan(request, profile, prices, limits)
+    est = result.estimate
+    return SystemCost(
+        "Remoe",
+        est.ttft_s,
+        est.tpot_s,
+        est.cost,
+        result.main_gpu_gb,
+        result.main_cpu_gb,
+        est.cost_remote,
+        result.feasible,
+    )
+
+
+SYSTEMS = {"CPU": cpu_only, "GPU": gpu_only, "MIX": mix, "Fetch": fetch, "Remoe": remoe}
+
+
+def compare(
+    request: Request, profile: Profile, prices: Prices | None = None, limits: Limits | None = None
+) -> dict[str, SystemCost]:
+    """Every system on one request, same model, same prices."""
+    prices, limits = prices or Prices(), limits or Limits()
+    tokens = Tokens.of(request)
+    return {name: system(request, profile, prices, limits, tokens) for name, system in SYSTEMS.items()}
+
+
+def workload_costs(
+    requests: list[Request], profile: Profile, prices: Prices | None = None, limits: Limits | None = None
+) -> dict[str, dict]:
+    """Per system over a workload: total and mean cost, mean TTFT/TPOT, share of requests within the SLO."""
+    rows: dict[str, list[SystemCost]] = {name: [] for name in SYSTEMS}
+    for request in requests:
+        for name, result in compare(request, profile, prices, limits).items():
+            rows[name].append(result)
+    return {
+        name: {
+            "total_cost": float(sum(r.cost for r in results)),
+            "mean_cost": float(np.mean([r.cost for r in results])),
+            "mean_ttft_s": float(np.mean([r.ttft_s for r in results])),
+            "mean_tpot_s": float(np.mean([r.tpot_s for r in results])),
+            "slo_attainment": float(np.mean([r.meets_slo for r in results])),
+            "mean_gpu_gb": float(np.mean([r.gpu_gb for r in results])),
+            "mean_cpu_gb": float(np.mean([r.cpu_gb for r in results])),
+        }
+        for name, results in rows.items()
+    }
