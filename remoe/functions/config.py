@@ -5,7 +5,9 @@ REMOE_HOST              address to bind (default 127.0.0.1; the Knative manifest
 REMOE_MODEL_DIR         checkpoint or split directory
 REMOE_FUNCTION_EXPERTS  hosted experts, "LAYER:E,E,...;LAYER:E,..." e.g. "1:3,5;2:0"
 REMOE_FUNCTION_NAME     name in status and traces (default "function")
-REMOE_MEMORY_BYTES      the instance's memory size; it refuses to start when its experts cannot fit
+REMOE_MEMORY_BYTES      the instance's memory size; it refuses to start when its experts cannot fit. It also
+                        buys compute, 1 GiB = 1 vCPU as in the paper: the instance computes with
+                        floor(GiB) threads (at least 1, at most the machine's cores)
 REMOE_DTYPE             compute dtype (default: the checkpoint's own)
 REMOE_READY_FILE        local platform only: write the port here once serving
 REMOE_SPAWNED_AT        local platform only: time.time() at spawn, to measure process start
@@ -69,6 +71,14 @@ class FunctionConfig:
             ready_file=Path(env["REMOE_READY_FILE"]) if env.get("REMOE_READY_FILE") else None,
             spawned_at=float(env["REMOE_SPAWNED_AT"]) if env.get("REMOE_SPAWNED_AT") else None,
         )
+
+    @property
+    def threads(self) -> int:
+        """vCPUs bought by the memory size: 1 per whole GiB, within [1, cores]."""
+        cores = os.cpu_count() or 1
+        if self.memory_bytes is None:
+            return cores
+        return max(1, min(cores, self.memory_bytes // 2**30))
 
     def to_env(self) -> dict[str, str]:
         env = {

@@ -107,6 +107,9 @@ def main() -> None:
 
     clock.imports_s = time.time() - t
 
+    import torch
+
+    torch.set_num_threads(config.threads)  # memory buys vCPUs: the local platform's stand-in for a CPU quota
     t = time.time()
     setup_logging(config.name, verbose=False)
     log = logging.getLogger("remoe.function")

@@ -66,8 +66,9 @@ class LocalFunctionPlatform:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.idle_ttl_s = idle_ttl_s
-        # A function gets one OpenMP thread: many small processes share the machine's cores.
-        self._env = {"OMP_NUM_THREADS": "1", **(env or {})}
+        # Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait
+        # passively, or idle OpenMP threads spin and starve the others.
+        self._env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
         self._lock = threading.RLock()
         self._instances: dict[str, list[_Instance]] = {}
         self._active_requests = 0  # while any request runs, no function is idle: the request may need it

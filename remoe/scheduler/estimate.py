@@ -1,6 +1,6 @@
 """The paper's latency and cost model for one request under a plan.
 
-Prefill, per MoE layer l: PT_l = n_in * t_backbone + max(local, max_j ZT_lj) + 2 * tau_sw * n_in, with
+Prefill, per MoE layer l: PT_l = t_layer + n_in * t_backbone + max(local, max_j ZT_lj) + 2 * tau_sw * n_in, with
 local = sum over local experts of tokens_e * t_loc and ZT_lj = sum over replica j's experts of
 tokens_e * (T(y_l) + 2 D / B) + t_rem. Decode, per token: GT_l = t_backbone_decode + 2 * tau_sw +
 max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). TTFT = sum PT_l,
@@ -82,10 +82,8 @@ def layer_prefill_s(
     )
     busy = [sum(float(tokens[e]) for e in part) * per_token + profile.invoke_s for part in plan.replicas if part]
     expert_s = max([local_s, *busy])
-    return (
-        request.n_in * profile.backbone_prefill_s_per_token + expert_s + 2 * profile.swap_s_per_token * request.n_in,
-        busy,
-    )
+    backbone_s = profile.backbone_prefill_layer_s + request.n_in * profile.backbone_prefill_s_per_token
+    return backbone_s + expert_s + 2 * profile.swap_s_per_token * request.n_in, busy
 
 
 def layer_decode_s(plan: LayerPlan, request: Request, profile: Profile) -> float:

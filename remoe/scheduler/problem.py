@@ -35,6 +35,7 @@ class Profile:
 
     local_expert_s_per_token: float = 2e-4  # one expert, one token, on the main model's CPU
     backbone_prefill_s_per_token: float = 2e-4  # per MoE layer: attention, router, shared parts
+    backbone_prefill_layer_s: float = 0.0  # per MoE layer per prefill, whatever the length (calls, dispatch)
     backbone_decode_s: float = 1e-3  # per MoE layer per decode step
     swap_s_per_token: float = 1e-6  # tau_sw: hidden states to/from the expert side, per token
     invoke_s: float = 2e-3  # t_rem: a warm function invocation's fixed overhead

@@ -97,7 +97,9 @@ def terms(
     local_x = (tokens.expected[layers] * local).sum(1, keepdims=True) * t_loc
     n_local = local.sum(1, keepdims=True)
     n_remote = request.experts - n_local
-    prefill_base = request.n_in * (profile.backbone_prefill_s_per_token + 2 * profile.swap_s_per_token)
+    prefill_base = profile.backbone_prefill_layer_s + request.n_in * (
+        profile.backbone_prefill_s_per_token + 2 * profile.swap_s_per_token
+    )
     decode_base = profile.backbone_decode_s + 2 * profile.swap_s_per_token
     prefill = prefill_base + np.maximum(local_w, np.where(remote, w_max * per_token + t_inv, 0.0))
     expected_prefill = prefill_base + np.maximum(local_x, np.where(remote, x_max * per_token + t_inv, 0.0))
