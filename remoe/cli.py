@@ -394,6 +394,8 @@ def _forecast(args: argparse.Namespace, ids: list[int], shape) -> tuple[object, 
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from remoe.scheduler.plan_output import describe, plan_to_json
     from remoe.scheduler.planner import plan
     from remoe.scheduler.problem import Limits, Prices, Profile
@@ -415,7 +417,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise RemoeError("--prompt needs --model (its tokenizer); with --shape give --n-in")
         from remoe.model.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(args.model)
+        tokenizer = load_tokenizer(Path(args.model))
         if tokenizer is None:
             raise RemoeError(f"{args.model} has no tokenizer: give --n-in")
         ids = tokenizer.encode(args.prompt)
@@ -444,8 +446,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     document["plan"]["forecast"] = source
     document["plan"]["model"] = shape.name
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
     if args.json:
         print(json.dumps(document, indent=2))

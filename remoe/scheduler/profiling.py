@@ -173,7 +173,9 @@ def measure_bandwidth(megabytes: int = 32) -> float:
     return nbytes / (codec_s + socket_s)
 
 
-def measure_functions(model_dir: Path, run_dir: Path, big_batch: int, repeats: int, progress) -> dict:
+def measure_functions(
+    model_dir: Path, run_dir: Path, big_batch: int, repeats: int, progress, sizes_gb=MEMORY_SIZES_GB
+) -> dict:
     """Per memory size: cold start (first answer) and warm round trips of a 1-token and a big batch."""
     from remoe.model.backbone import resolve_dtype
     from remoe.model.weights import open_weights
@@ -186,7 +188,7 @@ def measure_functions(model_dir: Path, run_dir: Path, big_batch: int, repeats: i
     weights = open_weights(model_dir)
     dtype = resolve_dtype(weights.config, "auto")
     layer, hidden_size = weights.arch.layer_indices[0], weights.arch.hidden_size
-    specs = [FunctionSpec(f"profile-{int(y * 1024)}", ((layer, 0),), int(y * 1024)) for y in MEMORY_SIZES_GB]
+    specs = [FunctionSpec(f"profile-{int(y * 1024)}", ((layer, 0),), int(y * 1024)) for y in sizes_gb]
     platform = LocalFunctionPlatform(model_dir, run_dir, idle_ttl_s=600)
     platform.deploy(specs)
 
@@ -200,7 +202,7 @@ def measure_functions(model_dir: Path, run_dir: Path, big_batch: int, repeats: i
 
     results = {}
     try:
-        for y, spec in zip(MEMORY_SIZES_GB, specs, strict=True):
+        for y, spec in zip(sizes_gb, specs, strict=True):
             start = time.perf_counter()
             (address,) = platform.endpoints(spec.name, timeout_s=180)
             stream = ExpertStream(address)
@@ -282,7 +284,8 @@ def profile_model(
     shape = shape_of_model(model_dir)
     repeats = 5 if quick else 11
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="remoe-profile-"))
-    bar = tqdm(total=3 + len(MEMORY_SIZES_GB) + 2 * len(PROMPT_LENGTHS), disable=not progress, desc="profile")
+    steps = 3 + (3 if quick else len(MEMORY_SIZES_GB)) + 2 * len(PROMPT_LENGTHS)
+    bar = tqdm(total=steps, disable=not progress, desc="profile")
 
     def step(what: str) -> None:
         bar.set_postfix_str(what)
@@ -293,7 +296,8 @@ def profile_model(
     bandwidth = measure_bandwidth(8 if quick else 32)
     step("transfer")
     big = 512  # tokens in the large batch: enough that compute, not overhead, sets the slope
-    functions = measure_functions(model_dir, run_dir / "functions", big, repeats, step)
+    sizes = MEMORY_SIZES_GB[:3] if quick else MEMORY_SIZES_GB
+    functions = measure_functions(model_dir, run_dir / "functions", big, repeats, step, sizes)
     # Expert services in `remoe up` share the cores: their thread count is LocalCluster's.
     service_threads = max(1, (os.cpu_count() or 1) // 3)
     _, t_loc = _slope(*zip(*experts[service_threads], strict=True))
