@@ -84,6 +84,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         plan_file=args.plan,
         function_ttl_s=args.function_ttl,
         function_memory_mb=args.function_memory_mb,
+        scheduler=not args.no_scheduler,
+        profile=args.profile,
+        slo_ttft_ms=args.slo_ttft or 0.0,
+        slo_tpot_ms=args.slo_tpot or 0.0,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,6 +96,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster.start(report=lambda line: print(f"  {line}", flush=True))
         print(f"gateway listening on {cluster.address}; Ctrl-C stops every service", flush=True)
+        if cluster.redis_url and any(s.name == "scheduler" for s in cluster.services):
+            print(f"metering ledger: `remoe cost --redis-url {cluster.redis_url}`", flush=True)
         while not stop.wait(1.0):
             dead = [s for s in cluster.services if s.process.poll() is not None]
             if dead:
@@ -102,6 +108,45 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("stopping services ...", flush=True)
         cluster.stop()
         print("stopped", flush=True)
+    return 0
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    import redis
+
+    from remoe.scheduler.ledger import Ledger, summarize
+
+    ledger = Ledger(args.redis_url, stream=args.stream)
+    try:
+        records = ledger.read()
+    except redis.RedisError as e:
+        raise RemoeError(f"cannot read the ledger at {args.redis_url}: {e}") from None
+    if args.last:
+        records = records[-args.last :]
+    summary = summarize(records)
+    if args.json:
+        print(json.dumps({"summary": summary, "records": [json.loads(r.to_json()) for r in records]}, indent=2))
+        return 0
+    if not records:
+        print(f"the ledger {args.stream} at {args.redis_url} is empty: serve a request first")
+        return 0
+    n = summary["requests"]
+    print(f"{n} request(s), {summary['tokens_out']} tokens generated")
+    print(
+        f"cost: ${summary['cost_total']:.4g} in all, ${summary['cost_per_request']:.4g} per request "
+        f"(main ${summary['cost_main']:.4g}, functions ${summary['cost_remote']:.4g}; "
+        f"{summary['function_seconds']:.2f} function-seconds)"
+    )
+    if summary["planned_requests"]:
+        print(
+            f"planned: {summary['planned_requests']} ({summary['infeasible_plans']} could not meet the SLO); "
+            f"predicted ${summary['predicted_cost_per_request']:.4g} per request"
+        )
+        print(
+            f"TTFT measured {summary['measured_ttft_s'] * 1e3:.1f} ms vs predicted "
+            f"{summary['predicted_ttft_s'] * 1e3:.1f} ms (worst case); TPOT measured "
+            f"{summary['measured_tpot_s'] * 1e3:.2f} ms vs predicted {summary['predicted_tpot_s'] * 1e3:.2f} ms"
+        )
     return 0
 
 
@@ -524,7 +569,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default=None, help="plan file (JSON) naming the functions, instead of --remote-ratio")
     p.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function scales to zero")
     p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function instance")
+    p.add_argument(
+        "--profile", default=None, help="`remoe profile` JSON the scheduler plans with (default: placeholder speeds)"
+    )
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in ms for every request's plan")
+    p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO in ms for every request's plan")
+    p.add_argument(
+        "--no-scheduler", action="store_true", help="no per-request plans: every expert stays on the expert services"
+    )
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser(
+        "cost",
+        help="summarise the metering ledger: cost per request by part, predicted vs measured",
+        description="Reads the metering ledger (a Redis stream the gateway appends one record to per request) and "
+        "prints totals: cost by part (main model, functions), predicted vs measured TTFT/TPOT and cost.",
+    )
+    p.add_argument("--redis-url", required=True, help="the cluster's Redis (printed by `remoe up`)")
+    p.add_argument("--stream", default="remoe:ledger", help="ledger stream name (default remoe:ledger)")
+    p.add_argument("--last", type=int, default=None, help="only the last N records")
+    p.add_argument("--json", action="store_true", help="print the summary (and records) as JSON")
+    p.set_defaults(func=_cmd_cost)
 
     for verb, func, text in (
         ("knative-render", _cmd_knative_render, "print the Knative Services (YAML) of a plan's functions"),

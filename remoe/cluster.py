@@ -66,6 +66,13 @@ class LocalCluster:
     function_memory_mb: int = 1024
     prewarm: bool = True
     predictor: bool = True  # the predictor service, with embedded Qdrant and (when installed) Redis
+    # The scheduler service plans every request (unless a static placement is given: remote_ratio or plan_file);
+    # with Redis it caches plans and the gateway meters each request into the ledger stream.
+    scheduler: bool = True
+    profile: Path | None = None  # `remoe profile` JSON for the scheduler (default: placeholder speeds)
+    slo_ttft_ms: float = 0.0
+    slo_tpot_ms: float = 0.0
+    redis_url: str | None = None  # set by start() when it started a redis-server
     env: dict[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -151,8 +158,16 @@ class LocalCluster:
             self._wait_ready([backbone], timeout_s, report)
 
             gateway_args = ["--port", str(self.port), "--backbone", backbone.address]
+            planned = self.scheduler and not (self.plan_file or self.remote_ratio)
+            if self.predictor or planned:
+                self.redis_url = self._start_redis(report)
             if self.predictor:
                 gateway_args += ["--predictor", self._start_predictor(timeout_s, report)]
+            if planned:
+                gateway_args += ["--scheduler", self._start_scheduler(timeout_s, report)]
+                gateway_args += ["--slo-ttft-ms", str(self.slo_ttft_ms), "--slo-tpot-ms", str(self.slo_tpot_ms)]
+                if self.redis_url:
+                    gateway_args += ["--ledger-redis-url", self.redis_url]
             gateway = self._service(
                 "gateway", "remoe.services.gateway", gateway_args + ([] if self.prewarm else ["--no-prewarm"])
             )
@@ -188,11 +203,21 @@ class LocalCluster:
         report(f"redis ready on 127.0.0.1:{port}")
         return url
 
+    def _start_scheduler(self, timeout_s: float, report: Callable[[str], None]) -> str:
+        args = ["--port", "0"]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url]
+        if self.profile:
+            args += ["--profile", str(Path(self.profile).resolve())]
+        scheduler = self._service("scheduler", "remoe.services.scheduler", args)
+        self._spawn(scheduler)
+        self._wait_ready([scheduler], timeout_s, report)
+        return scheduler.address
+
     def _start_predictor(self, timeout_s: float, report: Callable[[str], None]) -> str:
         args = ["--port", "0", "--qdrant-path", str(self.run_dir / "qdrant")]
-        redis_url = self._start_redis(report)
-        if redis_url:
-            args += ["--redis-url", redis_url]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url]
         predictor = self._service("predictor", "remoe.services.predictor", args)
         self._spawn(predictor)
         self._wait_ready([predictor], timeout_s, report)

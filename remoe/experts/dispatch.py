@@ -14,15 +14,17 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import grpc
 import torch
 from opentelemetry import propagate, trace
 
+from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement
 from remoe.proto import expert_pb2
@@ -51,6 +53,24 @@ class _InFlight:
     address: str
     seq: int
     future: Future
+    sent_s: float = 0.0
+    done_s: float = 0.0  # set when the answer arrives (from the stream's reader thread)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One placement compiled for dispatch: every expert's destination number, per layer."""
+
+    placement: Placement
+    destinations: list[str]
+    owner: dict[int, torch.Tensor]  # layer -> [E] destination number of each expert
+    memory_mb: dict[str, int]  # function name -> its memory size (for metering)
+
+
+# A request's own routing (the scheduler's plan) and where its functions' billed seconds accumulate.
+current_routing: ContextVar[Routing | None] = ContextVar("remoe_routing", default=None)
+current_function_seconds: ContextVar[dict[str, float] | None] = ContextVar("remoe_function_seconds", default=None)
+ROUTINGS_KEPT = 256
 
 
 class DispatchingExecutor:
@@ -63,30 +83,78 @@ class DispatchingExecutor:
         platform=None,
         fallback: str | None = None,
     ) -> None:
-        placement.check_covers(moe_layers, num_experts)
-        if LOCAL in placement.destinations and local is None:
-            raise ValueError("the placement puts experts on 'local' but no local executor was given")
-        functions = [d for d in placement.destinations if d.startswith(FUNCTION_PREFIX)]
-        if functions and platform is None:
-            raise ValueError(f"the placement uses functions {functions} but no function platform was given")
-        self.placement = placement
-        self.destinations = list(placement.destinations)
+        self.moe_layers, self.num_experts = moe_layers, num_experts
         self.local = local
         self.platform = platform
+        self.default = self._compile(placement, {})
         services = [d for d in self.destinations if d != LOCAL and not d.startswith(FUNCTION_PREFIX)]
+        self.services = services
         self.fallback = fallback or (services[0] if services else (LOCAL if local is not None else None))
         self._streams: dict[str, ExpertStream] = {}
         self._streams_lock = threading.Lock()
         self._round_robin = itertools.count()
-        owners = placement.owner_table()
-        # Per layer: destination number of every expert, so a slot's destination is one gather away.
-        self._owner = {
-            layer: torch.tensor([self.destinations.index(owners[(layer, e)]) for e in range(num_experts)])
-            for layer in moe_layers
-        }
+        self._routings: OrderedDict[tuple, Routing] = OrderedDict()
         self.fanout_s: deque[float] = deque(maxlen=2048)  # wall time of recent remote fan-outs
         self.retries = 0
         self.fallbacks = 0
+
+    @property
+    def placement(self) -> Placement:
+        return self.default.placement
+
+    @property
+    def destinations(self) -> list[str]:
+        return self.default.destinations
+
+    def _compile(self, placement: Placement, memory_mb: dict[str, int]) -> Routing:
+        placement.check_covers(self.moe_layers, self.num_experts)
+        if LOCAL in placement.destinations and self.local is None:
+            raise ValueError("the placement puts experts on 'local' but no local executor was given")
+        functions = [d for d in placement.destinations if d.startswith(FUNCTION_PREFIX)]
+        if functions and self.platform is None:
+            raise ValueError(f"the placement uses functions {functions} but no function platform was given")
+        destinations = list(placement.destinations)
+        owners = placement.owner_table()
+        # Per layer: destination number of every expert, so a slot's destination is one gather away.
+        owner = {
+            layer: torch.tensor([destinations.index(owners[(layer, e)]) for e in range(self.num_experts)])
+            for layer in self.moe_layers
+        }
+        return Routing(placement, destinations, owner, memory_mb)
+
+    def routing_for(self, functions) -> Routing:
+        """The routing of a request's plan: its functions (FunctionSpecs, deployed on the platform if new)
+        take their experts, every other expert stays where the default placement has it."""
+        key = tuple(functions)
+        routing = self._routings.get(key)
+        if routing is not None:
+            self._routings.move_to_end(key)
+            return routing
+        if self.platform is None:
+            raise ValueError("this backbone has no function platform, so it cannot run a plan's functions")
+        remote: dict[ExpertId, str] = {}
+        for spec in functions:
+            for expert in spec.experts:
+                if expert in remote:
+                    raise ValueError(f"expert {expert} is in both {remote[expert]} and {spec.name}")
+                if expert[0] not in self.moe_layers or not 0 <= expert[1] < self.num_experts:
+                    raise ValueError(f"function {spec.name}: expert {expert} is not in the model")
+                remote[expert] = spec.name
+        owners = self.default.placement.owner_table()
+        destinations: dict[str, list[ExpertId]] = {}
+        for expert, dest in owners.items():
+            if expert not in remote and not dest.startswith(FUNCTION_PREFIX):
+                destinations.setdefault(dest, []).append(expert)
+            elif expert not in remote:  # the default put it in a function the plan does not have
+                destinations.setdefault(self.fallback, []).append(expert)
+        for spec in functions:
+            destinations[function_destination(spec.name)] = list(spec.experts)
+        self.platform.ensure(list(functions))
+        routing = self._compile(Placement(destinations), {s.name: s.memory_mb for s in functions})
+        self._routings[key] = routing
+        while len(self._routings) > ROUTINGS_KEPT:
+            self._routings.popitem(last=False)
+        return routing
 
     @property
     def streams(self) -> dict[str, ExpertStream]:
@@ -114,13 +182,14 @@ class DispatchingExecutor:
         hidden = hidden_states.to("cpu")  # [T, H]
         index = top_k_index.to("cpu")  # [T, K]
         weights = top_k_weights.to("cpu", hidden.dtype)  # [T, K]
-        dest_of_slot = self._owner[layer][index]  # [T, K]
+        routing = current_routing.get() or self.default
+        dest_of_slot = routing.owner[layer][index]  # [T, K]
         out = torch.zeros_like(hidden)  # [T, H]
         in_flight: list[_InFlight] = []
         local_job = None
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # empty unless tracing is on
-        for number, dest in enumerate(self.destinations):
+        for number, dest in enumerate(routing.destinations):
             mine = dest_of_slot == number  # [T, K]
             if not bool(mine.any()):
                 continue
@@ -143,16 +212,23 @@ class DispatchingExecutor:
         if local_job is not None:
             rows, sub_index, sub_weights = local_job
             out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
+        billed = current_function_seconds.get()
         for job in in_flight:
             out.index_add_(0, job.rows, self._await(job, hidden))
+            if billed is not None and job.dest.startswith(FUNCTION_PREFIX):
+                name = job.dest.removeprefix(FUNCTION_PREFIX)  # a function bills its batches' round trips
+                billed[name] = billed.get(name, 0.0) + (job.done_s or time.perf_counter()) - job.sent_s
         if in_flight:
             self.fanout_s.append(time.perf_counter() - start)
         return out.to(hidden_states.device, hidden_states.dtype)
 
     def _send(self, dest: str, rows: torch.Tensor, batch: expert_pb2.ExpertBatch, avoid: str = "") -> _InFlight:
         address = self._pick_address(dest, avoid)
+        sent = time.perf_counter()
         seq, future = self._stream(address).submit(batch)
-        return _InFlight(dest, rows, batch, address, seq, future)
+        job = _InFlight(dest, rows, batch, address, seq, future, sent)
+        future.add_done_callback(lambda _: setattr(job, "done_s", time.perf_counter()))
+        return job
 
     def _pick_address(self, dest: str, avoid: str = "") -> str:
         if not dest.startswith(FUNCTION_PREFIX):

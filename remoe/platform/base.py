@@ -64,6 +64,9 @@ class FunctionPlatform(Protocol):
     def deploy(self, specs: list[FunctionSpec]) -> None:
         """Make these the platform's functions (create, update, delete as needed); start nothing yet."""
 
+    def ensure(self, specs: list[FunctionSpec]) -> None:
+        """Add these functions beside the deployed ones (a request's plan); start nothing yet."""
+
     def warm(self, names: list[str] | None = None) -> None:
         """Start the named functions' replicas now (all when None) without waiting for them."""
 

@@ -145,6 +145,20 @@ class KnativeFunctionPlatform:
                     raise
         self._specs = {s.name: s for s in specs}
 
+    def ensure(self, specs: list[FunctionSpec]) -> None:
+        """Create the Knative Services of these functions that do not exist yet; delete nothing (a request's
+        plan adds functions; Knative scales idle ones to zero)."""
+        ns = self.settings.namespace
+        existing = {item["metadata"]["name"] for item in self._list()}
+        for spec in specs:
+            name = self.settings.service_name(spec.name)
+            if name not in existing:
+                self.api.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, render_service(spec, self.settings)
+                )
+                log.info("created Knative Service %s/%s", ns, name)
+            self._specs[spec.name] = spec
+
     def endpoints(self, name: str, timeout_s: float = 120.0) -> list[str]:
         """The Service's cluster-local address; Knative balances over (and cold-starts) its instances."""
         item = self.api.get_namespaced_custom_object(

@@ -91,6 +91,18 @@ class LocalFunctionPlatform:
                 if name not in self._instances:
                     self._instances[name] = [_Instance(spec, r) for r in range(spec.replicas)]
 
+    def ensure(self, specs: list[FunctionSpec]) -> None:
+        """Add these functions (a request's plan) beside the deployed ones; a name deployed with another spec
+        is replaced. Nothing starts: idle functions cost nothing and scale to zero as usual."""
+        with self._lock:
+            for spec in specs:
+                current = self._instances.get(spec.name)
+                if current is not None and current[0].spec == spec:
+                    continue
+                for inst in current or []:
+                    self._stop(inst)
+                self._instances[spec.name] = [_Instance(spec, r) for r in range(spec.replicas)]
+
     def specs(self) -> list[FunctionSpec]:
         with self._lock:
             return [instances[0].spec for instances in self._instances.values()]

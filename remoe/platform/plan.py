@@ -65,3 +65,25 @@ def load_plan_file(path: str | Path) -> list[FunctionSpec]:
         raise ValueError(f"plan file {path} not found") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"plan file {path}: not JSON ({e})") from None
+
+
+def functions_to_proto(specs: list[FunctionSpec]) -> list:
+    """FunctionSpecs -> backbone PlanFunction messages (a request's functions)."""
+    from remoe.proto import backbone_pb2
+
+    return [
+        backbone_pb2.PlanFunction(
+            name=s.name, layers=[x[0] for x in s.experts], experts=[x[1] for x in s.experts], memory_mb=s.memory_mb
+        )
+        for s in specs
+    ]
+
+
+def functions_from_proto(messages) -> list[FunctionSpec]:
+    """PlanFunction messages -> FunctionSpecs; ValueError names what is wrong."""
+    specs = []
+    for m in messages:
+        if len(m.layers) != len(m.experts):
+            raise ValueError(f"function {m.name!r}: {len(m.layers)} layers for {len(m.experts)} experts")
+        specs.append(FunctionSpec(m.name, tuple(zip(m.layers, m.experts, strict=True)), int(m.memory_mb)))
+    return specs

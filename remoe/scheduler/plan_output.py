@@ -4,6 +4,8 @@ replica, so each replica hosts exactly its LPT share of the layer's experts), a 
 
 from __future__ import annotations
 
+import hashlib
+
 from remoe.platform.base import FunctionSpec, functions_to_json
 from remoe.scheduler.estimate import LayerPlan
 from remoe.scheduler.planner import Plan
@@ -16,15 +18,21 @@ def plan_functions(layers: list[LayerPlan], moe_layers: list[int]) -> list[Funct
         raise ValueError(f"the plan has {len(layers)} layers, the model {len(moe_layers)} MoE layers")
     specs = []
     for layer, planned in zip(moe_layers, layers, strict=True):
-        for j, part in enumerate(planned.replicas):
-            specs.append(
-                FunctionSpec(
-                    name=f"layer-{layer}-r{j}",
-                    experts=tuple((layer, e) for e in part),
-                    memory_mb=int(round(planned.memory_gb * 1024)),
-                )
-            )
+        memory_mb = int(round(planned.memory_gb * 1024))
+        for part in planned.replicas:
+            experts = tuple((layer, e) for e in part)
+            # Named by content: the same experts and memory in another request's plan reuse the warm instance.
+            digest = hashlib.sha1(f"{experts}{memory_mb}".encode()).hexdigest()[:10]
+            specs.append(FunctionSpec(f"l{layer}-{digest}", experts, memory_mb))
     return specs
+
+
+def functions_of_reply(reply) -> list[FunctionSpec]:
+    """The functions of the scheduler service's PlanReply."""
+    layers = [
+        LayerPlan(tuple(p.remote), p.memory_gb, tuple(tuple(r.experts) for r in p.replicas)) for p in reply.layers
+    ]
+    return plan_functions(layers, [p.layer for p in reply.layers])
 
 
 def plan_to_json(plan: Plan, request: Request, moe_layers: list[int]) -> dict:

@@ -106,8 +106,8 @@ def _better(a: tuple[bool, float], b: tuple[bool, float] | None) -> bool:
 
 
 # Re-solves the refinement (replica additions, per-layer moves) may spend after the sweep over counts: keeps
-# planning a 26 x 64 model near 30 ms; small instances never reach it.
-REFINEMENT_SOLVES = 24
+# planning a 26 x 64 model near 30-50 ms; small instances never reach it.
+REFINEMENT_SOLVES = 16
 
 Row = tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # parts, remote $, main s, p, d
 
@@ -206,8 +206,14 @@ class _Search:
         """Greedy replica additions by the paper's cost potential: at the current multipliers, how much one more
         replica lowers each layer's own Lagrangian; the most promising layers are re-solved in turn."""
         rate = main_rate(self.request, best.sets, self.layers.prices, self.limits)
-        for _ in range(2 * self.request.layers):
+        request = self.request
+        for _ in range(2 * request.layers):
             lam, mu = best.sizing.multipliers
+            if not best.score[0]:  # infeasible: what counts is how much of the violated latencies a replica buys
+                _, c = self.layers.curves(best.sets, best.replicas)
+                ttft, tpot = (float(x[self.rows, best.sizing.index].sum()) for x in (c.prefill, c.decode))
+                lam = 1 / request.slo_ttft_s if ttft > request.slo_ttft_s else 0.0
+                mu = 1 / request.slo_tpot_s if tpot > request.slo_tpot_s else 0.0
             potential = []
             for layer, remote in enumerate(best.sets):
                 z = best.replicas[layer]
@@ -215,7 +221,10 @@ class _Search:
                     continue
                 cost, prefill, decode = self.layers.cost_row(layer, remote, z, rate)
                 cost2, prefill2, decode2 = self.layers.cost_row(layer, remote, z + 1, rate)
-                drop = (cost + lam * prefill + mu * decode).min() - (cost2 + lam * prefill2 + mu * decode2).min()
+                if best.score[0]:
+                    drop = (cost + lam * prefill + mu * decode).min() - (cost2 + lam * prefill2 + mu * decode2).min()
+                else:
+                    drop = (lam * prefill + mu * decode).min() - (lam * prefill2 + mu * decode2).min()
                 if drop > 0:
                     potential.append((drop, layer))
             for _, layer in sorted(potential, reverse=True)[:3]:

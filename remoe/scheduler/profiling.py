@@ -60,6 +60,11 @@ class ProfileReport:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
+def write_profile(profile: Profile, path: str | Path) -> None:
+    """A profile file with just the speeds (what `load_profile` reads), e.g. one written by hand."""
+    Path(path).write_text(json.dumps({"profile": {f.name: getattr(profile, f.name) for f in fields(Profile)}}) + "\n")
+
+
 def load_profile(path: str | Path) -> Profile:
     """The Profile of a `remoe profile` JSON file; unknown keys are refused, missing ones keep defaults."""
     path = Path(path)

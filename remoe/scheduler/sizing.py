@@ -63,24 +63,28 @@ def convexity(profile: Profile, limits: Limits) -> tuple[bool, str]:
 
 def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """[L, G] values at each layer's chosen grid position, summed over layers: index [..., L] -> [...]"""
-    return np.take_along_axis(np.broadcast_to(values, index.shape + values.shape[-1:]), index[..., None], -1)[
-        ..., 0
-    ].sum(-1)
+    return values[np.arange(values.shape[0]), index].sum(-1)
+
+
+_UNIT = np.geomspace(1e-9, 1.0, MULTIPLIERS - 1)  # log-spaced steps, scaled per call (geomspace is slow)
+_STEPS = np.linspace(0.0, 1.0, MULTIPLIERS)
+_FINE_FROM_ZERO = 1e-3 ** (1.0 - np.linspace(0.0, 1.0, MULTIPLIERS - 1))  # 1e-3 .. 1, log-spaced
 
 
 def _multipliers(latency: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """0 and log-spaced prices of latency, up to one that outweighs every cost difference."""
     span_latency = max(float(np.ptp(latency, axis=1).max()), 1e-12)
     top = 1e3 * (float(np.ptp(cost, axis=1).max()) + 1e-12) / span_latency
-    return np.concatenate([[0.0], np.geomspace(top * 1e-9, top, MULTIPLIERS - 1)])
+    return np.concatenate([[0.0], top * _UNIT])
 
 
 def _around(values: np.ndarray, i: int) -> np.ndarray:
     """A finer grid between the neighbours of values[i]."""
     upper = values[i + 1] if i + 1 < len(values) else values[i] * 10
     if i == 0 or values[i - 1] == 0:
-        return np.concatenate([[0.0], np.geomspace(upper * 1e-3, upper, MULTIPLIERS - 1)])
-    return np.geomspace(values[i - 1], upper, MULTIPLIERS)
+        return np.concatenate([[0.0], upper * _FINE_FROM_ZERO])
+    lower = values[i - 1]
+    return lower * (upper / lower) ** _STEPS
 
 
 def _search(curves: Curves, lam: np.ndarray, mu: np.ndarray, slo_ttft: float, slo_tpot: float):

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from remoe.experts.dispatch import DispatchingExecutor
+from remoe.experts.dispatch import DispatchingExecutor, current_function_seconds, current_routing
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
 from remoe.model.activations import ActivationRecorder, current_recorder
@@ -29,7 +29,7 @@ from remoe.model.tokenizer import eos_token_ids
 from remoe.model.weights import open_weights
 from remoe.platform.base import FunctionStartError
 from remoe.platform.local import LocalFunctionPlatform
-from remoe.platform.plan import load_plan_file, plan_with_functions, remote_ratio_functions
+from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
 from remoe.services.common import Server, add_server_args, setup_logging
 from remoe.services.tracing import tracer
@@ -102,16 +102,42 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             )
         return ids, params
 
+    def _routing(self, request, context):
+        """The request's plan compiled for dispatch, its functions deployed and starting; None: the default."""
+        if not request.functions:
+            return None
+        try:
+            specs = functions_from_proto(request.functions)
+            routing = self.executor.routing_for(specs)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"plan: {e}")
+        try:  # cold starts overlap the prefill's first layers
+            self.executor.platform.warm([s.name for s in specs])
+        except FunctionStartError as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return routing
+
     def Generate(self, request, context):
         ids, params = self._validate(request, context)
+        routing = self._routing(request, context)
         arch = self.backbone.arch
         recorder = ActivationRecorder(arch.layer_indices, arch.num_experts, arch.top_k)
         trace = GenerationTrace()
         remaining = context.time_remaining()
+        billed: dict[str, float] = {}
+        contextvars = (
+            current_recorder,
+            current_request_id,
+            current_deadline,
+            current_routing,
+            current_function_seconds,
+        )
         tokens = [
             current_recorder.set(recorder),
             current_request_id.set(request.request_id or uuid.uuid4().hex),
             current_deadline.set(time.time() + remaining if remaining is not None else None),
+            current_routing.set(routing),
+            current_function_seconds.set(billed),
         ]
         with self._lock:
             self._active += 1
@@ -150,7 +176,9 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         ttft_s=trace.ttft_s,
                         tpot_s=trace.tpot_s,
                         activations=activation_summary(recorder),
-                        plan=self.executor.placement.summary(),
+                        plan=(routing or self.executor.default).placement.summary(),
+                        function_seconds=billed,
+                        function_memory_mb=(routing or self.executor.default).memory_mb,
                     )
                     with self._lock:
                         self._served += 1
@@ -162,7 +190,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         finally:
             with self._lock:
                 self._active -= 1
-            for var, token in zip((current_recorder, current_request_id, current_deadline), tokens, strict=True):
+            for var, token in zip(contextvars, tokens, strict=True):
                 var.reset(token)
 
     def Warm(self, request, context):
@@ -280,11 +308,10 @@ def main(argv: list[str] | None = None) -> None:
             arch.layer_indices, arch.num_experts, args.remote_ratio, args.function_memory_mb
         )
     placement = plan_with_functions(arch.layer_indices, arch.num_experts, services, functions)
-    platform = None
-    if functions:
-        run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
-        platform = LocalFunctionPlatform(args.model, run_dir, idle_ttl_s=args.function_ttl)
-        platform.deploy(functions)
+    # Always a platform: the scheduler's plans bring their own functions with each request.
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
+    platform = LocalFunctionPlatform(args.model, run_dir, idle_ttl_s=args.function_ttl)
+    platform.deploy(functions)
     # Without expert services the backbone computes locally, and takes over failed functions' batches too.
     local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
     executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local, platform=platform)
@@ -295,8 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     server.start(args.ready_file)
     server.wait_for_signal()
     executor.close()
-    if platform is not None:
-        platform.close()
+    platform.close()
 
 
 if __name__ == "__main__":

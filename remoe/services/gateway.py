@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -17,6 +19,7 @@ import numpy as np
 from remoe.model.checkpoint import load_config
 from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
+from remoe.platform.plan import functions_to_proto
 from remoe.predictor.divergence import mean_js
 from remoe.proto import (
     backbone_pb2,
@@ -27,6 +30,12 @@ from remoe.proto import (
     predictor_pb2,
     predictor_pb2_grpc,
 )
+from remoe.scheduler.client import PlanClient
+from remoe.scheduler.estimate import main_memory_gb
+from remoe.scheduler.ledger import Ledger, meter
+from remoe.scheduler.plan_output import functions_of_reply
+from remoe.scheduler.problem import Limits, Prices
+from remoe.scheduler.shape import shape_of_model
 from remoe.services.common import Server, add_server_args, setup_logging
 from remoe.services.tracing import outgoing_metadata
 from remoe.transport import tensor_codec
@@ -37,9 +46,25 @@ MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
 PREDICT_TIMEOUT_S = 1.0  # a forecast that takes longer is skipped, not waited for
 
 
+@dataclass
+class PlanningConfig:
+    """Where plans come from and where metering goes (all optional: without them, the default placement)."""
+
+    scheduler_address: str | None = None
+    ledger_redis_url: str | None = None
+    slo_ttft_s: float = 0.0  # default SLOs for requests that bring none (0 = none)
+    slo_tpot_s: float = 0.0
+    prices: Prices = field(default_factory=Prices)
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(
-        self, model_dir: Path, backbone_address: str, prewarm: bool = True, predictor_address: str | None = None
+        self,
+        model_dir: Path,
+        backbone_address: str,
+        prewarm: bool = True,
+        predictor_address: str | None = None,
+        planning: PlanningConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.prewarm = prewarm
@@ -50,6 +75,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         config = load_config(model_dir).get_text_config()
         self.vocab_size = int(config.vocab_size)
         self.backbone = backbone_pb2_grpc.BackboneServiceStub(insecure_channel(backbone_address))
+        self.planning = planning or PlanningConfig()
+        self.shape = shape_of_model(model_dir)
+        self.planner = (
+            PlanClient(self.planning.scheduler_address, self.shape.layers, self.shape.experts)
+            if self.planning.scheduler_address
+            else None
+        )
+        self.ledger = Ledger(self.planning.ledger_redis_url) if self.planning.ledger_redis_url else None
+        # The main model's memory when no plan says otherwise: backbone on the GPU, every expert on the CPU.
+        self.default_memory = main_memory_gb(self.shape.request(None, 1, 0), [()] * self.shape.layers, Limits())
         self._lock = threading.Lock()
         self._active = 0
         self._served = 0
@@ -77,8 +112,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return ids
 
     def Generate(self, request, context):
-        if self.prewarm:
-            # First thing: start the plan's functions so their cold starts overlap tokenizing and prefill.
+        if self.prewarm and self.planner is None:
+            # First thing: start the static plan's functions so their cold starts overlap tokenizing and prefill.
+            # (With a scheduler, the backbone starts each request's own functions as the request arrives.)
             self._warm()
         ids = self._prompt_ids(request, context)
         if request.sampling.max_new_tokens == 0:
@@ -89,21 +125,33 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         prompt_text = self._prompt_text(request, ids)
         forecast = self._predict(prompt_text, ids)
+        plan = self._plan(request, forecast, len(ids))
+        functions = functions_to_proto(functions_of_reply(plan)) if plan is not None else []
+        started = time.perf_counter()
         call = self.backbone.Generate(
-            backbone_pb2.BackboneGenerateRequest(request_id=request_id, token_ids=ids, sampling=request.sampling),
+            backbone_pb2.BackboneGenerateRequest(
+                request_id=request_id, token_ids=ids, sampling=request.sampling, functions=functions
+            ),
             timeout=context.time_remaining(),
             metadata=outgoing_metadata(),
         )
         context.add_callback(call.cancel)  # the client going away stops the backbone too
         text = TextStream(self.tokenizer, stops)
+        first_token_s = None
         with self._lock:
             self._active += 1
         try:
             for chunk in call:
                 delta = text.push(chunk.token_id)
+                if first_token_s is None:
+                    first_token_s = time.perf_counter() - started
                 if text.stopped:
                     call.cancel()
                     usage = common_pb2.Usage(prompt_tokens=len(ids), completion_tokens=len(text.tokens))
+                    # The backbone's usage never comes: time it here (function seconds unknown, metered as 0).
+                    usage.ttft_s = first_token_s
+                    usage.tpot_s = (time.perf_counter() - started - first_token_s) / max(1, len(text.tokens) - 1)
+                    self._meter(request_id, usage, plan)
                     yield gateway_pb2.GenerateChunk(
                         token_ids=[chunk.token_id],
                         text_delta=delta,
@@ -115,6 +163,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if chunk.finish_reason:
                     delta += text.finish()
                     self._learn(prompt_text, ids, chunk.usage, forecast)
+                    self._meter(request_id, chunk.usage, plan)
                 yield gateway_pb2.GenerateChunk(
                     token_ids=[chunk.token_id],
                     text_delta=delta,
@@ -148,6 +197,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         except grpc.RpcError as e:
             log.warning("predictor unavailable, planning without a forecast (%s)", e.code().name)
             return None
+
+    def _plan(self, request, forecast, n_in: int):
+        """The scheduler's plan for this request, or None (no scheduler, or it failed: the default placement)."""
+        if self.planner is None:
+            return None
+        frequency = None
+        if forecast is not None:
+            decoded = tensor_codec.decode(forecast.frequency, "frequency", dtype="float32", rank=2).numpy()
+            if decoded.shape == (self.shape.layers, self.shape.experts):
+                frequency = decoded.astype(np.float64)
+        return self.planner.plan(
+            frequency,
+            n_in,
+            int(request.sampling.max_new_tokens),
+            request.slo_ttft_s or self.planning.slo_ttft_s,
+            request.slo_tpot_s or self.planning.slo_tpot_s,
+        )
+
+    def _meter(self, request_id: str, usage, plan) -> None:
+        """One metering record per request to the ledger (exactly once by request id; buffered if Redis is down)."""
+        if self.ledger is None:
+            return
+        prices = self.planning.prices
+        if plan is not None:
+            memory, prices = (plan.main_gpu_gb, plan.main_cpu_gb), Prices(plan.cpu_gb_s, plan.gpu_gb_s)
+        else:
+            memory = self.default_memory
+        record = meter(request_id, self.shape.name, usage, *memory, prices.cpu_gb_s, prices.gpu_gb_s, plan)
+        self.ledger.write(record)
 
     def _learn(self, prompt: str, ids: list[int], usage, forecast) -> None:
         """Score the forecast against what happened (into usage) and send the activation to the predictor."""
@@ -201,11 +279,18 @@ def main(argv: list[str] | None = None) -> None:
         "--no-prewarm", action="store_true", help="do not warm the plan's functions when a request arrives"
     )
     parser.add_argument("--predictor", default=None, help="predictor service address (default: no forecasts)")
+    parser.add_argument("--scheduler", default=None, help="scheduler service address (default: backbone's placement)")
+    parser.add_argument("--ledger-redis-url", default=None, help="Redis for the metering ledger (default: none)")
+    parser.add_argument("--slo-ttft-ms", type=float, default=0.0, help="default TTFT SLO for plans (0 = none)")
+    parser.add_argument("--slo-tpot-ms", type=float, default=0.0, help="default TPOT SLO for plans (0 = none)")
     add_server_args(parser, default_port=50051)
     args = parser.parse_args(argv)
     setup_logging("gateway", args.verbose)
     server = Server("gateway", args.host, args.port, args.workers)
-    servicer = GatewayServicer(args.model, args.backbone, prewarm=not args.no_prewarm, predictor_address=args.predictor)
+    planning = PlanningConfig(args.scheduler, args.ledger_redis_url, args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3)
+    servicer = GatewayServicer(
+        args.model, args.backbone, prewarm=not args.no_prewarm, predictor_address=args.predictor, planning=planning
+    )
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
     server.start(args.ready_file)

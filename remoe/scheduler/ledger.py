@@ -1,0 +1,200 @@
+"""The metering ledger: one record per request (predicted and measured time, memory and cost of every part),
+appended to a Redis stream exactly once per request id.
+
+Exactly once: a Lua script sets the request's dedup key and appends in one atomic step, so a retried write (the
+same request id) appends nothing. While Redis is unreachable, records wait in a bounded in-memory buffer and
+are flushed, oldest first, by the next write that reaches Redis (or `flush()`); only an overflowing buffer
+drops records, and it counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+STREAM = "remoe:ledger"
+SEEN_PREFIX = "remoe:ledger:seen:"
+SEEN_TTL_S = 7 * 24 * 3600
+_APPEND_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  return redis.call('XADD', KEYS[2], '*', 'record', ARGV[1])
+end
+return false
+"""
+
+
+@dataclass(slots=True)
+class FunctionUse:
+    memory_mb: int
+    seconds: float  # billed duration: the round trips of this request's batches
+    cost: float
+
+
+@dataclass(slots=True)
+class MeterRecord:
+    request_id: str
+    model: str
+    n_in: int
+    n_out: int
+    measured_ttft_s: float
+    measured_tpot_s: float
+    main_gpu_gb: float
+    main_cpu_gb: float
+    main_s: float  # the main model's busy time: TTFT + (n_out - 1) TPOT
+    cost_main: float
+    cost_remote: float
+    functions: dict[str, FunctionUse] = field(default_factory=dict)
+    predicted_ttft_s: float = 0.0  # 0 when no plan was made
+    predicted_tpot_s: float = 0.0
+    predicted_cost: float = 0.0
+    plan_signature: str = ""
+    plan_feasible: bool = True
+    forecast_source: str = ""
+    forecast_js: float = 0.0
+    cpu_gb_s: float = 0.0
+    gpu_gb_s: float = 0.0
+    unix_s: float = field(default_factory=time.time)
+
+    @property
+    def cost(self) -> float:
+        return self.cost_main + self.cost_remote
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> MeterRecord:
+        raw = json.loads(text)
+        raw["functions"] = {name: FunctionUse(**use) for name, use in raw.get("functions", {}).items()}
+        return cls(**raw)
+
+
+def meter(
+    request_id: str,
+    model: str,
+    usage,
+    main_gpu_gb: float,
+    main_cpu_gb: float,
+    cpu_gb_s: float,
+    gpu_gb_s: float,
+    plan=None,
+) -> MeterRecord:
+    """A record from the backbone's usage (measured) and the scheduler's plan reply (predicted, may be None)."""
+    n_out = int(usage.completion_tokens)
+    main_s = float(usage.ttft_s) + max(n_out - 1, 0) * float(usage.tpot_s)
+    functions = {
+        name: FunctionUse(
+            int(usage.function_memory_mb.get(name, 0)),
+            float(seconds),
+            cpu_gb_s * usage.function_memory_mb.get(name, 0) / 1024 * float(seconds),
+        )
+        for name, seconds in usage.function_seconds.items()
+    }
+    record = MeterRecord(
+        request_id=request_id,
+        model=model,
+        n_in=int(usage.prompt_tokens),
+        n_out=n_out,
+        measured_ttft_s=float(usage.ttft_s),
+        measured_tpot_s=float(usage.tpot_s),
+        main_gpu_gb=main_gpu_gb,
+        main_cpu_gb=main_cpu_gb,
+        main_s=main_s,
+        cost_main=main_s * (gpu_gb_s * main_gpu_gb + cpu_gb_s * main_cpu_gb),
+        cost_remote=sum(f.cost for f in functions.values()),
+        functions=functions,
+        forecast_source=usage.forecast_source,
+        forecast_js=float(usage.forecast_js),
+        cpu_gb_s=cpu_gb_s,
+        gpu_gb_s=gpu_gb_s,
+    )
+    if plan is not None:
+        record.predicted_ttft_s, record.predicted_tpot_s = plan.ttft_s, plan.tpot_s
+        record.predicted_cost = plan.cost_main + plan.cost_remote
+        record.plan_signature, record.plan_feasible = plan.signature, plan.feasible
+    return record
+
+
+class Ledger:
+    def __init__(self, redis_url: str, stream: str = STREAM, buffer: int = 10_000) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.stream = stream
+        self._append = self.client.register_script(_APPEND_ONCE)
+        self._pending: deque[MeterRecord] = deque(maxlen=buffer)
+        self._lock = threading.Lock()
+        self.dropped = 0  # records lost to a full buffer (Redis down for a long time)
+        self.duplicates = 0  # writes refused because the request id was already metered
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def write(self, record: MeterRecord) -> None:
+        """Never raises: an unreachable Redis buffers the record."""
+        with self._lock:
+            if len(self._pending) == self._pending.maxlen:
+                self.dropped += 1
+                log.error("metering buffer full (%d): dropping the oldest record", self._pending.maxlen)
+            self._pending.append(record)
+        self.flush()
+
+    def flush(self) -> int:
+        """Append buffered records in order; returns how many are left (0 when Redis took them all)."""
+        import redis
+
+        with self._lock:
+            while self._pending:
+                record = self._pending[0]
+                try:
+                    added = self._append(
+                        keys=[SEEN_PREFIX + record.request_id, self.stream], args=[record.to_json(), SEEN_TTL_S]
+                    )
+                except redis.RedisError as e:
+                    log.warning("metering: Redis unreachable (%s); %d record(s) buffered", e, len(self._pending))
+                    break
+                if not added:
+                    self.duplicates += 1
+                self._pending.popleft()
+            return len(self._pending)
+
+    def read(self, count: int | None = None) -> list[MeterRecord]:
+        entries = self.client.xrange(self.stream, count=count)
+        return [MeterRecord.from_json(fields[b"record"]) for _, fields in entries]
+
+
+def summarize(records: list[MeterRecord]) -> dict:
+    """Totals and means over a ledger: cost by part, predicted vs measured."""
+    if not records:
+        return {"requests": 0}
+    n = len(records)
+    planned = [r for r in records if r.predicted_ttft_s > 0]
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values) if values else 0.0
+
+    return {
+        "requests": n,
+        "cost_total": sum(r.cost for r in records),
+        "cost_main": sum(r.cost_main for r in records),
+        "cost_remote": sum(r.cost_remote for r in records),
+        "cost_per_request": mean(r.cost for r in records),
+        "predicted_cost_per_request": mean(r.predicted_cost for r in planned),
+        "measured_ttft_s": mean(r.measured_ttft_s for r in records),
+        "measured_tpot_s": mean(r.measured_tpot_s for r in records),
+        "predicted_ttft_s": mean(r.predicted_ttft_s for r in planned),
+        "predicted_tpot_s": mean(r.predicted_tpot_s for r in planned),
+        "planned_requests": len(planned),
+        "infeasible_plans": sum(1 for r in planned if not r.plan_feasible),
+        "function_seconds": sum(f.seconds for r in records for f in r.functions.values()),
+        "tokens_out": sum(r.n_out for r in records),
+    }

@@ -1,0 +1,69 @@
+"""Scheduler service: Plan(forecast, n_in, n_out_max, SLO, prices) -> the cheapest placement that meets the SLO.
+
+python -m remoe.services.scheduler --model DIR [--profile profile.json] [--redis-url redis://127.0.0.1:6379/0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+
+import grpc
+
+from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
+from remoe.scheduler.plan_service import PlanService
+from remoe.scheduler.problem import Prices
+from remoe.scheduler.profiling import load_profile
+from remoe.scheduler.shape import shape_of_model
+from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.transport.tensor_codec import TensorDecodeError
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, service: PlanService) -> None:
+        self.service = service
+
+    def Plan(self, request, context):
+        try:
+            return self.service.plan(request)
+        except (ValueError, TensorDecodeError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+
+def build_service(model_dir: str, profile_path: str | None, redis_url: str | None, prices: Prices) -> PlanService:
+    from remoe.model.weights import open_weights
+
+    weights = open_weights(model_dir)
+    shape = shape_of_model(model_dir)
+    profile = load_profile(profile_path) if profile_path else None
+    if profile is None:
+        log.warning("no --profile: planning with built-in placeholder speeds (run `remoe profile` on this machine)")
+    model_id = f"{shape.name}-{hashlib.sha1(str(weights.path.resolve()).encode()).hexdigest()[:12]}"
+    return PlanService(shape, weights.arch.layer_indices, profile, prices, redis_url=redis_url, model_id=model_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m remoe.services.scheduler", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint or split directory")
+    parser.add_argument("--profile", default=None, help="`remoe profile` JSON (default: placeholder speeds)")
+    parser.add_argument("--redis-url", default=None, help="Redis for the plan cache (default: this process only)")
+    parser.add_argument("--cpu-price", type=float, default=None, help="$ per GB-s of CPU memory (default: Lambda)")
+    parser.add_argument("--gpu-price", type=float, default=None, help="$ per GB-s of GPU memory (default: L4)")
+    add_server_args(parser, default_port=50054)
+    args = parser.parse_args(argv)
+    setup_logging("scheduler", args.verbose)
+    defaults = Prices()
+    prices = Prices(args.cpu_price or defaults.cpu_gb_s, args.gpu_price or defaults.gpu_gb_s)
+    server = Server("scheduler", args.host, args.port, args.workers)
+    service = build_service(args.model, args.profile, args.redis_url, prices)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), server.server)
+    server.add(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
+    server.start(args.ready_file)
+    server.wait_for_signal()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The scheduler service, the plan cache and the metering ledger, with real Redis and real processes: every
+request is planned, served with the exact reference tokens on the plan's functions, and metered once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import redis
+import torch
+
+from remoe.cluster import LocalCluster, free_port
+from remoe.model.tokenizer import load_tokenizer
+from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
+from remoe.scheduler.ledger import STREAM, Ledger, MeterRecord
+from remoe.scheduler.plan_service import PlanService
+from remoe.scheduler.problem import Profile
+from remoe.scheduler.profiling import write_profile
+from remoe.scheduler.shape import shape_of_model
+from remoe.sdk import Client
+from remoe.services.scheduler import SchedulerServicer
+from remoe.transport import tensor_codec
+from tests.conftest import PROMPT, reference_generate
+
+# Local experts slow and functions fast: a tight TTFT SLO can only be met by sending experts out.
+FAST_FUNCTIONS = Profile(
+    local_expert_s_per_token=0.01,
+    backbone_prefill_s_per_token=1e-5,
+    backbone_decode_s=1e-4,
+    invoke_s=1e-3,
+    remote_fit=(0.0, 1.0, 1e-4),
+)
+
+
+def _request(frequency, **fields) -> scheduler_pb2.PlanRequest:
+    return scheduler_pb2.PlanRequest(
+        frequency=tensor_codec.encode(torch.as_tensor(np.asarray(frequency), dtype=torch.float32)),
+        **{"n_in": 40, "n_out_max": 16, **fields},
+    )
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model):
+    model = tiny_model("qwen3_moe")
+    shape = shape_of_model(model)
+    return PlanService(shape, list(range(shape.layers)), FAST_FUNCTIONS), shape
+
+
+def test_plans_are_cached_by_signature_and_a_tight_slo_sends_experts_out(service):
+    plans, shape = service
+    equal = np.full((shape.layers, shape.experts), 1 / shape.experts)
+    loose = plans.plan(_request(equal))
+    assert loose.feasible and not loose.cached
+    tight = plans.plan(_request(equal, slo_ttft_s=0.5 * loose.ttft_s))
+    assert tight.feasible and tight.ttft_s <= 0.5 * loose.ttft_s and any(layer.remote for layer in tight.layers)
+    # A prompt 5 tokens shorter (same 32-token bucket) and a forecast a hair different: the same cached plan.
+    again = plans.plan(
+        _request(equal + 1e-4 * (np.arange(shape.experts) % 2 - 0.5), n_in=35, slo_ttft_s=0.5 * loose.ttft_s)
+    )
+    assert again.cached and again.signature == tight.signature and again.planning_ms < tight.planning_ms
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"frequency": np.full((1, 8), 1 / 8)}, "needs"),
+        ({"frequency": np.full((3, 8), 0.5)}, "sum to 1"),
+        ({"n_in": 0}, "n_in"),
+        ({"slo_ttft_s": -1.0}, "slo_ttft_s"),
+        ({"confidence": 1.5}, "confidence"),
+    ],
+)
+def test_bad_plan_requests_get_invalid_argument_naming_the_field(service, bad, message):
+    plans, shape = service
+    frequency = bad.pop("frequency", np.full((shape.layers, shape.experts), 1 / shape.experts))
+    server = grpc.server(ThreadPoolExecutor(2))
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(plans), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Plan(_request(frequency, **bad), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
+        assert stub.Plan(_request(np.full((shape.layers, shape.experts), 1 / shape.experts)), timeout=10).feasible
+    finally:
+        server.stop(0)
+
+
+def test_the_plan_cache_survives_a_restart_through_redis_and_works_without_it(service, redis_url):
+    plans, shape = service
+    frequency = np.full((shape.layers, shape.experts), 1 / shape.experts)
+    first = PlanService(shape, list(range(shape.layers)), FAST_FUNCTIONS, redis_url=redis_url, model_id="t")
+    assert not first.plan(_request(frequency, n_out_max=100)).cached
+    restarted = PlanService(shape, list(range(shape.layers)), FAST_FUNCTIONS, redis_url=redis_url, model_id="t")
+    assert restarted.plan(_request(frequency, n_out_max=100)).cached
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    down = PlanService(shape, list(range(shape.layers)), FAST_FUNCTIONS, redis_url=nowhere)
+    assert down.plan(_request(frequency)).feasible and down.redis_errors >= 1
+
+
+def _record(request_id: str) -> MeterRecord:
+    return MeterRecord(request_id, "m", 10, 5, 0.1, 0.01, 1.0, 1.0, 0.14, 1e-6, 0.0)
+
+
+def test_the_ledger_meters_each_request_exactly_once_and_buffers_while_redis_is_down(redis_url, tmp_path):
+    ledger = Ledger(redis_url, stream="test:ledger")
+    ledger.write(_record("a"))
+    ledger.write(_record("a"))  # a retried write of the same request
+    ledger.write(_record("b"))
+    assert [r.request_id for r in ledger.read()] == ["a", "b"] and ledger.duplicates == 1
+    # Redis down: records wait in order, nothing lost, nothing doubled when it comes back.
+    port = free_port()
+    offline = Ledger(f"redis://127.0.0.1:{port}/0", stream="test:ledger")
+    for request_id in ("c", "d", "c"):
+        offline.write(_record(request_id))
+    assert offline.pending == 3
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while offline.flush():
+            assert time.monotonic() < deadline, "the buffered records were not flushed"
+            time.sleep(0.1)
+        assert [r.request_id for r in offline.read()] == ["c", "d"] and offline.dropped == 0
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_meters_it(
+    tiny_model, reference, tmp_path
+):
+    model = tiny_model("qwen3_moe")
+    ids = load_tokenizer(model).encode(PROMPT)
+    expected = reference_generate(reference("qwen3_moe"), ids, 12)
+    profile = tmp_path / "profile.json"
+    write_profile(FAST_FUNCTIONS, profile)
+    with LocalCluster(
+        model, port=0, predictor=False, profile=profile, slo_ttft_ms=150, run_dir=tmp_path / "run"
+    ) as cluster:
+        with Client(cluster.address) as client:
+            result = client.generate(token_ids=ids, max_new_tokens=12, request_id="req-1")
+            assert result.token_ids == expected
+            assert "function:" in result.usage.plan  # the plan moved experts to functions
+            assert client.generate(token_ids=ids, max_new_tokens=12, request_id="req-2").token_ids == expected
+        records = Ledger(cluster.redis_url).read()
+        assert [r.request_id for r in records] == ["req-1", "req-2"]
+        first = records[0]
+        assert first.predicted_ttft_s > 0 and first.plan_signature and first.measured_ttft_s > 0
+        assert first.functions and all(f.seconds > 0 and f.memory_mb >= 1024 for f in first.functions.values())
+        assert first.cost_remote > 0 and first.cost_main > 0
+        summary = subprocess.run(
+            [sys.executable, "-m", "remoe.cli", "cost", "--redis-url", cluster.redis_url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert summary.returncode == 0 and "2 request(s)" in summary.stdout, summary.stderr
+        assert redis.Redis.from_url(cluster.redis_url).xlen(STREAM) == 2
