@@ -84,7 +84,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         plan_file=args.plan,
         function_ttl_s=args.function_ttl,
         function_memory_mb=args.function_memory_mb,
-        scheduler=not args.no_scheduler,
+        scheduler=False if args.no_scheduler else None,
         profile=args.profile,
         slo_ttft_ms=args.slo_ttft or 0.0,
         slo_tpot_ms=args.slo_tpot or 0.0,
@@ -570,13 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function scales to zero")
     p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function instance")
     p.add_argument(
-        "--profile", default=None, help="`remoe profile` JSON the scheduler plans with (default: placeholder speeds)"
+        "--profile",
+        default=None,
+        help="`remoe profile` JSON: the scheduler then plans every request (without one, every expert stays on the "
+        "expert services)",
     )
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in ms for every request's plan")
     p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO in ms for every request's plan")
-    p.add_argument(
-        "--no-scheduler", action="store_true", help="no per-request plans: every expert stays on the expert services"
-    )
+    p.add_argument("--no-scheduler", action="store_true", help="no per-request plans even with --profile")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser(

@@ -66,10 +66,12 @@ class LocalCluster:
     function_memory_mb: int = 1024
     prewarm: bool = True
     predictor: bool = True  # the predictor service, with embedded Qdrant and (when installed) Redis
-    # The scheduler service plans every request (unless a static placement is given: remote_ratio or plan_file);
-    # with Redis it caches plans and the gateway meters each request into the ledger stream.
-    scheduler: bool = True
-    profile: Path | None = None  # `remoe profile` JSON for the scheduler (default: placeholder speeds)
+    # The scheduler service plans every request when it has this machine's measured speeds (a `remoe profile`
+    # JSON) and no static placement is given (remote_ratio or plan_file); with Redis it caches plans and the
+    # gateway meters each request into the ledger stream. Without a profile Remoe does not guess: every expert
+    # stays on the expert services. scheduler=True plans even without one (placeholder speeds).
+    scheduler: bool | None = None
+    profile: Path | None = None
     slo_ttft_ms: float = 0.0
     slo_tpot_ms: float = 0.0
     redis_url: str | None = None  # set by start() when it started a redis-server
@@ -158,7 +160,8 @@ class LocalCluster:
             self._wait_ready([backbone], timeout_s, report)
 
             gateway_args = ["--port", str(self.port), "--backbone", backbone.address]
-            planned = self.scheduler and not (self.plan_file or self.remote_ratio)
+            wanted = self.scheduler if self.scheduler is not None else self.profile is not None
+            planned = wanted and not (self.plan_file or self.remote_ratio)
             if self.predictor or planned:
                 self.redis_url = self._start_redis(report)
             if self.predictor:
