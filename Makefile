@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor clean help
+.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-dispatch  gRPC fan-out cost; TTFT/TPOT of remoe up vs LocalEngine vs transformers"
 	@echo "make bench-cold-start  function cold start (lazy vs whole checkpoint); cold TTFT with/without pre-warm"
 	@echo "make bench-predictor   SPS forecast accuracy (trained and random-init model) and predict latency"
+	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
 
 install: $(STAMP)
 
@@ -57,6 +58,12 @@ bench-cold-start: $(STAMP)
 # Builds the corpus and trains the model first when data/ lacks them (about 20 minutes on 2 cores).
 bench-predictor: $(STAMP) system-deps
 	scripts/bench-predictor.sh
+
+# Needs the corpus and the trained tiny model (make bench-predictor builds them); about 20 minutes.
+bench-scheduler: $(STAMP) system-deps
+	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/scheduler_accuracy.py
+	$(BIN)/python bench/scheduler_costs.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

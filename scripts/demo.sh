@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo: a small MoE trained on real text (made once, about 4 minutes on 2 cores), split, verified
 # against transformers, then served by `remoe up` (gateway, backbone, two expert services, functions for half
-# of each layer's experts, the predictor) and queried through the SDK's CLI.
+# of each layer's experts, the predictor) and queried through the SDK's CLI; then profiled and planned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -36,3 +36,10 @@ echo "--- again: the first request's TTFT included the functions' cold starts; n
 $BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
 echo "--- remoe status"
 $BIN/remoe status --address "127.0.0.1:$PORT"
+
+echo "--- the scheduler: this machine's speeds for the model (remoe profile), then one prompt's cheapest plan"
+kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true
+trap - EXIT
+$BIN/remoe profile --model "$MODEL-split" --out "$DEMO/profile.json" --quick -q
+$BIN/remoe plan --model "$MODEL-split" --profile "$DEMO/profile.json" --prompt "You will" --slo-ttft 200 || true
+echo "(serve with plans per request: remoe up --model $MODEL-split --profile $DEMO/profile.json --slo-ttft 200)"

@@ -133,23 +133,26 @@ def compare(
     return {name: system(request, profile, prices, limits, tokens) for name, system in SYSTEMS.items()}
 
 
+def summarise(results: list[SystemCost]) -> dict:
+    """Over a workload: total and mean cost, mean TTFT/TPOT and memory, share of requests within the SLO."""
+    return {
+        "total_cost": float(sum(r.cost for r in results)),
+        "mean_cost": float(np.mean([r.cost for r in results])),
+        "mean_remote_cost": float(np.mean([r.remote_cost for r in results])),
+        "mean_ttft_s": float(np.mean([r.ttft_s for r in results])),
+        "mean_tpot_s": float(np.mean([r.tpot_s for r in results])),
+        "slo_attainment": float(np.mean([r.meets_slo for r in results])),
+        "mean_gpu_gb": float(np.mean([r.gpu_gb for r in results])),
+        "mean_cpu_gb": float(np.mean([r.cpu_gb for r in results])),
+    }
+
+
 def workload_costs(
     requests: list[Request], profile: Profile, prices: Prices | None = None, limits: Limits | None = None
 ) -> dict[str, dict]:
-    """Per system over a workload: total and mean cost, mean TTFT/TPOT, share of requests within the SLO."""
+    """Per system, `summarise` over the requests."""
     rows: dict[str, list[SystemCost]] = {name: [] for name in SYSTEMS}
     for request in requests:
         for name, result in compare(request, profile, prices, limits).items():
             rows[name].append(result)
-    return {
-        name: {
-            "total_cost": float(sum(r.cost for r in results)),
-            "mean_cost": float(np.mean([r.cost for r in results])),
-            "mean_ttft_s": float(np.mean([r.ttft_s for r in results])),
-            "mean_tpot_s": float(np.mean([r.tpot_s for r in results])),
-            "slo_attainment": float(np.mean([r.meets_slo for r in results])),
-            "mean_gpu_gb": float(np.mean([r.gpu_gb for r in results])),
-            "mean_cpu_gb": float(np.mean([r.cpu_gb for r in results])),
-        }
-        for name, results in rows.items()
-    }
+    return {name: summarise(results) for name, results in rows.items()}

@@ -1,14 +1,16 @@
 """The cheapest plan that meets the SLO: which experts leave the main model, the functions' memory and
 replicas, and the main model's memory. The paper's heuristic, as pure functions over a `Request`:
 
-1. Remote selection: utility u = n_in s + n_out top_k s per expert; for each remote ratio b the b*E
-   lowest-utility experts of every layer go to that layer's function (ties by expert index).
-2. Replicas: enough for the payload limit, experts spread by LPT (replicas.py); then replicas are added
-   greedily, one layer at a time, while that makes the plan feasible or cheaper (up to z_max).
+1. Remote selection: utility u = n_in s + n_out top_k s per expert; for each remote count (0..E in at most 17
+   steps) the lowest-utility experts of every layer go to that layer's function (ties by expert index).
+2. Replicas: enough for the payload limit, experts spread by LPT (replicas.py).
 3. Memory: the Lagrangian dual over layers (sizing.py), on the 100 MB grid.
 4. Main memory: the smallest spec that holds the backbone and KV cache (GPU) and the local experts (CPU).
-The cheapest feasible plan over all ratios wins; when none is feasible, the fastest one is returned with
-feasible=False and the constraint that binds. L = MoE layers, E = experts per layer, G = memory grid.
+The best count is then refined: replicas added greedily by cost potential (while the SLO fails or it pays,
+up to z_max), and one pass of per-layer count moves (layers may end with different remote counts; the paper
+keeps one ratio). Refinement re-solves are capped (REFINEMENT_SOLVES). The cheapest feasible plan wins; when
+none is feasible, the least violating one is returned with feasible=False. L = MoE layers, E = experts per
+layer, G = memory grid.
 """
 
 from __future__ import annotations
