@@ -110,6 +110,7 @@ def _better(a: tuple[bool, float], b: tuple[bool, float] | None) -> bool:
 # Re-solves the refinement (replica additions, per-layer moves) may spend after the sweep over counts: keeps
 # planning a 26 x 64 model near 30-50 ms; small instances never reach it.
 REFINEMENT_SOLVES = 16
+REFINEMENT_CELLS = 16_000
 
 Row = tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # parts, remote $, main s, p, d
 
@@ -173,7 +174,8 @@ class _Search:
         self.layers = _Layers(request, tokens, profile, prices, limits, grid)
         self.order = utility_order(request)
         self.rows = np.arange(request.layers)
-        self.refinements_left = REFINEMENT_SOLVES
+        # Re-solves cost about L x G each: small problems may afford many more than a 26 x 64 model.
+        self.refinements_left = max(REFINEMENT_SOLVES, REFINEMENT_CELLS // (request.layers * len(grid)))
 
     @property
     def exhausted(self) -> bool:
@@ -242,23 +244,28 @@ class _Search:
         return best
 
     def move_layers(self, best: _Candidate, step: int) -> _Candidate:
-        """One pass over the layers: send `step` more experts of a layer out, or bring `step` back, when that
-        alone makes the plan cheaper (or feasible). The paper keeps one remote ratio for all layers."""
+        """Passes over the layers while one improves the plan: a layer sends `step` more experts out, brings
+        `step` back, keeps all of them, or sends all out, when that alone makes the plan cheaper (or feasible;
+        a tight TPOT can want one layer wholly local while a tight TTFT wants the next one remote). The paper
+        keeps one remote ratio for all layers."""
         experts = self.request.experts
-        for layer in range(self.request.layers):
-            now = len(best.sets[layer])
-            for count in (now + step, now - step):
-                if not 0 <= count <= experts or self.exhausted:
-                    continue
-                self.refinements_left -= 1
-                remote = tuple(sorted(self.order[layer, :count].tolist()))
-                sets = [remote if i == layer else r for i, r in enumerate(best.sets)]
-                z = max(self.payload_replicas(layer, remote), min(best.replicas[layer], count))
-                replicas = [z if i == layer else r for i, r in enumerate(best.replicas)]
-                trial = self.attempt(best.count, sets, replicas)
-                if _better(trial.score, best.score):
-                    best = trial
-                    break
+        improved = True
+        while improved and not self.exhausted:
+            improved = False
+            for layer in range(self.request.layers):
+                now = len(best.sets[layer])
+                for count in dict.fromkeys((now + step, now - step, 0, experts)):
+                    if count == now or not 0 <= count <= experts or self.exhausted:
+                        continue
+                    self.refinements_left -= 1
+                    remote = tuple(sorted(self.order[layer, :count].tolist()))
+                    sets = [remote if i == layer else r for i, r in enumerate(best.sets)]
+                    z = max(self.payload_replicas(layer, remote), min(best.replicas[layer], count))
+                    replicas = [z if i == layer else r for i, r in enumerate(best.replicas)]
+                    trial = self.attempt(best.count, sets, replicas)
+                    if _better(trial.score, best.score):
+                        best, improved = trial, True
+                        break
         return best
 
 
@@ -298,7 +305,7 @@ def plan(
     )
     best = candidates[0]
     for candidate in candidates[:4]:
-        refined = search.move_layers(search.add_replicas(candidate), step)
+        refined = search.add_replicas(search.move_layers(search.add_replicas(candidate), step))
         best = refined if _better(refined.score, best.score) else best
         if best.score[0]:
             break
