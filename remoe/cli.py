@@ -411,6 +411,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         f"  backbone decode     {p.backbone_decode_s * 1e3:9.2f} ms per layer per token\n"
         f"  transfer            {p.bandwidth_bytes_s / 1e9:9.2f} GB/s\n"
         f"  function invoke     {p.invoke_s * 1e3:9.2f} ms warm, cold start {p.cold_start_s:.2f} s\n"
+        f"  backbone dispatch   {p.dispatch_s * 1e3:9.2f} ms per function replica called, per layer\n"
+        f"  function per expert {p.expert_call_s * 1e3:9.2f} ms fixed, per expert per batch\n"
         f"  T(y)                {th1:.3g} exp(-{th2:.3g} y) + {th3:.3g} s per token per expert\n"
         f"wrote {out} and {plot}"
     )

@@ -47,7 +47,7 @@ def test_profile_measures_writes_json_and_plot_and_plan_uses_it(tiny_model, tmp_
     assert result.returncode == 0, result.stderr
     assert out.is_file() and out.with_suffix(".png").stat().st_size > 10_000
     raw = json.loads(out.read_text())
-    assert raw["machine"] and raw["samples"]["functions"] and raw["samples"]["end_to_end_functions"]
+    assert raw["machine"] and raw["samples"]["functions"] and raw["samples"]["end_to_end_two_functions"]
     profile = load_profile(out)
     assert profile.backbone_decode_s > 0 and profile.cold_start_s > 0.1 and profile.bandwidth_bytes_s > 1e7
     assert all(v >= 0 for v in profile.remote_fit)

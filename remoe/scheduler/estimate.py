@@ -3,7 +3,11 @@
 Prefill, per MoE layer l: PT_l = t_layer + n_in * t_backbone + max(local, max_j ZT_lj) + 2 * tau_sw * n_in, with
 local = sum over local experts of tokens_e * t_loc and ZT_lj = sum over replica j's experts of
 tokens_e * (T(y_l) + 2 D / B) + t_rem. Decode, per token: GT_l = t_backbone_decode + 2 * tau_sw +
-max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). TTFT = sum PT_l,
+max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). Remoe adds two
+measured terms the paper leaves out: t_layer, a fixed prefill cost per layer, and t_dispatch, the backbone's
+own serial work per replica it calls (z_l of them in prefill, min(k, z_l) per decode token); and a function's
+fixed cost per expert it computes in a batch (t_call, added per routed expert to ZT_lj and per remote expert
+of a decode token). TTFT = sum PT_l,
 TPOT = sum GT_l. Constraints use worst-case token counts (mmp.py); cost uses expected ones:
 main = (prefill + n_out * decode) * (c_g * GPU GB + c_c * CPU GB); each remote replica bills c_c * y_l for
 the time it computes. L = MoE layers, E = experts per layer.
@@ -69,9 +73,10 @@ def main_memory_gb(request: Request, remote: list[tuple[int, ...]], limits: Limi
 
 
 def layer_prefill_s(
-    tokens: np.ndarray, plan: LayerPlan, request: Request, profile: Profile
+    tokens: np.ndarray, plan: LayerPlan, request: Request, profile: Profile, route: np.ndarray
 ) -> tuple[float, list[float]]:
-    """(layer prefill time, each replica's busy time) for token counts [E] of one layer."""
+    """(layer prefill time, each replica's busy time) for token counts [E] of one layer; route [E]: which
+    experts the prompt may use (each costs its replica a call)."""
     remote = set(plan.remote)
     local = sum(float(tokens[e]) for e in range(request.experts) if e not in remote)
     local_s = local * profile.local_expert_s_per_token
@@ -80,9 +85,16 @@ def layer_prefill_s(
         if remote
         else 0.0
     )
-    busy = [sum(float(tokens[e]) for e in part) * per_token + profile.invoke_s for part in plan.replicas if part]
+    busy = [
+        sum(float(tokens[e]) for e in part) * per_token
+        + profile.invoke_s
+        + profile.expert_call_s * sum(1 for e in part if route[e] > 0)
+        for part in plan.replicas
+        if part
+    ]
     expert_s = max([local_s, *busy])
     backbone_s = profile.backbone_prefill_layer_s + request.n_in * profile.backbone_prefill_s_per_token
+    backbone_s += profile.dispatch_s * len(busy)
     return backbone_s + expert_s + 2 * profile.swap_s_per_token * request.n_in, busy
 
 
@@ -93,11 +105,12 @@ def layer_decode_s(plan: LayerPlan, request: Request, profile: Profile) -> float
     remote_s = 0.0
     if plan.remote:
         remote_s = (
-            min(k, len(plan.remote)) * profile.remote_s_per_token(plan.memory_gb)
+            min(k, len(plan.remote)) * (profile.remote_s_per_token(plan.memory_gb) + profile.expert_call_s)
             + 2 * request.hidden_bytes_per_token / profile.bandwidth_bytes_s
             + profile.invoke_s
         )
-    return profile.backbone_decode_s + 2 * profile.swap_s_per_token + max(local_s, remote_s)
+    dispatch = profile.dispatch_s * min(k, len([p for p in plan.replicas if p]))
+    return profile.backbone_decode_s + dispatch + 2 * profile.swap_s_per_token + max(local_s, remote_s)
 
 
 def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, profile: Profile) -> float:
@@ -110,7 +123,7 @@ def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, p
     busy = 0.0
     for part in plan.replicas:
         hit = float(sum(route[e] for e in part))  # expected experts of this replica one token uses
-        busy += hit * per_token + min(1.0, hit) * profile.invoke_s
+        busy += hit * (per_token + profile.expert_call_s) + min(1.0, hit) * profile.invoke_s
     return request.n_out * busy
 
 
@@ -126,11 +139,11 @@ def estimate(
         raise ValueError(f"a plan for {len(layers)} layers, the request has {request.layers}")
     tokens = tokens or Tokens.of(request)
     gpu_gb, cpu_gb = main_memory_gb(request, [p.remote for p in layers], limits)
-    ttft = sum(layer_prefill_s(tokens.worst[i], p, request, profile)[0] for i, p in enumerate(layers))
+    ttft = sum(layer_prefill_s(tokens.worst[i], p, request, profile, tokens.route[i])[0] for i, p in enumerate(layers))
     tpot = sum(layer_decode_s(p, request, profile) for p in layers)
     expected_prefill, remote_cost = 0.0, 0.0
     for i, p in enumerate(layers):
-        seconds, busy = layer_prefill_s(tokens.expected[i], p, request, profile)
+        seconds, busy = layer_prefill_s(tokens.expected[i], p, request, profile, tokens.route[i])
         expected_prefill += seconds
         remote_cost += (
             prices.cpu_gb_s * p.memory_gb * (sum(busy) + remote_decode_busy_s(p, tokens.route[i], request, profile))

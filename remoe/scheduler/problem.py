@@ -39,6 +39,12 @@ class Profile:
     backbone_decode_s: float = 1e-3  # per MoE layer per decode step
     swap_s_per_token: float = 1e-6  # tau_sw: hidden states to/from the expert side, per token
     invoke_s: float = 2e-3  # t_rem: a warm function invocation's fixed overhead
+    # The backbone's own serial work per replica it calls in a layer (encode, send, receive, decode): unlike
+    # t_rem it does not overlap across replicas. 0 in the paper's model; `remoe profile` measures it.
+    dispatch_s: float = 0.0
+    # A function's fixed cost per expert it computes in a batch (its executor's per-expert work), on top of
+    # T(y) per token. 0 in the paper's model; `remoe profile` measures it.
+    expert_call_s: float = 0.0
     bandwidth_bytes_s: float = 1e9  # B
     cold_start_s: float = 3.5  # a function's cold start (overlapped with the main model's when pre-warmed)
     # Remote time per expert per token on a function with y GB: T(y) = th1 * exp(-th2 * y) + th3.

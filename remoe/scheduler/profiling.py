@@ -235,10 +235,17 @@ def measure_functions(
 
 
 def measure_end_to_end(
-    model_dir: Path, run_dir: Path, new_tokens: int, repeats: int, progress, remote: int = 0, memory_mb: int = 1024
+    model_dir: Path,
+    run_dir: Path,
+    new_tokens: int,
+    repeats: int,
+    progress,
+    remote: int = 0,
+    replicas: int = 1,
+    memory_mb: int = 1024,
 ) -> dict:
     """TTFT per prompt length and TPOT through `remoe up`: every expert on the expert services, or the last
-    `remote` experts of every layer in one function per layer."""
+    `remote` experts of every layer in functions, split over `replicas` functions per layer."""
     from remoe.cluster import LocalCluster
     from remoe.model.weights import open_weights
     from remoe.platform.base import FunctionSpec, functions_to_json
@@ -249,9 +256,11 @@ def measure_end_to_end(
     if remote:
         arch = open_weights(model_dir).arch
         experts = range(arch.num_experts - remote, arch.num_experts)
+        shares = [list(experts)[j::replicas] for j in range(replicas)]
         specs = [
-            FunctionSpec(f"layer-{layer}", tuple((layer, e) for e in experts), memory_mb)
+            FunctionSpec(f"layer-{layer}-{j}", tuple((layer, e) for e in share), memory_mb)
             for layer in arch.layer_indices
+            for j, share in enumerate(shares)
         ]
         plan_file = run_dir / "plan.json"
         plan_file.write_text(json.dumps(functions_to_json(specs)))
@@ -270,7 +279,7 @@ def measure_end_to_end(
                     "ttft_s": statistics.median(r.usage.ttft_s for r in runs),
                     "tpot_s": statistics.median(r.usage.tpot_s for r in runs),
                 }
-                progress(f"end to end{', functions' if remote else ''}, {n} prompt tokens")
+                progress(f"end to end, {replicas if remote else 0} function(s) per layer, {n} prompt tokens")
     return rows
 
 
@@ -289,7 +298,7 @@ def profile_model(
     shape = shape_of_model(model_dir)
     repeats = 5 if quick else 11
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="remoe-profile-"))
-    steps = 3 + (3 if quick else len(MEMORY_SIZES_GB)) + 2 * len(PROMPT_LENGTHS)
+    steps = 3 + (3 if quick else len(MEMORY_SIZES_GB)) + 3 * len(PROMPT_LENGTHS)
     bar = tqdm(total=steps, disable=not progress, desc="profile")
 
     def step(what: str) -> None:
@@ -307,6 +316,8 @@ def profile_model(
     service_threads = max(1, (os.cpu_count() or 1) // 3)
     _, t_loc = _slope(*zip(*experts[service_threads], strict=True))
     t_loc = max(t_loc, 1e-9)
+    # A 1 GB function computes with one thread: its fixed cost per expert per batch is that line's intercept.
+    expert_call = max(_slope(*zip(*experts[1], strict=True))[0], 0.0)
     d_over_b = 2 * shape.hidden_bytes_per_token / bandwidth
     ys = sorted(functions)
     remote = [max((functions[y][f"rtt_{big}_s"] - functions[y]["rtt_1_s"]) / (big - 1) - d_over_b, 1e-9) for y in ys]
@@ -316,7 +327,8 @@ def profile_model(
     new_tokens, e2e_repeats = (8 if quick else 16), max(2, repeats // 2)
     e2e = measure_end_to_end(model_dir, run_dir / "cluster", new_tokens, e2e_repeats, step)
     half = shape.experts // 2
-    e2e_remote = measure_end_to_end(model_dir, run_dir / "cluster-functions", new_tokens, e2e_repeats, step, half)
+    one = measure_end_to_end(model_dir, run_dir / "cluster-one", new_tokens, e2e_repeats, step, half)
+    two = measure_end_to_end(model_dir, run_dir / "cluster-two", new_tokens, e2e_repeats, step, half, replicas=2)
     layers, k = shape.layers, shape.top_k
     swap = shape.hidden_bytes_per_token / bandwidth
     # All local: TTFT = L (a + n_in (b + 2 tau + k t_loc)), a and b from the line through the prompt lengths;
@@ -326,12 +338,19 @@ def profile_model(
     prefill_token = max(slope - 2 * swap - k * t_loc, 0.0)
     prefill_layer = max(intercept, 0.0)
     decode = max(statistics.median(e2e[n]["tpot_s"] for n in lengths) / layers - 2 * swap - k * t_loc, 0.0)
-    # With a function per layer: TPOT / L = decode + 2 tau + k' T(1) + 2 D / B + t_rem when the remote side is
-    # the slower one. t_rem is what an invocation adds as the backbone sees it (contention for the cores
-    # included), not the function's bare round trip (kept in the samples).
-    remote_layer = statistics.median(e2e_remote[n]["tpot_s"] for n in lengths) / layers
+    # With z functions per layer the remote side is the slower one: TPOT / L = decode + 2 tau + z t_dispatch +
+    # k' T(1) + 2 D / B + t_rem. One and two functions per layer give t_dispatch (serial, in the backbone) and
+    # t_rem (in parallel) as the backbone sees them, contention for the cores included; the function's bare
+    # round trip is kept in the samples.
     t_remote_1gb = fit[0] * np.exp(-fit[1]) + fit[2]
-    invoke = max(remote_layer - decode - 2 * swap - min(k, half) * t_remote_1gb - d_over_b, 0.0)
+
+    def extra(rows: dict, z: int) -> float:
+        per_layer = statistics.median(rows[n]["tpot_s"] for n in lengths) / layers
+        return per_layer - decode - 2 * swap - min(k, half // z) * (t_remote_1gb + expert_call) - d_over_b
+
+    x1, x2 = extra(one, 1), extra(two, 2)
+    dispatch = min(max(x2 - x1, 0.0), max(x1, 0.0))
+    invoke = max(x1 - dispatch, 0.0)
     step("fit")
     bar.close()
     profile = Profile(
@@ -341,6 +360,8 @@ def profile_model(
         backbone_decode_s=decode,
         swap_s_per_token=swap,
         invoke_s=invoke,
+        dispatch_s=dispatch,
+        expert_call_s=expert_call,
         bandwidth_bytes_s=bandwidth,
         cold_start_s=cold,
         remote_fit=fit,
@@ -356,7 +377,8 @@ def profile_model(
         "functions": {str(y): v for y, v in functions.items()},
         "remote_s_per_token": dict(zip(map(str, ys), remote, strict=True)),
         "end_to_end": {str(n): v for n, v in e2e.items()},
-        "end_to_end_functions": {"remote_per_layer": half, **{str(n): v for n, v in e2e_remote.items()}},
+        "end_to_end_one_function": {"remote_per_layer": half, **{str(n): v for n, v in one.items()}},
+        "end_to_end_two_functions": {"remote_per_layer": half, **{str(n): v for n, v in two.items()}},
         "function_round_trip_s": rtt,
     }
     notes = [

@@ -25,6 +25,8 @@ class PartStats:
     hits: float  # expected remote experts one decode token uses
     invocations: float  # expected replicas one decode token invokes: sum_j min(1, hits_j)
     replicas: int  # non-empty replicas
+    experts_max: int  # experts a prompt may route to on the busiest replica (each costs a call per batch)
+    experts_sum: int  # experts a prompt may route to, over all replicas
 
     @classmethod
     def of(cls, layer: int, parts: list[list[int]], tokens: Tokens) -> PartStats:
@@ -34,32 +36,39 @@ class PartStats:
         worst, expected, route = tokens.worst[layer], tokens.expected[layer], tokens.route[layer]
         x = [float(expected[p].sum()) for p in parts]
         hit = [float(route[p].sum()) for p in parts]
+        active = [int((route[p] > 0).sum()) for p in parts]
+        busiest = max(range(len(parts)), key=lambda j: float(worst[parts[j]].sum()))
         return cls(
-            max(float(worst[p].sum()) for p in parts),
+            float(worst[parts[busiest]].sum()),
             max(x),
             sum(x),
             sum(hit),
             sum(min(1.0, h) for h in hit),
             len(parts),
+            active[busiest],
+            sum(active),
         )
 
 
-NO_REMOTE = PartStats(0.0, 0.0, 0.0, 0.0, 0.0, 0)
+NO_REMOTE = PartStats(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
+FIELDS = len(PartStats.__slots__)
 
 
 def stats_array(stats: list[PartStats]) -> np.ndarray:
-    """[R, 6] in PartStats' field order."""
-    return np.array([[getattr(s, f) for f in PartStats.__slots__] for s in stats], dtype=np.float64).reshape(-1, 6)
+    """[R, FIELDS] in PartStats' field order."""
+    rows = [[getattr(s, f) for f in PartStats.__slots__] for s in stats]
+    return np.array(rows, dtype=np.float64).reshape(-1, FIELDS)
 
 
 def single_replica_stats(layers: np.ndarray, local: np.ndarray, tokens: Tokens) -> np.ndarray:
-    """[R, 6] stats when each row's remote experts share one replica (vectorised PartStats.of)."""
+    """[R, FIELDS] stats when each row's remote experts share one replica (vectorised PartStats.of)."""
     remote = ~local
     worst = (tokens.worst[layers] * remote).sum(1)
     expected = (tokens.expected[layers] * remote).sum(1)
     hits = (tokens.route[layers] * remote).sum(1)
     any_remote = remote.any(1).astype(np.float64)
-    return np.stack([worst, expected, expected, hits, np.minimum(1.0, hits), any_remote], axis=1)
+    active = (remote & (tokens.route[layers] > 0)).sum(1).astype(np.float64)
+    return np.stack([worst, expected, expected, hits, np.minimum(1.0, hits), any_remote, active, active], axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +100,8 @@ def terms(
     th1, th2, th3 = profile.remote_fit
     t_remote = (th1 * np.exp(-th2 * grid) + th3)[None, :]  # [1, G]
     per_token = t_remote + d_over_b
-    w_max, x_max, x_sum, hits, invocations, replicas = stats.T[..., None]  # each [R, 1]
+    w_max, x_max, x_sum, hits, invocations, replicas, experts_max, experts_sum = stats.T[..., None]  # [R, 1]
+    call = profile.expert_call_s
     remote = replicas > 0
     local_w = (tokens.worst[layers] * local).sum(1, keepdims=True) * t_loc  # [R, 1]
     local_x = (tokens.expected[layers] * local).sum(1, keepdims=True) * t_loc
@@ -101,10 +111,17 @@ def terms(
         profile.backbone_prefill_s_per_token + 2 * profile.swap_s_per_token
     )
     decode_base = profile.backbone_decode_s + 2 * profile.swap_s_per_token
-    prefill = prefill_base + np.maximum(local_w, np.where(remote, w_max * per_token + t_inv, 0.0))
-    expected_prefill = prefill_base + np.maximum(local_x, np.where(remote, x_max * per_token + t_inv, 0.0))
-    remote_decode = np.minimum(k, n_remote) * t_remote + d_over_b + t_inv
-    decode = decode_base + np.maximum(np.minimum(k, n_local) * t_loc, np.where(remote, remote_decode, 0.0))
-    busy = x_sum * per_token + replicas * t_inv + request.n_out * (hits * per_token + invocations * t_inv)
+    dispatch = profile.dispatch_s * replicas  # [R, 1] serial, in the backbone, per replica called
+    remote_w = w_max * per_token + t_inv + call * experts_max
+    prefill = prefill_base + dispatch + np.maximum(local_w, np.where(remote, remote_w, 0.0))
+    remote_x = x_max * per_token + t_inv + call * experts_max
+    expected_prefill = prefill_base + dispatch + np.maximum(local_x, np.where(remote, remote_x, 0.0))
+    remote_decode = np.minimum(k, n_remote) * (t_remote + call) + d_over_b + t_inv
+    decode_dispatch = profile.dispatch_s * np.minimum(k, replicas)  # worst case: the token's experts spread out
+    decode = (
+        decode_base + decode_dispatch + np.maximum(np.minimum(k, n_local) * t_loc, np.where(remote, remote_decode, 0.0))
+    )
+    busy = x_sum * per_token + replicas * t_inv + call * experts_sum
+    busy = busy + request.n_out * (hits * (per_token + call) + invocations * t_inv)
     remote_cost = np.where(remote, prices.cpu_gb_s * grid[None, :] * busy, 0.0)
     return Terms(remote_cost, expected_prefill + request.n_out * decode, prefill, decode)
