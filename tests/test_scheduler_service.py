@@ -22,7 +22,7 @@ from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Profile
 from remoe.scheduler.profiling import write_profile
 from remoe.scheduler.shape import shape_of_model
-from remoe.sdk import Client
+from remoe.sdk import Client, InvalidArgument
 from remoe.services.scheduler import SchedulerServicer
 from remoe.transport import tensor_codec
 from tests.conftest import PROMPT, reference_generate
@@ -151,6 +151,8 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             assert result.token_ids == expected
             assert "function:" in result.usage.plan  # the plan moved experts to functions
             assert client.generate(token_ids=ids, max_new_tokens=12, request_id="req-2").token_ids == expected
+            with pytest.raises(InvalidArgument, match="slo_tpot_s"):
+                client.generate(token_ids=ids, max_new_tokens=2, slo_tpot_s=-1.0)
         records = Ledger(cluster.redis_url).read()
         assert [r.request_id for r in records] == ["req-1", "req-2"]
         first = records[0]

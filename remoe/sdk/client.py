@@ -77,8 +77,11 @@ def build_request(
     stop: list[str] | None = None,
     ignore_eos: bool = False,
     request_id: str = "",
+    slo_ttft_s: float = 0.0,
+    slo_tpot_s: float = 0.0,
 ) -> gateway_pb2.GenerateRequest:
-    """The GenerateRequest for these options (the keyword arguments of Client.generate/stream)."""
+    """The GenerateRequest for these options (the keyword arguments of Client.generate/stream). The SLOs (0 = the
+    cluster's default) are what the scheduler plans this request for."""
     if (prompt is None) == (token_ids is None):
         raise ValueError("pass exactly one of prompt and token_ids")
     sampling = common_pb2.SamplingParams(
@@ -86,7 +89,9 @@ def build_request(
     )
     if seed is not None:
         sampling.seed = seed
-    request = gateway_pb2.GenerateRequest(sampling=sampling, stop=stop or [], request_id=request_id)
+    request = gateway_pb2.GenerateRequest(
+        sampling=sampling, stop=stop or [], request_id=request_id, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s
+    )
     if prompt is not None:
         request.prompt = prompt
     else:

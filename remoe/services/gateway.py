@@ -119,6 +119,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         ids = self._prompt_ids(request, context)
         if request.sampling.max_new_tokens == 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be >= 1")
+        for name in ("slo_ttft_s", "slo_tpot_s"):
+            value = getattr(request, name)
+            if not value >= 0 or value == float("inf"):  # NaN fails the first test
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a finite number >= 0, got {value}")
         stops = [s for s in request.stop if s]
         if stops and self.tokenizer is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stop strings need a tokenizer")
