@@ -488,7 +488,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     if args.remote is not None and not 0 <= args.remote <= shape.experts:
         raise RemoeError(f"--remote must be in [0, {shape.experts}]")
-    result = plan(request, profile, prices, Limits(), counts=None if args.remote is None else [args.remote])
+    fixed = args.remote is not None
+    result = plan(
+        request, profile, prices, Limits(), counts=[args.remote] if fixed else None, per_layer_moves=not fixed
+    )
     document = plan_to_json(result, request, moe_layers)
     document["plan"]["forecast"] = source
     document["plan"]["model"] = shape.name
@@ -686,7 +689,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO in ms (default: none)")
     p.add_argument("--confidence", type=float, default=0.95, help="worst-case token counts hold with this (0.95)")
     p.add_argument("--profile", default=None, help="a `remoe profile` JSON (default: built-in placeholders)")
-    p.add_argument("--remote", type=int, default=None, help="start from this many remote experts per layer")
+    p.add_argument(
+        "--remote",
+        type=int,
+        default=None,
+        help="send exactly this many experts of every layer out (the lowest-utility ones; memory and replicas are "
+        "still planned) instead of letting the planner choose",
+    )
     p.add_argument("--predictor", default=None, help="predictor service address for the forecast (default: equal)")
     p.add_argument("--cpu-price", type=float, default=None, help="$ per GB-s of CPU memory (default: AWS Lambda)")
     p.add_argument("--gpu-price", type=float, default=None, help="$ per GB-s of GPU memory (default: Cloud Run L4)")

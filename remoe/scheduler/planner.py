@@ -289,10 +289,12 @@ def plan(
     prices: Prices | None = None,
     limits: Limits | None = None,
     counts: list[int] | None = None,
+    per_layer_moves: bool = True,
 ) -> Plan:
     """The cheapest feasible plan: the remote count per layer (`counts`, default 0..E in at most 17 steps)
-    with replicas for the payload limit; then, for the winner, greedy replica additions and one pass of
-    per-layer count moves. While nothing meets the SLO, the next counts get the same treatment (at most 4)."""
+    with replicas for the payload limit; then, for the winner, greedy replica additions and per-layer count
+    moves (off: every layer keeps the count). While nothing meets the SLO, the next counts get the same
+    treatment (at most 4)."""
     profile, prices, limits = profile or Profile(), prices or Prices(), limits or Limits()
     tokens = Tokens.of(request)
     grid = memory_grid(limits)
@@ -305,7 +307,9 @@ def plan(
     )
     best = candidates[0]
     for candidate in candidates[:4]:
-        refined = search.add_replicas(search.move_layers(search.add_replicas(candidate), step))
+        refined = search.add_replicas(candidate)
+        if per_layer_moves:
+            refined = search.add_replicas(search.move_layers(refined, step))
         best = refined if _better(refined.score, best.score) else best
         if best.score[0]:
             break
