@@ -88,12 +88,12 @@ class DispatchingExecutor:
         self.platform = platform
         self.default = self._compile(placement, {})
         services = [d for d in self.destinations if d != LOCAL and not d.startswith(FUNCTION_PREFIX)]
-        self.services = services
         self.fallback = fallback or (services[0] if services else (LOCAL if local is not None else None))
         self._streams: dict[str, ExpertStream] = {}
         self._streams_lock = threading.Lock()
         self._round_robin = itertools.count()
         self._routings: OrderedDict[tuple, Routing] = OrderedDict()
+        self._routings_lock = threading.Lock()  # requests arrive on several server threads
         self.fanout_s: deque[float] = deque(maxlen=2048)  # wall time of recent remote fan-outs
         self.retries = 0
         self.fallbacks = 0
@@ -126,10 +126,11 @@ class DispatchingExecutor:
         """The routing of a request's plan: its functions (FunctionSpecs, deployed on the platform if new)
         take their experts, every other expert stays where the default placement has it."""
         key = tuple(functions)
-        routing = self._routings.get(key)
-        if routing is not None:
-            self._routings.move_to_end(key)
-            return routing
+        with self._routings_lock:
+            routing = self._routings.get(key)
+            if routing is not None:
+                self._routings.move_to_end(key)
+                return routing
         if self.platform is None:
             raise ValueError("this backbone has no function platform, so it cannot run a plan's functions")
         remote: dict[ExpertId, str] = {}
@@ -151,9 +152,10 @@ class DispatchingExecutor:
             destinations[function_destination(spec.name)] = list(spec.experts)
         self.platform.ensure(list(functions))
         routing = self._compile(Placement(destinations), {s.name: s.memory_mb for s in functions})
-        self._routings[key] = routing
-        while len(self._routings) > ROUTINGS_KEPT:
-            self._routings.popitem(last=False)
+        with self._routings_lock:
+            self._routings[key] = routing
+            while len(self._routings) > ROUTINGS_KEPT:
+                self._routings.popitem(last=False)
         return routing
 
     @property
