@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from remoe.cluster import LocalCluster  # noqa: E402
 from remoe.model.engine import LocalEngine  # noqa: E402
+from remoe.scheduler.shape import DEEPSEEK_V2_LITE  # noqa: E402
 from remoe.sdk import Client  # noqa: E402
 
 T0 = time.monotonic()
@@ -44,35 +45,7 @@ def log(msg: str) -> None:
 
 def deepseek_v2_lite_config(layers: int, small: bool) -> AutoConfig:
     """DeepSeek-V2-Lite's published config.json shape (15.7B parameters at 27 layers); `small` shrinks it."""
-    fields = dict(
-        vocab_size=102400,
-        hidden_size=2048,
-        intermediate_size=10944,  # the dense first layer
-        moe_intermediate_size=1408,
-        num_hidden_layers=layers,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        n_shared_experts=2,
-        n_routed_experts=64,
-        num_experts_per_tok=6,
-        routed_scaling_factor=1.0,
-        first_k_dense_replace=1,
-        kv_lora_rank=512,
-        q_lora_rank=None,
-        qk_nope_head_dim=128,
-        qk_rope_head_dim=64,
-        v_head_dim=128,
-        n_group=1,
-        topk_group=1,
-        topk_method="greedy",
-        norm_topk_prob=False,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=False,
-        bos_token_id=100000,
-        eos_token_id=100001,
-    )
+    fields = {**DEEPSEEK_V2_LITE, "num_hidden_layers": layers}
     if small:
         fields.update(
             vocab_size=1024,

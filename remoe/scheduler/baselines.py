@@ -54,44 +54,42 @@ def _meets(request: Request, ttft: float, tpot: float) -> bool:
     return ttft <= request.slo_ttft_s * (1 + 1e-9) and tpot <= request.slo_tpot_s * (1 + 1e-9)
 
 
+def _on_one_device(request: Request, profile: Profile, tokens: Tokens, gpu: bool) -> tuple[float, float, float]:
+    """(TTFT, TPOT, busy seconds) with the whole model on the GPU (gpu=True) or on the CPU."""
+    if gpu:
+        speeds = profile.backbone_prefill_s_per_token, profile.backbone_decode_s, profile.gpu_expert_s_per_token
+    else:
+        speeds = (
+            profile.cpu_backbone_prefill_s_per_token,
+            profile.cpu_backbone_decode_s,
+            profile.local_expert_s_per_token,
+        )
+    return _one_device(request, tokens, *speeds)
+
+
+def _memory_gb(request: Request, limits: Limits, experts: int) -> float:
+    """Backbone + KV cache + this many experts' weights, rounded up to the memory step."""
+    gb = request.backbone_bytes / GIB + _kv_gb(request) + experts * request.expert_bytes / GIB
+    return round_up(gb, limits.memory_step_gb)
+
+
 def cpu_only(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
-    ttft, tpot, busy = _one_device(
-        request,
-        tokens,
-        profile.cpu_backbone_prefill_s_per_token,
-        profile.cpu_backbone_decode_s,
-        profile.local_expert_s_per_token,
-    )
-    all_experts = request.layers * request.experts * request.expert_bytes / GIB
-    memory = round_up(request.backbone_bytes / GIB + _kv_gb(request) + all_experts, limits.memory_step_gb)
+    ttft, tpot, busy = _on_one_device(request, profile, tokens, gpu=False)
+    memory = _memory_gb(request, limits, request.layers * request.experts)
     return SystemCost("CPU", ttft, tpot, prices.cpu_gb_s * memory * busy, 0.0, memory, 0.0, _meets(request, ttft, tpot))
 
 
 def gpu_only(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
-    ttft, tpot, busy = _one_device(
-        request,
-        tokens,
-        profile.backbone_prefill_s_per_token,
-        profile.backbone_decode_s,
-        profile.gpu_expert_s_per_token,
-    )
-    all_experts = request.layers * request.experts * request.expert_bytes / GIB
-    memory = round_up(request.backbone_bytes / GIB + _kv_gb(request) + all_experts, limits.memory_step_gb)
+    ttft, tpot, busy = _on_one_device(request, profile, tokens, gpu=True)
+    memory = _memory_gb(request, limits, request.layers * request.experts)
     return SystemCost("GPU", ttft, tpot, prices.gpu_gb_s * memory * busy, memory, 0.0, 0.0, _meets(request, ttft, tpot))
 
 
 def fetch(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
-    ttft, tpot, busy = _one_device(
-        request,
-        tokens,
-        profile.backbone_prefill_s_per_token,
-        profile.backbone_decode_s,
-        profile.gpu_expert_s_per_token,
-    )
+    ttft, tpot, busy = _on_one_device(request, profile, tokens, gpu=True)
     used = (tokens.route > 0).sum(1)  # [L] experts the request may touch per layer
     window = (used[:-1] + used[1:]) if request.layers > 1 else used  # the layer computed and the one prefetched
-    resident = int(window.max()) * request.expert_bytes / GIB
-    memory = round_up(request.backbone_bytes / GIB + _kv_gb(request) + resident, limits.memory_step_gb)
+    memory = _memory_gb(request, limits, int(window.max()))
     return SystemCost(
         "Fetch", ttft, tpot, prices.gpu_gb_s * memory * busy, memory, 0.0, 0.0, _meets(request, ttft, tpot)
     )

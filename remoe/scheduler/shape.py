@@ -91,30 +91,44 @@ def shape_of_model(model_dir: str | Path) -> ModelShape:
     )
 
 
-def deepseek_v2_lite() -> ModelShape:
-    """DeepSeek-V2-Lite's published config (27 layers, the first dense: 26 MoE layers x 64 routed experts, top-6,
-    2 shared experts), bf16, sized on the meta device."""
-    from transformers import DeepseekV2Config
+# DeepSeek-V2-Lite's published config.json (15.7B parameters at 27 layers, the first dense), without weights.
+DEEPSEEK_V2_LITE = dict(
+    vocab_size=102400,
+    hidden_size=2048,
+    intermediate_size=10944,  # the dense first layer
+    moe_intermediate_size=1408,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    n_shared_experts=2,
+    n_routed_experts=64,
+    num_experts_per_tok=6,
+    routed_scaling_factor=1.0,
+    first_k_dense_replace=1,
+    kv_lora_rank=512,
+    q_lora_rank=None,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    n_group=1,
+    topk_group=1,
+    topk_method="greedy",
+    norm_topk_prob=False,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    tie_word_embeddings=False,
+    bos_token_id=100000,
+    eos_token_id=100001,
+)
 
-    config = DeepseekV2Config(
-        vocab_size=102400,
-        hidden_size=2048,
-        intermediate_size=10944,
-        moe_intermediate_size=1408,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        n_shared_experts=2,
-        n_routed_experts=64,
-        num_experts_per_tok=6,
-        first_k_dense_replace=1,
-        kv_lora_rank=512,
-        q_lora_rank=None,
-        qk_rope_head_dim=64,
-        v_head_dim=128,
-        qk_nope_head_dim=128,
-        max_position_embeddings=4096,
-    )
+
+def deepseek_v2_lite() -> ModelShape:
+    """DeepSeek-V2-Lite (26 MoE layers x 64 routed experts, top-6, 2 shared experts), bf16, sized on the meta
+    device."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("deepseek_v2", **DEEPSEEK_V2_LITE)
     return shape_of_config("DeepSeek-V2-Lite", config, torch.bfloat16)
 
 
