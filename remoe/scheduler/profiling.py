@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -85,7 +86,7 @@ def load_profile(path: str | Path) -> Profile:
 
 def fit_remote(memory_gb: list[float], seconds: list[float]) -> tuple[float, float, float]:
     """Least-squares T(y) = th1 exp(-th2 y) + th3 with every parameter >= 0."""
-    from scipy.optimize import curve_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     y, t = np.asarray(memory_gb, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
     if len(y) < 3:
@@ -97,7 +98,9 @@ def fit_remote(memory_gb: list[float], seconds: list[float]) -> tuple[float, flo
         return th1 * np.exp(-th2 * y) + th3
 
     try:
-        params, _ = curve_fit(model, y, t, p0=start, bounds=([0, 0, 0], [np.inf, 50.0, np.inf]), maxfev=20000)
+        with warnings.catch_warnings():  # 3-4 points for 3 parameters: no covariance, which is not used
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(model, y, t, p0=start, bounds=([0, 0, 0], [np.inf, 50.0, np.inf]), maxfev=20000)
     except RuntimeError:  # no convergence: a flat line at the mean is the honest fit
         return (0.0, 1.0, float(t.mean()))
     return tuple(float(p) for p in params)
