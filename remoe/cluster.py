@@ -2,8 +2,9 @@
 
 Expert services start first on free ports; the backbone is pointed at them (sending each a round-robin
 share of every layer's experts, and the remote share to functions it starts on demand when a remote ratio
-is set); the gateway at the backbone. Each process writes its port to a ready file once it serves; logs go
-to one file per service under the run directory.
+is set); the gateway at the backbone. Each process is configured by the same environment variables
+(`REMOE_<SERVICE>_<FIELD>`, remoe/settings.py) as in docker-compose and Kubernetes, writes its port to a
+ready file once it serves, and logs to one file per service under the run directory.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remoe.errors import RemoeError
+from remoe.settings import SERVICES, env_for
 
 
 class ClusterError(RemoeError):
@@ -37,6 +40,7 @@ class ServiceProcess:
     argv: list[str]
     log_path: Path
     ready_file: Path
+    env: dict[str, str] = field(default_factory=dict)  # its settings, REMOE_<SERVICE>_*
     process: subprocess.Popen | None = None
     port: int = 0
     started_s: float = 0.0
@@ -90,11 +94,13 @@ class LocalCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _service(self, name: str, module: str, args: list[str]) -> ServiceProcess:
+    def _service(self, name: str, kind: str, /, **settings: Any) -> ServiceProcess:
+        """A service process `python -m remoe.services.KIND` configured by its environment variables."""
         ready = self.run_dir / f"{name}.port"
         ready.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", module, "--model", str(self.model_dir), "--ready-file", str(ready), *args]
-        return ServiceProcess(name, argv, self.run_dir / f"{name}.log", ready)
+        env = env_for(SERVICES[kind], model=self.model_dir, ready_file=ready, **settings)
+        argv = [sys.executable, "-m", f"remoe.services.{kind}"]
+        return ServiceProcess(name, argv, self.run_dir / f"{name}.log", ready, env)
 
     def _threads_per_service(self) -> int:
         # OpenMP threads spin while they wait; more of them than cores across processes costs each fan-out
@@ -103,7 +109,7 @@ class LocalCluster:
 
     def _spawn(self, service: ServiceProcess) -> None:
         threads = str(self._threads_per_service())
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, **self.env, **service.env}
         log = service.log_path.open("ab")
         service.process = subprocess.Popen(
             service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -134,46 +140,51 @@ class LocalCluster:
 
     def start(self, report: Callable[[str], None] = lambda _: None, timeout_s: float = 180.0) -> LocalCluster:
         try:
-            experts = []
-            for i in range(self.expert_services):
-                args = ["--port", "0", "--name", f"expert-{i}"]
-                if self.expert_budget_bytes:
-                    args += ["--budget-bytes", str(self.expert_budget_bytes)]
-                experts.append(self._service(f"expert-{i}", "remoe.services.expert", args))
+            experts = [
+                self._service(
+                    f"expert-{i}", "expert", port=0, name=f"expert-{i}", budget_bytes=self.expert_budget_bytes or None
+                )
+                for i in range(self.expert_services)
+            ]
             for service in experts:
                 self._spawn(service)
             report(f"starting {len(experts)} expert service(s); logs in {self.run_dir}")
             self._wait_ready(experts, timeout_s, report)
 
-            args = ["--port", "0", "--run-dir", str(self.run_dir / "functions")]
-            for service in experts:
-                args += ["--expert", service.address]
-            if self.backbone_device:
-                args += ["--device", self.backbone_device]
-            if self.plan_file:
-                args += ["--plan", str(self.plan_file)]
-            elif self.remote_ratio:
-                args += ["--remote-ratio", str(self.remote_ratio)]
-            args += ["--function-ttl", str(self.function_ttl_s), "--function-memory-mb", str(self.function_memory_mb)]
-            backbone = self._service("backbone", "remoe.services.backbone", args)
+            backbone = self._service(
+                "backbone",
+                "backbone",
+                port=0,
+                run_dir=self.run_dir / "functions",
+                experts=[service.address for service in experts] or None,
+                device=self.backbone_device,
+                plan=self.plan_file,
+                remote_ratio=None if self.plan_file else self.remote_ratio or None,
+                function_ttl_s=self.function_ttl_s,
+                function_memory_mb=self.function_memory_mb,
+            )
             self._spawn(backbone)
             self._wait_ready([backbone], timeout_s, report)
 
-            gateway_args = ["--port", str(self.port), "--backbone", backbone.address]
+            gateway_settings: dict[str, Any] = {
+                "port": self.port,
+                "backbone": backbone.address,
+                "prewarm": self.prewarm,
+            }
             wanted = self.scheduler if self.scheduler is not None else self.profile is not None
             planned = wanted and not (self.plan_file or self.remote_ratio)
             if self.predictor or planned:
                 self.redis_url = self._start_redis(report)
             if self.predictor:
-                gateway_args += ["--predictor", self._start_predictor(timeout_s, report)]
+                gateway_settings["predictor"] = self._start_predictor(timeout_s, report)
             if planned:
-                gateway_args += ["--scheduler", self._start_scheduler(timeout_s, report)]
-                gateway_args += ["--slo-ttft-ms", str(self.slo_ttft_ms), "--slo-tpot-ms", str(self.slo_tpot_ms)]
-                if self.redis_url:
-                    gateway_args += ["--ledger-redis-url", self.redis_url]
-            gateway = self._service(
-                "gateway", "remoe.services.gateway", gateway_args + ([] if self.prewarm else ["--no-prewarm"])
-            )
+                gateway_settings.update(
+                    scheduler=self._start_scheduler(timeout_s, report),
+                    slo_ttft_ms=self.slo_ttft_ms,
+                    slo_tpot_ms=self.slo_tpot_ms,
+                    ledger_redis_url=self.redis_url,
+                )
+            gateway = self._service("gateway", "gateway", **gateway_settings)
             self._spawn(gateway)
             self._wait_ready([gateway], timeout_s, report)
             self.port = gateway.port
@@ -207,21 +218,16 @@ class LocalCluster:
         return url
 
     def _start_scheduler(self, timeout_s: float, report: Callable[[str], None]) -> str:
-        args = ["--port", "0"]
-        if self.redis_url:
-            args += ["--redis-url", self.redis_url]
-        if self.profile:
-            args += ["--profile", str(Path(self.profile).resolve())]
-        scheduler = self._service("scheduler", "remoe.services.scheduler", args)
+        profile = Path(self.profile).resolve() if self.profile else None
+        scheduler = self._service("scheduler", "scheduler", port=0, redis_url=self.redis_url, profile=profile)
         self._spawn(scheduler)
         self._wait_ready([scheduler], timeout_s, report)
         return scheduler.address
 
     def _start_predictor(self, timeout_s: float, report: Callable[[str], None]) -> str:
-        args = ["--port", "0", "--qdrant-path", str(self.run_dir / "qdrant")]
-        if self.redis_url:
-            args += ["--redis-url", self.redis_url]
-        predictor = self._service("predictor", "remoe.services.predictor", args)
+        predictor = self._service(
+            "predictor", "predictor", port=0, qdrant_path=self.run_dir / "qdrant", redis_url=self.redis_url
+        )
         self._spawn(predictor)
         self._wait_ready([predictor], timeout_s, report)
         return predictor.address

@@ -1,5 +1,9 @@
 """A function instance's configuration, all from environment variables (Knative's way).
 
+The services' settings are pydantic-settings classes (remoe/settings.py); the function's is a plain dataclass
+read by hand on purpose: importing pydantic-settings costs about 0.17 s, which every cold start would pay.
+The platform that starts a function (local processes, or Knative via the function template) sets these:
+
 PORT                    port to serve h2c gRPC on (Knative sets it; default 8080)
 REMOE_HOST              address to bind (default 127.0.0.1; the Knative manifest sets 0.0.0.0)
 REMOE_MODEL_DIR         checkpoint or split directory

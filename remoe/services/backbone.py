@@ -1,12 +1,11 @@
 """Backbone service: the model's non-expert part; each MoE layer fans out to the expert services.
 
-    python -m remoe.services.backbone --model DIR --expert 127.0.0.1:50061@0/2 --expert 127.0.0.1:50062@1/2
-Without --expert every routed expert runs in this process.
+    python -m remoe.services.backbone --model DIR --experts 127.0.0.1:50061,127.0.0.1:50062
+Without --experts every routed expert runs in this process.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import threading
@@ -27,12 +26,13 @@ from remoe.model.backbone import Backbone, resolve_dtype
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
 from remoe.model.tokenizer import eos_token_ids
 from remoe.model.weights import open_weights
-from remoe.platform.base import FunctionStartError
+from remoe.platform.base import FunctionPlatform, FunctionStartError
 from remoe.platform.local import LocalFunctionPlatform
 from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
-from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import tracer
+from remoe.settings import BackboneSettings, load_settings
 from remoe.transport.expert_stream import RemoteExpertError
 from remoe.transport.request_context import current_deadline, current_request_id
 
@@ -267,59 +267,49 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         )
 
 
-def parse_expert_arg(text: str) -> str:
-    """`ADDRESS` (or the older `ADDRESS@INDEX/COUNT`, whose shard part is ignored)."""
-    address = text.rpartition("@")[0] or text
-    if ":" not in address:
-        raise ValueError(f"--expert {text!r} is not HOST:PORT, e.g. 127.0.0.1:50061")
-    return address
+def make_platform(s: BackboneSettings) -> FunctionPlatform:
+    """Local processes beside the backbone, or Knative Services in the backbone's cluster."""
+    if s.function_platform == "knative":
+        from remoe.platform.knative import KnativeFunctionPlatform, KnativeSettings, load_template
+
+        knative = KnativeSettings(
+            namespace=s.knative_namespace,
+            image=s.knative_image,
+            model_pvc=s.knative_model_pvc,
+            model_subdir=s.knative_model_subdir,
+            idle_ttl_s=round(s.function_ttl_s),
+            template=load_template(s.knative_template) if s.knative_template else None,
+        )
+        return KnativeFunctionPlatform(knative)
+    run_dir = Path(s.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
+    return LocalFunctionPlatform(str(s.model), run_dir, idle_ttl_s=s.function_ttl_s)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m remoe.services.backbone", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint or split directory")
-    parser.add_argument(
-        "--expert",
-        action="append",
-        default=[],
-        metavar="ADDRESS",
-        help="an expert service (repeat; experts are spread round-robin; default: all in this process)",
-    )
-    parser.add_argument("--remote-ratio", type=float, default=0.0, help="share of each layer's experts in functions")
-    parser.add_argument("--plan", default=None, help="a plan file (JSON) naming the functions instead")
-    parser.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function")
-    parser.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function stops")
-    parser.add_argument("--run-dir", default=None, help="where function instances keep logs (default: temp)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
-    parser.add_argument("--max-new-tokens", type=int, default=4096, help="largest max_new_tokens accepted")
-    add_server_args(parser, default_port=50052)
-    args = parser.parse_args(argv)
-    setup_logging("backbone", args.verbose)
-    server = Server("backbone", args.host, args.port, args.workers)
-    weights = open_weights(args.model)
-    dtype = resolve_dtype(weights.config, args.dtype)
+    s = load_settings(BackboneSettings, argv, "python -m remoe.services.backbone", __doc__.split("\n")[0])
+    setup_logging("backbone", s.verbose)
+    server = Server("backbone", s.host, s.port, s.workers)
+    model = str(s.model)
+    weights = open_weights(model)
+    dtype = resolve_dtype(weights.config, s.dtype)
     arch = weights.arch
-    services = [parse_expert_arg(e) for e in args.expert]
-    if args.plan:
-        functions = load_plan_file(args.plan)
+    services = s.experts
+    if s.plan:
+        functions = load_plan_file(s.plan)
     else:
-        functions = remote_ratio_functions(
-            arch.layer_indices, arch.num_experts, args.remote_ratio, args.function_memory_mb
-        )
+        functions = remote_ratio_functions(arch.layer_indices, arch.num_experts, s.remote_ratio, s.function_memory_mb)
     placement = plan_with_functions(arch.layer_indices, arch.num_experts, services, functions)
     # Always a platform: the scheduler's plans bring their own functions with each request.
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
-    platform = LocalFunctionPlatform(args.model, run_dir, idle_ttl_s=args.function_ttl)
+    platform = make_platform(s)
     platform.deploy(functions)
     # Without expert services the backbone computes locally, and takes over failed functions' batches too.
     local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
     executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local, platform=platform)
-    backbone = Backbone(weights, executor, device=args.device, dtype=dtype)
-    servicer = BackboneServicer(backbone, executor, args.model, args.max_new_tokens)
+    backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
+    servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens)
     backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
     server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
-    server.start(args.ready_file)
+    server.start(s.ready_file)
     server.wait_for_signal()
     executor.close()
     platform.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -17,16 +16,6 @@ from remoe.services.tracing import setup_tracing
 from remoe.transport.channel import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
-
-
-def add_server_args(parser: argparse.ArgumentParser, default_port: int, default_workers: int = 16) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port}; 0 = any free)")
-    parser.add_argument(
-        "--workers", type=int, default=default_workers, help=f"concurrent RPCs/streams (default {default_workers})"
-    )
-    parser.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
 class Server:

@@ -8,7 +8,6 @@ over a failed function's batches. `--budget-bytes` bounds what it keeps loaded (
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -24,8 +23,9 @@ from remoe.experts.executor import ExpertNotHostedError, LocalExpertExecutor
 from remoe.model.backbone import resolve_dtype
 from remoe.model.weights import open_weights
 from remoe.proto import expert_pb2, expert_pb2_grpc
-from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import context_from, tracer
+from remoe.settings import ExpertSettings, load_settings
 from remoe.transport import tensor_codec
 
 log = logging.getLogger(__name__)
@@ -173,26 +173,15 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m remoe.services.expert", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint or split directory")
-    parser.add_argument("--budget-bytes", type=int, default=None, help="expert bytes kept loaded (default: all)")
-    parser.add_argument("--dtype", default="auto", help="compute dtype (default: the checkpoint's own)")
-    parser.add_argument("--name", default="expert", help="name in status output (default expert)")
-    # Each open Compute stream holds a worker: one per concurrent backbone request thread.
-    add_server_args(parser, default_port=50061, default_workers=64)
-    args = parser.parse_args(argv)
-    name = args.name
-    setup_logging(name, args.verbose)
-    server = Server(name, args.host, args.port, args.workers)
-    weights = open_weights(args.model)
-    executor = LocalExpertExecutor(
-        weights,
-        budget_bytes=args.budget_bytes,
-        dtype=resolve_dtype(weights.config, args.dtype),
-    )
+    s = load_settings(ExpertSettings, argv, "python -m remoe.services.expert", __doc__.split("\n")[0])
+    name = s.name
+    setup_logging(name, s.verbose)
+    server = Server(name, s.host, s.port, s.workers)
+    weights = open_weights(s.model)
+    executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=resolve_dtype(weights.config, s.dtype))
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(executor, name), server.server)
     server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)
-    server.start(args.ready_file)
+    server.start(s.ready_file)
     server.wait_for_signal()
 
 

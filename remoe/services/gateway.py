@@ -5,7 +5,6 @@ python -m remoe.services.gateway --model DIR --backbone 127.0.0.1:50052 [--port 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -36,8 +35,9 @@ from remoe.scheduler.ledger import Ledger, meter
 from remoe.scheduler.plan_output import functions_of_reply
 from remoe.scheduler.problem import Limits, Prices
 from remoe.scheduler.shape import shape_of_model
-from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import outgoing_metadata
+from remoe.settings import GatewaySettings, load_settings
 from remoe.transport import tensor_codec
 from remoe.transport.channel import insecure_channel
 
@@ -276,28 +276,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m remoe.services.gateway", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint or split directory (for tokenizer)")
-    parser.add_argument("--backbone", required=True, help="backbone service address, e.g. 127.0.0.1:50052")
-    parser.add_argument(
-        "--no-prewarm", action="store_true", help="do not warm the plan's functions when a request arrives"
-    )
-    parser.add_argument("--predictor", default=None, help="predictor service address (default: no forecasts)")
-    parser.add_argument("--scheduler", default=None, help="scheduler service address (default: backbone's placement)")
-    parser.add_argument("--ledger-redis-url", default=None, help="Redis for the metering ledger (default: none)")
-    parser.add_argument("--slo-ttft-ms", type=float, default=0.0, help="default TTFT SLO for plans (0 = none)")
-    parser.add_argument("--slo-tpot-ms", type=float, default=0.0, help="default TPOT SLO for plans (0 = none)")
-    add_server_args(parser, default_port=50051)
-    args = parser.parse_args(argv)
-    setup_logging("gateway", args.verbose)
-    server = Server("gateway", args.host, args.port, args.workers)
-    planning = PlanningConfig(args.scheduler, args.ledger_redis_url, args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3)
-    servicer = GatewayServicer(
-        args.model, args.backbone, prewarm=not args.no_prewarm, predictor_address=args.predictor, planning=planning
-    )
+    s = load_settings(GatewaySettings, argv, "python -m remoe.services.gateway", __doc__.split("\n")[0])
+    setup_logging("gateway", s.verbose)
+    server = Server("gateway", s.host, s.port, s.workers)
+    planning = PlanningConfig(s.scheduler, s.ledger_redis_url, s.slo_ttft_ms / 1e3, s.slo_tpot_ms / 1e3)
+    servicer = GatewayServicer(s.model, s.backbone, prewarm=s.prewarm, predictor_address=s.predictor, planning=planning)
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
-    server.start(args.ready_file)
+    server.start(s.ready_file)
     server.wait_for_signal()
 
 

@@ -12,7 +12,6 @@ import os
 # embedding (measured on 2 cores: 6.6 ms per prompt with passive waiting, 10.9 ms with spinning threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import logging  # noqa: E402
 
@@ -28,7 +27,8 @@ from remoe.predictor.prior import GlobalPrior  # noqa: E402
 from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine  # noqa: E402
 from remoe.predictor.store import PromptStore  # noqa: E402
 from remoe.proto import predictor_pb2, predictor_pb2_grpc  # noqa: E402
-from remoe.services.common import Server, add_server_args, setup_logging  # noqa: E402
+from remoe.services.common import Server, setup_logging  # noqa: E402
+from remoe.settings import PredictorSettings, load_settings  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -97,20 +97,15 @@ def build_predictor(model_dir: str, qdrant_path: str | None, qdrant_url: str | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m remoe.services.predictor", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint or split directory")
-    parser.add_argument("--qdrant-path", default=None, help="embedded Qdrant directory (one process per path)")
-    parser.add_argument("--qdrant-url", default=None, help="a Qdrant server instead, e.g. http://127.0.0.1:6333")
-    parser.add_argument("--redis-url", default=None, help="Redis for the global prior (default: none)")
-    add_server_args(parser, default_port=50053)
-    args = parser.parse_args(argv)
-    setup_logging("predictor", args.verbose)
-    server = Server("predictor", args.host, args.port, args.workers)
-    predictor, arch = build_predictor(args.model, args.qdrant_path, args.qdrant_url, args.redis_url)
+    s = load_settings(PredictorSettings, argv, "python -m remoe.services.predictor", __doc__.split("\n")[0])
+    setup_logging("predictor", s.verbose)
+    server = Server("predictor", s.host, s.port, s.workers)
+    qdrant_path = str(s.qdrant_path) if s.qdrant_path else None
+    predictor, arch = build_predictor(str(s.model), qdrant_path, s.qdrant_url, s.redis_url)
     servicer = PredictorServicer(predictor, arch.layer_indices, arch.num_experts, arch.top_k)
     predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server.server)
     server.add(predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name)
-    server.start(args.ready_file)
+    server.start(s.ready_file)
     server.wait_for_signal()
 
 

@@ -5,7 +5,6 @@ python -m remoe.services.scheduler --model DIR [--profile profile.json] [--redis
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 
@@ -16,7 +15,8 @@ from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
 from remoe.scheduler.profiling import load_profile
 from remoe.scheduler.shape import shape_of_model
-from remoe.services.common import Server, add_server_args, setup_logging
+from remoe.services.common import Server, setup_logging
+from remoe.settings import SchedulerSettings, load_settings
 from remoe.transport.tensor_codec import TensorDecodeError
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,15 @@ def build_service(model_dir: str, profile_path: str | None, redis_url: str | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m remoe.services.scheduler", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint or split directory")
-    parser.add_argument("--profile", default=None, help="`remoe profile` JSON (default: placeholder speeds)")
-    parser.add_argument("--redis-url", default=None, help="Redis for the plan cache (default: this process only)")
-    parser.add_argument("--cpu-price", type=float, default=None, help="$ per GB-s of CPU memory (default: Lambda)")
-    parser.add_argument("--gpu-price", type=float, default=None, help="$ per GB-s of GPU memory (default: L4)")
-    add_server_args(parser, default_port=50054)
-    args = parser.parse_args(argv)
-    setup_logging("scheduler", args.verbose)
+    s = load_settings(SchedulerSettings, argv, "python -m remoe.services.scheduler", __doc__.split("\n")[0])
+    setup_logging("scheduler", s.verbose)
     defaults = Prices()
-    prices = Prices(args.cpu_price or defaults.cpu_gb_s, args.gpu_price or defaults.gpu_gb_s)
-    server = Server("scheduler", args.host, args.port, args.workers)
-    service = build_service(args.model, args.profile, args.redis_url, prices)
+    prices = Prices(s.cpu_price or defaults.cpu_gb_s, s.gpu_price or defaults.gpu_gb_s)
+    server = Server("scheduler", s.host, s.port, s.workers)
+    service = build_service(str(s.model), str(s.profile) if s.profile else None, s.redis_url, prices)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), server.server)
     server.add(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
-    server.start(args.ready_file)
+    server.start(s.ready_file)
     server.wait_for_signal()
 
 
