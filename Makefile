@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler clean help
+.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler \
+	images images-cuda compose-up compose-down kind-up kind-down clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -18,6 +19,9 @@ help:
 	@echo "make bench-cold-start  function cold start (lazy vs whole checkpoint); cold TTFT with/without pre-warm"
 	@echo "make bench-predictor   SPS forecast accuracy (trained and random-init model) and predict latency"
 	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
+	@echo "make images        build the remoe/* container images (needs a Docker engine); images-cuda: the CUDA backbone"
+	@echo "make compose-up    the docker-compose local cluster (GPU=1: the CUDA backbone); compose-down stops it"
+	@echo "make kind-up       a kind cluster with Knative Serving, Remoe deployed on it; kind-down deletes it"
 
 install: $(STAMP)
 
@@ -64,6 +68,44 @@ bench-scheduler: $(STAMP) system-deps
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/scheduler_accuracy.py
 	$(BIN)/python bench/scheduler_costs.py
+
+VERSION := 0.1.0
+SERVICE_IMAGES := gateway backbone predictor scheduler expert tools
+# Each image is a target of docker/Dockerfile (they share its build stage, so the later ones take seconds).
+images:
+	@for target in $(SERVICE_IMAGES); do \
+	  echo "--- remoe/$$target:$(VERSION)"; \
+	  docker build -f docker/Dockerfile --target $$target -t remoe/$$target:$(VERSION) . || exit 1; \
+	done
+	docker build -f docker/Dockerfile --target function -t remoe/expert-function:$(VERSION) .
+
+# The backbone with PyPI's CUDA build of torch (the host needs an NVIDIA driver and container toolkit).
+images-cuda:
+	docker build -f docker/Dockerfile --target backbone --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
+	  -t remoe/backbone-cuda:$(VERSION) .
+
+# docker compose v2 when there is one (it waits for health itself), else Debian's docker-compose (v1).
+COMPOSE_V2 := $(shell docker compose version >/dev/null 2>&1 && echo yes)
+COMPOSE := $(if $(COMPOSE_V2),docker compose,docker-compose)
+COMPOSE_PROFILE := $(if $(GPU),gpu,cpu)
+
+compose-up: images $(if $(GPU),images-cuda)
+	COMPOSE_PROFILES=$(COMPOSE_PROFILE) $(COMPOSE) up -d $(if $(COMPOSE_V2),--wait)
+	@# compose v1 has no --wait: poll the gateway's health (it is healthy once it and the backbone serve).
+	@for i in $$(seq 1 120); do \
+	  status=$$(docker inspect -f '{{.State.Health.Status}}' $$($(COMPOSE) ps -q gateway) 2>/dev/null); \
+	  [ "$$status" = healthy ] && break; [ $$i = 1 ] && echo "waiting for the gateway to be healthy ..."; sleep 5; \
+	done; [ "$$status" = healthy ] || { echo "gateway not healthy after 10 minutes: $(COMPOSE) logs"; exit 1; }
+	@echo "gateway on 127.0.0.1:50051 (try: .venv/bin/remoe generate --address 127.0.0.1:50051 Hello); Jaeger UI http://127.0.0.1:16686"
+
+compose-down:
+	COMPOSE_PROFILES=cpu,gpu $(COMPOSE) down
+
+kind-up:
+	scripts/kind-up.sh
+
+kind-down:
+	kind delete cluster --name remoe
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

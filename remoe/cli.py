@@ -279,14 +279,19 @@ def _knative_functions(args: argparse.Namespace):
 
 
 def _knative_settings(args: argparse.Namespace):
-    from remoe.platform.knative import KnativeSettings
+    from remoe.platform.knative import KnativeSettings, load_template
 
+    try:
+        template = load_template(args.template) if args.template else None
+    except (OSError, ValueError) as e:
+        raise RemoeError(str(e)) from None
     return KnativeSettings(
         namespace=args.namespace,
         image=args.image,
         model_pvc=args.pvc,
         model_subdir=args.model_subdir,
         idle_ttl_s=args.idle_ttl,
+        template=template,
     )
 
 
@@ -607,7 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--remote-ratio", type=float, default=0.5, help="share of each layer's experts (default 0.5)")
         p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size per function (MiB)")
         p.add_argument("--namespace", default="remoe", help="Kubernetes namespace (default remoe)")
-        p.add_argument("--image", default="remoe/expert-function:latest", help="function container image")
+        p.add_argument("--image", default="remoe/expert-function:0.1.0", help="function container image")
+        p.add_argument(
+            "--template", default=None, help="Knative Service YAML to start from (k8s/base/function-template.yaml)"
+        )
         p.add_argument("--pvc", default="remoe-models", help="PersistentVolumeClaim holding the model")
         p.add_argument("--model-subdir", default="model", help="model directory inside the volume (default model)")
         p.add_argument("--idle-ttl", type=int, default=60, help="seconds idle before scaling to zero (default 60)")

@@ -60,7 +60,11 @@ def test_manifest_carries_the_plan(validator):
     assert manifest["metadata"] == {
         "name": "remoe-layer1-remote",
         "namespace": "prod",
-        "labels": {"app.kubernetes.io/part-of": "remoe", "remoe.dev/function": "layer1-remote"},
+        "labels": {
+            "app.kubernetes.io/part-of": "remoe",
+            "networking.knative.dev/visibility": "cluster-local",  # no route from outside the cluster
+            "remoe.dev/function": "layer1-remote",
+        },
     }
     assert annotations["autoscaling.knative.dev/min-scale"] == "0"
     assert annotations["autoscaling.knative.dev/max-scale"] == "2"

@@ -11,9 +11,13 @@ Cluster prerequisites (see docs/knative.md): Knative Serving with the PVC volume
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from remoe.functions.config import format_experts
 from remoe.platform.base import FunctionSpec, InstanceStatus
@@ -23,65 +27,53 @@ GROUP, VERSION, PLURAL = "serving.knative.dev", "v1", "services"
 PART_OF = "app.kubernetes.io/part-of"
 FUNCTION_LABEL = "remoe.dev/function"
 MODEL_MOUNT = "/models"
+VISIBILITY = "networking.knative.dev/visibility"
 H2C_PORT = 8080
 
 
 @dataclass(frozen=True, slots=True)
 class KnativeSettings:
     namespace: str = "remoe"
-    image: str = "remoe/expert-function:latest"
+    image: str = "remoe/expert-function:0.1.0"
     model_pvc: str = "remoe-models"
     model_subdir: str = "model"  # the model directory inside the volume
     idle_ttl_s: int = 60  # kept warm this long after the last request, then scaled to zero
     prefix: str = "remoe-"
+    # A Knative Service every function starts from (k8s/base/function-template.yaml, mounted into the backbone):
+    # operators add node selectors, tolerations or pull policies there; None = default_template().
+    template: dict[str, Any] | None = field(default=None, compare=False)
 
     def service_name(self, function: str) -> str:
         return f"{self.prefix}{function}"
 
 
-def render_service(spec: FunctionSpec, settings: KnativeSettings) -> dict[str, Any]:
-    """The Knative Service manifest for one function (a plain dict, ready for YAML or the API)."""
-    name = settings.service_name(spec.name)
-    cpu_millis = max(100, spec.memory_mb * 1000 // 1024)  # 1 GB of memory buys 1 vCPU, as in the paper
-    env = {
-        "REMOE_MODEL_DIR": f"{MODEL_MOUNT}/{settings.model_subdir}",
-        "REMOE_FUNCTION_EXPERTS": format_experts(list(spec.experts)),
-        "REMOE_FUNCTION_NAME": spec.name,
-        "REMOE_MEMORY_BYTES": str(spec.memory_mb * 2**20),
-        "REMOE_HOST": "0.0.0.0",  # inside the pod; Knative's queue-proxy is the only way in
-    }
+def default_template() -> dict[str, Any]:
+    """What every function's Service shares: scale from zero, cluster-local only, h2c, non-root, model read-only."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Service",
         "metadata": {
-            "name": name,
-            "namespace": settings.namespace,
-            "labels": {PART_OF: "remoe", FUNCTION_LABEL: spec.name},
+            "name": "remoe-function-template",
+            "labels": {PART_OF: "remoe", VISIBILITY: "cluster-local"},
         },
         "spec": {
             "template": {
                 "metadata": {
-                    "labels": {PART_OF: "remoe", FUNCTION_LABEL: spec.name},
+                    "labels": {PART_OF: "remoe"},
                     "annotations": {
                         "autoscaling.knative.dev/min-scale": "0",
-                        "autoscaling.knative.dev/max-scale": str(spec.replicas),
                         "autoscaling.knative.dev/initial-scale": "0",
-                        "autoscaling.knative.dev/scale-to-zero-pod-retention-period": f"{settings.idle_ttl_s}s",
                     },
                 },
                 "spec": {
-                    "containerConcurrency": spec.concurrency,
+                    "containerConcurrency": 0,
                     "timeoutSeconds": 300,
                     "containers": [
                         {
                             "name": "expert-function",
-                            "image": settings.image,
+                            "image": "remoe/expert-function:0.1.0",
                             "ports": [{"name": "h2c", "containerPort": H2C_PORT}],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                            "resources": {
-                                "requests": {"memory": f"{spec.memory_mb}Mi", "cpu": f"{cpu_millis}m"},
-                                "limits": {"memory": f"{spec.memory_mb}Mi", "cpu": f"{cpu_millis}m"},
-                            },
+                            "env": [{"name": "REMOE_HOST", "value": "0.0.0.0"}],  # Knative's queue-proxy is the way in
                             "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
                             "securityContext": {
                                 "runAsNonRoot": True,
@@ -91,12 +83,69 @@ def render_service(spec: FunctionSpec, settings: KnativeSettings) -> dict[str, A
                         }
                     ],
                     "volumes": [
-                        {"name": "model", "persistentVolumeClaim": {"claimName": settings.model_pvc, "readOnly": True}}
+                        {"name": "model", "persistentVolumeClaim": {"claimName": "remoe-models", "readOnly": True}}
                     ],
                 },
             }
         },
     }
+
+
+def load_template(path: str | Path) -> dict[str, Any]:
+    """A Knative Service YAML to render functions from; it must have one container and a volume named model."""
+    with open(path) as f:
+        template = yaml.safe_load(f)
+    try:
+        if template["apiVersion"] != f"{GROUP}/{VERSION}" or template["kind"] != "Service":
+            raise ValueError(f"is a {template['apiVersion']} {template['kind']}, not a {GROUP}/{VERSION} Service")
+        pod = template["spec"]["template"]["spec"]
+        if len(pod["containers"]) != 1:
+            raise ValueError("needs exactly one container")
+        if not any(v.get("name") == "model" for v in pod.get("volumes", [])):
+            raise ValueError("needs a volume named 'model' (the model PVC)")
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"function template {path}: missing {e}") from None
+    except ValueError as e:
+        raise ValueError(f"function template {path}: {e}") from None
+    return template
+
+
+def render_service(spec: FunctionSpec, settings: KnativeSettings) -> dict[str, Any]:
+    """The Knative Service manifest for one function (a plain dict, ready for YAML or the API)."""
+    body = copy.deepcopy(settings.template or default_template())
+    name = settings.service_name(spec.name)
+    cpu_millis = max(100, spec.memory_mb * 1000 // 1024)  # 1 GB of memory buys 1 vCPU, as in the paper
+    env = {
+        "REMOE_MODEL_DIR": f"{MODEL_MOUNT}/{settings.model_subdir}",
+        "REMOE_FUNCTION_EXPERTS": format_experts(list(spec.experts)),
+        "REMOE_FUNCTION_NAME": spec.name,
+        "REMOE_MEMORY_BYTES": str(spec.memory_mb * 2**20),
+    }
+    meta = body.setdefault("metadata", {})
+    meta.update(name=name, namespace=settings.namespace)
+    meta.setdefault("labels", {}).update({PART_OF: "remoe", FUNCTION_LABEL: spec.name})
+    revision = body["spec"]["template"]
+    revision.setdefault("metadata", {}).setdefault("labels", {}).update({PART_OF: "remoe", FUNCTION_LABEL: spec.name})
+    revision["metadata"].setdefault("annotations", {}).update(
+        {
+            "autoscaling.knative.dev/max-scale": str(spec.replicas),
+            "autoscaling.knative.dev/scale-to-zero-pod-retention-period": f"{settings.idle_ttl_s}s",
+        }
+    )
+    pod = revision["spec"]
+    pod["containerConcurrency"] = spec.concurrency
+    container = pod["containers"][0]
+    container["image"] = settings.image
+    kept = [e for e in container.get("env", []) if e["name"] not in env]
+    container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
+    container["resources"] = {
+        "requests": {"memory": f"{spec.memory_mb}Mi", "cpu": f"{cpu_millis}m"},
+        "limits": {"memory": f"{spec.memory_mb}Mi", "cpu": f"{cpu_millis}m"},
+    }
+    for volume in pod["volumes"]:
+        if volume["name"] == "model":
+            volume["persistentVolumeClaim"] = {"claimName": settings.model_pvc, "readOnly": True}
+    return body
 
 
 class KnativeFunctionPlatform:
