@@ -11,7 +11,6 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
@@ -22,57 +21,10 @@ import yaml
 from remoe.platform.knative import KnativeSettings, default_template, load_template, render_service
 from remoe.platform.plan import load_plan_file
 from remoe.settings import SERVICES, env_prefix
+from tests.deployment import COMPOSE_FILE, ROOT, compose_command, inherited, parse_dockerfile
 
-ROOT = Path(__file__).resolve().parents[1]
 KIND_NODE_VERSION = "1.33.0"  # the schemas for k8s/kind/cluster.yaml's kindest/node:v1.33.x
 VERSION = "0.1.0"
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments)
-
-    def last(self, instruction: str) -> str | None:
-        found = [args for ins, args in self.instructions if ins == instruction]
-        return found[-1] if found else None
-
-
-def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARG defaults and the stages (line continuations joined, comments dropped)."""
-    text = re.sub(r"\\\n", " ", path.read_text())
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, rest = line.partition(" ")
-        instruction = instruction.upper()
-        if instruction == "FROM":
-            parts = rest.split()
-            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
-            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
-            stages.append(Stage(base, name))
-        elif instruction == "ARG" and not stages:
-            key, _, value = rest.partition("=")
-            args[key] = value
-        else:
-            stages[-1].instructions.append((instruction, rest.strip()))
-    return args, stages
-
-
-def inherited(stages: list[Stage], stage: Stage, instruction: str) -> str | None:
-    """The instruction's value in this stage, or in the stage it is built FROM (USER, CMD, ... carry over)."""
-    by_name = {s.name: s for s in stages if s.name}
-    while stage is not None:
-        value = stage.last(instruction)
-        if value is not None:
-            return value
-        stage = by_name.get(stage.base)
-    return None
 
 
 def dockerignore_patterns() -> list[str]:
@@ -100,15 +52,6 @@ def rendered_k8s() -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def compose_command() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True) if shutil.which("docker") else None
-    if probe is not None and probe.returncode == 0:
-        return ["docker", "compose"]
-    pytest.fail("docker-compose is needed to validate docker-compose.yml (scripts/install-system-deps.sh installs it)")
-
-
 def knative_validator() -> jsonschema.Draft7Validator:
     crd = yaml.safe_load((ROOT / "k8s/schemas/services.serving.knative.dev.crd.yaml").read_text())
     return jsonschema.Draft7Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
@@ -133,9 +76,6 @@ def assert_known_settings(where: str, service: str, values: dict[str, str]) -> N
 
 
 # ---------------------------------------------------------------------------------------------- compose
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-
-
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_compose_file_validates(profile):
     env = {**os.environ, "COMPOSE_PROFILES": profile}
