@@ -137,3 +137,19 @@ def test_the_documented_sample_is_current_and_valid(validator):
     assert committed == rendered, "docs/knative-sample.yaml is stale: run remoe knative-render --plan ..."
     for manifest in committed:
         assert not list(validator.iter_errors(manifest))
+
+
+def test_service_addresses_come_from_the_knative_url():
+    from remoe.platform.knative import address_of_url
+
+    assert address_of_url("http://remoe-layer-1.remoe.svc.cluster.local") == "remoe-layer-1.remoe.svc.cluster.local:80"
+    assert address_of_url("http://10.0.0.5:8012/") == "10.0.0.5:8012"
+
+
+def test_without_a_cluster_the_platform_says_so(tmp_path, monkeypatch):
+    from remoe.platform.knative import KnativeConfigError, KnativeFunctionPlatform
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(KnativeConfigError, match="needs a cluster"):
+        KnativeFunctionPlatform(KnativeSettings())

@@ -16,9 +16,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
+from remoe.errors import RemoeError
 from remoe.functions.config import format_experts
 from remoe.platform.base import FunctionSpec, InstanceStatus
 
@@ -45,6 +47,16 @@ class KnativeSettings:
 
     def service_name(self, function: str) -> str:
         return f"{self.prefix}{function}"
+
+
+class KnativeConfigError(RemoeError):
+    """The Knative platform cannot reach a cluster."""
+
+
+def address_of_url(url: str) -> str:
+    """HOST:PORT to dial for a Knative URL (http://name.ns.svc.cluster.local -> port 80; h2c, no TLS)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 80}"
 
 
 def default_template() -> dict[str, Any]:
@@ -159,7 +171,13 @@ class KnativeFunctionPlatform:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                try:
+                    config.load_kube_config()
+                except (config.ConfigException, OSError) as e:
+                    raise KnativeConfigError(
+                        "the knative function platform needs a cluster: no in-cluster service account and no "
+                        f"usable kubeconfig ({e}); run it in the cluster (k8s/base/backbone.yaml) or set KUBECONFIG"
+                    ) from None
             api = client.CustomObjectsApi()
         self.api = api
         self._specs: dict[str, FunctionSpec] = {}
@@ -214,8 +232,7 @@ class KnativeFunctionPlatform:
             GROUP, VERSION, self.settings.namespace, PLURAL, self.settings.service_name(name)
         )
         url = item.get("status", {}).get("address", {}).get("url") or item.get("status", {}).get("url", "")
-        host = url.split("://", 1)[-1].rstrip("/")
-        return [f"{host}:80"] if host else []
+        return [address_of_url(url)] if url else []
 
     def warm(self, names: list[str] | None = None) -> None:
         """Knative starts instances on the first request: send each function a Stats call now."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from remoe.errors import RemoeError
 from remoe.experts.dispatch import DispatchingExecutor, current_function_seconds, current_routing
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
@@ -300,7 +301,10 @@ def main(argv: list[str] | None = None) -> None:
         functions = remote_ratio_functions(arch.layer_indices, arch.num_experts, s.remote_ratio, s.function_memory_mb)
     placement = plan_with_functions(arch.layer_indices, arch.num_experts, services, functions)
     # Always a platform: the scheduler's plans bring their own functions with each request.
-    platform = make_platform(s)
+    try:
+        platform = make_platform(s)
+    except RemoeError as e:
+        raise SystemExit(f"backbone: {e}") from None
     platform.deploy(functions)
     # Without expert services the backbone computes locally, and takes over failed functions' batches too.
     local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
