@@ -70,6 +70,7 @@ class LocalCluster:
     function_memory_mb: int = 1024
     prewarm: bool = True
     predictor: bool = True  # the predictor service, with embedded Qdrant and (when installed) Redis
+    predictor_address: str | None = None  # a predictor already running (e.g. an oracle) instead of starting one
     # The scheduler service plans every request when it has this machine's measured speeds (a `remoe profile`
     # JSON) and no static placement is given (remote_ratio or plan_file); with Redis it caches plans and the
     # gateway meters each request into the ledger stream. Without a profile Remoe does not guess: every expert
@@ -175,7 +176,9 @@ class LocalCluster:
             planned = wanted and not (self.plan_file or self.remote_ratio)
             if self.predictor or planned:
                 self.redis_url = self._start_redis(report)
-            if self.predictor:
+            if self.predictor_address:
+                gateway_settings["predictor"] = self.predictor_address
+            elif self.predictor:
                 gateway_settings["predictor"] = self._start_predictor(timeout_s, report)
             if planned:
                 gateway_settings.update(

@@ -150,6 +150,8 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             result = client.generate(token_ids=ids, max_new_tokens=12, request_id="req-1")
             assert result.token_ids == expected
             assert "function:" in result.usage.plan  # the plan moved experts to functions
+            used = result.usage.function_seconds  # the SDK shows what the ledger bills
+            assert used and all(v > 0 for v in used.values()) and result.usage.function_memory_mb.keys() == used.keys()
             assert client.generate(token_ids=ids, max_new_tokens=12, request_id="req-2").token_ids == expected
             with pytest.raises(InvalidArgument, match="slo_tpot_s"):
                 client.generate(token_ids=ids, max_new_tokens=2, slo_tpot_s=-1.0)

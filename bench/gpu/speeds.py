@@ -24,16 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import deepseek_v2_lite_config, machine  # noqa: E402
 from remoe.model.architecture import Architecture  # noqa: E402
+from remoe.scheduler.shape import GPT2_MOE_LIKE  # noqa: E402
 
 
 def gpt2_moe_like_config(layers: int, small: bool) -> AutoConfig:
-    """GPT2-moe's dimensions (hidden 768, expert FFN 3072, 8 experts top-2, vocab 50257) on qwen3_moe, the closest
-    MoE class transformers has (its experts are SwiGLU: 3 matrices, GPT-2's MLP has 2)."""
-    fields = dict(
-        vocab_size=50257, hidden_size=768, intermediate_size=3072, moe_intermediate_size=3072,
-        num_hidden_layers=layers, num_attention_heads=12, num_key_value_heads=12, head_dim=64,
-        num_experts=8, num_experts_per_tok=2, max_position_embeddings=1024, norm_topk_prob=True,
-    )  # fmt: skip
+    """GPT2-moe's dimensions on qwen3_moe (remoe/scheduler/shape.py GPT2_MOE_LIKE); `small` shrinks it."""
+    fields = {**GPT2_MOE_LIKE, "num_hidden_layers": layers}
     if small:
         fields.update(vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=128,
                       num_attention_heads=4, num_key_value_heads=4, head_dim=16)  # fmt: skip

@@ -145,4 +145,25 @@ def gpt2_moe() -> ModelShape:
     )
 
 
+# GPT2-moe's dimensions on qwen3_moe, the closest MoE class transformers has (its experts are SwiGLU: 3 matrices,
+# GPT-2's MLP has 2): what the benches run when they need a GPT2-moe-shaped checkpoint.
+GPT2_MOE_LIKE = dict(
+    vocab_size=50257, hidden_size=768, intermediate_size=3072, moe_intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, num_key_value_heads=12, head_dim=64, num_experts=8, num_experts_per_tok=2,
+    max_position_embeddings=1024, norm_topk_prob=True,
+)  # fmt: skip
+
+
+def paper_model_config(name: str, layers: int):
+    """transformers config of a paper model's shape with `layers` layers: "deepseek-v2-lite" (deepseek_v2,
+    bf16 as published) or "gpt2-moe" (qwen3_moe stand-in, float32). Returns (config, dtype)."""
+    from transformers import AutoConfig
+
+    if name == "deepseek-v2-lite":
+        return AutoConfig.for_model("deepseek_v2", **{**DEEPSEEK_V2_LITE, "num_hidden_layers": layers}), torch.bfloat16
+    if name == "gpt2-moe":
+        return AutoConfig.for_model("qwen3_moe", **{**GPT2_MOE_LIKE, "num_hidden_layers": layers}), torch.float32
+    raise ValueError(f"unknown model {name!r}: deepseek-v2-lite or gpt2-moe")
+
+
 SHAPES = {"deepseek-v2-lite": deepseek_v2_lite, "gpt2-moe": gpt2_moe}

@@ -30,6 +30,8 @@ class Usage:
     plan: str = ""  # JSON: which destination hosted which experts
     forecast_source: str = ""  # the predictor's forecast: "sps", "prior", "equal" ("" when none was made)
     forecast_js: float = 0.0  # its mean JS divergence from the actual prefill activation
+    function_seconds: dict[str, float] = field(default_factory=dict)  # function -> instance-seconds it billed
+    function_memory_mb: dict[str, int] = field(default_factory=dict)  # function -> its memory size
 
     @classmethod
     def from_proto(cls, msg: common_pb2.Usage) -> Usage:
@@ -46,6 +48,8 @@ class Usage:
             plan=msg.plan,
             forecast_source=msg.forecast_source,
             forecast_js=msg.forecast_js,
+            function_seconds=dict(msg.function_seconds),
+            function_memory_mb=dict(msg.function_memory_mb),
         )
 
 

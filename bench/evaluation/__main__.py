@@ -1,0 +1,183 @@
+"""The paper's comparison side by side, in one run: CPU, GPU, MIX, Fetch, Remoe and Remoe with an oracle
+forecast, on the same prompts, the same price table and the same machine.
+
+For each model (bench/evaluation/models.py): profile it (`remoe profile`), measure MIX on the paper's workload
+and set the SLO to 1.5x MIX's median TTFT and TPOT, then run every system on the paper's workload, a
+prefill/decode ratio sweep and a bursty trace (tiny model: idle gaps longer than the function TTL). Writes
+docs/results/evaluation.json, evaluation.md and PNG plots.
+
+Usage: python -m bench.evaluation [--quick] [--out docs/results]
+  --quick: the tiny model only, 10 requests x 32 tokens, a 2x2 sweep, 3 bursts (under 10 minutes here)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench.evaluation import models, report, systems, workloads
+from remoe.corpus.build import read_prompts
+from remoe.machine import machine_description
+from remoe.scheduler.problem import Prices, Profile
+from remoe.scheduler.profiling import load_profile, profile_model
+from remoe.scheduler.shape import shape_of_model
+
+SLO_SLACK = 1.5
+ALL_SYSTEMS = ["CPU", "GPU", "MIX", "Fetch", "Remoe", "Remoe-oracle"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each workload a model gets."""
+
+    requests: int
+    new_tokens: int
+    sweep_chars: tuple[int, ...] = ()
+    sweep_outputs: tuple[int, ...] = ()
+    sweep_per_cell: int = 0
+    bursts: int = 0
+    burst_tokens: int = 16
+    function_ttl_s: float = 60.0
+    idle_gap_s: float = 120.0  # between bursts: longer than the TTL plus a burst's own run time
+    warm_prompts: int = 100
+
+
+QUICK = {"tiny": Plan(8, 32, (64, 500), (8, 48), 1, 3, 16, 3.0, 15.0, 30)}
+FULL = {
+    "tiny": Plan(50, 200, (64, 500, 2000), (16, 64, 256), 3, 6, 32, 5.0, 25.0, 200),
+    "medium": Plan(20, 100, warm_prompts=100),
+    "gpt2-moe": Plan(10, 64, warm_prompts=50),
+    "deepseek-v2-lite": Plan(5, 32, warm_prompts=20),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def case(name: str, quick: bool) -> models.ModelCase:
+    if name == "tiny":
+        return models.tiny(minutes=2 if quick else 8)
+    if name == "medium":
+        return models.medium()
+    tokenizer = models.tiny(minutes=2 if quick else 8).path
+    return models.paper_shape(name, 4 if name == "deepseek-v2-lite" else 6, tokenizer)
+
+
+def evaluate(model: models.ModelCase, plan: Plan, texts: list[str], train: list[str], work: Path) -> dict:
+    from remoe.model.engine import LocalEngine
+
+    shape = shape_of_model(model.path)
+    profile_path = work / "profile.json"
+    log(f"{model.name}: remoe profile (quick)")
+    profile_model(model.path, quick=True, progress=False, run_dir=work / "profile").save(profile_path)
+    profile: Profile = load_profile(profile_path)
+    setting = systems.Setting(
+        model.path, shape, profile, profile_path, Prices(), function_ttl_s=plan.function_ttl_s, run_dir=work
+    )
+    setting.warm_prompts = [t[: workloads.PROMPT_CHARS] for t in train[: plan.warm_prompts]]
+    loads = [workloads.paper(texts, plan.requests, plan.new_tokens)]
+    if plan.sweep_per_cell:
+        loads += workloads.ratio_sweep(texts, list(plan.sweep_chars), list(plan.sweep_outputs), plan.sweep_per_cell)
+    idle_s = plan.idle_gap_s
+    if plan.bursts:
+        loads.append(workloads.bursty(texts[plan.requests :], plan.bursts, plan.burst_tokens, idle_s))
+
+    log(f"{model.name}: actual prefill activations of {sum(len(w.requests) for w in loads)} requests (oracle, Fetch)")
+    engine = LocalEngine(model.path)
+    frequencies, n_in = systems.prefill_frequencies(engine, [p for w in loads for p in w.prompts])
+
+    runs: list[systems.Run] = []
+    log(f"{model.name}: MIX (sets the SLO)")
+    runs += systems.serve("MIX", setting, loads)
+    mix = runs[0].results
+    setting.slo_ttft_s = SLO_SLACK * statistics.median(r.ttft_s for r in mix)
+    setting.slo_tpot_s = SLO_SLACK * statistics.median(r.tpot_s for r in mix)
+    log(f"{model.name}: SLO TTFT {setting.slo_ttft_s * 1e3:.1f} ms, TPOT {setting.slo_tpot_s * 1e3:.2f} ms")
+    oracle_server, oracle_address = systems.start_oracle(model.path, frequencies)
+    try:
+        for system in ("GPU", "Remoe", "Remoe-oracle"):
+            log(f"{model.name}: {system}")
+            runs += systems.serve(system, setting, loads, oracle_address)
+    finally:
+        oracle_server.server.stop(0)
+    log(f"{model.name}: CPU (whole model in one process)")
+    runs += [systems.cpu(setting, w, engine) for w in loads]
+    runs += [systems.fetch(setting, w, frequencies, [n_in[p] for p in w.prompts]) for w in loads]
+    return {
+        "model": model.name,
+        "path": str(model.path),
+        "note": model.note,
+        "shape": shape.as_dict(),
+        "plan": asdict(plan),
+        "profile": json.loads(profile_path.read_text()),
+        "slo_ttft_s": setting.slo_ttft_s,
+        "slo_tpot_s": setting.slo_tpot_s,
+        "idle_gap_s": idle_s,
+        "burst_starts": workloads.burst_starts(loads[-1], idle_s) if plan.bursts else [],
+        "runs": [
+            {
+                **{k: v for k, v in asdict(run).items() if k != "results"},
+                "hit_rate": run.hit_rate,
+                "results": [asdict(r) for r in run.results],
+            }
+            for run in runs
+        ],  # fmt: skip
+    }
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (out.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.evaluation", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the tiny model, a short workload (under 10 minutes)")
+    parser.add_argument("--models", nargs="*", help="a subset of: tiny medium gpt2-moe deepseek-v2-lite")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    args = parser.parse_args()
+    plans = QUICK if args.quick else FULL
+    names = args.models or list(plans)
+    corpus = models.corpus()
+    texts, train = read_prompts(corpus / "test.jsonl"), read_prompts(corpus / "train.jsonl")
+    results = {
+        "machine": machine_description(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "quick": args.quick,
+        "prices": asdict(Prices()),
+        "slo_slack": SLO_SLACK,
+        "models": {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "evaluation-quick" if args.quick else "evaluation"
+    for name in names:
+        work = models.CACHE / "runs" / name
+        work.mkdir(parents=True, exist_ok=True)
+        results["models"][name] = evaluate(case(name, args.quick), plans[name], texts, train, work)
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=_plain) + "\n")
+    report.write(results, args.out, stem)
+    print((args.out / f"{stem}.md").read_text())
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value)} is not JSON")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""evaluation.md and its plots from the evaluation's JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ORDER = ["CPU", "GPU", "MIX", "Fetch", "Remoe", "Remoe-oracle"]
+HOW = {
+    "CPU": "whole model in one process (LocalEngine), priced as CPU memory",
+    "GPU": "remoe up, every expert in the backbone process; priced as GPU memory (the device is this CPU here)",
+    "MIX": "remoe up, experts on the expert services (the main model's CPU)",
+    "Fetch": "modelled: idealised offloading, this machine's profile",
+    "Remoe": "remoe up + profile + SPS predictor + scheduler; cost from the metering ledger",
+    "Remoe-oracle": "as Remoe, forecast = the request's own prefill activation",
+}
+COLORS = {"CPU": "#999", "GPU": "#555", "MIX": "#48c", "Fetch": "#8a4", "Remoe": "#d62", "Remoe-oracle": "#e9a"}
+
+
+def summary(run: dict, slo_ttft: float, slo_tpot: float, burst_starts: list[int]) -> dict:
+    rs = run["results"]
+    ttft = np.array([r["ttft_s"] for r in rs])
+    tpot = np.array([r["tpot_s"] for r in rs])
+    js = [r["forecast_js"] for r in rs if r["forecast_js"] is not None]
+    cold = [r["ttft_s"] for r in rs if r["index"] in burst_starts]
+    warm = [r["ttft_s"] for r in rs if r["index"] not in burst_starts]
+    resident = [s + f for _, s, f, _ in run["timeline"]]
+    return {
+        "cost": float(np.mean([r["cost"] for r in rs])),
+        "ttft_p50": float(np.median(ttft)),
+        "ttft_p99": float(np.percentile(ttft, 99)),
+        "tpot_p50": float(np.median(tpot)),
+        "slo": float(np.mean((ttft <= slo_ttft) & (tpot <= slo_tpot))),
+        "hit_rate": run["hit_rate"],
+        "js": float(np.mean(js)) if js else None,
+        "cold_ttft": float(np.mean(cold)) if cold and burst_starts else None,
+        "warm_ttft": float(np.mean(warm)) if warm and burst_starts else None,
+        "resident_mb_mean": float(np.mean(resident)) / 1e6 if resident else None,
+        "cold_starts": run["cold_starts"],
+        "function_s": float(np.mean([r["function_s"] for r in rs])),
+        "modelled": any(r["modelled"] for r in rs),
+    }
+
+
+def _fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def tables(model: dict) -> dict[str, dict[str, dict]]:
+    """workload -> system -> summary."""
+    out: dict[str, dict[str, dict]] = {}
+    for run in model["runs"]:
+        starts = model["burst_starts"] if run["workload"] == "bursty" else []
+        out.setdefault(run["workload"], {})[run["system"]] = summary(
+            run, model["slo_ttft_s"], model["slo_tpot_s"], starts
+        )
+    return out
+
+
+def write(results: dict, out: Path, stem: str) -> None:
+    lines = [
+        "# Evaluation: CPU, GPU, MIX, Fetch, Remoe and Remoe with an oracle forecast, side by side",
+        "",
+        f"Machine: {results['machine']}. Date: {results['date']}. Commit: {results['commit']}. "
+        f"Prices: CPU ${results['prices']['cpu_gb_s']:.3g} per GB-s, GPU ${results['prices']['gpu_gb_s']:.3g} "
+        f"per GB-s (AWS Lambda x86, Cloud Run L4). SLO per model: {results['slo_slack']}x MIX's median TTFT and "
+        "TPOT, measured in the same run. Every system runs on this machine in the same run, one after another.",
+        "",
+        "| system | how it runs |",
+        "|---|---|",
+        *[f"| {s} | {HOW[s]} |" for s in ORDER],
+        "",
+    ]
+    for name, model in results["models"].items():
+        t = tables(model)
+        plan = model["plan"]
+        lines += [
+            f"## {model['model']}",
+            "",
+            f"{model['note']}. SLO: TTFT {model['slo_ttft_s'] * 1e3:.1f} ms, TPOT {model['slo_tpot_s'] * 1e3:.2f} ms.",
+            "",
+            f"### Paper workload: {plan['requests']} corpus prompts (first 500 characters), {plan['new_tokens']} "
+            "output tokens, batch 1",
+            "",
+            "| system | $ per request | vs Remoe | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | SLO met | "
+            "expert cache hits | forecast JS |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        paper = t["paper"]
+        remoe = paper["Remoe"]["cost"]
+        for system in ORDER:
+            s = paper[system]
+            lines.append(
+                f"| {system}{' (modelled)' if s['modelled'] else ''} | {s['cost']:.3g} | {s['cost'] / remoe:.2f}x | "
+                f"{s['ttft_p50'] * 1e3:.1f} | {s['ttft_p99'] * 1e3:.1f} | {s['tpot_p50'] * 1e3:.2f} | "
+                f"{s['slo']:.0%} | {_fmt(s['hit_rate'], '.1%')} | {_fmt(s['js'], '.3f')} |"
+            )
+        lines.append("")
+        sweep = {w: v for w, v in t.items() if w.startswith("sweep-")}
+        if sweep:
+            lines += [
+                "### Prefill/decode ratio sweep: $ per request (TTFT ms)",
+                "",
+                "| prompt chars, output tokens | " + " | ".join(ORDER) + " |",
+                "|---|" + "---|" * len(ORDER),
+            ]
+            for w, rows in sweep.items():
+                chars, tokens = w.removeprefix("sweep-").split("-")
+                cells = [f"{rows[s]['cost']:.3g} ({rows[s]['ttft_p50'] * 1e3:.0f})" for s in ORDER]
+                lines.append(f"| {chars.removesuffix('c')}, {tokens.removesuffix('t')} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if "bursty" in t:
+            b = t["bursty"]
+            lines += [
+                f"### Bursty trace: {plan['bursts']} Poisson bursts, idle gaps of {model['idle_gap_s']:.0f} s "
+                f"(function TTL {plan['function_ttl_s']:.0f} s), {plan['burst_tokens']} output tokens",
+                "",
+                "| system | TTFT, first of a burst (ms) | TTFT, the rest (ms) | function cold starts | "
+                "expert MB resident (mean) | $ per request |",
+                "|---|---|---|---|---|---|",
+            ]
+            for system in ORDER:
+                s = b[system]
+                lines.append(
+                    f"| {system} | {_fmt(s['cold_ttft'] and s['cold_ttft'] * 1e3, '.1f')} | "
+                    f"{_fmt(s['warm_ttft'] and s['warm_ttft'] * 1e3, '.1f')} | {s['cold_starts']} | "
+                    f"{_fmt(s['resident_mb_mean'], '.1f')} | {s['cost']:.3g} |"
+                )
+            lines.append("")
+        lines += [f"![{name}]({stem}-{name}.png)", ""]
+        plot(name, model, t, out / f"{stem}-{name}.png")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(name: str, model: dict, t: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bursty = next((r for r in model["runs"] if r["workload"] == "bursty" and r["system"] == "Remoe"), None)
+    panels = 3 if bursty else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.4))
+    paper = t["paper"]
+    costs = [paper[s]["cost"] * 1e6 for s in ORDER]
+    bars = axes[0].bar(ORDER, costs, color=[COLORS[s] for s in ORDER])
+    for bar, s in zip(bars, ORDER, strict=True):
+        if paper[s]["slo"] < 1:
+            bar.set_hatch("//")
+    axes[0].set(ylabel="$ per million requests", title="cost (hatched: SLO missed on some)")
+    axes[0].tick_params(axis="x", rotation=45, labelsize=7)
+    x = np.arange(len(ORDER))
+    axes[1].bar(x - 0.2, [paper[s]["ttft_p50"] * 1e3 for s in ORDER], 0.4, label="TTFT p50", color="#48c")
+    axes[1].bar(x + 0.2, [paper[s]["tpot_p50"] * 1e3 for s in ORDER], 0.4, label="TPOT p50", color="#d62")
+    axes[1].axhline(model["slo_ttft_s"] * 1e3, color="#48c", ls="--", lw=1)
+    axes[1].axhline(model["slo_tpot_s"] * 1e3, color="#d62", ls="--", lw=1)
+    axes[1].set_xticks(x, ORDER, rotation=45, fontsize=7)
+    axes[1].set(ylabel="ms", title="latency (dashed: SLO)", yscale="log")
+    axes[1].legend(fontsize=7)
+    if bursty:
+        mix = next(r for r in model["runs"] if r["workload"] == "bursty" and r["system"] == "MIX")
+        for run, color in ((mix, COLORS["MIX"]), (bursty, COLORS["Remoe"])):
+            ts = [p[0] for p in run["timeline"]]
+            axes[2].plot(ts, [p[1] / 1e6 for p in run["timeline"]], color=color, label=f"{run['system']} services")
+            if run is bursty:
+                axes[2].plot(ts, [p[2] / 1e6 for p in run["timeline"]], color=color, ls="--", label="Remoe functions")
+        axes[2].set(xlabel="s", ylabel="expert MB resident", title="bursty trace: weights held")
+        axes[2].legend(fontsize=7)
+    fig.suptitle(model["model"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
