@@ -58,3 +58,10 @@ def test_slo_attainment_follows_each_systems_latency():
     table = workload_costs([tight], PROFILE, Prices(), LIMITS)
     assert table["GPU"]["slo_attainment"] == 1.0 and table["CPU"]["slo_attainment"] == 0.0
     assert table["Remoe"]["total_cost"] == pytest.approx(table["Remoe"]["mean_cost"])
+
+
+def test_a_small_model_on_the_cpu_pays_the_same_minimum_memory_as_the_main_models_cpu_part():
+    small = Request(np.full((4, 8), 1 / 8), n_in=16, n_out=16, top_k=2, expert_bytes=2**20,
+                    hidden_bytes_per_token=256, backbone_bytes=10 * 2**20)  # fmt: skip
+    systems = compare(small, PROFILE, Prices(), Limits(main_memory_gb=(1.0, 40.0)))
+    assert systems["CPU"].cpu_gb == systems["MIX"].cpu_gb == 1.0  # 42 MB of weights, billed as the smallest size

@@ -6,8 +6,9 @@ and set the SLO to 1.5x MIX's median TTFT and TPOT, then run every system on the
 prefill/decode ratio sweep and a bursty trace (tiny model: idle gaps longer than the function TTL). Writes
 docs/results/evaluation.json, evaluation.md and PNG plots.
 
-Usage: python -m bench.evaluation [--quick] [--out docs/results]
-  --quick: the tiny model only, 10 requests x 32 tokens, a 2x2 sweep, 3 bursts (under 10 minutes here)
+Usage: python -m bench.evaluation [--quick] [--models NAME ...] [--report-only] [--out docs/results]
+  --quick: the tiny model only, 8 requests x 32 tokens, a 2x2 sweep, 2 bursts (under 10 minutes here)
+  --report-only: recompute the formula-priced costs from the measured times and rewrite the report
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description
 from remoe.scheduler.problem import Prices, Profile
 from remoe.scheduler.profiling import load_profile, profile_model
-from remoe.scheduler.shape import shape_of_model
+from remoe.scheduler.shape import ModelShape, shape_of_model
 
 SLO_SLACK = 1.5
 ALL_SYSTEMS = ["CPU", "GPU", "MIX", "Fetch", "Remoe", "Remoe-oracle"]
@@ -51,12 +52,12 @@ class Plan:
     warm_prompts: int = 100
 
 
-QUICK = {"tiny": Plan(8, 32, (64, 500), (8, 48), 1, 3, 16, 3.0, 15.0, 30)}
+QUICK = {"tiny": Plan(8, 32, (64, 500), (8, 32), 1, 2, 16, 3.0, 12.0, 20)}
 FULL = {
-    "tiny": Plan(50, 200, (64, 500, 2000), (16, 64, 256), 3, 6, 32, 5.0, 25.0, 200),
-    "medium": Plan(20, 100, warm_prompts=100),
-    "gpt2-moe": Plan(10, 64, warm_prompts=50),
-    "deepseek-v2-lite": Plan(5, 32, warm_prompts=20),
+    "tiny": Plan(50, 200, (64, 400, 900), (16, 64, 192), 2, 5, 32, 5.0, 25.0, 200),
+    "medium": Plan(20, 100, warm_prompts=50),
+    "gpt2-moe": Plan(10, 64, warm_prompts=30),
+    "deepseek-v2-lite": Plan(5, 32, warm_prompts=10),
 }
 
 
@@ -66,10 +67,10 @@ def log(msg: str) -> None:
 
 def case(name: str, quick: bool) -> models.ModelCase:
     if name == "tiny":
-        return models.tiny(minutes=2 if quick else 8)
+        return models.tiny(minutes=1.5 if quick else 8)
     if name == "medium":
         return models.medium()
-    tokenizer = models.tiny(minutes=2 if quick else 8).path
+    tokenizer = models.tiny(minutes=1.5 if quick else 8).path
     return models.paper_shape(name, 4 if name == "deepseek-v2-lite" else 6, tokenizer)
 
 
@@ -95,6 +96,8 @@ def evaluate(model: models.ModelCase, plan: Plan, texts: list[str], train: list[
     log(f"{model.name}: actual prefill activations of {sum(len(w.requests) for w in loads)} requests (oracle, Fetch)")
     engine = LocalEngine(model.path)
     frequencies, n_in = systems.prefill_frequencies(engine, [p for w in loads for p in w.prompts])
+    context = engine.backbone.arch.config.max_position_embeddings
+    loads = [w for w in (fit_context(w, n_in, context) for w in loads) if w.requests]
 
     runs: list[systems.Run] = []
     log(f"{model.name}: MIX (sets the SLO)")
@@ -123,7 +126,7 @@ def evaluate(model: models.ModelCase, plan: Plan, texts: list[str], train: list[
         "slo_ttft_s": setting.slo_ttft_s,
         "slo_tpot_s": setting.slo_tpot_s,
         "idle_gap_s": idle_s,
-        "burst_starts": workloads.burst_starts(loads[-1], idle_s) if plan.bursts else [],
+        "burst_starts": workloads.burst_starts(loads[-1], idle_s) if loads[-1].name == "bursty" else [],
         "runs": [
             {
                 **{k: v for k, v in asdict(run).items() if k != "results"},
@@ -133,6 +136,32 @@ def evaluate(model: models.ModelCase, plan: Plan, texts: list[str], train: list[
             for run in runs
         ],  # fmt: skip
     }
+
+
+def fit_context(workload: workloads.Workload, n_in: dict[str, int], context: int) -> workloads.Workload:
+    """The workload without requests whose prompt plus output exceed the model's context (logged)."""
+    kept = [r for r in workload.requests if n_in[r.prompt] + r.new_tokens <= context]
+    if len(kept) < len(workload.requests):
+        log(f"{workload.name}: {len(workload.requests) - len(kept)} request(s) exceed the {context}-token context")
+    return workloads.Workload(workload.name, kept, workload.concurrent)
+
+
+def reprice(model: dict, prices: Prices) -> None:
+    """Recompute the cost of the systems priced by formula (CPU, GPU, MIX) from their measured busy times, with
+    the memory model as it is now: a report can follow a fix to the formula without measuring again."""
+    import tempfile
+
+    shape = ModelShape(**model["shape"])
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump({"profile": model["profile"]["profile"]}, f)
+        f.flush()
+        profile = load_profile(f.name)
+    setting = systems.Setting(Path(model["path"]), shape, profile, Path(f.name), prices)
+    for run in model["runs"]:
+        if run["system"] in ("CPU", "GPU", "MIX"):
+            for r in run["results"]:
+                busy = r["ttft_s"] + max(0, r["n_out"] - 1) * r["tpot_s"]
+                r["cost"] = systems.modelled_cost(setting, run["system"], None, r["n_in"], r["n_out"], busy)
 
 
 def commit() -> str:
@@ -146,7 +175,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny model, a short workload (under 10 minutes)")
     parser.add_argument("--models", nargs="*", help="a subset of: tiny medium gpt2-moe deepseek-v2-lite")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--report-only", action="store_true", help="reprice and rewrite the report from the JSON")
     args = parser.parse_args()
+    stem = "evaluation-quick" if args.quick else "evaluation"
+    if args.report_only:
+        results = json.loads((args.out / f"{stem}.json").read_text())
+        for model in results["models"].values():
+            reprice(model, Prices(**results["prices"]))
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=_plain) + "\n")
+        report.write(results, args.out, stem)
+        print((args.out / f"{stem}.md").read_text())
+        return
     plans = QUICK if args.quick else FULL
     names = args.models or list(plans)
     corpus = models.corpus()
@@ -161,7 +200,6 @@ def main() -> None:
         "models": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "evaluation-quick" if args.quick else "evaluation"
     for name in names:
         work = models.CACHE / "runs" / name
         work.mkdir(parents=True, exist_ok=True)

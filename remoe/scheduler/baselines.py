@@ -75,7 +75,8 @@ def _memory_gb(request: Request, limits: Limits, experts: int) -> float:
 
 def cpu_only(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
     ttft, tpot, busy = _on_one_device(request, profile, tokens, gpu=False)
-    memory = _memory_gb(request, limits, request.layers * request.experts)
+    # A CPU function holding the model: at least the smallest main-model CPU size, as MIX's and Remoe's is.
+    memory = max(limits.main_memory_gb[0], _memory_gb(request, limits, request.layers * request.experts))
     return SystemCost("CPU", ttft, tpot, prices.cpu_gb_s * memory * busy, 0.0, memory, 0.0, _meets(request, ttft, tpot))
 
 
