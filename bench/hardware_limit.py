@@ -203,9 +203,11 @@ def write_markdown(r: dict, path: Path) -> None:
         f"Bare torch, one token through an expert's three {e['dtype']} matrices (no executor, 16 experts in turn): "
         f"{raw:.2f} GB/s, {raw / bw['read_gb_s']:.0%} of the read bandwidth.",
         "",
-        f"Reading: decode reaches at best {best_decode / bw['read_gb_s']:.0%} of the read bandwidth, which is "
-        f"{best_decode / raw:.0%} of what bare torch's kernels reach for the same matrices: the rest of the gap "
-        "to the bandwidth is the CPU kernel for one-row products in this dtype, not Remoe's per-expert work. "
+        f"Reading: decode reaches at best {best_decode / bw['read_gb_s']:.0%} of the read bandwidth; bare torch "
+        f"reaches {raw / bw['read_gb_s']:.0%} with the same matrices. So the executor gets {best_decode / raw:.0%} "
+        "of what the kernels allow: the rest is Remoe's per-call work around them (selecting each expert's rows, "
+        "the architecture's experts module, index_add of the partial sums), worth removing next; the kernels "
+        "themselves leave the last part of the bandwidth unused. "
         f"Prefill reaches at best {best_prefill:.0%} of the square matmul rate: each expert sees only "
         f"tokens x {e['top_k']} / {e['experts']} rows, too few to fill the matrix units.",
         "",

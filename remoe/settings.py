@@ -66,6 +66,9 @@ class BackboneSettings(ServerSettings):
         "local", description="where functions run: local processes, or Knative Services in a cluster"
     )
     run_dir: Path | None = Field(None, description="local platform: where function instances keep logs (temp)")
+    function_memory_budget_mb: int | None = Field(
+        None, ge=128, description="local platform: total size of running instances (unset: half the machine)"
+    )
     knative_namespace: str = Field("remoe", description="knative platform: namespace of the functions")
     knative_image: str = Field("remoe/expert-function:0.1.0", description="knative platform: the function image")
     knative_model_pvc: str = Field("remoe-models", description="knative platform: PVC that holds the model")

@@ -239,3 +239,34 @@ def test_a_failed_function_replica_is_retried_then_falls_back_to_an_expert_servi
         assert executor.retries >= 1 and executor.fallbacks == 0
     else:
         assert executor.fallbacks >= 1
+
+
+class UnstartablePlatform(StubPlatform):
+    """A function that cannot start (no room in the memory budget, a bad spec): no live replica, and
+    starting one fails."""
+
+    def live_endpoints(self, name):
+        return []
+
+    def endpoints(self, name, timeout_s):
+        from remoe.platform.base import FunctionStartError
+
+        raise FunctionStartError(f"function {name} does not fit the local platform's memory budget")
+
+
+def test_a_function_that_cannot_start_has_its_batch_computed_on_an_expert_service(tiny_model, servers):
+    from remoe.experts.dispatch import function_destination
+
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    remote = servers(weights, [Shard(0, 1)])
+    experts = Shard(0, 1).experts(arch.layer_indices, arch.num_experts)
+    placement = Placement({remote.addresses[0]: experts[:1], function_destination("f"): experts[1:]})
+    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, platform=UnstartablePlatform([]))
+    hidden, index, routing = torch.randn(2, arch.hidden_size), torch.tensor([[2, 3], [4, 0]]), torch.rand(2, 2)
+    try:
+        out = executor.compute(0, hidden, index, routing)
+    finally:
+        executor.close()
+    torch.testing.assert_close(out, LocalExpertExecutor(weights).compute(0, hidden, index, routing))
+    assert executor.fallbacks == 1

@@ -119,3 +119,21 @@ def test_bad_function_specs_are_named(kwargs, message):
     fields = {"name": "f", "experts": ((0, 1),), "memory_mb": 512, **kwargs}
     with pytest.raises(ValueError, match=message):
         FunctionSpec(**fields)
+
+
+def test_instances_stay_within_the_memory_budget_least_recently_used_first(tiny_model, tmp_path):
+    platform = LocalFunctionPlatform(tiny_model("mixtral"), tmp_path, idle_ttl_s=60.0, memory_budget_mb=2048)
+    try:
+        platform.deploy([FunctionSpec(f"f{i}", experts=((1, i),), memory_mb=1024) for i in range(3)])
+        platform.endpoints("f0", timeout_s=120)
+        platform.endpoints("f1", timeout_s=120)
+        platform.endpoints("f2", timeout_s=120)  # no room for a third: f0, used longest ago, stops
+        states = {s.function: s.state for s in platform.status()}
+        assert states == {"f0": "cold", "f1": "warm", "f2": "warm"} and platform.evictions == 1
+        big = FunctionSpec("big", experts=((1, 3),), memory_mb=4096)
+        platform.ensure([big])
+        with pytest.raises(FunctionStartError, match="memory budget of 2048 MB"):
+            platform.endpoints("big", timeout_s=120)  # larger than the whole budget: refused, nothing stopped
+        assert {s.function: s.state for s in platform.status()}["f1"] == "warm" and platform.evictions == 1
+    finally:
+        platform.close()

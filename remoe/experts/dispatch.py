@@ -27,6 +27,7 @@ from opentelemetry import propagate, trace
 from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement
+from remoe.platform.base import FunctionStartError
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
@@ -210,7 +211,17 @@ class DispatchingExecutor:
                 deadline_unix_s=current_deadline.get() or 0.0,
                 trace_context=carrier,
             )
-            in_flight.append(self._send(dest, rows, batch))
+            try:
+                in_flight.append(self._send(dest, rows, batch))
+            except FunctionStartError as e:  # the function cannot start (no room, bad spec): compute elsewhere
+                if self.fallback is None or not dest.startswith(FUNCTION_PREFIX):
+                    raise
+                self.fallbacks += 1
+                log.warning("%s cannot start (%s); computing its batch on %s", dest, e, self.fallback)
+                if self.fallback == LOCAL:
+                    out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
+                else:
+                    in_flight.append(self._send(self.fallback, rows, batch))
         if local_job is not None:
             rows, sub_index, sub_weights = local_job
             out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))

@@ -3,6 +3,12 @@
 Scale from zero: an instance starts when first needed (or on `warm`). Scale to zero: an instance idle
 for `idle_ttl_s` is stopped. Each replica is its own process with its own memory size, passed to the
 function, which refuses to start (exit 3, message on stderr) when its experts cannot fit.
+
+The machine is not a cloud: running instances together hold at most `memory_budget_mb` of their sizes (default
+half the machine's memory). Starting one beyond it first stops the least recently used warm instances; when
+the instances still starting leave no room, the start fails (FunctionStartError) and the dispatcher computes
+that batch on an expert service, so tokens stay exact. (Measured without it: per-request plans that each bring
+new functions started 78 processes at once and the machine ran out of memory.)
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartErro
 
 log = logging.getLogger(__name__)
 DEFAULT_IDLE_TTL_S = 60.0
+
+
+def default_memory_budget_mb() -> int:
+    """Half of this machine's physical memory, in MB."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // 2**20
+    except (ValueError, OSError):
+        return 8192
 
 
 @dataclass
@@ -61,11 +75,14 @@ class LocalFunctionPlatform:
         run_dir: str | Path,
         idle_ttl_s: float = DEFAULT_IDLE_TTL_S,
         env: dict[str, str] | None = None,
+        memory_budget_mb: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.idle_ttl_s = idle_ttl_s
+        self.memory_budget_mb = memory_budget_mb or default_memory_budget_mb()
+        self.evictions = 0  # warm instances stopped to make room for others
         # Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait
         # passively, or idle OpenMP threads spin and starve the others.
         self._env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
@@ -112,7 +129,10 @@ class LocalFunctionPlatform:
         with self._lock:
             for name in names if names is not None else list(self._instances):
                 for inst in self._instances_of(name):
-                    self._start(inst, reason="warm-up")
+                    try:
+                        self._start(inst, reason="warm-up")
+                    except FunctionStartError as e:  # pre-warming is best effort; a call will try again
+                        log.warning("not pre-warming %s: %s", inst.name, e)
 
     def endpoints(self, name: str, timeout_s: float = 120.0) -> list[str]:
         with self._lock:
@@ -139,7 +159,10 @@ class LocalFunctionPlatform:
                     inst.crashes += 1
                     log.warning("function %s: %s", inst.name, inst.error)
                     inst.process = None
-                    self._start(inst, reason="replace crashed")
+                    try:
+                        self._start(inst, reason="replace crashed")
+                    except FunctionStartError as e:
+                        log.warning("not replacing %s now: %s", inst.name, e)
             return [(i.replica, f"127.0.0.1:{i.port}") for i in instances if i.state == "warm"]
 
     @contextmanager
@@ -172,9 +195,32 @@ class LocalFunctionPlatform:
         except KeyError:
             raise FunctionStartError(f"no function named {name!r} is deployed") from None
 
+    def _make_room(self, inst: _Instance) -> None:
+        """Stop least recently used warm instances until `inst` fits the memory budget (lock held)."""
+        if inst.spec.memory_mb > self.memory_budget_mb:
+            raise FunctionStartError(
+                f"function {inst.name} ({inst.spec.memory_mb} MB) is larger than the local platform's memory budget "
+                f"of {self.memory_budget_mb} MB (REMOE_BACKBONE_FUNCTION_MEMORY_BUDGET_MB)"
+            )
+        running = [i for group in self._instances.values() for i in group if i.running and i is not inst]
+        used = sum(i.spec.memory_mb for i in running)
+        for other in sorted((i for i in running if i.state == "warm"), key=lambda i: i.last_used):
+            if used + inst.spec.memory_mb <= self.memory_budget_mb:
+                break
+            log.info("stopping %s (least recently used) to make room for %s", other.name, inst.name)
+            self._stop(other)
+            self.evictions += 1
+            used -= other.spec.memory_mb
+        if used + inst.spec.memory_mb > self.memory_budget_mb:
+            raise FunctionStartError(
+                f"function {inst.name} ({inst.spec.memory_mb} MB) does not fit the local platform's memory budget "
+                f"of {self.memory_budget_mb} MB: {used} MB are held by instances still starting"
+            )
+
     def _start(self, inst: _Instance, reason: str) -> None:
         if inst.running:
             return
+        self._make_room(inst)
         ready_file = self.run_dir / f"{inst.name}.port"
         ready_file.unlink(missing_ok=True)
         config = FunctionConfig(

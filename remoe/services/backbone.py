@@ -283,7 +283,9 @@ def make_platform(s: BackboneSettings) -> FunctionPlatform:
         )
         return KnativeFunctionPlatform(knative)
     run_dir = Path(s.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
-    return LocalFunctionPlatform(str(s.model), run_dir, idle_ttl_s=s.function_ttl_s)
+    return LocalFunctionPlatform(
+        str(s.model), run_dir, idle_ttl_s=s.function_ttl_s, memory_budget_mb=s.function_memory_budget_mb
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
