@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from remoe.errors import RemoeError
+from remoe.platform.knative import FUNCTION_IMAGE
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -612,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--remote-ratio", type=float, default=0.5, help="share of each layer's experts (default 0.5)")
         p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size per function (MiB)")
         p.add_argument("--namespace", default="remoe", help="Kubernetes namespace (default remoe)")
-        p.add_argument("--image", default="remoe/expert-function:0.1.0", help="function container image")
+        p.add_argument("--image", default=FUNCTION_IMAGE, help=f"function container image (default {FUNCTION_IMAGE})")
         p.add_argument(
             "--template", default=None, help="Knative Service YAML to start from (k8s/base/function-template.yaml)"
         )

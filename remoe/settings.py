@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from remoe.platform.knative import FUNCTION_IMAGE
+
 
 class ServerSettings(BaseSettings):
     """What every gRPC server takes."""
@@ -70,7 +72,7 @@ class BackboneSettings(ServerSettings):
         None, ge=128, description="local platform: total size of running instances (unset: half the machine)"
     )
     knative_namespace: str = Field("remoe", description="knative platform: namespace of the functions")
-    knative_image: str = Field("remoe/expert-function:0.1.0", description="knative platform: the function image")
+    knative_image: str = Field(FUNCTION_IMAGE, description="knative platform: the function image")
     knative_model_pvc: str = Field("remoe-models", description="knative platform: PVC that holds the model")
     knative_model_subdir: str = Field("model", description="knative platform: the model's directory in the PVC")
     knative_template: Path | None = Field(

@@ -31,12 +31,13 @@ FUNCTION_LABEL = "remoe.dev/function"
 MODEL_MOUNT = "/models"
 VISIBILITY = "networking.knative.dev/visibility"
 H2C_PORT = 8080
+FUNCTION_IMAGE = "remoe/expert-function:0.1.0"  # what `make images` builds (docker/Dockerfile, target function)
 
 
 @dataclass(frozen=True, slots=True)
 class KnativeSettings:
     namespace: str = "remoe"
-    image: str = "remoe/expert-function:0.1.0"
+    image: str = FUNCTION_IMAGE
     model_pvc: str = "remoe-models"
     model_subdir: str = "model"  # the model directory inside the volume
     idle_ttl_s: int = 60  # kept warm this long after the last request, then scaled to zero
@@ -83,7 +84,7 @@ def default_template() -> dict[str, Any]:
                     "containers": [
                         {
                             "name": "expert-function",
-                            "image": "remoe/expert-function:0.1.0",
+                            "image": FUNCTION_IMAGE,
                             "ports": [{"name": "h2c", "containerPort": H2C_PORT}],
                             "env": [{"name": "REMOE_HOST", "value": "0.0.0.0"}],  # Knative's queue-proxy is the way in
                             "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
