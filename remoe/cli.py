@@ -169,7 +169,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"fan-out p50 {b.recent_fanout_ms_p50:.2f} ms/layer"
     )
     if b.functions:
-        print(f"functions: {b.function_retries} retries, {b.function_fallbacks} fallbacks to an expert service")
+        print(
+            f"functions: {b.function_retries} retries, {b.function_fallbacks} fallbacks to an expert service, "
+            f"{b.function_cold_fallbacks} batches computed there while their function started, "
+            f"{b.function_reused_experts} plan experts sent to a running function"
+        )
     for f in b.functions:
         where = f" @ {f.address}" if f.address else ""
         error = f", last error: {f.last_error}" if f.last_error else ""

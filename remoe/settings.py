@@ -67,6 +67,11 @@ class BackboneSettings(ServerSettings):
     function_platform: Literal["local", "knative"] = Field(
         "local", description="where functions run: local processes, or Knative Services in a cluster"
     )
+    function_cold_start: Literal["fallback", "wait"] = Field(
+        "fallback",
+        description="while a function has no instance serving: compute its batches on an expert service "
+        "(fallback) or wait for its cold start (wait)",
+    )
     run_dir: Path | None = Field(None, description="local platform: where function instances keep logs (temp)")
     function_memory_budget_mb: int | None = Field(
         None, ge=128, description="local platform: total size of running instances (unset: half the machine)"

@@ -242,8 +242,12 @@ def test_a_failed_function_replica_is_retried_then_falls_back_to_an_expert_servi
 
 
 class UnstartablePlatform(StubPlatform):
-    """A function that cannot start (no room in the memory budget, a bad spec): no live replica, and
-    starting one fails."""
+    """A function that is not serving yet: no live replica; starting one fails (no room in the memory budget, a bad
+    spec), or it is starting in the background."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.warmed: list[str] = []
 
     def live_endpoints(self, name):
         return []
@@ -253,8 +257,13 @@ class UnstartablePlatform(StubPlatform):
 
         raise FunctionStartError(f"function {name} does not fit the local platform's memory budget")
 
+    def warm(self, names):
+        self.warmed.extend(names)
 
-def test_a_function_that_cannot_start_has_its_batch_computed_on_an_expert_service(tiny_model, servers):
+
+@pytest.mark.parametrize("cold_start", ["wait", "fallback"])
+def test_a_function_not_serving_has_its_batch_computed_on_an_expert_service(cold_start, tiny_model, servers):
+    """wait: the start is tried and fails; fallback: the start is only requested, the batch does not wait for it."""
     from remoe.experts.dispatch import function_destination
 
     weights = open_weights(tiny_model("mixtral"))
@@ -262,11 +271,42 @@ def test_a_function_that_cannot_start_has_its_batch_computed_on_an_expert_servic
     remote = servers(weights, [Shard(0, 1)])
     experts = Shard(0, 1).experts(arch.layer_indices, arch.num_experts)
     placement = Placement({remote.addresses[0]: experts[:1], function_destination("f"): experts[1:]})
-    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, platform=UnstartablePlatform([]))
+    platform = UnstartablePlatform()
+    executor = DispatchingExecutor(
+        placement, arch.layer_indices, arch.num_experts, platform=platform, cold_start=cold_start
+    )
     hidden, index, routing = torch.randn(2, arch.hidden_size), torch.tensor([[2, 3], [4, 0]]), torch.rand(2, 2)
     try:
         out = executor.compute(0, hidden, index, routing)
     finally:
         executor.close()
     torch.testing.assert_close(out, LocalExpertExecutor(weights).compute(0, hidden, index, routing))
-    assert executor.fallbacks == 1
+    if cold_start == "wait":
+        assert (executor.fallbacks, executor.cold_fallbacks, platform.warmed) == (1, 0, [])
+    else:
+        assert (executor.fallbacks, executor.cold_fallbacks, platform.warmed) == (0, 1, ["f"])
+
+
+def test_an_unknown_cold_start_policy_is_refused(tiny_model):
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    placement = Placement({"local": Shard(0, 1).experts(arch.layer_indices, arch.num_experts)})
+    with pytest.raises(ValueError, match="cold_start must be one of"):
+        DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, cold_start="hope")
+
+
+def test_a_plans_experts_that_running_functions_host_go_there_and_the_rest_to_a_new_function():
+    from remoe.experts.dispatch import reuse_running
+    from remoe.platform.base import FunctionSpec, content_name
+
+    running = [FunctionSpec("warm-a", ((1, 0), (1, 1)), 1024), FunctionSpec("starting-b", ((1, 1), (1, 2)), 2048)]
+    plan = [
+        FunctionSpec("l1-new", ((1, 1), (1, 2), (1, 3)), 1024),  # 1 and 2 are running, 3 is not
+        FunctionSpec("l2-new", ((2, 5),), 1024),  # nothing running hosts it
+        FunctionSpec("starting-b", ((1, 4),), 2048),  # named like a running function: sent there as is
+    ]
+    new, reused = reuse_running(plan, running)
+    rest = ((1, 3),)
+    assert new == [FunctionSpec(content_name(rest, 1024), rest, 1024), plan[1]]
+    assert reused == {"warm-a": [(1, 1)], "starting-b": [(1, 2), (1, 4)]}  # the first (warm) host wins
+    assert reuse_running(plan, []) == (plan, {})

@@ -153,3 +153,27 @@ def test_without_a_cluster_the_platform_says_so(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(KnativeConfigError, match="needs a cluster"):
         KnativeFunctionPlatform(KnativeSettings())
+
+
+def test_the_dispatcher_runs_plans_on_knative_reusing_services():
+    """The backbone's dispatcher with the Knative platform: a plan creates a Service; a later plan whose experts
+    it hosts creates none; the Service's address is asked of the API once, not per batch."""
+    from remoe.experts.dispatch import DispatchingExecutor
+    from remoe.experts.placement import Placement
+
+    api = FakeCustomObjectsApi()
+    platform = KnativeFunctionPlatform(KnativeSettings(namespace="remoe"), api=api)
+    everything = [(layer, e) for layer in (0, 1) for e in range(4)]
+    executor = DispatchingExecutor(Placement({"127.0.0.1:1": everything}), [0, 1], 4, platform=platform)
+    first = executor.routing_for([FunctionSpec("l1-a", ((1, 2), (1, 3)), 1024)])
+    assert api.calls == ["create remoe-l1-a"] and first.memory_mb == {"l1-a": 1024}
+    second = executor.routing_for([FunctionSpec("l1-b", ((1, 3),), 2048)])
+    assert api.calls == ["create remoe-l1-a"], "expert (1, 3) is hosted by l1-a already"
+    assert second.placement.destinations["function:l1-a"] == [(1, 3)]
+    gets = []
+    api.get_namespaced_custom_object = lambda *a, _get=api.get_namespaced_custom_object: gets.append(a) or _get(*a)
+    for _ in range(3):
+        assert platform.live_endpoints("l1-a") == [(0, "remoe-l1-a.remoe.svc.cluster.local:80")]
+    assert len(gets) == 1
+    with platform.lease():
+        platform.touch("l1-a", 0)

@@ -137,3 +137,49 @@ def test_instances_stay_within_the_memory_budget_least_recently_used_first(tiny_
         assert {s.function: s.state for s in platform.status()}["f1"] == "warm" and platform.evictions == 1
     finally:
         platform.close()
+
+
+def test_a_failed_start_is_not_retried_at_once(platform):
+    platform.deploy([FunctionSpec("tiny-mem", experts=((0, 1),), memory_mb=64)])
+    with pytest.raises(FunctionStartError, match="too small"):
+        platform.endpoints("tiny-mem", timeout_s=120)
+    with pytest.raises(FunctionStartError, match="too small"):  # every batch routed there would spawn another
+        platform.endpoints("tiny-mem", timeout_s=120)
+    assert platform.status()[0].cold_starts == 1
+
+
+def test_plans_reuse_running_functions_and_never_wait_for_a_cold_start(platform, tiny_model):
+    """Two requests' plans through the dispatcher and real function processes: the second plan's experts that the
+    first one's function hosts go to it (no new function); a function still starting has its batch computed
+    locally meanwhile; every result is exact."""
+    from remoe.experts.dispatch import DispatchingExecutor, current_routing
+    from remoe.experts.placement import LOCAL, Placement
+
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    local = LocalExpertExecutor(weights)
+    everything = [(layer, e) for layer in arch.layer_indices for e in range(arch.num_experts)]
+    executor = DispatchingExecutor(
+        Placement({LOCAL: everything}), arch.layer_indices, arch.num_experts, local=local, platform=platform
+    )
+    hidden, index, routing = torch.randn(3, arch.hidden_size), torch.tensor([[6, 7], [5, 6], [0, 7]]), torch.rand(3, 2)
+    expected = local.compute(1, hidden, index, routing)
+
+    def compute(plan):
+        token = current_routing.set(executor.routing_for(plan))
+        try:
+            return executor.compute(1, hidden, index, routing)
+        finally:
+            current_routing.reset(token)
+
+    first = [FunctionSpec("first", experts=((1, 6), (1, 7)), memory_mb=2048)]
+    torch.testing.assert_close(compute(first), expected, rtol=0, atol=1e-6)  # "first" is starting: computed here
+    assert executor.cold_fallbacks == 1 and [s.state for s in platform.status()] == ["starting"]
+    platform.endpoints("first", timeout_s=120)  # now it serves
+
+    second = [FunctionSpec("second", experts=((1, 5), (1, 6), (1, 7)), memory_mb=2048)]
+    torch.testing.assert_close(compute(second), expected, rtol=0, atol=1e-6)
+    names = {s.function for s in platform.status()}
+    assert "second" not in names and len(names) == 2, "only expert 5 needs a new function"
+    assert executor.reused_experts == 2
+    assert {s.function: s.calls for s in platform.status()}["first"] == 1

@@ -6,6 +6,11 @@ per layer, all in flight at once; the local experts are computed while the remot
 weighted partial sums are added. A function replica that fails is retried on another live replica, then
 the batch goes to the fallback (an expert service, which loads any expert lazily). T = tokens, K = top-k,
 H = hidden size.
+
+Per-request plans and cold starts: a plan's experts that a running function already hosts go to that function
+(no new function, no cold start); and by default a function that has no instance serving yet has its batches
+computed on the fallback while it starts, so a cold start never sits on a token's critical path
+(`cold_start="wait"` waits for it instead, as a bare serverless deployment would).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from opentelemetry import propagate, trace
 from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement
-from remoe.platform.base import FunctionStartError
+from remoe.platform.base import FunctionSpec, FunctionStartError, content_name
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
@@ -42,8 +47,45 @@ DEFAULT_BATCH_TIMEOUT_S = 300.0
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
 
 
+COLD_START_POLICIES = ("fallback", "wait")
+
+
 def function_destination(name: str) -> str:
     return f"{FUNCTION_PREFIX}{name}"
+
+
+class FunctionNotReady(FunctionStartError):
+    """The function has no instance serving yet (it is starting); its batch is computed elsewhere meanwhile."""
+
+
+def reuse_running(
+    functions: list[FunctionSpec], running: list[FunctionSpec]
+) -> tuple[list[FunctionSpec], dict[str, list[ExpertId]]]:
+    """Split a plan's functions into the experts running functions already host (function name -> experts) and
+    what is left to new functions (each named by its remaining content, so the next request with the same
+    remainder finds it warm). Earlier entries of `running` (warm ones) win when two host an expert."""
+    host: dict[ExpertId, FunctionSpec] = {}
+    for spec in running:
+        for expert in spec.experts:
+            host.setdefault(expert, spec)
+    running_names = {spec.name for spec in running}
+    new: list[FunctionSpec] = []
+    reused: dict[str, list[ExpertId]] = {}
+    for spec in functions:
+        if spec.name in running_names:
+            reused.setdefault(spec.name, []).extend(spec.experts)
+            continue
+        rest = tuple(e for e in spec.experts if e not in host)
+        for expert in spec.experts:
+            if expert in host:
+                reused.setdefault(host[expert].name, []).append(expert)
+        if rest == spec.experts:
+            new.append(spec)
+        elif rest:
+            new.append(
+                FunctionSpec(content_name(rest, spec.memory_mb), rest, spec.memory_mb, spec.replicas, spec.concurrency)
+            )
+    return new, reused
 
 
 @dataclass
@@ -83,8 +125,12 @@ class DispatchingExecutor:
         local: LocalExpertExecutor | None = None,
         platform=None,
         fallback: str | None = None,
+        cold_start: str = "fallback",
     ) -> None:
+        if cold_start not in COLD_START_POLICIES:
+            raise ValueError(f"cold_start must be one of {COLD_START_POLICIES}, got {cold_start!r}")
         self.moe_layers, self.num_experts = moe_layers, num_experts
+        self.cold_start = cold_start
         self.local = local
         self.platform = platform
         self.default = self._compile(placement, {})
@@ -98,6 +144,8 @@ class DispatchingExecutor:
         self.fanout_s: deque[float] = deque(maxlen=2048)  # wall time of recent remote fan-outs
         self.retries = 0
         self.fallbacks = 0
+        self.cold_fallbacks = 0  # batches computed elsewhere while their function started
+        self.reused_experts = 0  # plan experts sent to a function that was already running
 
     @property
     def placement(self) -> Placement:
@@ -124,16 +172,35 @@ class DispatchingExecutor:
         return Routing(placement, destinations, owner, memory_mb)
 
     def routing_for(self, functions) -> Routing:
-        """The routing of a request's plan: its functions (FunctionSpecs, deployed on the platform if new)
-        take their experts, every other expert stays where the default placement has it."""
-        key = tuple(functions)
+        """The routing of a request's plan: its functions (FunctionSpecs) take their experts — those a running
+        function hosts go there, the rest to new functions deployed on the platform —, every other expert stays
+        where the default placement has it."""
+        if self.platform is None:
+            raise ValueError("this backbone has no function platform, so it cannot run a plan's functions")
+        self._check_plan(functions)
+        running = self.platform.running()
+        new, reused = reuse_running(list(functions), running)
+        key = (tuple(new), tuple((name, tuple(experts)) for name, experts in sorted(reused.items())))
         with self._routings_lock:
             routing = self._routings.get(key)
             if routing is not None:
                 self._routings.move_to_end(key)
+                self.reused_experts += sum(map(len, reused.values()))
                 return routing
-        if self.platform is None:
-            raise ValueError("this backbone has no function platform, so it cannot run a plan's functions")
+        remote = {function_destination(s.name): list(s.experts) for s in new}
+        remote |= {function_destination(name): experts for name, experts in reused.items()}
+        destinations = self._plan_destinations(remote)
+        self.platform.ensure(new)
+        memory_mb = {s.name: s.memory_mb for s in running if s.name in reused} | {s.name: s.memory_mb for s in new}
+        routing = self._compile(Placement(destinations), memory_mb)
+        with self._routings_lock:
+            self._routings[key] = routing
+            self.reused_experts += sum(map(len, reused.values()))
+            while len(self._routings) > ROUTINGS_KEPT:
+                self._routings.popitem(last=False)
+        return routing
+
+    def _check_plan(self, functions) -> None:
         remote: dict[ExpertId, str] = {}
         for spec in functions:
             for expert in spec.experts:
@@ -142,22 +209,17 @@ class DispatchingExecutor:
                 if expert[0] not in self.moe_layers or not 0 <= expert[1] < self.num_experts:
                     raise ValueError(f"function {spec.name}: expert {expert} is not in the model")
                 remote[expert] = spec.name
-        owners = self.default.placement.owner_table()
+
+    def _plan_destinations(self, remote: dict[str, list[ExpertId]]) -> dict[str, list[ExpertId]]:
+        """A plan's destinations: its functions (`remote`: destination -> experts) take their experts, the others
+        stay where the default placement has them (one the default put in a function goes to the fallback)."""
+        planned = {expert for experts in remote.values() for expert in experts}
         destinations: dict[str, list[ExpertId]] = {}
-        for expert, dest in owners.items():
-            if expert not in remote and not dest.startswith(FUNCTION_PREFIX):
-                destinations.setdefault(dest, []).append(expert)
-            elif expert not in remote:  # the default put it in a function the plan does not have
-                destinations.setdefault(self.fallback, []).append(expert)
-        for spec in functions:
-            destinations[function_destination(spec.name)] = list(spec.experts)
-        self.platform.ensure(list(functions))
-        routing = self._compile(Placement(destinations), {s.name: s.memory_mb for s in functions})
-        with self._routings_lock:
-            self._routings[key] = routing
-            while len(self._routings) > ROUTINGS_KEPT:
-                self._routings.popitem(last=False)
-        return routing
+        for expert, dest in self.default.placement.owner_table().items():
+            if expert not in planned:
+                local = dest if not dest.startswith(FUNCTION_PREFIX) else self.fallback
+                destinations.setdefault(local, []).append(expert)
+        return destinations | remote
 
     @property
     def streams(self) -> dict[str, ExpertStream]:
@@ -213,11 +275,14 @@ class DispatchingExecutor:
             )
             try:
                 in_flight.append(self._send(dest, rows, batch))
-            except FunctionStartError as e:  # the function cannot start (no room, bad spec): compute elsewhere
+            except FunctionStartError as e:  # starting, or cannot start (no room, bad spec): compute elsewhere
                 if self.fallback is None or not dest.startswith(FUNCTION_PREFIX):
                     raise
-                self.fallbacks += 1
-                log.warning("%s cannot start (%s); computing its batch on %s", dest, e, self.fallback)
+                if isinstance(e, FunctionNotReady):
+                    self.cold_fallbacks += 1
+                else:
+                    self.fallbacks += 1
+                    log.warning("%s cannot start (%s); computing its batch on %s", dest, e, self.fallback)
                 if self.fallback == LOCAL:
                     out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
                 else:
@@ -248,9 +313,12 @@ class DispatchingExecutor:
             return dest
         name = dest.removeprefix(FUNCTION_PREFIX)
         live = [(r, a) for r, a in self.platform.live_endpoints(name) if a != avoid]
-        if not live:  # scale from zero (or every live replica just failed): start and wait
+        if not live:  # scale from zero (or every live replica just failed)
             if avoid:
                 raise RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"function {name}: no other live replica")
+            if self.cold_start == "fallback" and self.fallback is not None:
+                self.platform.warm([name])  # starts it in the background; no-op while it is starting
+                raise FunctionNotReady(f"function {name} is starting")
             addresses = self.platform.endpoints(name, timeout_s=remaining(DEFAULT_BATCH_TIMEOUT_S))
             live = list(enumerate(addresses))
         replica, address = live[next(self._round_robin) % len(live)]

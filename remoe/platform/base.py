@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,6 +37,15 @@ class FunctionSpec:
             raise ValueError(f"function {self.name}: memory_mb {self.memory_mb} is below 64")
         if self.replicas < 1:
             raise ValueError(f"function {self.name}: replicas must be >= 1")
+
+
+def content_name(experts: tuple[ExpertId, ...], memory_mb: int) -> str:
+    """A function's name from what it hosts: the same experts and memory in another request's plan name the same
+    function, so its warm instances are reused. Prefixed by the layer when every expert is in one."""
+    layers = {layer for layer, _ in experts}
+    prefix = f"l{next(iter(layers))}" if len(layers) == 1 else "f"
+    digest = hashlib.sha1(f"{tuple(experts)}{memory_mb}".encode()).hexdigest()[:10]
+    return f"{prefix}-{digest}"
 
 
 @dataclass(slots=True)
@@ -72,6 +83,19 @@ class FunctionPlatform(Protocol):
 
     def endpoints(self, name: str, timeout_s: float) -> list[str]:
         """Addresses of the function's replicas, starting cold ones and waiting until they serve."""
+
+    def live_endpoints(self, name: str) -> list[tuple[int, str]]:
+        """(replica, address) of the replicas that serve now, without starting or waiting for any."""
+
+    def touch(self, name: str, replica: int) -> None:
+        """Note a call to a replica (it stays warm for another idle TTL)."""
+
+    def lease(self) -> AbstractContextManager:
+        """Held for the duration of a request: no function scales to zero meanwhile."""
+
+    def running(self) -> list[FunctionSpec]:
+        """Functions with an instance serving or starting now (warm ones first): a new plan's experts that one of
+        these hosts are sent there instead of to a new function."""
 
     def status(self) -> list[InstanceStatus]: ...
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,7 @@ class KnativeFunctionPlatform:
             api = client.CustomObjectsApi()
         self.api = api
         self._specs: dict[str, FunctionSpec] = {}
+        self._addresses: dict[str, str] = {}  # function -> its Service's address
 
     def _list(self) -> list[dict]:
         items = self.api.list_namespaced_custom_object(
@@ -212,6 +214,7 @@ class KnativeFunctionPlatform:
                 if e.status != 404:
                     raise
         self._specs = {s.name: s for s in specs}
+        self._addresses = {n: a for n, a in self._addresses.items() if n in self._specs}
 
     def ensure(self, specs: list[FunctionSpec]) -> None:
         """Create the Knative Services of these functions that do not exist yet; delete nothing (a request's
@@ -228,12 +231,33 @@ class KnativeFunctionPlatform:
             self._specs[spec.name] = spec
 
     def endpoints(self, name: str, timeout_s: float = 120.0) -> list[str]:
-        """The Service's cluster-local address; Knative balances over (and cold-starts) its instances."""
-        item = self.api.get_namespaced_custom_object(
-            GROUP, VERSION, self.settings.namespace, PLURAL, self.settings.service_name(name)
-        )
-        url = item.get("status", {}).get("address", {}).get("url") or item.get("status", {}).get("url", "")
-        return [address_of_url(url)] if url else []
+        """The Service's cluster-local address; Knative balances over (and cold-starts) its instances. Asked of
+        the API once per Service (its address does not change), not once per batch."""
+        address = self._addresses.get(name)
+        if address is None:
+            item = self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.settings.namespace, PLURAL, self.settings.service_name(name)
+            )
+            url = item.get("status", {}).get("address", {}).get("url") or item.get("status", {}).get("url", "")
+            if not url:
+                return []  # not ready yet: no address
+            address = self._addresses[name] = address_of_url(url)
+        return [address]
+
+    def live_endpoints(self, name: str) -> list[tuple[int, str]]:
+        """The Service's address counts as live even at zero instances: Knative's activator holds the call until
+        an instance serves (the cold start happens there, not here)."""
+        return list(enumerate(self.endpoints(name)))
+
+    def touch(self, name: str, replica: int) -> None:
+        pass  # Knative's autoscaler sees the traffic itself
+
+    def lease(self):
+        return nullcontext()  # Knative scales on traffic; a request in flight is traffic
+
+    def running(self) -> list[FunctionSpec]:
+        """Every Service this backbone created: reusing one (even scaled to zero) creates no new Service."""
+        return list(self._specs.values())
 
     def warm(self, names: list[str] | None = None) -> None:
         """Knative starts instances on the first request: send each function a Stats call now."""

@@ -29,6 +29,9 @@ from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartErro
 
 log = logging.getLogger(__name__)
 DEFAULT_IDLE_TTL_S = 60.0
+# After an instance failed to start (e.g. its experts do not fit its memory), starting it again is refused for
+# this long: every batch routed to it would otherwise spawn a doomed process.
+START_RETRY_S = 10.0
 
 
 def default_memory_budget_mb() -> int:
@@ -47,6 +50,7 @@ class _Instance:
     port: int = 0
     ready: threading.Event = field(default_factory=threading.Event)
     error: str = ""
+    failed_at: float = -1e9  # time.monotonic() of the last failed start
     spawned_at: float = 0.0
     last_used: float = 0.0
     cold_starts: int = 0
@@ -124,6 +128,13 @@ class LocalFunctionPlatform:
         with self._lock:
             return [instances[0].spec for instances in self._instances.values()]
 
+    def running(self) -> list[FunctionSpec]:
+        with self._lock:
+            states = {name: {i.state for i in instances} for name, instances in self._instances.items()}
+            warm = [n for n, s in states.items() if "warm" in s]
+            starting = [n for n, s in states.items() if "warm" not in s and "starting" in s]
+            return [self._instances[n][0].spec for n in warm + starting]
+
     # -- scale from zero
     def warm(self, names: list[str] | None = None) -> None:
         with self._lock:
@@ -132,7 +143,7 @@ class LocalFunctionPlatform:
                     try:
                         self._start(inst, reason="warm-up")
                     except FunctionStartError as e:  # pre-warming is best effort; a call will try again
-                        log.warning("not pre-warming %s: %s", inst.name, e)
+                        log.debug("not pre-warming %s: %s", inst.name, e)
 
     def endpoints(self, name: str, timeout_s: float = 120.0) -> list[str]:
         with self._lock:
@@ -220,6 +231,8 @@ class LocalFunctionPlatform:
     def _start(self, inst: _Instance, reason: str) -> None:
         if inst.running:
             return
+        if inst.error and time.monotonic() - inst.failed_at < START_RETRY_S:
+            raise FunctionStartError(inst.error)
         self._make_room(inst)
         ready_file = self.run_dir / f"{inst.name}.port"
         ready_file.unlink(missing_ok=True)
@@ -253,6 +266,8 @@ class LocalFunctionPlatform:
             time.sleep(0.02)
         if process.poll() is not None and not ready_file.is_file():
             inst.error = self._exit_message(inst, process.returncode)
+            inst.failed_at = time.monotonic()
+            log.warning("%s (not retried for %.0f s)", inst.error, START_RETRY_S)
             inst.ready.set()
             return
         inst.port = int(ready_file.read_text())

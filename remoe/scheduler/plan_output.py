@@ -4,9 +4,7 @@ replica, so each replica hosts exactly its LPT share of the layer's experts), a 
 
 from __future__ import annotations
 
-import hashlib
-
-from remoe.platform.base import FunctionSpec, functions_to_json
+from remoe.platform.base import FunctionSpec, content_name, functions_to_json
 from remoe.scheduler.estimate import LayerPlan
 from remoe.scheduler.planner import Plan
 from remoe.scheduler.problem import Request
@@ -21,9 +19,7 @@ def plan_functions(layers: list[LayerPlan], moe_layers: list[int]) -> list[Funct
         memory_mb = int(round(planned.memory_gb * 1024))
         for part in planned.replicas:
             experts = tuple((layer, e) for e in part)
-            # Named by content: the same experts and memory in another request's plan reuse the warm instance.
-            digest = hashlib.sha1(f"{experts}{memory_mb}".encode()).hexdigest()[:10]
-            specs.append(FunctionSpec(f"l{layer}-{digest}", experts, memory_mb))
+            specs.append(FunctionSpec(content_name(experts, memory_mb), experts, memory_mb))
     return specs
 
 

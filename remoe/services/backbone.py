@@ -113,7 +113,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"plan: {e}")
         try:  # cold starts overlap the prefill's first layers
-            self.executor.platform.warm([s.name for s in specs])
+            self.executor.platform.warm(list(routing.memory_mb))
         except FunctionStartError as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return routing
@@ -256,6 +256,8 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             functions=functions,
             function_retries=self.executor.retries,
             function_fallbacks=self.executor.fallbacks,
+            function_cold_fallbacks=self.executor.cold_fallbacks,
+            function_reused_experts=self.executor.reused_experts,
             model=self.model_dir,
             architecture=type(self.backbone.model).__name__,
             device=str(self.backbone.device),
@@ -310,7 +312,14 @@ def main(argv: list[str] | None = None) -> None:
     platform.deploy(functions)
     # Without expert services the backbone computes locally, and takes over failed functions' batches too.
     local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
-    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local, platform=platform)
+    executor = DispatchingExecutor(
+        placement,
+        arch.layer_indices,
+        arch.num_experts,
+        local=local,
+        platform=platform,
+        cold_start=s.function_cold_start,
+    )
     backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
     servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens)
     backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
