@@ -38,6 +38,7 @@ def summary(run: dict, slo_ttft: float, slo_tpot: float, burst_starts: list[int]
         "warm_ttft": float(np.mean(warm)) if warm and burst_starts else None,
         "resident_mb_mean": float(np.mean(resident)) / 1e6 if resident else None,
         "cold_starts": run["cold_starts"],
+        "cold_fallbacks": run.get("cold_fallbacks"),  # absent in results from before the fallback existed
         "function_s": float(np.mean([r["function_s"] for r in rs])),
         "modelled": any(r["modelled"] for r in rs),
     }
@@ -117,14 +118,15 @@ def write(results: dict, out: Path, stem: str) -> None:
                 f"(function TTL {plan['function_ttl_s']:.0f} s), {plan['burst_tokens']} output tokens",
                 "",
                 "| system | TTFT, first of a burst (ms) | TTFT, the rest (ms) | function cold starts | "
-                "expert MB resident (mean) | $ per request |",
-                "|---|---|---|---|---|---|",
+                "batches computed while a function started | expert MB resident (mean) | $ per request |",
+                "|---|---|---|---|---|---|---|",
             ]
             for system in ORDER:
                 s = b[system]
                 lines.append(
                     f"| {system} | {_fmt(s['cold_ttft'] and s['cold_ttft'] * 1e3, '.1f')} | "
                     f"{_fmt(s['warm_ttft'] and s['warm_ttft'] * 1e3, '.1f')} | {s['cold_starts']} | "
+                    f"{_fmt(s['cold_fallbacks'], 'd')} | "
                     f"{_fmt(s['resident_mb_mean'], '.1f')} | {s['cost']:.3g} |"
                 )
             lines.append("")

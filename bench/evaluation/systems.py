@@ -61,6 +61,7 @@ class Run:
     loads: int = 0
     timeline: list[tuple[float, int, int, int]] = field(default_factory=list)  # (s, service B, function B, warm)
     cold_starts: int = 0
+    cold_fallbacks: int = 0  # batches computed on an expert service while their function started
 
     @property
     def hit_rate(self) -> float | None:
@@ -129,6 +130,7 @@ class Sampler(threading.Thread):
         self.timeline: list[tuple[float, int, int, int]] = []
         self.counters: dict[str, tuple[int, int]] = {}  # destination -> (hits, loads), latest seen
         self.cold_starts: dict[str, int] = {}
+        self.cold_fallbacks = 0
 
     def _function_stats(self, address: str):
         from remoe.proto import expert_pb2, expert_pb2_grpc
@@ -138,6 +140,7 @@ class Sampler(threading.Thread):
 
     def sample(self, t: float) -> None:
         backbone = self.client.status().backbone
+        self.cold_fallbacks = backbone.function_cold_fallbacks
         services = 0
         for d in backbone.destinations:
             if d.healthy and d.stats.kind != "function":
@@ -218,7 +221,7 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
     sampler = Sampler(client)
     sampler.sample(0.0)
     hits0, loads0 = sampler.totals()
-    cold0 = sum(sampler.cold_starts.values())
+    cold0, fallbacks0 = sum(sampler.cold_starts.values()), sampler.cold_fallbacks
     sampler.start()
     start = time.monotonic()
 
@@ -249,7 +252,16 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
     sampler.sample(time.monotonic() - start)
     hits, loads = sampler.totals()
     cold_starts = sum(sampler.cold_starts.values()) - cold0
-    return Run(system, workload.name, results, hits - hits0, loads - loads0, sampler.timeline, cold_starts)
+    return Run(
+        system,
+        workload.name,
+        results,
+        hits - hits0,
+        loads - loads0,
+        sampler.timeline,
+        cold_starts,
+        sampler.cold_fallbacks - fallbacks0,
+    )
 
 
 class OraclePredictor:
