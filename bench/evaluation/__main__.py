@@ -200,13 +200,25 @@ def main() -> None:
         "models": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{stem}.json"
+    if path.is_file() and set(names) != set(plans):  # a subset: keep the other models' last results
+        results["models"] = {k: v for k, v in _with_provenance(json.loads(path.read_text())).items() if k not in names}
     for name in names:
         work = models.CACHE / "runs" / name
         work.mkdir(parents=True, exist_ok=True)
         results["models"][name] = evaluate(case(name, args.quick), plans[name], texts, train, work)
-        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=_plain) + "\n")
+        results["models"][name].update({k: results[k] for k in PROVENANCE})
+        path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
     report.write(results, args.out, stem)
     print((args.out / f"{stem}.md").read_text())
+
+
+PROVENANCE = ("machine", "date", "commit")
+
+
+def _with_provenance(old: dict) -> dict:
+    """An earlier run's models, each carrying the machine, date and commit it was measured with."""
+    return {name: {**{k: old[k] for k in PROVENANCE}, **model} for name, model in old["models"].items()}
 
 
 def _plain(value):

@@ -76,10 +76,16 @@ def write(results: dict, out: Path, stem: str) -> None:
     for name, model in results["models"].items():
         t = tables(model)
         plan = model["plan"]
+        provenance = (
+            f" Measured {model['date']} at commit {model['commit']}."
+            if model.get("commit", results["commit"]) != results["commit"]
+            else ""
+        )
         lines += [
             f"## {model['model']}",
             "",
-            f"{model['note']}. SLO: TTFT {model['slo_ttft_s'] * 1e3:.1f} ms, TPOT {model['slo_tpot_s'] * 1e3:.2f} ms.",
+            f"{model['note']}. SLO: TTFT {model['slo_ttft_s'] * 1e3:.1f} ms, TPOT {model['slo_tpot_s'] * 1e3:.2f} ms."
+            + provenance,
             "",
             f"### Paper workload: {plan['requests']} corpus prompts (first 500 characters), {plan['new_tokens']} "
             "output tokens, batch 1",
