@@ -99,3 +99,16 @@ def redis_url():
     yield url
     proc.terminate()
     proc.wait()
+
+
+def warm_functions(client, timeout_s: float = 90.0) -> None:
+    """Start every function of the cluster's plan and wait until each instance serves: a request does not wait
+    for cold starts (their batches run on an expert service meanwhile), so a test that means to exercise the
+    functions themselves waits here first. The first request's arrival is what pre-warms them."""
+    import time
+
+    client.generate(prompt="warm", max_new_tokens=1)
+    deadline = time.monotonic() + timeout_s
+    while not all(f.state == "warm" for f in client.status().backbone.functions):
+        assert time.monotonic() < deadline, "functions did not start"
+        time.sleep(0.1)

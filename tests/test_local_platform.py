@@ -183,3 +183,47 @@ def test_plans_reuse_running_functions_and_never_wait_for_a_cold_start(platform,
     assert "second" not in names and len(names) == 2, "only expert 5 needs a new function"
     assert executor.reused_experts == 2
     assert {s.function: s.calls for s in platform.status()}["first"] == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_functions_exit_when_the_process_that_started_them_is_killed(tiny_model, tmp_path):
+    """A backbone killed hard (SIGKILL, no clean-up) must not leave its function processes running."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal
+from remoe.platform.base import FunctionSpec
+from remoe.platform.local import LocalFunctionPlatform
+p = LocalFunctionPlatform({str(tiny_model("mixtral"))!r}, {str(tmp_path)!r})
+p.deploy([FunctionSpec("orphan", experts=((0, 1),), memory_mb=2048)])
+p.endpoints("orphan", timeout_s=120)
+print(open({str(tmp_path / "orphan-0.pid")!r}).read(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert run.returncode == -9, run.stderr
+    pid = int(run.stdout.strip())
+    deadline = time.monotonic() + 15
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"function process {pid} outlived its parent"
+        time.sleep(0.1)
+
+
+def test_a_function_gets_only_what_it_needs_from_the_environment(platform, monkeypatch):
+    monkeypatch.setenv("REMOE_GATEWAY_AUTH_TOKEN", "do-not-leak")
+    monkeypatch.setenv("REMOE_PREDICTOR_REDIS_URL", "redis://secret@host/0")
+    platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
+    platform.endpoints("f", timeout_s=120)
+    pid = int((platform.run_dir / "f-0.pid").read_text())
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        names = {entry.split(b"=", 1)[0].decode() for entry in f.read().split(b"\0") if entry}
+    assert not {"REMOE_GATEWAY_AUTH_TOKEN", "REMOE_PREDICTOR_REDIS_URL"} & names
+    assert {"REMOE_MODEL_DIR", "REMOE_FUNCTION_EXPERTS", "PATH"} <= names

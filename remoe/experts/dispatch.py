@@ -4,8 +4,8 @@ Destinations: "local" (this process), an expert service's address, or "function:
 function, resolved to its replicas through the function platform). One message per remote destination
 per layer, all in flight at once; the local experts are computed while the remote ones work; the
 weighted partial sums are added. A function replica that fails is retried on another live replica, then
-the batch goes to the fallback (an expert service, which loads any expert lazily). T = tokens, K = top-k,
-H = hidden size.
+the batch goes to the fallback (an expert service, which loads any expert lazily); a batch an expert service
+fails goes to the next service. T = tokens, K = top-k, H = hidden size.
 
 Per-request plans and cold starts: a plan's experts that a running function already hosts go to that function
 (no new function, no cold start); and by default a function that has no instance serving yet has its batches
@@ -135,6 +135,7 @@ class DispatchingExecutor:
         self.platform = platform
         self.default = self._compile(placement, {})
         services = [d for d in self.destinations if d != LOCAL and not d.startswith(FUNCTION_PREFIX)]
+        self.services = services
         self.fallback = fallback or (services[0] if services else (LOCAL if local is not None else None))
         self._streams: dict[str, ExpertStream] = {}
         self._streams_lock = threading.Lock()
@@ -145,6 +146,7 @@ class DispatchingExecutor:
         self.retries = 0
         self.fallbacks = 0
         self.cold_fallbacks = 0  # batches computed elsewhere while their function started
+        self.failovers = 0  # batches an expert service failed and another one computed
         self.reused_experts = 0  # plan experts sent to a function that was already running
 
     @property
@@ -348,8 +350,10 @@ class DispatchingExecutor:
         try:
             return self._result(job)
         except RemoteExpertError as e:
-            if not job.dest.startswith(FUNCTION_PREFIX) or e.code not in _RETRYABLE:
+            if e.code not in _RETRYABLE:
                 raise
+            if not job.dest.startswith(FUNCTION_PREFIX):
+                return self._failover(job, e)
             first_error = e
         span = trace.get_current_span()
         log.warning("%s failed (%s); retrying on another replica", job.address, first_error)
@@ -368,6 +372,23 @@ class DispatchingExecutor:
             weights = tensor_codec.decode(job.batch.top_k_weights)
             return self.local.compute(job.batch.layer, hidden[job.rows], index, weights)
         return self._result(self._send(self.fallback, job.rows, job.batch))
+
+    def _failover(self, job: _InFlight, error: RemoteExpertError) -> torch.Tensor:
+        """An expert service failed a batch (it died, or is restarting): the other services each load any expert
+        lazily, so the next one computes it; only when every one fails does the request fail, with the status."""
+        for other in self.services:
+            if other == job.address:
+                continue
+            self.failovers += 1
+            log.warning("%s failed (%s); computing its batch on %s", job.address, error, other)
+            trace.get_current_span().add_event("service_failover", {"remoe.failed": job.address, "remoe.to": other})
+            try:
+                return self._result(self._send(other, job.rows, job.batch))
+            except RemoteExpertError as e:
+                if e.code not in _RETRYABLE:
+                    raise
+                error = e
+        raise error
 
     def close(self) -> None:
         with self._streams_lock:

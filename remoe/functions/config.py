@@ -25,6 +25,9 @@ from pathlib import Path
 
 from remoe.experts.cache import ExpertId
 
+# Set by the local platform only: the backbone process that started this function (it exits when that one is gone).
+PARENT_PID_VARIABLE = "REMOE_FUNCTION_PARENT_PID"
+
 
 def format_experts(experts: list[ExpertId]) -> str:
     by_layer: dict[int, list[int]] = {}

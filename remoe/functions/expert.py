@@ -35,6 +35,19 @@ def process_start_seconds(spawned_at: float | None) -> float:
         return 0.0
 
 
+def exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """Local platform: a function must not outlive the backbone that started it (one killed hard would leave its
+    functions running and holding memory). Polls the parent, as PR_SET_PDEATHSIG would fire with the spawning
+    thread rather than the process."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -96,6 +109,10 @@ def main() -> None:
         print(f"remoe function: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     clock = ColdStartClock(process_start_seconds(config.spawned_at))
+    from remoe.functions.config import PARENT_PID_VARIABLE
+
+    if os.environ.get(PARENT_PID_VARIABLE, "").isdigit():
+        exit_with_parent(int(os.environ[PARENT_PID_VARIABLE]))
 
     t = time.time()
     from remoe.experts.executor import LocalExpertExecutor

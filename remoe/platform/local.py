@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remoe.functions.config import FunctionConfig
+from remoe.functions.config import PARENT_PID_VARIABLE, FunctionConfig
 from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartError, InstanceStatus
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,16 @@ DEFAULT_IDLE_TTL_S = 60.0
 # After an instance failed to start (e.g. its experts do not fit its memory), starting it again is refused for
 # this long: every batch routed to it would otherwise spawn a doomed process.
 START_RETRY_S = 10.0
+
+
+# What a function process inherits from the backbone's environment: enough to run Python offline and trace; no
+# secrets (a gateway token, Redis URLs) and no settings of other services.
+_INHERITED = {"PATH", "PYTHONPATH", "VIRTUAL_ENV", "HOME", "TMPDIR", "LANG", "TZ", "HF_HOME"}
+_INHERITED_PREFIXES = ("LC_", "OTEL_", "HF_HUB_", "TRANSFORMERS_", "OMP_", "MKL_")
+
+
+def function_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith(_INHERITED_PREFIXES)}
 
 
 def default_memory_budget_mb() -> int:
@@ -245,7 +255,13 @@ class LocalFunctionPlatform:
             ready_file=ready_file,
         )
         inst.spawned_at = time.time()
-        env = {**os.environ, **self._env, **config.to_env(), "REMOE_SPAWNED_AT": repr(inst.spawned_at)}
+        env = {
+            **function_environment(),
+            **self._env,
+            **config.to_env(),
+            "REMOE_SPAWNED_AT": repr(inst.spawned_at),
+            PARENT_PID_VARIABLE: str(os.getpid()),
+        }
         log_file = (self.run_dir / f"{inst.name}.log").open("ab")
         inst.process = subprocess.Popen(
             [sys.executable, "-m", "remoe.functions.expert"],
@@ -341,9 +357,26 @@ class LocalFunctionPlatform:
                 for inst in instances
             ]
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop every instance: all are signalled at once, then waited for together (one after another, a dozen
+        instances outlasted the grace `remoe up` gives the backbone, which was killed and left them running)."""
         self._closed.set()
         with self._lock:
+            processes = [
+                inst.process
+                for instances in self._instances.values()
+                for inst in instances
+                if inst.process is not None and inst.process.poll() is None
+            ]
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            for process in processes:
+                try:
+                    process.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             for instances in self._instances.values():
                 for inst in instances:
-                    self._stop(inst)
+                    inst.process, inst.port = None, 0

@@ -258,6 +258,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             function_fallbacks=self.executor.fallbacks,
             function_cold_fallbacks=self.executor.cold_fallbacks,
             function_reused_experts=self.executor.reused_experts,
+            service_failovers=self.executor.failovers,
             model=self.model_dir,
             architecture=type(self.backbone.model).__name__,
             device=str(self.backbone.device),

@@ -35,6 +35,8 @@ CHANNEL_OPTIONS = [
     # Ping idle long-lived expert streams so a dead peer is noticed; the servers below allow it.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # A restarted service is reconnected within 2 s (gRPC's default backoff grows to 120 s).
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 # The SDK's channel to the gateway: UNAVAILABLE is retried with backoff by gRPC itself.
 CLIENT_CHANNEL_OPTIONS = [
