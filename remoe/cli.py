@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -151,13 +152,29 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
+    p.add_argument("--token", default=None, help="bearer token of a gateway that asks for one (default: $REMOE_TOKEN)")
+    p.add_argument("--tls", action="store_true", help="the gateway serves TLS (checked against the system's CAs)")
+    p.add_argument("--tls-ca", default=None, metavar="PEM", help="the gateway serves TLS: trust this CA certificate")
+
+
+def _connection(args: argparse.Namespace) -> dict:
+    return {
+        "token": args.token or os.environ.get("REMOE_TOKEN") or None,
+        "tls": args.tls,
+        "root_certificates": args.tls_ca,
+    }
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from remoe.sdk import Client
 
-    with Client(args.address) as client:
+    with Client(args.address, **_connection(args)) as client:
         reply = client.status(timeout=args.timeout)
     print(
-        f"gateway {args.address}: model {reply.model}, {reply.active_requests} active, {reply.served_requests} served"
+        f"gateway {args.address}: model {reply.model}, {reply.active_requests} active (limit {reply.max_requests}), "
+        f"{reply.served_requests} served, {reply.refused_requests} refused at the limit"
     )
     if reply.backbone_error:
         print(f"backbone: UNREACHABLE ({reply.backbone_error})")
@@ -168,6 +185,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"TTFT p50 {b.recent_ttft_ms_p50:.1f} ms, TPOT p50 {b.recent_tpot_ms_p50:.1f} ms, "
         f"fan-out p50 {b.recent_fanout_ms_p50:.2f} ms/layer"
     )
+    if b.service_failovers:
+        print(f"expert services: {b.service_failovers} batches failed over to another service")
     if b.functions:
         print(
             f"functions: {b.function_retries} retries, {b.function_fallbacks} fallbacks to an expert service, "
@@ -198,7 +217,7 @@ def _generate_remote(args: argparse.Namespace, token_ids: list[int] | None) -> i
     from remoe.sdk import Client
 
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    with Client(args.address, timeout=args.timeout) as client:
+    with Client(args.address, timeout=args.timeout, **_connection(args)) as client:
         if args.json:
             result = client.generate(prompt=args.prompt, token_ids=token_ids, **options)
             usage = result.usage
@@ -717,13 +736,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("status", help="show each service of a running cluster, its experts and counters")
-    p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
+    _add_connection_flags(p)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("generate", help="generate text through a running cluster, or in-process with --model")
     p.add_argument("prompt", nargs="?", help="prompt text (needs tokenizer files in the model directory)")
-    p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
+    _add_connection_flags(p)
     p.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds (default 300)")
     p.add_argument("--model", default=None, help="run in this process on this checkpoint or split directory")
     p.add_argument("--token-ids", help="comma-separated prompt token ids instead of text")

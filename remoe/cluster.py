@@ -56,6 +56,19 @@ class ServiceProcess:
             return "(no log)"
 
 
+def _wait_for_port(service: ServiceProcess, timeout_s: float) -> None:
+    """Until something accepts connections on the service's port (a process that writes no ready file)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", service.port), timeout=0.5).close()
+            return
+        except OSError:
+            if service.process.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"{service.name} did not start; log {service.log_path}") from None
+            time.sleep(0.05)
+
+
 @dataclass
 class LocalCluster:
     model_dir: Path
@@ -180,12 +193,14 @@ class LocalCluster:
                 gateway_settings["predictor"] = self.predictor_address
             elif self.predictor:
                 gateway_settings["predictor"] = self._start_predictor(timeout_s, report)
+                gateway_settings["prior_redis_url"] = self.redis_url
+            if self.redis_url:  # every request is metered wherever there is a Redis for the ledger
+                gateway_settings["ledger_redis_url"] = self.redis_url
             if planned:
                 gateway_settings.update(
                     scheduler=self._start_scheduler(timeout_s, report),
                     slo_ttft_ms=self.slo_ttft_ms,
                     slo_tpot_ms=self.slo_tpot_ms,
-                    ledger_redis_url=self.redis_url,
                 )
             gateway = self._service("gateway", "gateway", **gateway_settings)
             self._spawn(gateway)
@@ -237,6 +252,27 @@ class LocalCluster:
 
     def by_name(self, name: str) -> ServiceProcess:
         return next(s for s in self.services if s.name == name)
+
+    def restart(self, name: str, timeout_s: float = 60.0) -> ServiceProcess:
+        """Start a service that stopped (crashed or was killed) again, on the same port, so the services that
+        talk to it reconnect by themselves."""
+        old = self.by_name(name)
+        if old.process is not None and old.process.poll() is None:
+            raise ClusterError(f"{name} is still running (pid {old.process.pid})")
+        prefix = next((k for k in old.env if k.endswith("_READY_FILE")), "").removesuffix("READY_FILE")
+        env = {**old.env, f"{prefix}PORT": str(old.port)} if prefix else old.env  # redis-server: port in argv
+        index = self.services.index(old)
+        service = ServiceProcess(name, old.argv, old.log_path, old.ready_file, env)
+        service.ready_file.unlink(missing_ok=True)
+        self._spawn(service)  # appended: moved into the old one's place (stop() goes in reverse start order)
+        self.services.remove(service)
+        self.services[index] = service
+        if prefix:
+            self._wait_ready([service], timeout_s, lambda _: None)
+        else:
+            service.port = old.port
+            _wait_for_port(service, timeout_s)
+        return service
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every service (gateway first), then SIGKILL what is still running after `grace_s`."""

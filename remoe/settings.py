@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from remoe.platform.knative import FUNCTION_IMAGE
@@ -45,9 +45,26 @@ class GatewaySettings(ServerSettings):
     predictor: str | None = Field(None, description="predictor service address (unset: no forecasts)")
     scheduler: str | None = Field(None, description="scheduler service address (unset: the backbone's placement)")
     ledger_redis_url: str | None = Field(None, description="Redis for the metering ledger (unset: no metering)")
+    prior_redis_url: str | None = Field(
+        None, description="the predictor's Redis: plans use its global prior while the predictor is down"
+    )
     slo_ttft_ms: float = Field(0.0, ge=0, description="default TTFT SLO of plans, ms (0: none)")
     slo_tpot_ms: float = Field(0.0, ge=0, description="default TPOT SLO of plans, ms (0: none)")
     prewarm: bool = Field(True, description="warm the plan's functions when a request arrives")
+    max_requests: int = Field(
+        64, ge=1, description="requests served at once; more are refused at once (RESOURCE_EXHAUSTED, retry hint)"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    auth_token: str | None = Field(
+        None, repr=False, description="require 'authorization: Bearer <token>' on every GatewayService call"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
 
 
 class BackboneSettings(ServerSettings):

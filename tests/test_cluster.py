@@ -20,7 +20,7 @@ from remoe.cluster import LocalCluster
 from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Unavailable
-from tests.conftest import ARCHS, PROMPT, reference_generate
+from tests.conftest import ARCHS, PROMPT, reference_generate, warm_functions
 
 PROMPTS = [
     "The quick brown fox",
@@ -51,6 +51,7 @@ def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_
     shared = arch == "mixtral"
     with nullcontext(mixtral_cluster) if shared else LocalCluster(path, port=0, remote_ratio=0.5) as cluster:
         client = Client(cluster.address)
+        warm_functions(client)
         result = client.generate(token_ids=ids, max_new_tokens=32)
         functions = list(client.status().backbone.functions)
     assert result.token_ids == expected
@@ -199,19 +200,40 @@ def test_status_reports_every_service(mixtral_cluster):
     assert out.stdout.count("expert-") == 2 and "hits" in out.stdout
 
 
-def test_a_dead_expert_service_gives_unavailable_within_the_deadline(tiny_model):
-    with LocalCluster(tiny_model("olmoe"), port=0) as cluster:
+def test_an_expert_service_killed_mid_generation_and_restarted(tiny_model, reference):
+    """Its batches go to the other service (tokens exact); restarted on its port, it is reconnected and serves
+    again; with every service dead a request ends UNAVAILABLE within its deadline."""
+    ids = load_tokenizer(tiny_model("olmoe")).encode(PROMPT)
+    expected = reference_generate(reference("olmoe"), ids, 48)
+    with LocalCluster(tiny_model("olmoe"), port=0, predictor=False) as cluster:
         client = Client(cluster.address)
-        assert client.generate(prompt=PROMPT, max_new_tokens=4).token_ids
-        victim = cluster.by_name("expert-1").process
-        victim.kill()
-        victim.wait()
+        got = []
+        for i, chunk in enumerate(client.stream(token_ids=ids, max_new_tokens=48)):
+            got += chunk.token_ids
+            if i == 4:
+                cluster.by_name("expert-1").process.kill()
+        assert got == expected
+        status = client.status().backbone
+        assert [d.healthy for d in status.destinations].count(False) == 1 and status.service_failovers >= 1
+
+        restarted = cluster.restart("expert-1")
+        before = _batches(client, restarted.address)
+        assert client.generate(token_ids=ids, max_new_tokens=48).token_ids == expected
+        assert _batches(client, restarted.address) > before, "the restarted service is used again"
+        assert all(d.healthy for d in client.status().backbone.destinations)
+
+        for name in ("expert-0", "expert-1"):
+            cluster.by_name(name).process.kill()
+            cluster.by_name(name).process.wait()
         start = time.monotonic()
         with pytest.raises(Unavailable, match="expert service"):
-            client.generate(prompt=PROMPT, max_new_tokens=4, timeout=20)
+            client.generate(token_ids=ids, max_new_tokens=4, timeout=20)
         assert time.monotonic() - start < 20
-        status = client.status().backbone
-        assert [d.healthy for d in status.destinations].count(False) == 1
+
+
+def _batches(client: Client, address: str) -> int:
+    d = next(d for d in client.status().backbone.destinations if d.address == address)
+    return d.stats.batches
 
 
 def test_remoe_up_serves_and_stops_every_process_on_sigint(tiny_model, tmp_path):

@@ -3,12 +3,19 @@ a Redis hash so every predictor replica shares it. Never fails a caller: errors 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import redis
 
 log = logging.getLogger(__name__)
+
+
+def model_id(model_type: str, checkpoint: Path) -> str:
+    """The key of a model's prompt store and prior, stable across restarts: its type and its path."""
+    return f"{model_type}-{hashlib.sha1(str(checkpoint.resolve()).encode()).hexdigest()[:12]}"
 
 
 class GlobalPrior:

@@ -1,12 +1,13 @@
 """Client SDK for a Remoe gateway."""
 
-from remoe.sdk.client import AsyncClient, Chunk, Client, Result, Usage
+from remoe.sdk.client import AsyncClient, Chunk, Client, Connection, Result, Usage
 from remoe.sdk.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
     RemoeRpcError,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -15,11 +16,13 @@ __all__ = [
     "Cancelled",
     "Chunk",
     "Client",
+    "Connection",
     "DeadlineExceeded",
     "InvalidArgument",
     "RemoeRpcError",
     "ResourceExhausted",
     "Result",
+    "Unauthenticated",
     "Unavailable",
     "Usage",
 ]

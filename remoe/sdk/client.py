@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -118,13 +119,51 @@ def _collect(chunks, request_id: str = "") -> Result:
     return Result(ids, "".join(text), finish, usage or Usage(), request_id)
 
 
-class Client:
-    """Blocking client. `timeout` is each call's deadline in seconds (None = no deadline)."""
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a gateway: its address, TLS (with the system's CA roots, or `root_certificates`, a PEM file)
+    and the bearer token a gateway with REMOE_GATEWAY_AUTH_TOKEN asks for."""
 
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = 300.0) -> None:
+    target: str
+    token: str | None = None
+    tls: bool = False
+    root_certificates: Path | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not (self.tls or self.root_certificates):
+            return None
+        roots = Path(self.root_certificates).read_bytes() if self.root_certificates else None
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+
+    def channel(self, aio: bool = False):
+        module = grpc.aio if aio else grpc
+        credentials = self.credentials()
+        if credentials is None:
+            return module.insecure_channel(self.target, options=CLIENT_CHANNEL_OPTIONS)
+        return module.secure_channel(self.target, credentials, options=CLIENT_CHANNEL_OPTIONS)
+
+
+class Client:
+    """Blocking client. `timeout` is each call's deadline in seconds (None = no deadline). `token`, `tls` and
+    `root_certificates` reach a gateway that serves TLS or asks for a bearer token (see Connection)."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        timeout: float | None = 300.0,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: str | Path | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
+        self._connection = Connection(target, token, tls, Path(root_certificates) if root_certificates else None)
+        self._channel = self._connection.channel()
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 
     def stream(
@@ -133,7 +172,9 @@ class Client:
         """Yield chunks as tokens are made. Options are build_request's keywords: max_new_tokens, temperature,
         top_p, seed, stop, ignore_eos, request_id. `timeout` overrides the client's deadline for this call."""
         request = build_request(prompt, token_ids, **options)
-        call = self._stub.Generate(request, timeout=timeout if timeout is not None else self.timeout)
+        call = self._stub.Generate(
+            request, timeout=timeout if timeout is not None else self.timeout, metadata=self._connection.metadata
+        )
         try:
             for msg in call:
                 yield _chunk(msg)
@@ -147,7 +188,7 @@ class Client:
 
     def status(self, timeout: float = 10.0) -> gateway_pb2.StatusReply:
         try:
-            return self._stub.Status(gateway_pb2.StatusRequest(), timeout=timeout)
+            return self._stub.Status(gateway_pb2.StatusRequest(), timeout=timeout, metadata=self._connection.metadata)
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
@@ -164,17 +205,28 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as Client (`await generate(...)`, `async for chunk in stream(...)`)."""
 
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = 300.0) -> None:
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        timeout: float | None = 300.0,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: str | Path | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
+        self._connection = Connection(target, token, tls, Path(root_certificates) if root_certificates else None)
+        self._channel = self._connection.channel(aio=True)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
 
     async def stream(
         self, prompt: str | None = None, token_ids: list[int] | None = None, timeout: float | None = None, **options
     ) -> AsyncIterator[Chunk]:
         request = build_request(prompt, token_ids, **options)
-        call = self._stub.Generate(request, timeout=timeout if timeout is not None else self.timeout)
+        call = self._stub.Generate(
+            request, timeout=timeout if timeout is not None else self.timeout, metadata=self._connection.metadata
+        )
         try:
             async for msg in call:
                 yield _chunk(msg)

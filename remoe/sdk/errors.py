@@ -29,11 +29,17 @@ class DeadlineExceeded(RemoeRpcError):
 
 
 class ResourceExhausted(RemoeRpcError):
-    """The server is at capacity; retry later."""
+    """The server is at capacity; retry after `retry_after_s` (the server's hint; None when it gave none)."""
+
+    retry_after_s: float | None = None
 
 
 class Cancelled(RemoeRpcError):
     """The call was cancelled."""
+
+
+class Unauthenticated(RemoeRpcError):
+    """The gateway asks for a bearer token and got none or a wrong one (Client(token=...), $REMOE_TOKEN)."""
 
 
 _BY_CODE = {
@@ -42,10 +48,26 @@ _BY_CODE = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 
 def from_rpc_error(error: grpc.RpcError) -> RemoeRpcError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(error)
-    return _BY_CODE.get(code, RemoeRpcError)(code, details)
+    typed = _BY_CODE.get(code, RemoeRpcError)(code, details)
+    if isinstance(typed, ResourceExhausted):
+        typed.retry_after_s = _retry_after_s(error)
+    return typed
+
+
+def _retry_after_s(error: grpc.RpcError) -> float | None:
+    """The gateway's retry hint: gRPC's `grpc-retry-pushback-ms` trailing metadata."""
+    try:
+        trailing = error.trailing_metadata() or ()
+    except (AttributeError, TypeError):
+        return None
+    for key, value in trailing:
+        if key == "grpc-retry-pushback-ms" and str(value).isdigit():
+            return int(value) / 1e3
+    return None

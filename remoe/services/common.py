@@ -21,10 +21,27 @@ log = logging.getLogger(__name__)
 class Server:
     """A grpc.Server with health checking and reflection, started on host:port."""
 
-    def __init__(self, name: str, host: str, port: int, workers: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        workers: int,
+        max_rpcs: int | None = None,
+        interceptors: list[grpc.ServerInterceptor] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        """`max_rpcs`: RPCs in progress at once; gRPC answers more with RESOURCE_EXHAUSTED (None: no limit).
+        `credentials`: serve TLS instead of plaintext."""
         setup_tracing(name)
         self.name = name
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+        self.credentials = credentials
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers),
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=max_rpcs,
+            interceptors=interceptors or (),
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -37,7 +54,10 @@ class Server:
 
     def start(self, ready_file: Path | None = None) -> int:
         reflection.enable_server_reflection(self._services, self.server)
-        self.port = self.server.add_insecure_port(self.address)
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(self.address, self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.address)
         if self.port == 0:
             raise SystemExit(f"{self.name}: cannot bind {self.address}")
         self.server.start()
@@ -48,7 +68,7 @@ class Server:
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(str(self.port))
             tmp.rename(ready_file)  # atomic: a reader never sees a half-written port
-        log.info("%s serving on %s:%d", self.name, self.host, self.port)
+        log.info("%s serving on %s:%d%s", self.name, self.host, self.port, " (TLS)" if self.credentials else "")
         return self.port
 
     def wait_for_signal(self, grace_s: float = 5.0) -> None:

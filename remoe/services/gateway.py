@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import numpy as np
 from remoe.model.checkpoint import load_config
 from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
+from remoe.model.weights import open_weights
 from remoe.platform.plan import functions_to_proto
 from remoe.predictor.divergence import mean_js
+from remoe.predictor.prior import GlobalPrior, model_id
 from remoe.proto import (
     backbone_pb2,
     backbone_pb2_grpc,
@@ -35,6 +38,7 @@ from remoe.scheduler.ledger import Ledger, meter
 from remoe.scheduler.plan_output import functions_of_reply
 from remoe.scheduler.problem import Limits, Prices
 from remoe.scheduler.shape import shape_of_model
+from remoe.services.auth import BearerTokenInterceptor, TLSConfigError, server_credentials
 from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import outgoing_metadata
 from remoe.settings import GatewaySettings, load_settings
@@ -44,6 +48,9 @@ from remoe.transport.channel import insecure_channel
 log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
 PREDICT_TIMEOUT_S = 1.0  # a forecast that takes longer is skipped, not waited for
+DEFAULT_MAX_REQUESTS = 64
+PRIOR_SOURCE = "gateway-prior"  # Usage.forecast_source of a request planned from the prior (predictor down)
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's own retry hint (honoured by its retry policy)
 
 
 @dataclass
@@ -55,6 +62,7 @@ class PlanningConfig:
     slo_ttft_s: float = 0.0  # default SLOs for requests that bring none (0 = none)
     slo_tpot_s: float = 0.0
     prices: Prices = field(default_factory=Prices)
+    prior_redis_url: str | None = None  # the predictor's global prior: plans use it while the predictor is down
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -65,8 +73,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         prewarm: bool = True,
         predictor_address: str | None = None,
         planning: PlanningConfig | None = None,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
     ) -> None:
         self.model_dir = model_dir
+        self.max_requests = max_requests
         self.prewarm = prewarm
         self.predictor = (
             predictor_pb2_grpc.PredictorServiceStub(insecure_channel(predictor_address)) if predictor_address else None
@@ -83,12 +93,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             else None
         )
         self.ledger = Ledger(self.planning.ledger_redis_url) if self.planning.ledger_redis_url else None
+        self.prior = self._open_prior(model_dir) if self.planning.prior_redis_url and self.planner else None
         # The main model's memory when no plan says otherwise: backbone on the GPU, every expert on the CPU.
         self.default_memory = main_memory_gb(self.shape.request(None, 1, 0), [()] * self.shape.layers, Limits())
         self._lock = threading.Lock()
-        self._active = 0
+        self._active = 0  # admitted requests, from arrival to their last chunk
         self._served = 0
+        self._refused = 0
+        self._durations_s: deque[float] = deque(maxlen=256)  # of recent requests, for the retry hint
         self._background: set = set()
+
+    def _open_prior(self, model_dir: Path) -> GlobalPrior:
+        weights = open_weights(model_dir)
+        arch = weights.arch
+        key = model_id(arch.model_type, weights.path)
+        return GlobalPrior.from_url(self.planning.prior_redis_url, key, len(arch.layer_indices), arch.num_experts)
 
     def _prompt_ids(self, request, context) -> list[int]:
         kind = request.WhichOneof("input")
@@ -112,6 +131,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return ids
 
     def Generate(self, request, context):
+        """Admission control first: beyond `max_requests` at once a request is refused at once
+        (RESOURCE_EXHAUSTED, with a retry hint) rather than queued without bound."""
+        with self._lock:
+            admitted = self._active < self.max_requests
+            if admitted:
+                self._active += 1
+            else:
+                self._refused += 1
+                retry_ms = self._retry_after_ms()
+        if not admitted:
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(retry_ms)),))
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway is serving its limit of {self.max_requests} requests at once "
+                f"(REMOE_GATEWAY_MAX_REQUESTS); retry in {retry_ms} ms",
+            )
+        started = time.perf_counter()
+        try:
+            yield from self._generate(request, context)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._durations_s.append(time.perf_counter() - started)
+
+    def _retry_after_ms(self) -> int:
+        """When a slot is likely free: a recent request's median duration shared over the requests in flight
+        (lock held)."""
+        if not self._durations_s:
+            return 1000
+        median = float(np.median(self._durations_s))
+        return int(min(60_000, max(100, 1e3 * median / max(1, self._active))))
+
+    def _generate(self, request, context):
         if self.prewarm and self.planner is None:
             # First thing: start the static plan's functions so their cold starts overlap tokenizing and prefill.
             # (With a scheduler, the backbone starts each request's own functions as the request arrives.)
@@ -129,7 +181,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         prompt_text = self._prompt_text(request, ids)
         forecast = self._predict(prompt_text, ids)
-        plan = self._plan(request, forecast, len(ids))
+        plan, from_prior = self._plan(request, forecast, len(ids))
         functions = functions_to_proto(functions_of_reply(plan)) if plan is not None else []
         started = time.perf_counter()
         call = self.backbone.Generate(
@@ -142,8 +194,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context.add_callback(call.cancel)  # the client going away stops the backbone too
         text = TextStream(self.tokenizer, stops)
         first_token_s = None
-        with self._lock:
-            self._active += 1
         try:
             for chunk in call:
                 delta = text.push(chunk.token_id)
@@ -167,6 +217,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if chunk.finish_reason:
                     delta += text.finish()
                     self._learn(prompt_text, ids, chunk.usage, forecast)
+                    if from_prior:
+                        chunk.usage.forecast_source = PRIOR_SOURCE
                     self._meter(request_id, chunk.usage, plan)
                 yield gateway_pb2.GenerateChunk(
                     token_ids=[chunk.token_id],
@@ -181,9 +233,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if not context.is_active():
                 return  # the client left; the backbone call was cancelled with it
             context.abort(e.code(), f"backbone: {e.details()}")
-        finally:
-            with self._lock:
-                self._active -= 1
 
     def _prompt_text(self, request, ids: list[int]) -> str:
         if request.WhichOneof("input") == "prompt":
@@ -203,21 +252,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return None
 
     def _plan(self, request, forecast, n_in: int):
-        """The scheduler's plan for this request, or None (no scheduler, or it failed: the default placement)."""
+        """(the scheduler's plan for this request or None, whether it was planned from the global prior). None: no
+        scheduler, or it failed: the default placement."""
         if self.planner is None:
-            return None
+            return None, False
         frequency = None
         if forecast is not None:
             decoded = tensor_codec.decode(forecast.frequency, "frequency", dtype="float32", rank=2).numpy()
             if decoded.shape == (self.shape.layers, self.shape.experts):
                 frequency = decoded.astype(np.float64)
-        return self.planner.plan(
+        elif self.prior is not None:  # the predictor is down: every past request's activation, straight from Redis
+            frequency = self.prior.frequency()
+        plan = self.planner.plan(
             frequency,
             n_in,
             int(request.sampling.max_new_tokens),
             request.slo_ttft_s or self.planning.slo_ttft_s,
             request.slo_tpot_s or self.planning.slo_tpot_s,
         )
+        return plan, plan is not None and forecast is None and frequency is not None
 
     def _meter(self, request_id: str, usage, plan) -> None:
         """One metering record per request to the ledger (exactly once by request id; buffered if Redis is down)."""
@@ -266,7 +319,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def Status(self, request, context):
         with self._lock:
             reply = gateway_pb2.StatusReply(
-                model=str(self.model_dir), active_requests=self._active, served_requests=self._served
+                model=str(self.model_dir),
+                active_requests=self._active,
+                served_requests=self._served,
+                refused_requests=self._refused,
+                max_requests=self.max_requests,
             )
         try:
             reply.backbone.CopyFrom(self.backbone.Status(backbone_pb2.BackboneStatusRequest(), timeout=5))
@@ -278,9 +335,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 def main(argv: list[str] | None = None) -> None:
     s = load_settings(GatewaySettings, argv, "python -m remoe.services.gateway", __doc__.split("\n")[0])
     setup_logging("gateway", s.verbose)
-    server = Server("gateway", s.host, s.port, s.workers)
-    planning = PlanningConfig(s.scheduler, s.ledger_redis_url, s.slo_ttft_ms / 1e3, s.slo_tpot_ms / 1e3)
-    servicer = GatewayServicer(s.model, s.backbone, prewarm=s.prewarm, predictor_address=s.predictor, planning=planning)
+    # A thread for every admitted request plus a few for Status and health; beyond that gRPC itself refuses
+    # (a backstop: the executor's queue stays bounded whatever arrives).
+    workers = max(s.workers, s.max_requests + 4)
+    try:
+        credentials = server_credentials(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
+    except TLSConfigError as e:
+        raise SystemExit(f"gateway: {e}") from None
+    interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
+    server = Server("gateway", s.host, s.port, workers, workers, interceptors, credentials)
+    planning = PlanningConfig(
+        s.scheduler, s.ledger_redis_url, s.slo_ttft_ms / 1e3, s.slo_tpot_ms / 1e3, prior_redis_url=s.prior_redis_url
+    )
+    servicer = GatewayServicer(
+        s.model,
+        s.backbone,
+        prewarm=s.prewarm,
+        predictor_address=s.predictor,
+        planning=planning,
+        max_requests=s.max_requests,
+    )
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
     server.start(s.ready_file)

@@ -12,7 +12,6 @@ import os
 # embedding (measured on 2 cores: 6.6 ms per prompt with passive waiting, 10.9 ms with spinning threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import hashlib  # noqa: E402
 import logging  # noqa: E402
 
 import grpc  # noqa: E402
@@ -23,7 +22,7 @@ from remoe.model.activations import ActivationRecord  # noqa: E402
 from remoe.model.weights import open_weights  # noqa: E402
 from remoe.predictor.embedding import PromptEmbedder  # noqa: E402
 from remoe.predictor.predictor import Predictor, SPSConfig  # noqa: E402
-from remoe.predictor.prior import GlobalPrior  # noqa: E402
+from remoe.predictor.prior import GlobalPrior, model_id  # noqa: E402
 from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine  # noqa: E402
 from remoe.predictor.store import PromptStore  # noqa: E402
 from remoe.proto import predictor_pb2, predictor_pb2_grpc  # noqa: E402
@@ -86,10 +85,9 @@ def build_predictor(model_dir: str, qdrant_path: str | None, qdrant_url: str | N
     arch = weights.arch
     embeddings_name = next(n for n, m in arch.skeleton.named_modules() if m is arch.skeleton.get_input_embeddings())
     soft_cosine = SoftCosine(weights.read_backbone(f"{embeddings_name}.weight"))
-    # Stable across restarts (the store must find its collection again): the model type and its path.
-    model_id = f"{arch.model_type}-{hashlib.sha1(str(weights.path.resolve()).encode()).hexdigest()[:12]}"
-    store = PromptStore.open(model_id, path=qdrant_path, url=qdrant_url)
-    prior = GlobalPrior.from_url(redis_url, model_id, len(arch.layer_indices), arch.num_experts) if redis_url else None
+    key = model_id(arch.model_type, weights.path)
+    store = PromptStore.open(key, path=qdrant_path, url=qdrant_url)
+    prior = GlobalPrior.from_url(redis_url, key, len(arch.layer_indices), arch.num_experts) if redis_url else None
     predictor = Predictor(
         arch.layer_indices, arch.num_experts, PromptEmbedder(), soft_cosine, store, prior, SPSConfig()
     )

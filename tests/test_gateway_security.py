@@ -1,0 +1,104 @@
+"""The gateway's front door through real processes: TLS and a bearer token from its environment; health checks
+stay open; bad TLS configuration stops the gateway at start with a message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from remoe.cluster import LocalCluster
+from remoe.model.tokenizer import load_tokenizer
+from remoe.sdk import Client, Unauthenticated, Unavailable
+from remoe.settings import GatewaySettings, env_for
+from tests.conftest import PROMPT, reference_generate
+
+ARCH = "qwen3_moe"
+TOKEN = "s3cret-t0ken"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("tls")
+    cert, key = out / "cert.pem", out / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _gateway(tmp_path, model, backbone: str, **settings) -> subprocess.Popen:
+    ready = tmp_path / "gateway.port"
+    ready.unlink(missing_ok=True)
+    env = env_for(GatewaySettings, model=model, backbone=backbone, port=0, ready_file=ready, **settings)
+    log = (tmp_path / "gateway.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "remoe.services.gateway"], env={**os.environ, **env}, stdout=log, stderr=log
+    )
+
+
+@pytest.fixture(scope="module")
+def secured(tiny_model, certificate, tmp_path_factory):
+    """A cluster's backbone behind a second gateway that serves TLS and asks for a token."""
+    tmp_path = tmp_path_factory.mktemp("secured")
+    cert, key = certificate
+    with LocalCluster(tiny_model(ARCH), port=0, expert_services=0, predictor=False, run_dir=tmp_path) as cluster:
+        backbone = cluster.by_name("backbone").address
+        gateway = _gateway(tmp_path, tiny_model(ARCH), backbone, tls_cert=cert, tls_key=key, auth_token=TOKEN)
+        try:
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "gateway.port").is_file():
+                assert gateway.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+                time.sleep(0.1)
+            yield f"localhost:{(tmp_path / 'gateway.port').read_text()}"
+        finally:
+            gateway.terminate()
+            gateway.wait(10)
+
+
+def test_tls_and_the_right_token_get_exact_tokens(secured, certificate, tiny_model, reference):
+    ids = load_tokenizer(tiny_model(ARCH)).encode(PROMPT)
+    with Client(secured, token=TOKEN, root_certificates=certificate[0]) as client:
+        assert client.generate(token_ids=ids, max_new_tokens=8).token_ids == reference_generate(reference(ARCH), ids, 8)
+        assert client.status().model
+
+
+@pytest.mark.parametrize("token, message", [(None, "missing bearer token"), ("guess", "wrong bearer token")])
+def test_without_the_right_token_calls_are_unauthenticated(secured, certificate, token, message):
+    with Client(secured, token=token, root_certificates=certificate[0]) as client:
+        with pytest.raises(Unauthenticated, match=message):
+            client.generate(prompt=PROMPT, max_new_tokens=2)
+        with pytest.raises(Unauthenticated, match=message):
+            client.status()
+
+
+def test_plaintext_is_refused_and_health_needs_no_token(secured, certificate):
+    with Client(secured, token=TOKEN, timeout=5) as plaintext:
+        with pytest.raises(Unavailable):
+            plaintext.status(timeout=5)
+    credentials = grpc.ssl_channel_credentials(root_certificates=certificate[0].read_bytes())
+    with grpc.secure_channel(secured, credentials) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"tls_cert": "CERT"}, "tls_cert and tls_key go together"),
+        ({"tls_cert": "/nonexistent/cert.pem", "tls_key": "/nonexistent/key.pem"}, "cannot read /nonexistent/"),
+    ],
+)
+def test_bad_tls_configuration_stops_the_gateway_with_a_message(settings, message, certificate, tiny_model, tmp_path):
+    settings = {k: certificate[0] if v == "CERT" else v for k, v in settings.items()}
+    gateway = _gateway(tmp_path, tiny_model(ARCH), "127.0.0.1:9", **settings)
+    assert gateway.wait(60) != 0
+    assert message in (tmp_path / "gateway.log").read_text()
