@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
 .PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler \
-	bench bench-quick bench-evaluation bench-hardware images images-cuda compose-up compose-down kind-up kind-down clean help
+	bench bench-quick bench-evaluation bench-hardware bench-load images images-cuda compose-up compose-down kind-up kind-down clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-cold-start  function cold start (lazy vs whole checkpoint); cold TTFT with/without pre-warm"
 	@echo "make bench-predictor   SPS forecast accuracy (trained and random-init model) and predict latency"
 	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
+	@echo "make bench-load    concurrent clients with a function killed mid-run: exact tokens, errors, ledger"
 	@echo "make bench-quick   the headline comparison on the tiny model + hardware limits + docs/results/README.md (<10 min)"
 	@echo "make bench         every bench, then docs/results/README.md (about two hours on 2 cores)"
 	@echo "make images        build the remoe/* container images (needs a Docker engine); images-cuda: the CUDA backbone"
@@ -74,6 +75,10 @@ bench-scheduler: $(STAMP) system-deps
 bench-hardware: $(STAMP)
 	$(BIN)/python bench/hardware_limit.py
 
+# Concurrent clients through remoe up with functions, a function replica killed mid-run, tokens and ledger checked.
+bench-load: $(STAMP) system-deps
+	$(BIN)/python -m bench.load
+
 # CPU, GPU, MIX, Fetch, Remoe, Remoe-oracle side by side on tiny, medium and the paper models' shapes.
 bench-evaluation: $(STAMP) system-deps
 	$(BIN)/python -m bench.evaluation
@@ -84,7 +89,7 @@ bench-quick: $(STAMP) system-deps
 	$(BIN)/python bench/results_index.py
 
 # Everything, then the index. The GPU bench (bench/gpu/run.sh) skips itself without a GPU.
-bench: bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler bench-hardware bench-evaluation
+bench: bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler bench-hardware bench-evaluation bench-load
 	bench/gpu/run.sh .cache/bench/gpu   # docs/results/gpu.md holds the last run on a GPU machine
 	$(BIN)/python bench/results_index.py
 

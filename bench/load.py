@@ -1,0 +1,302 @@
+"""Load: concurrent SDK clients through `remoe up` with functions, every answer checked token by token.
+
+For each concurrency level, N client threads (one SDK Client each) send a bounded number of requests through a
+LocalCluster (two expert services, half of every layer's experts in functions, predictor and metering ledger on
+a real redis-server). Every answer is compared with transformers' own greedy tokens for its prompt. Reported:
+throughput, TTFT/TPOT p50/p99, errors by status, refusals at the gateway's admission limit (retried after the
+gateway's hint, as a client should), and the metering ledger's records for the run (lost = answered but not
+metered; doubled = metered twice). With --kill-function (default) one function replica is SIGKILLed halfway
+through every level.
+
+    python -m bench.load [--clients 1 8 32] [--requests 48] [--new-tokens 16] [--max-requests 16] [--out docs/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from remoe.cluster import LocalCluster
+from remoe.machine import machine_description
+from remoe.model.tiny import TinySpec, make_tiny_model
+from remoe.scheduler.ledger import Ledger
+from remoe.sdk import Client, RemoeRpcError, ResourceExhausted
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_SPEC = TinySpec("olmoe", layers=3, experts=8, top_k=3, seed=0)
+PROMPTS = 12  # distinct prompts, reused round-robin
+MAX_RETRIES = 50  # refusals a client retries before giving up on a request
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    ok: bool
+    status: str  # "OK" or the gRPC status name
+    wrong_tokens: bool = False
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    tokens: int = 0
+    refusals: int = 0  # RESOURCE_EXHAUSTED answers before it was admitted
+
+
+@dataclass
+class Level:
+    clients: int
+    requests: int
+    wall_s: float
+    outcomes: list[Outcome] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)  # function replicas SIGKILLed during the level
+    metered: int = 0  # ledger records of this level's requests
+    lost: int = 0  # answered but not in the ledger
+    doubled: int = 0  # request ids metered more than once
+
+    def summary(self) -> dict:
+        ok = [o for o in self.outcomes if o.ok]
+        ttft = [o.ttft_s for o in ok] or [float("nan")]
+        tpot = [o.tpot_s for o in ok] or [float("nan")]
+        return {
+            "clients": self.clients,
+            "requests": self.requests,
+            "ok": len(ok),
+            "wrong_tokens": sum(o.wrong_tokens for o in self.outcomes),
+            "errors": dict(Counter(o.status for o in self.outcomes if not o.ok)),
+            "refusals_retried": sum(o.refusals for o in self.outcomes),
+            "requests_per_s": len(ok) / self.wall_s,
+            "tokens_per_s": sum(o.tokens for o in ok) / self.wall_s,
+            "ttft_p50_ms": float(np.percentile(ttft, 50) * 1e3),
+            "ttft_p99_ms": float(np.percentile(ttft, 99) * 1e3),
+            "tpot_p50_ms": float(np.percentile(tpot, 50) * 1e3),
+            "tpot_p99_ms": float(np.percentile(tpot, 99) * 1e3),
+            "killed": self.killed,
+            "metered": self.metered,
+            "lost_records": self.lost,
+            "doubled_records": self.doubled,
+        }
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def model_dir() -> Path:
+    out = ROOT / ".cache" / "bench" / "load-olmoe"
+    if not (out / "config.json").is_file():
+        make_tiny_model(MODEL_SPEC, out)
+    return out
+
+
+def prompts_and_references(model: Path, new_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """Seeded token-id prompts of 8-48 tokens and transformers' greedy continuation of each."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(PROMPTS):
+        ids = [int(t) for t in rng.integers(3, MODEL_SPEC.vocab, size=int(rng.integers(8, 49)))]
+        with torch.inference_mode():
+            out = reference.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False)
+        pairs.append((ids, out[0, len(ids) :].tolist()))
+    return pairs
+
+
+def one_request(client: Client, request_id: str, ids: list[int], expected: list[int], new_tokens: int) -> Outcome:
+    refusals = 0
+    while True:
+        try:
+            result = client.generate(token_ids=ids, max_new_tokens=new_tokens, request_id=request_id)
+        except ResourceExhausted as e:
+            refusals += 1
+            if refusals > MAX_RETRIES:
+                return Outcome(request_id, False, e.code.name, refusals=refusals)
+            time.sleep(e.retry_after_s or 0.5)
+            continue
+        except RemoeRpcError as e:
+            return Outcome(request_id, False, e.code.name, refusals=refusals)
+        u = result.usage
+        wrong = result.token_ids != expected
+        return Outcome(
+            request_id,
+            not wrong,
+            "WRONG_TOKENS" if wrong else "OK",
+            wrong,
+            u.ttft_s,
+            u.tpot_s,
+            len(result.token_ids),
+            refusals,
+        )
+
+
+def kill_a_function_replica(cluster: LocalCluster) -> str | None:
+    """SIGKILL one running function replica (its pid file names it); None when none is running."""
+    for pid_file in sorted((cluster.run_dir / "functions").glob("*.pid")):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            continue
+        return pid_file.stem
+    return None
+
+
+def run_level(cluster: LocalCluster, clients: int, requests: int, pairs, new_tokens: int, kill: bool) -> Level:
+    level = Level(clients, requests, 0.0)
+    sdk = [Client(cluster.address) for _ in range(clients)]
+    done = threading.Semaphore(0)
+
+    def work(i: int) -> Outcome:
+        ids, expected = pairs[i % len(pairs)]
+        outcome = one_request(sdk[i % clients], f"load-c{clients}-{i}", ids, expected, new_tokens)
+        done.release()
+        return outcome
+
+    def killer() -> None:
+        for _ in range(requests // 2):
+            done.acquire()
+        victim = kill_a_function_replica(cluster)
+        if victim:
+            level.killed.append(victim)
+            log(f"  killed function replica {victim}")
+
+    thread = threading.Thread(target=killer, daemon=True) if kill else None
+    start = time.monotonic()
+    if thread:
+        thread.start()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        level.outcomes = list(pool.map(work, range(requests)))
+    level.wall_s = time.monotonic() - start
+    if thread:
+        thread.join(5)
+    for client in sdk:
+        client.close()
+    return level
+
+
+def count_metering(cluster: LocalCluster, levels: list[Level]) -> None:
+    time.sleep(1.0)  # the gateway meters after the last chunk
+    records = Ledger(cluster.redis_url).read()
+    seen = Counter(r.request_id for r in records)
+    for level in levels:
+        mine = [o for o in level.outcomes if o.ok or o.wrong_tokens]  # answered requests
+        prefix = f"load-c{level.clients}-"
+        level.metered = sum(n for rid, n in seen.items() if rid.startswith(prefix))
+        level.lost = sum(1 for o in mine if seen[o.request_id] == 0)
+        level.doubled = sum(1 for rid, n in seen.items() if rid.startswith(prefix) and n > 1)
+
+
+def write_report(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "load.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = results["levels"]
+    lines = [
+        "# Load: concurrent clients through `remoe up` with functions, every answer checked",
+        "",
+        f"Machine: {results['machine']}. Date: {results['date']}. Commit: {results['commit']}.",
+        "",
+        f"Model: seeded random OLMoE-shaped checkpoint ({MODEL_SPEC.layers} layers x {MODEL_SPEC.experts} experts, "
+        f"top-{MODEL_SPEC.top_k}); `remoe up` with 2 expert services and half of every layer's experts in "
+        f"functions (the other half of layer 1's in two replicas), predictor and metering ledger on redis-server. "
+        f"{results['new_tokens']} new tokens per request, {PROMPTS} distinct prompts of 8-48 tokens, each answer "
+        "compared with transformers' greedy tokens. Gateway admission limit "
+        f"{results['max_requests']} requests at once: beyond it a request is refused with a retry hint and the "
+        "client retries after it. "
+        + ("One function replica SIGKILLed halfway through every level." if results["kill_function"] else ""),
+        "",
+        "| clients | requests | answered right | wrong tokens | errors | refused, retried | req/s | tokens/s | "
+        "TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | killed | metered | lost records | doubled records |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+        lines.append(
+            f"| {r['clients']} | {r['requests']} | {r['ok']} | {r['wrong_tokens']} | {errors} | "
+            f"{r['refusals_retried']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} | "
+            f"{', '.join(r['killed']) or '-'} | {r['metered']} | {r['lost_records']} | {r['doubled_records']} |"
+        )
+    lines += ["", "![load](load.png)", ""]
+    (out / "load.md").write_text("\n".join(lines))
+    plot(rows, out / "load.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = [r["clients"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.8, 3.4))
+    a.plot(clients, [r["tokens_per_s"] for r in rows], "o-", color="#d62")
+    a.set(xscale="log", xlabel="concurrent clients", ylabel="tokens/s", title="throughput")
+    b.plot(clients, [r["ttft_p50_ms"] for r in rows], "o-", label="TTFT p50", color="#48c")
+    b.plot(clients, [r["ttft_p99_ms"] for r in rows], "o--", label="TTFT p99", color="#48c")
+    b.plot(clients, [r["tpot_p50_ms"] for r in rows], "s-", label="TPOT p50", color="#d62")
+    b.plot(clients, [r["tpot_p99_ms"] for r in rows], "s--", label="TPOT p99", color="#d62")
+    b.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="latency")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
+    parser.add_argument("--requests", type=int, default=48, help="requests per level")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
+    parser.add_argument("--max-requests", type=int, default=16, help="the gateway's admission limit")
+    parser.add_argument("--no-kill", dest="kill", action="store_false", help="kill no function replica")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    args = parser.parse_args(argv)
+    if min(args.clients) < 1 or args.requests < 1 or args.new_tokens < 1 or args.max_requests < 1:
+        parser.error("--clients, --requests, --new-tokens and --max-requests must be >= 1")
+
+    from bench.evaluation.__main__ import commit
+
+    model = model_dir()
+    log(f"reference tokens for {PROMPTS} prompts (transformers)")
+    pairs = prompts_and_references(model, args.new_tokens)
+    env = {"REMOE_GATEWAY_MAX_REQUESTS": str(args.max_requests)}
+    cluster = LocalCluster(model, port=0, remote_ratio=0.5, function_ttl_s=120.0, env=env)
+    with cluster:
+        if cluster.redis_url is None:
+            raise SystemExit("the metering check needs redis-server (apt-get install redis-server)")
+        log(f"remoe up on {cluster.address}; logs in {cluster.run_dir}")
+        levels = []
+        for clients in args.clients:
+            log(f"{clients} client(s), {args.requests} requests")
+            levels.append(run_level(cluster, clients, args.requests, pairs, args.new_tokens, args.kill))
+            log(f"  {json.dumps({k: v for k, v in levels[-1].summary().items() if k != 'killed'})}")
+        count_metering(cluster, levels)
+    results = {
+        "machine": machine_description(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit(),
+        "new_tokens": args.new_tokens,
+        "max_requests": args.max_requests,
+        "kill_function": args.kill,
+        "levels": [level.summary() for level in levels],
+        "outcomes": {str(level.clients): [asdict(o) for o in level.outcomes] for level in levels},
+    }
+    write_report(results, args.out)
+    log(f"wrote {args.out / 'load.md'}")
+    bad = [r for r in results["levels"] if r["wrong_tokens"] or r["lost_records"] or r["doubled_records"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
