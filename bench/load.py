@@ -141,14 +141,20 @@ def one_request(client: Client, request_id: str, ids: list[int], expected: list[
 
 
 def kill_a_function_replica(cluster: LocalCluster) -> str | None:
-    """SIGKILL one running function replica (its pid file names it); None when none is running."""
-    for pid_file in sorted((cluster.run_dir / "functions").glob("*.pid")):
+    """SIGKILL one warm function replica (found by the backbone's status, its pid checked to be a function
+    process: a stale pid file must not kill anything else); None when none is warm."""
+    with Client(cluster.address) as client:
+        warm = [f for f in client.status().backbone.functions if f.state == "warm"]
+    for f in sorted(warm, key=lambda f: (f.function, -f.replica)):
+        name = f"{f.function}-{f.replica}"
         try:
-            pid = int(pid_file.read_text())
+            pid = int((cluster.run_dir / "functions" / f"{name}.pid").read_text())
+            if b"remoe.functions.expert" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
             os.kill(pid, signal.SIGKILL)
-        except (ValueError, ProcessLookupError):
+        except (OSError, ValueError):
             continue
-        return pid_file.stem
+        return name
     return None
 
 

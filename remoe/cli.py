@@ -69,11 +69,38 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _check_slos(args: argparse.Namespace) -> None:
+    for flag in ("slo_ttft", "slo_tpot"):
+        value = getattr(args, flag, None)
+        if value is not None and not 0 < value < float("inf"):
+            raise RemoeError(f"--{flag.replace('_', '-')} must be a positive number of ms, got {value}")
+
+
+def _check_up_args(args: argparse.Namespace) -> None:
+    """What `remoe up` can refuse before starting any process, with the flag's name."""
+    from pathlib import Path
+
+    from remoe.platform.plan import load_plan_file
+
+    model = Path(args.model)
+    if not model.is_dir():
+        raise RemoeError(f"--model {model}: no such directory")
+    if not (model / "config.json").is_file():
+        raise RemoeError(f"--model {model}: no config.json (not a Hugging Face checkpoint or split directory)")
+    if not 0.0 <= args.remote_ratio <= 1.0:
+        raise RemoeError(f"--remote-ratio must be in [0, 1], got {args.remote_ratio}")
+    if args.plan:
+        load_plan_file(args.plan)  # ValueError naming the file and what is wrong
+    _check_slos(args)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
     from remoe.cluster import LocalCluster
+
+    _check_up_args(args)
 
     cluster = LocalCluster(
         args.model,
@@ -480,6 +507,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.shape is None):
         raise RemoeError("give --model DIR or --shape NAME (not both)")
+    _check_slos(args)
     if args.model is not None:
         from remoe.model.weights import open_weights
 

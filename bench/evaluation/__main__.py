@@ -74,7 +74,9 @@ def case(name: str, quick: bool) -> models.ModelCase:
     return models.paper_shape(name, 4 if name == "deepseek-v2-lite" else 6, tokenizer)
 
 
-def evaluate(model: models.ModelCase, plan: Plan, texts: list[str], train: list[str], work: Path) -> dict:
+def evaluate(
+    model: models.ModelCase, plan: Plan, texts: list[str], train: list[str], work: Path, slack: float = SLO_SLACK
+) -> dict:
     from remoe.model.engine import LocalEngine
 
     shape = shape_of_model(model.path)
@@ -103,8 +105,8 @@ def evaluate(model: models.ModelCase, plan: Plan, texts: list[str], train: list[
     log(f"{model.name}: MIX (sets the SLO)")
     runs += systems.serve("MIX", setting, loads)
     mix = runs[0].results
-    setting.slo_ttft_s = SLO_SLACK * statistics.median(r.ttft_s for r in mix)
-    setting.slo_tpot_s = SLO_SLACK * statistics.median(r.tpot_s for r in mix)
+    setting.slo_ttft_s = slack * statistics.median(r.ttft_s for r in mix)
+    setting.slo_tpot_s = slack * statistics.median(r.tpot_s for r in mix)
     log(f"{model.name}: SLO TTFT {setting.slo_ttft_s * 1e3:.1f} ms, TPOT {setting.slo_tpot_s * 1e3:.2f} ms")
     oracle_server, oracle_address = systems.start_oracle(model.path, frequencies)
     try:
@@ -176,8 +178,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="a subset of: tiny medium gpt2-moe deepseek-v2-lite")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--report-only", action="store_true", help="reprice and rewrite the report from the JSON")
+    parser.add_argument(
+        "--slo-slack",
+        type=float,
+        default=SLO_SLACK,
+        help=f"SLO = this x MIX's median TTFT and TPOT (default {SLO_SLACK}); another value writes its own files",
+    )
     args = parser.parse_args()
+    if not args.slo_slack > 0:
+        parser.error("--slo-slack must be > 0")
     stem = "evaluation-quick" if args.quick else "evaluation"
+    if args.slo_slack != SLO_SLACK:
+        stem += f"-slo{args.slo_slack:g}"
     if args.report_only:
         results = json.loads((args.out / f"{stem}.json").read_text())
         for model in results["models"].values():
@@ -196,7 +208,7 @@ def main() -> None:
         "commit": commit(),
         "quick": args.quick,
         "prices": asdict(Prices()),
-        "slo_slack": SLO_SLACK,
+        "slo_slack": args.slo_slack,
         "models": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +218,7 @@ def main() -> None:
     for name in names:
         work = models.CACHE / "runs" / name
         work.mkdir(parents=True, exist_ok=True)
-        results["models"][name] = evaluate(case(name, args.quick), plans[name], texts, train, work)
+        results["models"][name] = evaluate(case(name, args.quick), plans[name], texts, train, work, args.slo_slack)
         results["models"][name].update({k: results[k] for k in PROVENANCE})
         path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
     report.write(results, args.out, stem)
