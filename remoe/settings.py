@@ -93,6 +93,12 @@ class BackboneSettings(ServerSettings):
     function_memory_budget_mb: int | None = Field(
         None, ge=128, description="local platform: total size of running instances (unset: half the machine)"
     )
+    function_max_starting: int | None = Field(
+        None,
+        ge=1,
+        description="local platform: instances requests' plans may have starting at once; more wait for a later "
+        "batch while an expert service computes theirs (unset: half the cores, at least 1)",
+    )
     knative_namespace: str = Field("remoe", description="knative platform: namespace of the functions")
     knative_image: str = Field(FUNCTION_IMAGE, description="knative platform: the function image")
     knative_model_pvc: str = Field("remoe-models", description="knative platform: PVC that holds the model")

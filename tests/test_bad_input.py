@@ -137,7 +137,7 @@ def _activations(**fields) -> common_pb2.ActivationSummary:
 
 PREDICTOR = {
     "predict-empty-prompt": ("Predict", predictor_pb2.PredictRequest(prompt=""), "the prompt is empty"),
-    "predict-huge-prompt": ("Predict", predictor_pb2.PredictRequest(prompt="x" * 1_000_001), "characters"),
+    "predict-huge-prompt": ("Predict", predictor_pb2.PredictRequest(prompt="x" * 4_000_001), "characters"),
     "record-other-model": (
         "Record",
         predictor_pb2.RecordRequest(prompt="p", activations=_activations(num_experts=64, prefill=[1] * 192)),

@@ -257,7 +257,7 @@ class UnstartablePlatform(StubPlatform):
 
         raise FunctionStartError(f"function {name} does not fit the local platform's memory budget")
 
-    def warm(self, names):
+    def warm(self, names, bounded=False):
         self.warmed.extend(names)
 
 

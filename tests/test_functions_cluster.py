@@ -46,6 +46,35 @@ def test_killing_a_function_replica_mid_generation_keeps_the_tokens_exact(functi
     assert killed[0].crashes == 1, "the dead replica should have been noticed and replaced"
 
 
+def test_every_replica_of_a_function_killed_mid_generation_keeps_the_tokens_exact(
+    function_cluster, tiny_model, reference
+):
+    """Both replicas of layer 1's function die at once: its batches go to an expert service until the platform
+    has replaced them."""
+    ids = load_tokenizer(tiny_model("olmoe")).encode(PROMPT)
+    expected = reference_generate(reference("olmoe"), ids, 48)
+    client = Client(function_cluster.address)
+    client.generate(token_ids=ids, max_new_tokens=1)  # pre-warms the functions
+    deadline = time.monotonic() + 60  # (the TTL is 4 s: wait for the victims only)
+    while sum((f.function, f.state) == ("layer-1", "warm") for f in _functions(function_cluster)) < 2:
+        assert time.monotonic() < deadline, "layer-1's replicas did not start"
+        time.sleep(0.1)
+    before = client.status().backbone
+    got = []
+    for i, chunk in enumerate(client.stream(token_ids=ids, max_new_tokens=48)):
+        got += chunk.token_ids
+        if i == 4:
+            for replica in (0, 1):
+                pid = int((function_cluster.run_dir / "functions" / f"layer-1-{replica}.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+    assert got == expected
+    after = client.status().backbone
+    elsewhere = (after.function_fallbacks + after.function_cold_fallbacks) - (
+        before.function_fallbacks + before.function_cold_fallbacks
+    )
+    assert elsewhere > 0, "the dead function's batches were computed elsewhere"
+
+
 def test_idle_functions_scale_to_zero_and_come_back_without_delaying_requests(function_cluster, tiny_model, reference):
     """After scale to zero the next request does not wait for cold starts (the functions' batches run on the
     expert services meanwhile, tokens exact); the functions start again and serve the requests after it."""

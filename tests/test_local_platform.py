@@ -227,3 +227,18 @@ def test_a_function_gets_only_what_it_needs_from_the_environment(platform, monke
         names = {entry.split(b"=", 1)[0].decode() for entry in f.read().split(b"\0") if entry}
     assert not {"REMOE_GATEWAY_AUTH_TOKEN", "REMOE_PREDICTOR_REDIS_URL"} & names
     assert {"REMOE_MODEL_DIR", "REMOE_FUNCTION_EXPERTS", "PATH"} <= names
+
+
+def test_a_requests_plan_starts_at_most_max_starting_instances_at_once(tiny_model, tmp_path):
+    """Each start costs seconds of this machine's CPU: plans that bring many new functions start them a few at a
+    time (the others' batches run on an expert service meanwhile); the Warm RPC's starts are not bounded."""
+    platform = LocalFunctionPlatform(tiny_model("mixtral"), tmp_path, max_starting=1)
+    try:
+        platform.deploy([FunctionSpec(f"f{i}", experts=((1, i),), memory_mb=1024) for i in range(3)])
+        platform.warm(["f0", "f1", "f2"], bounded=True)
+        assert sorted(s.state for s in platform.status()) == ["cold", "cold", "starting"]
+        assert platform.skipped_starts == 2
+        platform.warm(["f1", "f2"])  # unbounded
+        assert {s.state for s in platform.status()} == {"starting"}
+    finally:
+        platform.close()

@@ -150,12 +150,17 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             result = client.generate(token_ids=ids, max_new_tokens=12, request_id="req-1")
             assert result.token_ids == expected
             assert "function:" in result.usage.plan  # the plan moved experts to functions
-            # req-1 did not wait for their cold starts (its batches ran on the expert service); the next does not
-            # need to: the same plan, its functions warm.
-            deadline = time.monotonic() + 90
+            # req-1 did not wait for their cold starts (its batches ran on the expert service), and the backbone
+            # starts a plan's functions a few at a time: requests with the same plan bring them all up.
+            deadline = time.monotonic() + 120
+            warming = 0
             while not all(f.state == "warm" for f in client.status().backbone.functions):
                 assert time.monotonic() < deadline, "the plan's functions did not start"
-                time.sleep(0.1)
+                assert client.generate(token_ids=ids, max_new_tokens=12, request_id=f"warm-{warming}").token_ids == (
+                    expected
+                )
+                warming += 1
+                time.sleep(0.2)
             result = client.generate(token_ids=ids, max_new_tokens=12, request_id="req-2")
             assert result.token_ids == expected
             used = result.usage.function_seconds  # the SDK shows what the ledger bills
@@ -163,8 +168,8 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             with pytest.raises(InvalidArgument, match="slo_tpot_s"):
                 client.generate(token_ids=ids, max_new_tokens=2, slo_tpot_s=-1.0)
         records = Ledger(cluster.redis_url).read()
-        assert [r.request_id for r in records] == ["req-1", "req-2"]
-        first, second = records
+        assert [r.request_id for r in records] == ["req-1", *(f"warm-{i}" for i in range(warming)), "req-2"]
+        first, second = records[0], records[-1]
         assert first.predicted_ttft_s > 0 and first.plan_signature and first.measured_ttft_s > 0
         assert second.plan_signature == first.plan_signature
         assert second.functions and all(f.seconds > 0 and f.memory_mb >= 1024 for f in second.functions.values())
@@ -173,5 +178,5 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             [sys.executable, "-m", "remoe.cli", "cost", "--redis-url", cluster.redis_url],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert summary.returncode == 0 and "2 request(s)" in summary.stdout, summary.stderr
-        assert redis.Redis.from_url(cluster.redis_url).xlen(STREAM) == 2
+        assert summary.returncode == 0 and f"{2 + warming} request(s)" in summary.stdout, summary.stderr
+        assert redis.Redis.from_url(cluster.redis_url).xlen(STREAM) == 2 + warming

@@ -319,7 +319,7 @@ class DispatchingExecutor:
             if avoid:
                 raise RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"function {name}: no other live replica")
             if self.cold_start == "fallback" and self.fallback is not None:
-                self.platform.warm([name])  # starts it in the background; no-op while it is starting
+                self.platform.warm([name], bounded=True)  # starts it in the background; no-op while starting
                 raise FunctionNotReady(f"function {name} is starting")
             addresses = self.platform.endpoints(name, timeout_s=remaining(DEFAULT_BATCH_TIMEOUT_S))
             live = list(enumerate(addresses))

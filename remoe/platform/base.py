@@ -78,8 +78,9 @@ class FunctionPlatform(Protocol):
     def ensure(self, specs: list[FunctionSpec]) -> None:
         """Add these functions beside the deployed ones (a request's plan); start nothing yet."""
 
-    def warm(self, names: list[str] | None = None) -> None:
-        """Start the named functions' replicas now (all when None) without waiting for them."""
+    def warm(self, names: list[str] | None = None, bounded: bool = False) -> None:
+        """Start the named functions' replicas now (all when None) without waiting for them. `bounded`: a
+        request's plan asks; the platform may start fewer at once (the local one shares the machine's CPU)."""
 
     def endpoints(self, name: str, timeout_s: float) -> list[str]:
         """Addresses of the function's replicas, starting cold ones and waiting until they serve."""

@@ -259,7 +259,7 @@ class KnativeFunctionPlatform:
         """Every Service this backbone created: reusing one (even scaled to zero) creates no new Service."""
         return list(self._specs.values())
 
-    def warm(self, names: list[str] | None = None) -> None:
+    def warm(self, names: list[str] | None = None, bounded: bool = False) -> None:
         """Knative starts instances on the first request: send each function a Stats call now."""
         import grpc
 

@@ -90,12 +90,15 @@ class LocalFunctionPlatform:
         idle_ttl_s: float = DEFAULT_IDLE_TTL_S,
         env: dict[str, str] | None = None,
         memory_budget_mb: int | None = None,
+        max_starting: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.idle_ttl_s = idle_ttl_s
         self.memory_budget_mb = memory_budget_mb or default_memory_budget_mb()
+        self.max_starting = max_starting or max(1, (os.cpu_count() or 2) // 2)
+        self.skipped_starts = 0  # bounded starts not made because max_starting were starting
         self.evictions = 0  # warm instances stopped to make room for others
         # Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait
         # passively, or idle OpenMP threads spin and starve the others.
@@ -146,10 +149,16 @@ class LocalFunctionPlatform:
             return [self._instances[n][0].spec for n in warm + starting]
 
     # -- scale from zero
-    def warm(self, names: list[str] | None = None) -> None:
+    def warm(self, names: list[str] | None = None, bounded: bool = False) -> None:
+        """`bounded`: starts a request's plan asks for; at most `max_starting` instances start at once (the rest
+        are skipped: their batches run on an expert service, and a later batch starts them). Each start costs
+        seconds of CPU on this machine, which the requests being served share; the Warm RPC is not bounded."""
         with self._lock:
             for name in names if names is not None else list(self._instances):
                 for inst in self._instances_of(name):
+                    if bounded and not inst.running and self._starting() >= self.max_starting:
+                        self.skipped_starts += 1
+                        continue
                     try:
                         self._start(inst, reason="warm-up")
                     except FunctionStartError as e:  # pre-warming is best effort; a call will try again
@@ -215,6 +224,9 @@ class LocalFunctionPlatform:
             return self._instances[name]
         except KeyError:
             raise FunctionStartError(f"no function named {name!r} is deployed") from None
+
+    def _starting(self) -> int:
+        return sum(i.state == "starting" for group in self._instances.values() for i in group)
 
     def _make_room(self, inst: _Instance) -> None:
         """Stop least recently used warm instances until `inst` fits the memory budget (lock held)."""

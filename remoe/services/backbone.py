@@ -113,7 +113,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"plan: {e}")
         try:  # cold starts overlap the prefill's first layers
-            self.executor.platform.warm(list(routing.memory_mb))
+            self.executor.platform.warm(list(routing.memory_mb), bounded=True)
         except FunctionStartError as e:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return routing
@@ -287,7 +287,11 @@ def make_platform(s: BackboneSettings) -> FunctionPlatform:
         return KnativeFunctionPlatform(knative)
     run_dir = Path(s.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
     return LocalFunctionPlatform(
-        str(s.model), run_dir, idle_ttl_s=s.function_ttl_s, memory_budget_mb=s.function_memory_budget_mb
+        str(s.model),
+        run_dir,
+        idle_ttl_s=s.function_ttl_s,
+        memory_budget_mb=s.function_memory_budget_mb,
+        max_starting=s.function_max_starting,
     )
 
 
