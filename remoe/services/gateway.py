@@ -156,12 +156,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 self._durations_s.append(time.perf_counter() - started)
 
     def _retry_after_ms(self) -> int:
-        """When a slot is likely free: a recent request's median duration shared over the requests in flight
-        (lock held)."""
+        """When to come back: a recent request's median duration, the time in which the requests in flight turn
+        over (lock held). Shorter hints were measured to make 32 clients on 16 slots retry ~20 times each."""
         if not self._durations_s:
             return 1000
-        median = float(np.median(self._durations_s))
-        return int(min(60_000, max(100, 1e3 * median / max(1, self._active))))
+        return int(min(60_000, max(100, 1e3 * float(np.median(self._durations_s)))))
 
     def _generate(self, request, context):
         if self.prewarm and self.planner is None:
