@@ -127,7 +127,10 @@ def bench_function(name: str, path: Path, tmp: Path, repeats: int) -> FunctionRo
 
 def _cold_ttft(path: Path, prewarm: bool) -> tuple[float, int]:
     ids = load_tokenizer(path).encode(PROMPT)
-    with LocalCluster(path, port=0, remote_ratio=0.5, prewarm=prewarm) as cluster:
+    # Requests wait for cold starts here (the `wait` policy): this measures what pre-warming saves a bare
+    # serverless deployment; by default Remoe computes a starting function's batches on an expert service instead.
+    env = {"REMOE_BACKBONE_FUNCTION_COLD_START": "wait"}
+    with LocalCluster(path, port=0, remote_ratio=0.5, prewarm=prewarm, env=env) as cluster:
         client = Client(cluster.address)
         start = time.perf_counter()
         next(iter(client.stream(token_ids=ids, max_new_tokens=1)))
