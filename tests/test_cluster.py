@@ -218,7 +218,12 @@ def test_an_expert_service_killed_mid_generation_and_restarted(tiny_model, refer
 
         restarted = cluster.restart("expert-1")
         before = _batches(client, restarted.address)
-        assert client.generate(token_ids=ids, max_new_tokens=48).token_ids == expected
+        deadline = time.monotonic() + 20  # the backbone's channel reconnects within its 2 s backoff
+        while True:
+            assert client.generate(token_ids=ids, max_new_tokens=48).token_ids == expected
+            if _batches(client, restarted.address) > before or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert _batches(client, restarted.address) > before, "the restarted service is used again"
         assert all(d.healthy for d in client.status().backbone.destinations)
 
