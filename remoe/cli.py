@@ -92,6 +92,23 @@ def _check_up_args(args: argparse.Namespace) -> None:
     if args.plan:
         load_plan_file(args.plan)  # ValueError naming the file and what is wrong
     _check_slos(args)
+    for flag, port in (("--port", args.port), ("--http-port", args.http_port)):
+        _check_port_free(flag, port)
+
+
+def _check_port_free(flag: str, port: int) -> None:
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise RemoeError(f"{flag} must be in [0, 65535], got {port}")
+    if port == 0:
+        return
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to a server
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise RemoeError(f"{flag} {port} is in use on 127.0.0.1: stop what holds it or pick another port") from None
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -105,6 +122,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     cluster = LocalCluster(
         args.model,
         port=args.port,
+        http_port=args.http_port,
         expert_services=args.expert_services,
         run_dir=args.run_dir,
         expert_budget_bytes=args.expert_budget,
@@ -125,6 +143,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster.start(report=lambda line: print(f"  {line}", flush=True))
         print(f"gateway listening on {cluster.address}; Ctrl-C stops every service", flush=True)
+        base = cluster.http_url.removesuffix("/v1")
+        print(f"OpenAI-compatible API on {cluster.http_url} (gateway metrics at {base}/metrics)", flush=True)
+        metrics = ", ".join(f"{s.name} {s.metrics_url}" for s in cluster.services if s.metrics_url)
+        if metrics:
+            print(f"service metrics: {metrics}", flush=True)
         if cluster.redis_url and any(s.name == "scheduler" for s in cluster.services):
             print(f"metering ledger: `remoe cost --redis-url {cluster.redis_url}`", flush=True)
         while not stop.wait(1.0):
@@ -616,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run the whole cluster (gateway, backbone, expert services) as local processes")
     p.add_argument("--model", required=True, help="checkpoint or split directory")
     p.add_argument("--port", type=int, default=50051, help="gateway port (default 50051)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        help="the gateway's OpenAI-compatible HTTP API and /metrics (default 8000; 0: any free port)",
+    )
     p.add_argument(
         "--expert-services", type=int, default=2, help="expert services; each layer's experts are split between them"
     )

@@ -44,10 +44,15 @@ class ServiceProcess:
     process: subprocess.Popen | None = None
     port: int = 0
     started_s: float = 0.0
+    metrics_port: int | None = None  # its Prometheus /metrics (the gateway's are on its HTTP port)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -93,6 +98,7 @@ class LocalCluster:
     slo_ttft_ms: float = 0.0
     slo_tpot_ms: float = 0.0
     redis_url: str | None = None  # set by start() when it started a redis-server
+    http_port: int | None = None  # the gateway's OpenAI-compatible API and /metrics (None or 0: a free port)
     env: dict[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -108,13 +114,23 @@ class LocalCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The OpenAI-compatible API's base URL (what `openai.OpenAI(base_url=...)` takes)."""
+        return f"http://127.0.0.1:{self.http_port}/v1"
+
     def _service(self, name: str, kind: str, /, **settings: Any) -> ServiceProcess:
-        """A service process `python -m remoe.services.KIND` configured by its environment variables."""
+        """A service process `python -m remoe.services.KIND` configured by its environment variables; every
+        service but the gateway (whose /metrics is on its HTTP port) serves its metrics on a free port."""
         ready = self.run_dir / f"{name}.port"
         ready.unlink(missing_ok=True)
+        if kind != "gateway":
+            settings.setdefault("metrics_port", free_port())
         env = env_for(SERVICES[kind], model=self.model_dir, ready_file=ready, **settings)
         argv = [sys.executable, "-m", f"remoe.services.{kind}"]
-        return ServiceProcess(name, argv, self.run_dir / f"{name}.log", ready, env)
+        return ServiceProcess(
+            name, argv, self.run_dir / f"{name}.log", ready, env, metrics_port=settings.get("metrics_port")
+        )
 
     def _threads_per_service(self) -> int:
         # OpenMP threads spin while they wait; more of them than cores across processes costs each fan-out
@@ -180,8 +196,11 @@ class LocalCluster:
             self._spawn(backbone)
             self._wait_ready([backbone], timeout_s, report)
 
+            if not self.http_port:
+                self.http_port = free_port()
             gateway_settings: dict[str, Any] = {
                 "port": self.port,
+                "http_port": self.http_port,
                 "backbone": backbone.address,
                 "prewarm": self.prewarm,
             }
@@ -262,7 +281,7 @@ class LocalCluster:
         prefix = next((k for k in old.env if k.endswith("_READY_FILE")), "").removesuffix("READY_FILE")
         env = {**old.env, f"{prefix}PORT": str(old.port)} if prefix else old.env  # redis-server: port in argv
         index = self.services.index(old)
-        service = ServiceProcess(name, old.argv, old.log_path, old.ready_file, env)
+        service = ServiceProcess(name, old.argv, old.log_path, old.ready_file, env, metrics_port=old.metrics_port)
         service.ready_file.unlink(missing_ok=True)
         self._spawn(service)  # appended: moved into the old one's place (stop() goes in reverse start order)
         self.services.remove(service)

@@ -33,6 +33,9 @@ class ServerSettings(BaseSettings):
     workers: int = Field(16, ge=1, description="concurrent RPCs and streams")
     ready_file: Path | None = Field(None, description="write the bound port to this file once serving")
     verbose: bool = Field(False, description="log at DEBUG level")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics at http://HOST:PORT/metrics (unset: none)"
+    )
 
 
 class GatewaySettings(ServerSettings):
@@ -57,7 +60,16 @@ class GatewaySettings(ServerSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     auth_token: str | None = Field(
-        None, repr=False, description="require 'authorization: Bearer <token>' on every GatewayService call"
+        None,
+        repr=False,
+        description="require 'authorization: Bearer <token>' on every GatewayService call and /v1 HTTP request",
+    )
+    http_port: int = Field(
+        8000, ge=0, le=65535, description="port of the OpenAI-compatible HTTP API and /metrics (0: any free port)"
+    )
+    http: bool = Field(True, description="serve the HTTP API (/v1/completions, /v1/chat/completions, /metrics)")
+    served_model_name: str | None = Field(
+        None, description="the model's name in the HTTP API (unset: the model directory's name)"
     )
 
     @model_validator(mode="after")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForCausalLM
 
 from remoe.model.tiny import TinySpec, make_tiny_model
@@ -112,3 +114,13 @@ def warm_functions(client, timeout_s: float = 90.0) -> None:
     while not all(f.state == "warm" for f in client.status().backbone.functions):
         assert time.monotonic() < deadline, "functions did not start"
         time.sleep(0.1)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a /metrics page, parsed by prometheus_client's own parser: (name, labels) -> value."""
+    text = httpx.get(url, timeout=10).raise_for_status().text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -244,7 +244,7 @@ def _batches(client: Client, address: str) -> int:
 def test_remoe_up_serves_and_stops_every_process_on_sigint(tiny_model, tmp_path):
     up = subprocess.Popen(
         [sys.executable, "-m", "remoe.cli", "up", "--model", str(tiny_model("qwen3_moe"))]
-        + ["--port", "0", "--run-dir", str(tmp_path)],
+        + ["--port", "0", "--http-port", "0", "--run-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -263,6 +263,7 @@ def test_remoe_up_serves_and_stops_every_process_on_sigint(tiny_model, tmp_path)
         assert ready.wait(120), "".join(lines)
         address = next(line for line in lines if "gateway listening on" in line).split()[3].rstrip(";")
         assert len(Client(address).generate(prompt=PROMPT, max_new_tokens=3).token_ids) == 3
+        _openai_client_matches_the_sdk(lines, address, tiny_model("qwen3_moe").name)
         assert len(list(tmp_path.glob("*.log"))) == 6
         children = subprocess.run(["pgrep", "-P", str(up.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 6  # 2 expert services, backbone, redis, predictor, gateway
@@ -274,6 +275,23 @@ def test_remoe_up_serves_and_stops_every_process_on_sigint(tiny_model, tmp_path)
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def _openai_client_matches_the_sdk(lines: list[str], address: str, model: str) -> None:
+    """`remoe up` printed its HTTP API's address; the official client completes and streams there, greedy
+    answers equal to the SDK's."""
+    import openai
+
+    deadline = time.monotonic() + 10
+    while not any("OpenAI-compatible API on" in line for line in lines):
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    url = next(line for line in lines if "OpenAI-compatible API on" in line).split()[3]
+    oai = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+    expected = Client(address).generate(prompt=PROMPT, max_new_tokens=8).text
+    assert oai.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text == expected
+    streamed = oai.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == expected
 
 
 def test_one_trace_spans_gateway_backbone_and_expert_services(tiny_model, tmp_path):

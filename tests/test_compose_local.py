@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import torch
@@ -29,7 +30,7 @@ from remoe.cluster import free_port
 from remoe.model.tokenizer import load_tokenizer
 from remoe.sdk import Client
 from remoe.settings import SERVICES, env_prefix
-from tests.conftest import reference_generate
+from tests.conftest import reference_generate, scrape
 from tests.deployment import COMPOSE_FILE, ROOT, compose_command, inherited, parse_dockerfile
 
 STARTUP_S = 240
@@ -71,10 +72,12 @@ class Emulation:
         # Every name:port a container would dial, as 127.0.0.1:free-port here.
         self.addresses = {"redis:6379": redis_address}
         self.ports: dict[str, int] = {}
+        self.metrics_ports: dict[str, int] = {}  # every service's /metrics port (the gateway's: its HTTP API)
         for name, service in compose["services"].items():
             kind = self.kind(service)
             if kind in SERVICES:
                 self.ports[name] = free_port()
+                self.metrics_ports[name] = free_port()
                 default = SERVICES[kind].model_fields["port"].default
                 for alias in [name, *service.get("networks", {}).get("default", {}).get("aliases", [])]:
                     self.addresses[f"{alias}:{default}"] = f"127.0.0.1:{self.ports[name]}"
@@ -101,6 +104,7 @@ class Emulation:
             prefix = env_prefix(SERVICES[kind])
             env[f"{prefix}HOST"] = "127.0.0.1"
             env[f"{prefix}PORT"] = str(self.ports[name])
+            env[f"{prefix}HTTP_PORT" if kind == "gateway" else f"{prefix}METRICS_PORT"] = str(self.metrics_ports[name])
         if kind == "predictor":  # embedded Qdrant instead of the server
             del env["REMOE_PREDICTOR_QDRANT_URL"]
             env["REMOE_PREDICTOR_QDRANT_PATH"] = str(self.work / "qdrant")
@@ -203,5 +207,14 @@ def test_the_compose_cluster_configuration_serves_exact_tokens_and_meters_them(t
         while ledger.xlen("remoe:ledger") == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert ledger.xlen("remoe:ledger") == 1, "the request was not metered in the compose ledger database"
+        http = f"http://127.0.0.1:{emulation.metrics_ports['gateway']}"
+        answer = httpx.post(
+            f"{http}/v1/completions",
+            json={"model": "model", "prompt": ids, "max_tokens": 16, "temperature": 0},
+            timeout=120,
+        )
+        assert answer.json()["choices"][0]["text"] == result.text, "the HTTP API serves what the SDK does"
+        for name in ("gateway", "backbone", "expert-0", "expert-1", "predictor", "scheduler"):
+            assert scrape(f"http://127.0.0.1:{emulation.metrics_ports[name]}/metrics"), f"{name} serves no metrics"
     finally:
         emulation.down()

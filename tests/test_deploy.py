@@ -119,6 +119,27 @@ def test_compose_is_health_gated_and_private():
     assert "COMPOSE_PROFILES=cpu" in (ROOT / ".env").read_text()
 
 
+def test_compose_publishes_the_http_api_and_prometheus_scrapes_every_service():
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    assert "127.0.0.1:8000:8000" in services["gateway"]["ports"]
+    _, stages = parse_dockerfile(ROOT / "docker/Dockerfile")
+    by_name = {s.name: s for s in stages}
+    expected = set()
+    for name, service in services.items():
+        kind = service["image"].split("/")[-1].split(":")[0]
+        if kind in SERVICES:
+            image_env = dict(w.split("=", 1) for w in shlex.split(by_name[kind].last("ENV")))
+            key = f"{env_prefix(SERVICES[kind])}{'HTTP_PORT' if kind == 'gateway' else 'METRICS_PORT'}"
+            port = (service.get("environment") or {}).get(key) or image_env[key]
+            expected.add(f"{name}:{port}")
+    config = yaml.safe_load((ROOT / "docker/prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == expected
+    mount = "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in services["prometheus"]["volumes"]
+
+
 # ---------------------------------------------------------------------------------------------- kubernetes
 def test_kustomize_renders_objects_that_validate_against_kubernetes_schemas():
     objects = rendered_k8s()
@@ -169,6 +190,27 @@ def test_remoe_workloads_probe_grpc_health_run_as_non_root_and_use_their_setting
         for kind, values in remoe_variables(env).items():
             assert_known_settings(where, kind, values)
             assert values["host"] == "0.0.0.0" and int(values.get("port", port)) == port
+
+
+def test_every_remoe_workload_serves_metrics_where_its_annotations_say_and_kind_maps_the_http_api():
+    objects = rendered_k8s()
+    for w in workloads(objects):
+        if "remoe.dev/service" not in w["metadata"].get("labels", {}):
+            continue
+        where = f"{w['kind']}/{w['metadata']['name']}"
+        template = w["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        port = next(v for k, v in env.items() if k.endswith("_METRICS_PORT") or k == "REMOE_GATEWAY_HTTP_PORT")
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port, where
+        assert int(port) in {p["containerPort"] for p in container["ports"]}, f"{where} does not declare {port}"
+    gateway = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "gateway")
+    http = next(p for p in gateway["spec"]["ports"] if p["name"] == "http")
+    assert http["port"] == http["targetPort"] == 8000
+    node = yaml.safe_load((ROOT / "k8s/kind/cluster.yaml").read_text())["nodes"][0]
+    mapping = {m["containerPort"]: m for m in node["extraPortMappings"]}
+    assert mapping[http["nodePort"]]["hostPort"] == 8000 and mapping[http["nodePort"]]["listenAddress"] == "127.0.0.1"
 
 
 def test_backbone_may_manage_knative_services_in_its_namespace_only():
@@ -281,7 +323,9 @@ def test_every_service_image_has_a_target_a_health_check_and_a_default_port():
         assert f"python -m remoe.probe {service}" in " ".join(
             yaml.safe_load(stage.last("HEALTHCHECK").split("CMD ")[1])
         )
-        assert stage.last("EXPOSE") == str(cls.model_fields["port"].default)
+        assert stage.last("EXPOSE").split()[0] == str(cls.model_fields["port"].default)
+        metrics = "HTTP_PORT=8000" if service == "gateway" else "METRICS_PORT=9464"
+        assert f"{env_prefix(cls)}{metrics}" in stage.last("ENV") and metrics[-4:] in stage.last("EXPOSE").split()
         assert f"{env_prefix(cls)}HOST=0.0.0.0" in stage.last("ENV")
     # Images the manifests and the compose file use are the ones make images builds.
     images = set(re.findall(r"remoe/[\w-]+:[\w.]+", COMPOSE_FILE.read_text()))

@@ -19,7 +19,7 @@ from remoe.scheduler.ledger import Ledger
 from remoe.sdk import Client
 from remoe.services.gateway import PRIOR_SOURCE
 from remoe.settings import PredictorSettings, env_for
-from tests.conftest import PROMPT, reference_generate
+from tests.conftest import PROMPT, reference_generate, scrape
 
 ARCH = "qwen3_moe"
 NEW_TOKENS = 8
@@ -49,6 +49,20 @@ def _kill(cluster: LocalCluster, name: str) -> None:
     process = cluster.by_name(name).process
     process.kill()
     process.wait()
+
+
+def test_planning_services_expose_their_metrics_and_the_gateway_scores_forecasts(planned, case):
+    """Each service serves its own /metrics; the gateway's holds each forecast's divergence from what happened."""
+    ids, expected = case
+    assert _generate(planned, ids, "metrics").token_ids == expected
+    gateway = scrape(planned.http_url.removesuffix("/v1") + "/metrics")
+    predictor = scrape(planned.by_name("predictor").metrics_url)
+    scheduler = scrape(planned.by_name("scheduler").metrics_url)
+    scored = sum(v for (name, _), v in gateway.items() if name == "remoe_gateway_forecast_divergence_count")
+    assert scored >= 1
+    assert sum(v for (name, _), v in predictor.items() if name == "remoe_predictor_calls_total") >= 1
+    assert sum(v for (name, labels), v in scheduler.items() if name == "remoe_scheduler_calls_total") >= 1
+    assert scheduler[("remoe_scheduler_plan_cache_misses_total", ())] >= 1
 
 
 def test_predictor_down_plans_from_the_global_prior_then_forecasts_again(planned, case):

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from remoe.cluster import LocalCluster
+from remoe.cluster import LocalCluster, free_port
 from remoe.model.tokenizer import load_tokenizer
 from remoe.sdk import Client, Unauthenticated, Unavailable
 from remoe.settings import GatewaySettings, env_for
@@ -35,9 +36,16 @@ def certificate(tmp_path_factory) -> tuple:
     return cert, key
 
 
+@dataclass
+class Endpoints:
+    grpc: str  # localhost:PORT (the certificate's name)
+    https: str  # https://localhost:PORT/v1
+
+
 def _gateway(tmp_path, model, backbone: str, **settings) -> subprocess.Popen:
     ready = tmp_path / "gateway.port"
     ready.unlink(missing_ok=True)
+    settings.setdefault("http_port", free_port())
     env = env_for(GatewaySettings, model=model, backbone=backbone, port=0, ready_file=ready, **settings)
     log = (tmp_path / "gateway.log").open("ab")
     return subprocess.Popen(
@@ -52,13 +60,16 @@ def secured(tiny_model, certificate, tmp_path_factory):
     cert, key = certificate
     with LocalCluster(tiny_model(ARCH), port=0, expert_services=0, predictor=False, run_dir=tmp_path) as cluster:
         backbone = cluster.by_name("backbone").address
-        gateway = _gateway(tmp_path, tiny_model(ARCH), backbone, tls_cert=cert, tls_key=key, auth_token=TOKEN)
+        http_port = free_port()
+        gateway = _gateway(
+            tmp_path, tiny_model(ARCH), backbone, tls_cert=cert, tls_key=key, auth_token=TOKEN, http_port=http_port
+        )
         try:
             deadline = time.monotonic() + 60
             while not (tmp_path / "gateway.port").is_file():
                 assert gateway.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
                 time.sleep(0.1)
-            yield f"localhost:{(tmp_path / 'gateway.port').read_text()}"
+            yield Endpoints(f"localhost:{(tmp_path / 'gateway.port').read_text()}", f"https://localhost:{http_port}/v1")
         finally:
             gateway.terminate()
             gateway.wait(10)
@@ -66,14 +77,14 @@ def secured(tiny_model, certificate, tmp_path_factory):
 
 def test_tls_and_the_right_token_get_exact_tokens(secured, certificate, tiny_model, reference):
     ids = load_tokenizer(tiny_model(ARCH)).encode(PROMPT)
-    with Client(secured, token=TOKEN, root_certificates=certificate[0]) as client:
+    with Client(secured.grpc, token=TOKEN, root_certificates=certificate[0]) as client:
         assert client.generate(token_ids=ids, max_new_tokens=8).token_ids == reference_generate(reference(ARCH), ids, 8)
         assert client.status().model
 
 
 @pytest.mark.parametrize("token, message", [(None, "missing bearer token"), ("guess", "wrong bearer token")])
 def test_without_the_right_token_calls_are_unauthenticated(secured, certificate, token, message):
-    with Client(secured, token=token, root_certificates=certificate[0]) as client:
+    with Client(secured.grpc, token=token, root_certificates=certificate[0]) as client:
         with pytest.raises(Unauthenticated, match=message):
             client.generate(prompt=PROMPT, max_new_tokens=2)
         with pytest.raises(Unauthenticated, match=message):
@@ -81,11 +92,11 @@ def test_without_the_right_token_calls_are_unauthenticated(secured, certificate,
 
 
 def test_plaintext_is_refused_and_health_needs_no_token(secured, certificate):
-    with Client(secured, token=TOKEN, timeout=5) as plaintext:
+    with Client(secured.grpc, token=TOKEN, timeout=5) as plaintext:
         with pytest.raises(Unavailable):
             plaintext.status(timeout=5)
     credentials = grpc.ssl_channel_credentials(root_certificates=certificate[0].read_bytes())
-    with grpc.secure_channel(secured, credentials) as channel:
+    with grpc.secure_channel(secured.grpc, credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -102,3 +113,23 @@ def test_bad_tls_configuration_stops_the_gateway_with_a_message(settings, messag
     gateway = _gateway(tmp_path, tiny_model(ARCH), "127.0.0.1:9", **settings)
     assert gateway.wait(60) != 0
     assert message in (tmp_path / "gateway.log").read_text()
+
+
+def test_the_http_api_wants_the_token_over_tls_and_health_stays_open(secured, certificate, tiny_model):
+    import httpx
+    import openai
+
+    model = tiny_model(ARCH).name
+    ids = load_tokenizer(tiny_model(ARCH)).encode(PROMPT)
+    with httpx.Client(verify=str(certificate[0]), timeout=30) as http:
+        for headers, message in (({}, "missing bearer token"), ({"authorization": "Bearer guess"}, "wrong")):
+            reply = http.post(f"{secured.https}/completions", json={"model": model, "prompt": "hi"}, headers=headers)
+            assert reply.status_code == 401 and message in reply.json()["error"]["message"], reply.text
+            assert reply.json()["error"]["code"] == "invalid_api_key"
+        assert http.get(secured.https.removesuffix("/v1") + "/health").status_code == 200
+        oai = openai.OpenAI(base_url=secured.https, api_key=TOKEN, http_client=http, max_retries=0)
+        answer = oai.completions.create(model=model, prompt=ids, max_tokens=8, temperature=0)
+        with Client(secured.grpc, token=TOKEN, root_certificates=certificate[0]) as client:
+            assert answer.choices[0].text == client.generate(token_ids=ids, max_new_tokens=8).text
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=secured.https, api_key="guess", http_client=http, max_retries=0).models.list()

@@ -15,6 +15,11 @@ from transformers import (
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]  # ids 0 and 1: EOS/BOS and padding
+# ChatML, as Qwen's checkpoints ship it: the tiny models answer /v1/chat/completions the way real ones do.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def train_bpe_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
@@ -29,9 +34,11 @@ def train_bpe_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[0], pad_token=SPECIAL_TOKENS[1]
     )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase | None:

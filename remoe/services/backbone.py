@@ -22,6 +22,8 @@ from remoe.errors import RemoeError
 from remoe.experts.dispatch import DispatchingExecutor, current_function_seconds, current_routing
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
+from remoe.metrics.exposition import serve_metrics
+from remoe.metrics.services import backbone_registry
 from remoe.model.activations import ActivationRecorder, current_recorder
 from remoe.model.backbone import Backbone, resolve_dtype
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
@@ -35,7 +37,7 @@ from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import tracer
 from remoe.settings import BackboneSettings, load_settings
 from remoe.transport.expert_stream import RemoteExpertError
-from remoe.transport.request_context import current_deadline, current_request_id
+from remoe.transport.request_context import call_time_remaining, current_deadline, current_request_id
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -124,7 +126,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         arch = self.backbone.arch
         recorder = ActivationRecorder(arch.layer_indices, arch.num_experts, arch.top_k)
         trace = GenerationTrace()
-        remaining = context.time_remaining()
+        remaining = call_time_remaining(context)
         billed: dict[str, float] = {}
         contextvars = (
             current_recorder,
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens)
     backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
     server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
+    if s.metrics_port is not None:
+        serve_metrics(backbone_registry(servicer), s.host, s.metrics_port, "backbone")
     server.start(s.ready_file)
     server.wait_for_signal()
     executor.close()

@@ -20,6 +20,8 @@ import torch
 
 from remoe.errors import RemoeError
 from remoe.experts.executor import ExpertNotHostedError, LocalExpertExecutor
+from remoe.metrics.exposition import serve_metrics
+from remoe.metrics.services import expert_registry
 from remoe.model.backbone import resolve_dtype
 from remoe.model.weights import open_weights
 from remoe.proto import expert_pb2, expert_pb2_grpc
@@ -179,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     server = Server(name, s.host, s.port, s.workers)
     weights = open_weights(s.model)
     executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=resolve_dtype(weights.config, s.dtype))
-    expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(executor, name), server.server)
+    servicer = ExpertServicer(executor, name)
+    expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server.server)
     server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)
+    if s.metrics_port is not None:
+        serve_metrics(expert_registry(servicer), s.host, s.metrics_port, name)
     server.start(s.ready_file)
     server.wait_for_signal()
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from remoe.metrics.exposition import serve_metrics
+from remoe.metrics.gateway import GatewayMetrics
 from remoe.model.checkpoint import load_config
 from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
@@ -44,6 +46,7 @@ from remoe.services.tracing import outgoing_metadata
 from remoe.settings import GatewaySettings, load_settings
 from remoe.transport import tensor_codec
 from remoe.transport.channel import insecure_channel
+from remoe.transport.request_context import call_time_remaining
 
 log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
@@ -84,7 +87,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.tokenizer = load_tokenizer(model_dir)
         config = load_config(model_dir).get_text_config()
         self.vocab_size = int(config.vocab_size)
-        self.backbone = backbone_pb2_grpc.BackboneServiceStub(insecure_channel(backbone_address))
+        self.backbone_channel = insecure_channel(backbone_address)
+        self.backbone = backbone_pb2_grpc.BackboneServiceStub(self.backbone_channel)
         self.planning = planning or PlanningConfig()
         self.shape = shape_of_model(model_dir)
         self.planner = (
@@ -102,6 +106,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._refused = 0
         self._durations_s: deque[float] = deque(maxlen=256)  # of recent requests, for the retry hint
         self._background: set = set()
+        self.metrics = GatewayMetrics(lambda: self._active, max_requests)
 
     def _open_prior(self, model_dir: Path) -> GlobalPrior:
         weights = open_weights(model_dir)
@@ -141,6 +146,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 self._refused += 1
                 retry_ms = self._retry_after_ms()
         if not admitted:
+            self.metrics.requests.labels(grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
             context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(retry_ms)),))
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -148,12 +154,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 f"(REMOE_GATEWAY_MAX_REQUESTS); retry in {retry_ms} ms",
             )
         started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # the client left (the stream was closed before its end)
         try:
-            yield from self._generate(request, context)
+            served = yield from self._generate(request, context, started)
+            code = grpc.StatusCode.OK if served else grpc.StatusCode.CANCELLED
+        except GeneratorExit:
+            raise
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # what context.abort set
+            raise
         finally:
             with self._lock:
                 self._active -= 1
                 self._durations_s.append(time.perf_counter() - started)
+            self.metrics.requests.labels(code.name).inc()
 
     def _retry_after_ms(self) -> int:
         """When to come back: a recent request's median duration, the time in which the requests in flight turn
@@ -162,7 +176,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             return 1000
         return int(min(60_000, max(100, 1e3 * float(np.median(self._durations_s)))))
 
-    def _generate(self, request, context):
+    def _generate(self, request, context, arrived: float):
+        """The request's chunks; returns True when it was served to its end, False when the client left."""
         if self.prewarm and self.planner is None:
             # First thing: start the static plan's functions so their cold starts overlap tokenizing and prefill.
             # (With a scheduler, the backbone starts each request's own functions as the request arrives.)
@@ -187,17 +202,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             backbone_pb2.BackboneGenerateRequest(
                 request_id=request_id, token_ids=ids, sampling=request.sampling, functions=functions
             ),
-            timeout=context.time_remaining(),
+            timeout=call_time_remaining(context),
             metadata=outgoing_metadata(),
         )
         context.add_callback(call.cancel)  # the client going away stops the backbone too
         text = TextStream(self.tokenizer, stops)
         first_token_s = None
+        ttft_s = 0.0
+        n_out = 0
         try:
             for chunk in call:
                 delta = text.push(chunk.token_id)
+                n_out += 1
                 if first_token_s is None:
                     first_token_s = time.perf_counter() - started
+                    ttft_s = time.perf_counter() - arrived
                 if text.stopped:
                     call.cancel()
                     usage = common_pb2.Usage(prompt_tokens=len(ids), completion_tokens=len(text.tokens))
@@ -218,6 +237,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     self._learn(prompt_text, ids, chunk.usage, forecast)
                     if from_prior:
                         chunk.usage.forecast_source = PRIOR_SOURCE
+                    scored = forecast is not None and chunk.usage.forecast_source
+                    self.metrics.forecast(chunk.usage.forecast_source, chunk.usage.forecast_js if scored else None)
                     self._meter(request_id, chunk.usage, plan)
                 yield gateway_pb2.GenerateChunk(
                     token_ids=[chunk.token_id],
@@ -230,8 +251,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 self._served += 1
         except grpc.RpcError as e:
             if not context.is_active():
-                return  # the client left; the backbone call was cancelled with it
+                return False  # the client left; the backbone call was cancelled with it
             context.abort(e.code(), f"backbone: {e.details()}")
+        last_s = time.perf_counter() - arrived
+        self.metrics.served(len(ids), n_out, ttft_s, (last_s - ttft_s) / (n_out - 1) if n_out > 1 else None)
+        return True
 
     def _prompt_text(self, request, ids: list[int]) -> str:
         if request.WhichOneof("input") == "prompt":
@@ -272,16 +296,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return plan, plan is not None and forecast is None and frequency is not None
 
     def _meter(self, request_id: str, usage, plan) -> None:
-        """One metering record per request to the ledger (exactly once by request id; buffered if Redis is down)."""
-        if self.ledger is None:
-            return
+        """Each request's cost into the metrics, and one metering record to the ledger (exactly once by request
+        id; buffered if Redis is down)."""
         prices = self.planning.prices
         if plan is not None:
             memory, prices = (plan.main_gpu_gb, plan.main_cpu_gb), Prices(plan.cpu_gb_s, plan.gpu_gb_s)
         else:
             memory = self.default_memory
         record = meter(request_id, self.shape.name, usage, *memory, prices.cpu_gb_s, prices.gpu_gb_s, plan)
-        self.ledger.write(record)
+        self.metrics.cost.observe(record.cost)
+        if self.ledger is not None:
+            self.ledger.write(record)
 
     def _learn(self, prompt: str, ids: list[int], usage, forecast) -> None:
         """Score the forecast against what happened (into usage) and send the activation to the predictor."""
@@ -356,8 +381,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
+    http = None
+    if s.http:  # before the gRPC server writes its ready file: ready means both serve
+        from remoe.openai_api import HttpServer, create_app
+
+        app = create_app(servicer, s.served_model_name or Path(s.model).resolve().name, s.auth_token)
+        http = HttpServer(app, s.host, s.http_port, s.tls_cert, s.tls_key)
+        http.start()
+    if s.metrics_port is not None:
+        serve_metrics(servicer.metrics.registry, s.host, s.metrics_port, "gateway")
     server.start(s.ready_file)
     server.wait_for_signal()
+    if http is not None:
+        http.stop()
 
 
 if __name__ == "__main__":

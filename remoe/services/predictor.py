@@ -17,7 +17,10 @@ import logging  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 
+from remoe.metrics.exposition import serve_metrics  # noqa: E402
+from remoe.metrics.services import RequestMetrics  # noqa: E402
 from remoe.model.activations import ActivationRecord  # noqa: E402
 from remoe.model.weights import open_weights  # noqa: E402
 from remoe.predictor.embedding import PromptEmbedder  # noqa: E402
@@ -40,6 +43,8 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
         self.moe_layers = moe_layers
         self.num_experts = num_experts
         self.top_k = top_k
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = RequestMetrics("predictor", self.registry)  # Predict's outcome: the forecast's source
 
     def _check_prompt(self, prompt: str, context) -> None:
         if not prompt:
@@ -49,7 +54,9 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
 
     def Predict(self, request, context):
         self._check_prompt(request.prompt, context)
-        forecast = self.predictor.predict(request.prompt, list(request.token_ids)[:SCS_TOKENS])
+        with self.metrics.time("Predict") as call:
+            forecast = self.predictor.predict(request.prompt, list(request.token_ids)[:SCS_TOKENS])
+            call["outcome"] = forecast.source
         return predictor_pb2.PredictReply(
             frequency=tensor_codec.encode(torch.as_tensor(forecast.frequency, dtype=torch.float32)),
             moe_layers=self.moe_layers,
@@ -76,7 +83,8 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
         decode = np.asarray(act.decode, dtype=np.int64).reshape(shape) if act.decode else None
         n_in = int(prefill[0].sum()) // max(1, self.top_k)
         record = ActivationRecord(self.moe_layers, self.num_experts, self.top_k, prefill, decode, n_in, request.n_out)
-        self.predictor.record(request.prompt, list(request.token_ids)[:SCS_TOKENS], record)
+        with self.metrics.time("Record"):
+            self.predictor.record(request.prompt, list(request.token_ids)[:SCS_TOKENS], record)
         return predictor_pb2.RecordReply()
 
 
@@ -103,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     servicer = PredictorServicer(predictor, arch.layer_indices, arch.num_experts, arch.top_k)
     predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server.server)
     server.add(predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name)
+    if s.metrics_port is not None:
+        serve_metrics(servicer.registry, s.host, s.metrics_port, "predictor")
     server.start(s.ready_file)
     server.wait_for_signal()
 

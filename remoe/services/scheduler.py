@@ -9,7 +9,10 @@ import hashlib
 import logging
 
 import grpc
+from prometheus_client import CollectorRegistry
 
+from remoe.metrics.exposition import serve_metrics
+from remoe.metrics.services import PlanCacheCollector, RequestMetrics
 from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
@@ -25,10 +28,14 @@ log = logging.getLogger(__name__)
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, service: PlanService) -> None:
         self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(PlanCacheCollector(service))
+        self.metrics = RequestMetrics("scheduler", self.registry)
 
     def Plan(self, request, context):
         try:
-            return self.service.plan(request)
+            with self.metrics.time("Plan"):
+                return self.service.plan(request)
         except (ValueError, TensorDecodeError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
@@ -52,8 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     prices = Prices(s.cpu_price or defaults.cpu_gb_s, s.gpu_price or defaults.gpu_gb_s)
     server = Server("scheduler", s.host, s.port, s.workers)
     service = build_service(str(s.model), str(s.profile) if s.profile else None, s.redis_url, prices)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(service), server.server)
+    servicer = SchedulerServicer(service)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server.server)
     server.add(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
+    if s.metrics_port is not None:
+        serve_metrics(servicer.registry, s.host, s.metrics_port, "scheduler")
     server.start(s.ready_file)
     server.wait_for_signal()
 

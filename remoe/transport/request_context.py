@@ -23,3 +23,13 @@ def remaining(default: float | None = None) -> float | None:
     if deadline is None:
         return default
     return max(0.0, deadline - time.time())
+
+
+NO_DEADLINE_S = 1e8  # ~3 years: what grpc's time_remaining() reports beyond this means the client set none
+
+
+def call_time_remaining(context) -> float | None:
+    """Seconds left of a call a server handles, None when its client set no deadline (grpc then reports a
+    remaining time so large that timers built from it overflow)."""
+    left = context.time_remaining()
+    return None if left is None or left > NO_DEADLINE_S else left

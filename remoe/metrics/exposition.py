@@ -1,0 +1,17 @@
+"""Serving a registry: the text format, and a small HTTP server for services without an HTTP front end."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int, service: str) -> int:
+    """Serve `registry` at http://host:port/metrics in a daemon thread; returns the bound port."""
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    bound = int(server.server_address[1])
+    log.info("%s metrics on http://%s:%d/metrics", service, host, bound)
+    return bound

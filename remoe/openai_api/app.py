@@ -1,0 +1,234 @@
+"""The FastAPI app: OpenAI's /v1 endpoints over the gateway's Generate, plus /health and /metrics.
+
+Generate is a blocking generator (it streams from the backbone over gRPC); each of its steps runs in a worker
+thread, so the event loop stays free and a client that leaves cancels the backbone call at the next token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import grpc
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from remoe.openai_api.chunks import ChunkStream, Completion, collect
+from remoe.openai_api.context import GatewayAbort
+from remoe.openai_api.errors import APIError, from_abort
+from remoe.openai_api.schema import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from remoe.openai_api.sse import chat_events, completion_events
+from remoe.proto import common_pb2, gateway_pb2
+
+log = logging.getLogger(__name__)
+CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's chat default is "until the context ends"; a bound is kinder here
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+HEALTH_TIMEOUT_S = 2.0
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err.get("loc", ()) if part != "body"]
+    if err.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {err.get('msg')}", None
+    param = ".".join(loc) or None
+    msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")
+    return (f"{param}: {msg}" if param else msg), param
+
+
+class OpenAIFrontEnd:
+    """The routes' state: the gateway servicer, the served model's name, the optional bearer token."""
+
+    def __init__(self, servicer, model_name: str, token: str | None = None) -> None:
+        self.servicer = servicer
+        self.model_name = model_name
+        self.token = token
+        self.created = int(Path(servicer.model_dir).stat().st_mtime)
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        # Every admitted request holds a worker thread while it waits for its next token; anyio's default pool
+        # (40) would queue requests the gateway admitted.
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.servicer.max_requests + 8)
+        return self._limiter
+
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise APIError(401, "missing bearer token: send 'Authorization: Bearer <token>'", code="invalid_api_key")
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise APIError(401, "wrong bearer token", code="invalid_api_key")
+
+    def check_model(self, body: SamplingRequest) -> None:
+        if body.model not in (self.model_name, str(self.servicer.model_dir)):
+            raise APIError(
+                404,
+                f"the model `{body.model}` does not exist; this server serves `{self.model_name}`",
+                param="model",
+                code="model_not_found",
+            )
+
+    def generate_request(self, body: SamplingRequest, max_tokens: int, prompt=None, token_ids=None):
+        sampling = common_pb2.SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p)
+        if body.seed is not None:
+            sampling.seed = body.seed
+        request = gateway_pb2.GenerateRequest(sampling=sampling, stop=body.stops)
+        if token_ids is not None:
+            request.token_ids.ids.extend(token_ids)
+        else:
+            request.prompt = prompt
+        return request
+
+    def chat_token_ids(self, body: ChatCompletionRequest) -> list[int]:
+        tokenizer = self.servicer.tokenizer
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        except Exception as e:  # a template's own raise_exception (e.g. roles must alternate) and Jinja errors
+            raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
+        return list(ids)
+
+    def stream(self, request: gateway_pb2.GenerateRequest) -> ChunkStream:
+        return ChunkStream(self.servicer, request, self.limiter)
+
+
+async def _first(stream: ChunkStream):
+    """The first chunk, before any byte of a 200 is sent: a refusal or bad request becomes an error status."""
+    try:
+        return await stream.next()
+    except GatewayAbort as e:
+        stream.close()
+        raise from_abort(e) from None
+    except BaseException:
+        stream.close()
+        raise
+
+
+def create_app(servicer, model_name: str, token: str | None = None, registry=None) -> FastAPI:
+    """The HTTP API of `servicer` (a GatewayServicer). `registry`: what /metrics serves (default: the gateway's)."""
+    front = OpenAIFrontEnd(servicer, model_name, token)
+    registry = registry if registry is not None else servicer.metrics.registry
+    http_requests = Counter(
+        "remoe_http_requests", "HTTP API requests by route and status", ["route", "status"], registry=registry
+    )
+    app = FastAPI(title="Remoe", summary="OpenAI-compatible API of a Remoe gateway", docs_url="/docs", redoc_url=None)
+    app.state.front = front
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        http_requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(APIError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+
+    def authorized(request: Request) -> None:
+        front.authorize(request)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 when the gateway can reach its backbone, 503 when not (for load balancers and probes)."""
+
+        def check() -> str | None:
+            try:
+                reply = health_pb2_grpc.HealthStub(servicer.backbone_channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_S
+                )
+            except grpc.RpcError as e:
+                return f"backbone unreachable: {e.code().name}"
+            return None if reply.status == health_pb2.HealthCheckResponse.SERVING else "backbone is not serving"
+
+        problem = await anyio.to_thread.run_sync(check, limiter=front.limiter)
+        if problem is not None:
+            raise APIError(503, problem)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def model_card() -> dict:
+        return {"id": front.model_name, "object": "model", "created": front.created, "owned_by": "remoe"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model}", dependencies=[Depends(authorized)])
+    async def model(model: str) -> dict:
+        if model != front.model_name:
+            raise APIError(404, f"the model `{model}` does not exist", param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: CompletionRequest):
+        front.check_model(body)
+        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+        if isinstance(body.prompt, str):
+            request = front.generate_request(body, max_tokens, prompt=body.prompt)
+        else:
+            request = front.generate_request(body, max_tokens, token_ids=body.prompt)
+        return await _answer(front, body, request, "text_completion")
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatCompletionRequest):
+        front.check_model(body)
+        ids = front.chat_token_ids(body)
+        request = front.generate_request(body, body.token_limit or CHAT_DEFAULT_MAX_TOKENS, token_ids=ids)
+        return await _answer(front, body, request, "chat.completion")
+
+    return app
+
+
+async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: str):
+    stream = front.stream(request)
+    first = await _first(stream)
+    created = int(time.time())
+    if body.stream:
+        events = chat_events if kind == "chat.completion" else completion_events
+        return StreamingResponse(
+            _sse(events(stream, first, front.model_name, created, body.include_usage)),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    try:
+        done: Completion = await collect(stream, first)
+    except GatewayAbort as e:
+        raise from_abort(e) from None
+    finally:
+        stream.close()
+    return JSONResponse(done.body(kind, front.model_name, created))
+
+
+async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    async for event in events:
+        yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+    yield "data: [DONE]\n\n"

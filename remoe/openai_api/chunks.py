@@ -1,0 +1,98 @@
+"""Gateway chunks for the HTTP API: the in-process Generate call stepped from worker threads, and a whole
+completion gathered from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+
+from remoe.openai_api.context import InProcessContext
+from remoe.proto import gateway_pb2
+
+
+def _next_or_none(chunks):
+    return next(chunks, None)
+
+
+def _drain(chunks) -> list:
+    return list(chunks)
+
+
+class ChunkStream:
+    """One GatewayServicer.Generate call. `close()` is the client leaving: the backbone call is cancelled and
+    Generate's own cleanup (its admission slot, its metrics) runs."""
+
+    def __init__(self, servicer, request: gateway_pb2.GenerateRequest, limiter: anyio.CapacityLimiter) -> None:
+        self.context = InProcessContext()
+        self._chunks = servicer.Generate(request, self.context)
+        self._limiter = limiter
+        self._closed = False
+
+    async def next(self) -> gateway_pb2.GenerateChunk | None:
+        """The next chunk, None after the last. Not cancelled midway: a cancelled await returns when the step
+        does (at the next token), so close() never meets a running generator."""
+        return await anyio.to_thread.run_sync(_next_or_none, self._chunks, limiter=self._limiter)
+
+    async def rest(self) -> list[gateway_pb2.GenerateChunk]:
+        """Every remaining chunk, in one worker thread."""
+        return await anyio.to_thread.run_sync(_drain, self._chunks, limiter=self._limiter)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.context.cancel()
+        self._chunks.close()
+
+
+@dataclass
+class Completion:
+    request_id: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def usage(self) -> dict:
+        return usage_body(self.prompt_tokens, self.completion_tokens)
+
+    def body(self, kind: str, model: str, created: int) -> dict:
+        if kind == "chat.completion":
+            choice = {"index": 0, "message": {"role": "assistant", "content": self.text}}
+            prefix = "chatcmpl"
+        else:
+            choice = {"index": 0, "text": self.text}
+            prefix = "cmpl"
+        choice.update(logprobs=None, finish_reason=self.finish_reason)
+        return {
+            "id": f"{prefix}-{self.request_id}",
+            "object": kind,
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": [choice],
+            "usage": self.usage(),
+        }
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def collect(stream: ChunkStream, first: gateway_pb2.GenerateChunk | None) -> Completion:
+    chunks = ([first] if first is not None else []) + await stream.rest()
+    if not chunks:
+        raise RuntimeError("the gateway ended the request without a chunk")
+    last = chunks[-1]
+    return Completion(
+        request_id=last.request_id,
+        text="".join(c.text_delta for c in chunks),
+        finish_reason=last.finish_reason or "stop",
+        prompt_tokens=last.usage.prompt_tokens,
+        completion_tokens=last.usage.completion_tokens,
+    )
