@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DEMO=${DEMO_DIR:-.cache/demo}
 PORT=${DEMO_PORT:-50051}
+HTTP_PORT=${DEMO_HTTP_PORT:-8000}
 MODEL=$DEMO/trained
 
 if [ ! -f "$MODEL/config.json" ]; then
@@ -21,7 +22,7 @@ echo "--- verify: the split, under a 2-expert budget, against transformers' own 
 $BIN/remoe verify "$MODEL" --split "$MODEL-split" --expert-budget 1600000
 
 echo "--- remoe up: gateway, backbone, two expert services; half of each layer's experts in functions"
-$BIN/remoe up --model "$MODEL-split" --port "$PORT" --run-dir "$DEMO/run" --remote-ratio 0.5 > "$DEMO/up.log" 2>&1 &
+$BIN/remoe up --model "$MODEL-split" --port "$PORT" --run-dir "$DEMO/run" --remote-ratio 0.5 --http-port "$HTTP_PORT" > "$DEMO/up.log" 2>&1 &
 UP=$!
 trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 for _ in $(seq 1 240); do
@@ -32,10 +33,32 @@ done
 cat "$DEMO/up.log"
 echo "--- remoe generate (a few minutes of training: text that looks like text, not sense)"
 $BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
-echo "--- again: the first request's TTFT included the functions' cold starts; now they are warm"
+echo "--- again: the functions started with the first request; until they serve, an expert service computes"
+echo "    their batches (no token waits for a cold start), then they take over: see remoe status"
 $BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
 echo "--- remoe status"
 $BIN/remoe status --address "127.0.0.1:$PORT"
+echo "--- the same gateway speaks OpenAI's HTTP API (the official openai client here) and serves Prometheus metrics"
+$BIN/python - "$HTTP_PORT" "$(basename "$MODEL")-split" <<'PY'
+import sys, urllib.request
+
+import openai
+
+port, model = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+try:
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "You will"}], max_tokens=16)
+    print(f"chat: {chat.choices[0].message.content!r} ({chat.usage.completion_tokens} tokens)")
+except openai.BadRequestError as e:  # a model trained before the tiny tokenizers had a chat template
+    print(f"chat: {e.body['message']}")
+print("streamed: ", end="")
+for chunk in client.completions.create(model=model, prompt="You will", max_tokens=16, temperature=0, stream=True):
+    print(chunk.choices[0].text, end="", flush=True)
+print()
+metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+wanted = ("remoe_gateway_requests_total", "remoe_gateway_ttft_seconds_count", "remoe_gateway_completion_tokens_total")
+print("\n".join(line for line in metrics.splitlines() if line.startswith(wanted)))
+PY
 
 echo "--- the scheduler: this machine's speeds for the model (remoe profile), then one prompt's cheapest plan"
 kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null || true

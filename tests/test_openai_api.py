@@ -242,3 +242,20 @@ def test_a_grpc_call_without_a_deadline_is_served(cluster, tiny_model, reference
         request.token_ids.ids.extend(ids)
         chunks = list(gateway_pb2_grpc.GatewayServiceStub(channel).Generate(request))
     assert [t for c in chunks for t in c.token_ids] == reference_generate(reference(ARCH), ids, 4)
+
+
+def test_every_metric_a_service_serves_is_documented(cluster):
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    docs = (Path(__file__).parent.parent / "docs/http-api.md").read_text()
+    urls = [
+        f"{_root(cluster)}/metrics",
+        cluster.by_name("expert-0").metrics_url,
+        cluster.by_name("backbone").metrics_url,
+    ]
+    for url in urls:
+        names = {f.name for f in text_string_to_metric_families(httpx.get(url, timeout=10).text)}
+        undocumented = {n for n in names if n.startswith("remoe_") and f"`{n}" not in docs}
+        assert not undocumented, f"{url}: not in docs/http-api.md: {sorted(undocumented)}"
