@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
 .PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler \
-	bench bench-quick bench-evaluation bench-hardware bench-load images images-cuda compose-up compose-down kind-up kind-down clean help
+	bench bench-quick bench-evaluation bench-hardware bench-load bench-http images images-cuda compose-up compose-down kind-up kind-down clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-predictor   SPS forecast accuracy (trained and random-init model) and predict latency"
 	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
 	@echo "make bench-load    concurrent clients with a function killed mid-run: exact tokens, errors, ledger"
+	@echo "make bench-http    the HTTP API's cost: the openai client vs the gRPC SDK on the same cluster"
 	@echo "make bench-quick   the headline comparison on the tiny model + hardware limits + docs/results/README.md (<10 min)"
 	@echo "make bench         every bench, then docs/results/README.md (about two hours on 2 cores)"
 	@echo "make images        build the remoe/* container images (needs a Docker engine); images-cuda: the CUDA backbone"
@@ -79,6 +80,10 @@ bench-hardware: $(STAMP)
 bench-load: $(STAMP) system-deps
 	$(BIN)/python -m bench.load
 
+# The OpenAI-compatible HTTP API against the gRPC SDK, same cluster, same run.
+bench-http: $(STAMP)
+	$(BIN)/python -m bench.http_api
+
 # CPU, GPU, MIX, Fetch, Remoe, Remoe-oracle side by side on tiny, medium and the paper models' shapes.
 bench-evaluation: $(STAMP) system-deps
 	$(BIN)/python -m bench.evaluation
@@ -89,7 +94,7 @@ bench-quick: $(STAMP) system-deps
 	$(BIN)/python bench/results_index.py
 
 # Everything, then the index. The GPU bench (bench/gpu/run.sh) skips itself without a GPU.
-bench: bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler bench-hardware bench-evaluation bench-load
+bench: bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler bench-hardware bench-evaluation bench-load bench-http
 	bench/gpu/run.sh .cache/bench/gpu   # docs/results/gpu.md holds the last run on a GPU machine
 	$(BIN)/python bench/results_index.py
 

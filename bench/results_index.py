@@ -27,6 +27,8 @@ ORDER = [
     "predictor_latency",
     "cold_start",
     "dispatch",
+    "load",
+    "http_api",
     "engine",
     "gpu",
 ]
