@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's chat default is "until the context ends"; a bound is kinder here
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 HEALTH_TIMEOUT_S = 2.0
+# For tokenizers without a chat template (base models): a plain transcript, one "Role: text" line per message.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -94,12 +99,17 @@ class OpenAIFrontEnd:
         return request
 
     def chat_token_ids(self, body: ChatCompletionRequest) -> list[int]:
+        """The conversation as the model's chat template renders it, with the assistant's turn opened; a tokenizer
+        without a template (a base model) gets a plain transcript ("User: ...", then "Assistant:")."""
         tokenizer = self.servicer.tokenizer
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", param="messages")
+        if tokenizer is None:
+            raise APIError(400, "this model has no tokenizer: use /v1/completions with token ids", param="messages")
+        template = None if getattr(tokenizer, "chat_template", None) else PLAIN_CHAT_TEMPLATE
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            ids = tokenizer.apply_chat_template(
+                messages, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
         except Exception as e:  # a template's own raise_exception (e.g. roles must alternate) and Jinja errors
             raise APIError(400, f"the chat template refused the messages: {e}", param="messages") from None
         return list(ids)
@@ -130,12 +140,7 @@ def create_app(servicer, model_name: str, token: str | None = None, registry=Non
     app = FastAPI(title="Remoe", summary="OpenAI-compatible API of a Remoe gateway", docs_url="/docs", redoc_url=None)
     app.state.front = front
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        http_requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestCounter, counter=http_requests)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -145,6 +150,12 @@ def create_app(servicer, model_name: str, token: str | None = None, registry=Non
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("HTTP API: unexpected error")
+        body = APIError(500, f"internal error: {type(exc).__name__}: {exc}").body()
+        return JSONResponse(body, status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -206,6 +217,32 @@ def create_app(servicer, model_name: str, token: str | None = None, registry=Non
         return await _answer(front, body, request, "chat.completion")
 
     return app
+
+
+class RequestCounter:
+    """ASGI middleware: HTTP requests by route template (unmatched paths: "other") and status. Pure ASGI, so a
+    streamed answer passes through untouched."""
+
+    def __init__(self, app, counter: Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")  # set in place by the router once a route matched
+            self.counter.labels(getattr(route, "path", "other"), str(status[0])).inc()
 
 
 async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: str):

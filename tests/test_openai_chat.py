@@ -1,0 +1,50 @@
+"""How /v1/chat/completions turns messages into a prompt (no network: the front end's own logic)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from remoe.model.tiny import build_tokenizer
+from remoe.openai_api.app import OpenAIFrontEnd
+from remoe.openai_api.errors import APIError
+from remoe.openai_api.schema import ChatCompletionRequest
+
+MESSAGES = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
+
+
+def front(tmp_path, tokenizer) -> OpenAIFrontEnd:
+    return OpenAIFrontEnd(SimpleNamespace(tokenizer=tokenizer, model_dir=tmp_path, max_requests=4), "m")
+
+
+def body(messages) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+
+
+def test_the_model_chat_template_renders_the_conversation(tmp_path):
+    tokenizer = build_tokenizer(512)
+    expected = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert front(tmp_path, tokenizer).chat_token_ids(body(MESSAGES)) == list(expected)
+    assert tokenizer.decode(expected).endswith("<|im_start|>assistant\n"), "the assistant's turn is opened"
+
+
+def test_text_parts_are_joined_like_a_string(tmp_path):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}]
+    f = front(tmp_path, build_tokenizer(512))
+    assert f.chat_token_ids(body(parts)) == f.chat_token_ids(body([{"role": "user", "content": "Hi"}]))
+
+
+def test_without_a_template_a_plain_transcript_is_used(tmp_path):
+    tokenizer = build_tokenizer(512)
+    tokenizer.chat_template = None
+    ids = front(tmp_path, tokenizer).chat_token_ids(body(MESSAGES))
+    assert tokenizer.decode(ids) == "System: Be terse.\nUser: Hi\nAssistant:"
+
+
+def test_a_template_that_refuses_the_messages_is_a_400_naming_why(tmp_path):
+    tokenizer = build_tokenizer(512)
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    with pytest.raises(APIError) as refused:
+        front(tmp_path, tokenizer).chat_token_ids(body(MESSAGES))
+    assert refused.value.status == 400 and "roles must alternate" in refused.value.message
