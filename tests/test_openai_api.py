@@ -234,6 +234,19 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(cluster, oai, model_name
     assert Client(cluster.address).status().backbone.active_requests == 0, "the backbone stopped generating too"
 
 
+def test_a_client_that_hangs_up_before_a_whole_answer_cancels_it(cluster, model_name):
+    url = f"{_root(cluster)}/metrics"
+    key = ("remoe_gateway_requests_total", (("code", "CANCELLED"),))
+    before = scrape(url).get(key, 0.0)
+    body = {"model": model_name, "prompt": PROMPT, "max_tokens": 900, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{cluster.http_url}/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 10  # 900 tokens would take far longer than this to finish for nobody
+    while scrape(url).get(key, 0.0) - before < 1 or scrape(url)[("remoe_gateway_active_requests", ())] != 0:
+        assert time.monotonic() < deadline, "the abandoned request kept running"
+        time.sleep(0.2)
+
+
 def test_a_grpc_call_without_a_deadline_is_served(cluster, tiny_model, reference):
     """grpc reports a client without a deadline as ~forever remaining; timers built from it must not overflow."""
     ids = load_tokenizer(tiny_model(ARCH)).encode(PROMPT)

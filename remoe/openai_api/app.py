@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's chat default is "until the context ends"; a bound is kinder here
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 HEALTH_TIMEOUT_S = 2.0
+DISCONNECT_POLL_S = 0.25
 # For tokenizers without a chat template (base models): a plain transcript, one "Role: text" line per message.
 PLAIN_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
@@ -200,21 +201,21 @@ def create_app(servicer, model_name: str, token: str | None = None, registry=Non
         return model_card()
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         front.check_model(body)
         max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
         if isinstance(body.prompt, str):
             request = front.generate_request(body, max_tokens, prompt=body.prompt)
         else:
             request = front.generate_request(body, max_tokens, token_ids=body.prompt)
-        return await _answer(front, body, request, "text_completion")
+        return await _answer(front, body, request, "text_completion", http)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, http: Request):
         front.check_model(body)
         ids = front.chat_token_ids(body)
         request = front.generate_request(body, body.token_limit or CHAT_DEFAULT_MAX_TOKENS, token_ids=ids)
-        return await _answer(front, body, request, "chat.completion")
+        return await _answer(front, body, request, "chat.completion", http)
 
     return app
 
@@ -245,7 +246,7 @@ class RequestCounter:
             self.counter.labels(getattr(route, "path", "other"), str(status[0])).inc()
 
 
-async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: str):
+async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: str, http: Request):
     stream = front.stream(request)
     first = await _first(stream)
     created = int(time.time())
@@ -257,12 +258,23 @@ async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: s
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     try:
-        done: Completion = await collect(stream, first)
+        async with anyio.create_task_group() as watchers:
+            watchers.start_soon(_cancel_when_gone, http, stream)
+            done: Completion = await collect(stream, first)
+            watchers.cancel_scope.cancel()
     except GatewayAbort as e:
         raise from_abort(e) from None
     finally:
         stream.close()
     return JSONResponse(done.body(kind, front.model_name, created))
+
+
+async def _cancel_when_gone(http: Request, stream: ChunkStream) -> None:
+    """A whole answer is sent only at its end: a client that hangs up before then cancels the backbone's work
+    (the stream's last chunk comes at once) instead of leaving it to run for nobody."""
+    while not await http.is_disconnected():
+        await anyio.sleep(DISCONNECT_POLL_S)
+    stream.context.cancel()
 
 
 async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
