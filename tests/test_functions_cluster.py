@@ -11,7 +11,7 @@ import pytest
 from remoe.cluster import LocalCluster
 from remoe.model.tokenizer import load_tokenizer
 from remoe.sdk import Client
-from tests.conftest import PROMPT, reference_generate
+from tests.conftest import PROMPT, reference_generate, scrape
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,18 @@ def test_warm_starts_every_function_at_once(function_cluster):
     backbone = backbone_pb2_grpc.BackboneServiceStub(
         grpc.insecure_channel(function_cluster.by_name("backbone").address)
     )
+    before = scrape(function_cluster.by_name("backbone").metrics_url)
+    starts_before = sum(v for (name, _), v in before.items() if name == "remoe_function_cold_start_seconds_count")
     reply = backbone.Warm(backbone_pb2.WarmRequest(), timeout=10)
     assert reply.started == len({f.function for f in _functions(function_cluster)})
     assert all(f.state in ("starting", "warm") for f in _functions(function_cluster))
+    # The backbone's /metrics counts them: instances warm (each for its 4 s TTL) and cold starts finished.
+    deadline, most_warm = time.monotonic() + 60, 0.0
+    while True:
+        metrics = scrape(function_cluster.by_name("backbone").metrics_url)
+        most_warm = max(most_warm, metrics[("remoe_function_instances", (("state", "warm"),))])
+        starts = sum(v for (name, _), v in metrics.items() if name == "remoe_function_cold_start_seconds_count")
+        if most_warm >= 1 and starts > starts_before:
+            break
+        assert time.monotonic() < deadline, f"{most_warm} warm at most, {starts - starts_before} cold starts"
+        time.sleep(0.2)
