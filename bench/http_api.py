@@ -156,7 +156,8 @@ def write_report(results: dict, out: Path) -> None:
         f"{results['new_tokens']} greedy tokens per request (fewer when the model ends the text), "
         f"{len(PROMPTS)} prompts; each level's rounds rotate the three ways so noise falls on all alike; every "
         "answer compared with the SDK's text for its prompt. Times at the client; TTFT is the first text (a "
-        "token that completes no character yet shows nothing), of a whole answer the answer's latency. Ratios: to the SDK's p50 at the same level.",
+        "token that completes no character yet shows nothing), of a whole answer the answer's latency. Ratios: "
+        "to the SDK's p50 at the same level.",
         "",
         "| clients | way | requests | same text as the SDK | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | "
         "request p50 (ms) | request vs SDK | TTFT vs SDK |",

@@ -95,6 +95,13 @@ def test_chat_renders_the_model_template_and_matches_transformers(cluster, oai, 
     assert stream[-1].choices[0].finish_reason == "length"
 
 
+def test_a_chat_without_max_tokens_stops_at_the_context_instead_of_refusing(oai, model_name):
+    long = [{"role": "user", "content": "the " * 900}]  # ~940 tokens of a 1024-token context
+    answer = oai.chat.completions.create(model=model_name, messages=long, temperature=0)
+    assert 900 < answer.usage.prompt_tokens < 1024
+    assert answer.usage.prompt_tokens + answer.usage.completion_tokens <= 1024
+
+
 def test_stop_strings_and_seeds_behave_as_in_the_sdk(cluster, oai, model_name):
     sdk = Client(cluster.address)
     full = sdk.generate(prompt=PROMPT, max_new_tokens=24).text

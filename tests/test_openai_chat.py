@@ -14,37 +14,42 @@ from remoe.openai_api.schema import ChatCompletionRequest
 MESSAGES = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
 
 
-def front(tmp_path, tokenizer) -> OpenAIFrontEnd:
-    return OpenAIFrontEnd(SimpleNamespace(tokenizer=tokenizer, model_dir=tmp_path, max_requests=4), "m")
+@pytest.fixture
+def model_dir(tiny_model):
+    return tiny_model("qwen3_moe")
+
+
+def front(model_dir, tokenizer) -> OpenAIFrontEnd:
+    return OpenAIFrontEnd(SimpleNamespace(tokenizer=tokenizer, model_dir=model_dir, max_requests=4), "m")
 
 
 def body(messages) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
 
 
-def test_the_model_chat_template_renders_the_conversation(tmp_path):
+def test_the_model_chat_template_renders_the_conversation(model_dir):
     tokenizer = build_tokenizer(512)
     expected = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)
-    assert front(tmp_path, tokenizer).chat_token_ids(body(MESSAGES)) == list(expected)
+    assert front(model_dir, tokenizer).chat_token_ids(body(MESSAGES)) == list(expected)
     assert tokenizer.decode(expected).endswith("<|im_start|>assistant\n"), "the assistant's turn is opened"
 
 
-def test_text_parts_are_joined_like_a_string(tmp_path):
+def test_text_parts_are_joined_like_a_string(model_dir):
     parts = [{"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]}]
-    f = front(tmp_path, build_tokenizer(512))
+    f = front(model_dir, build_tokenizer(512))
     assert f.chat_token_ids(body(parts)) == f.chat_token_ids(body([{"role": "user", "content": "Hi"}]))
 
 
-def test_without_a_template_a_plain_transcript_is_used(tmp_path):
+def test_without_a_template_a_plain_transcript_is_used(model_dir):
     tokenizer = build_tokenizer(512)
     tokenizer.chat_template = None
-    ids = front(tmp_path, tokenizer).chat_token_ids(body(MESSAGES))
+    ids = front(model_dir, tokenizer).chat_token_ids(body(MESSAGES))
     assert tokenizer.decode(ids) == "System: Be terse.\nUser: Hi\nAssistant:"
 
 
-def test_a_template_that_refuses_the_messages_is_a_400_naming_why(tmp_path):
+def test_a_template_that_refuses_the_messages_is_a_400_naming_why(model_dir):
     tokenizer = build_tokenizer(512)
     tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
     with pytest.raises(APIError) as refused:
-        front(tmp_path, tokenizer).chat_token_ids(body(MESSAGES))
+        front(model_dir, tokenizer).chat_token_ids(body(MESSAGES))
     assert refused.value.status == 400 and "roles must alternate" in refused.value.message

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from remoe.model.checkpoint import load_config
 from remoe.openai_api.chunks import ChunkStream, Completion, collect
 from remoe.openai_api.context import GatewayAbort
 from remoe.openai_api.errors import APIError, from_abort
@@ -59,6 +60,8 @@ class OpenAIFrontEnd:
         self.model_name = model_name
         self.token = token
         self.created = int(Path(servicer.model_dir).stat().st_mtime)
+        config = load_config(Path(servicer.model_dir)).get_text_config()
+        self.context_len = int(getattr(config, "max_position_embeddings", 0) or 0)
         self._limiter: anyio.CapacityLimiter | None = None
 
     @property
@@ -214,7 +217,11 @@ def create_app(servicer, model_name: str, token: str | None = None, registry=Non
     async def chat_completions(body: ChatCompletionRequest, http: Request):
         front.check_model(body)
         ids = front.chat_token_ids(body)
-        request = front.generate_request(body, body.token_limit or CHAT_DEFAULT_MAX_TOKENS, token_ids=ids)
+        limit = body.token_limit
+        if limit is None:  # the default stops at the model's context rather than run past it
+            room = front.context_len - len(ids) if front.context_len else CHAT_DEFAULT_MAX_TOKENS
+            limit = max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
+        request = front.generate_request(body, limit, token_ids=ids)
         return await _answer(front, body, request, "chat.completion", http)
 
     return app
