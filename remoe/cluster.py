@@ -27,6 +27,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remoe.errors import RemoeError
+from remoe.ports import side_port_file
 from remoe.settings import SERVICES, env_for
 
 
@@ -123,14 +124,13 @@ class LocalCluster:
         """A service process `python -m remoe.services.KIND` configured by its environment variables; every
         service but the gateway (whose /metrics is on its HTTP port) serves its metrics on a free port."""
         ready = self.run_dir / f"{name}.port"
-        ready.unlink(missing_ok=True)
+        for stale in (ready, side_port_file(ready, "metrics"), side_port_file(ready, "http")):
+            stale.unlink(missing_ok=True)
         if kind != "gateway":
-            settings.setdefault("metrics_port", free_port())
+            settings.setdefault("metrics_port", 0)  # any free port: the service writes it beside its ready file
         env = env_for(SERVICES[kind], model=self.model_dir, ready_file=ready, **settings)
         argv = [sys.executable, "-m", f"remoe.services.{kind}"]
-        return ServiceProcess(
-            name, argv, self.run_dir / f"{name}.log", ready, env, metrics_port=settings.get("metrics_port")
-        )
+        return ServiceProcess(name, argv, self.run_dir / f"{name}.log", ready, env)
 
     def _threads_per_service(self) -> int:
         # OpenMP threads spin while they wait; more of them than cores across processes costs each fan-out
@@ -160,6 +160,8 @@ class LocalCluster:
                     )
                 if service.ready_file.is_file():
                     service.port = int(service.ready_file.read_text())
+                    metrics = side_port_file(service.ready_file, "metrics")
+                    service.metrics_port = int(metrics.read_text()) if metrics.is_file() else None
                     _check_health(service.address)
                     report(f"{service.name} ready on {service.address} ({time.monotonic() - service.started_s:.1f} s)")
                     waiting.remove(service)
@@ -196,11 +198,9 @@ class LocalCluster:
             self._spawn(backbone)
             self._wait_ready([backbone], timeout_s, report)
 
-            if not self.http_port:
-                self.http_port = free_port()
             gateway_settings: dict[str, Any] = {
                 "port": self.port,
-                "http_port": self.http_port,
+                "http_port": self.http_port or 0,
                 "backbone": backbone.address,
                 "prewarm": self.prewarm,
             }
@@ -225,6 +225,7 @@ class LocalCluster:
             self._spawn(gateway)
             self._wait_ready([gateway], timeout_s, report)
             self.port = gateway.port
+            self.http_port = int(side_port_file(gateway.ready_file, "http").read_text())
         except BaseException:
             self.stop()
             raise
@@ -280,9 +281,15 @@ class LocalCluster:
             raise ClusterError(f"{name} is still running (pid {old.process.pid})")
         prefix = next((k for k in old.env if k.endswith("_READY_FILE")), "").removesuffix("READY_FILE")
         env = {**old.env, f"{prefix}PORT": str(old.port)} if prefix else old.env  # redis-server: port in argv
+        if old.metrics_port:  # the same metrics port too, where scrapers look
+            env[f"{prefix}METRICS_PORT"] = str(old.metrics_port)
+        if old.name == "gateway":
+            env[f"{prefix}HTTP_PORT"] = str(self.http_port)
         index = self.services.index(old)
         service = ServiceProcess(name, old.argv, old.log_path, old.ready_file, env, metrics_port=old.metrics_port)
         service.ready_file.unlink(missing_ok=True)
+        for what in ("metrics", "http"):
+            side_port_file(service.ready_file, what).unlink(missing_ok=True)
         self._spawn(service)  # appended: moved into the old one's place (stop() goes in reverse start order)
         self.services.remove(service)
         self.services[index] = service

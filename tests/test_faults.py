@@ -87,6 +87,7 @@ def test_predictor_down_plans_from_the_global_prior_then_forecasts_again(planned
 
 def test_scheduler_down_serves_everything_local_then_plans_again(planned, case):
     ids, expected = case
+    metrics_url = planned.by_name("scheduler").metrics_url
     _kill(planned, "scheduler")
     down = _generate(planned, ids, "scheduler-down")
     assert down.token_ids == expected
@@ -101,6 +102,9 @@ def test_scheduler_down_serves_everything_local_then_plans_again(planned, case):
             break
     assert records["scheduler-down"].plan_signature == "", "served without a plan"
     assert records[f"scheduler-back-{i}"].plan_signature, "planned again"
+    assert planned.by_name("scheduler").metrics_url == metrics_url, "restarted where scrapers look"
+    calls = scrape(metrics_url)  # the new process's counters: it planned (or found in Redis) the last request
+    assert sum(v for (name, _), v in calls.items() if name == "remoe_scheduler_calls_total") >= 1
 
 
 def test_redis_down_and_back_loses_and_doubles_no_metering_record(planned, case):

@@ -32,6 +32,7 @@ from remoe.model.weights import open_weights
 from remoe.platform.base import FunctionPlatform, FunctionStartError
 from remoe.platform.local import LocalFunctionPlatform
 from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
+from remoe.ports import side_port_file
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
 from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import tracer
@@ -332,7 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
     server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
     if s.metrics_port is not None:
-        serve_metrics(backbone_registry(servicer), s.host, s.metrics_port, "backbone")
+        serve_metrics(
+            backbone_registry(servicer), s.host, s.metrics_port, "backbone", side_port_file(s.ready_file, "metrics")
+        )
     server.start(s.ready_file)
     server.wait_for_signal()
     executor.close()

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from remoe.ports import write_port
 from remoe.services.tracing import setup_tracing
 from remoe.transport.channel import SERVER_OPTIONS
 
@@ -65,9 +66,7 @@ class Server:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if ready_file is not None:
-            tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(str(self.port))
-            tmp.rename(ready_file)  # atomic: a reader never sees a half-written port
+            write_port(ready_file, self.port)
         log.info("%s serving on %s:%d%s", self.name, self.host, self.port, " (TLS)" if self.credentials else "")
         return self.port
 

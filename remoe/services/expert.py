@@ -24,6 +24,7 @@ from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.services import expert_registry
 from remoe.model.backbone import resolve_dtype
 from remoe.model.weights import open_weights
+from remoe.ports import side_port_file
 from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import context_from, tracer
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server.server)
     server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)
     if s.metrics_port is not None:
-        serve_metrics(expert_registry(servicer), s.host, s.metrics_port, name)
+        serve_metrics(expert_registry(servicer), s.host, s.metrics_port, name, side_port_file(s.ready_file, "metrics"))
     server.start(s.ready_file)
     server.wait_for_signal()
 

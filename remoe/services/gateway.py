@@ -23,6 +23,7 @@ from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
 from remoe.model.weights import open_weights
 from remoe.platform.plan import functions_to_proto
+from remoe.ports import side_port_file, write_port
 from remoe.predictor.divergence import mean_js
 from remoe.predictor.prior import GlobalPrior, model_id
 from remoe.proto import (
@@ -387,9 +388,13 @@ def main(argv: list[str] | None = None) -> None:
 
         app = create_app(servicer, s.served_model_name or Path(s.model).resolve().name, s.auth_token)
         http = HttpServer(app, s.host, s.http_port, s.tls_cert, s.tls_key)
-        http.start()
+        port = http.start()
+        if s.ready_file is not None:
+            write_port(side_port_file(s.ready_file, "http"), port)
     if s.metrics_port is not None:
-        serve_metrics(servicer.metrics.registry, s.host, s.metrics_port, "gateway")
+        serve_metrics(
+            servicer.metrics.registry, s.host, s.metrics_port, "gateway", side_port_file(s.ready_file, "metrics")
+        )
     server.start(s.ready_file)
     server.wait_for_signal()
     if http is not None:

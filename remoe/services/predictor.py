@@ -23,6 +23,7 @@ from remoe.metrics.exposition import serve_metrics  # noqa: E402
 from remoe.metrics.services import RequestMetrics  # noqa: E402
 from remoe.model.activations import ActivationRecord  # noqa: E402
 from remoe.model.weights import open_weights  # noqa: E402
+from remoe.ports import side_port_file  # noqa: E402
 from remoe.predictor.embedding import PromptEmbedder  # noqa: E402
 from remoe.predictor.predictor import Predictor, SPSConfig  # noqa: E402
 from remoe.predictor.prior import GlobalPrior, model_id  # noqa: E402
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server.server)
     server.add(predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name)
     if s.metrics_port is not None:
-        serve_metrics(servicer.registry, s.host, s.metrics_port, "predictor")
+        serve_metrics(servicer.registry, s.host, s.metrics_port, "predictor", side_port_file(s.ready_file, "metrics"))
     server.start(s.ready_file)
     server.wait_for_signal()
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.services import PlanCacheCollector, RequestMetrics
+from remoe.ports import side_port_file
 from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server.server)
     server.add(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
     if s.metrics_port is not None:
-        serve_metrics(servicer.registry, s.host, s.metrics_port, "scheduler")
+        serve_metrics(servicer.registry, s.host, s.metrics_port, "scheduler", side_port_file(s.ready_file, "metrics"))
     server.start(s.ready_file)
     server.wait_for_signal()
 

@@ -1,0 +1,18 @@
+"""Port files: how a service that binds port 0 tells its starter which port it got."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_port(path: Path, port: int) -> None:
+    """Write a bound port to `path` atomically: a reader never sees a half-written port."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(port))
+    tmp.rename(path)
+
+
+def side_port_file(ready_file: Path | None, what: str) -> Path | None:
+    """Where a service that writes its gRPC port to `ready_file` writes another bound port ("metrics", "http"),
+    before the ready file: once that exists, this one does too."""
+    return ready_file.with_name(f"{ready_file.stem}.{what}-port") if ready_file is not None else None
