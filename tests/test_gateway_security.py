@@ -133,3 +133,20 @@ def test_the_http_api_wants_the_token_over_tls_and_health_stays_open(secured, ce
             assert answer.choices[0].text == client.generate(token_ids=ids, max_new_tokens=8).text
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=secured.https, api_key="guess", http_client=http, max_retries=0).models.list()
+
+
+def test_http_health_is_503_while_the_backbone_is_unreachable(tiny_model, tmp_path):
+    import httpx
+
+    http_port = free_port()
+    gateway = _gateway(tmp_path, tiny_model(ARCH), "127.0.0.1:9", http_port=http_port)  # nothing listens on 9
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "gateway.port").is_file():
+            assert gateway.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()
+            time.sleep(0.1)
+        reply = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=10)
+        assert reply.status_code == 503 and "backbone unreachable" in reply.json()["error"]["message"]
+    finally:
+        gateway.terminate()
+        gateway.wait(10)

@@ -26,14 +26,17 @@ class ExpertCacheCollector(Collector):
             ("remoe_expert_loaded_bytes", "bytes of expert weights loaded", stats.bytes_loaded),
             ("remoe_expert_load_seconds", "seconds spent loading experts", stats.load_seconds),
         )
-        for name, doc, value in counters:
-            family = CounterMetricFamily(name, doc, labels=["service"])
-            family.add_metric([self.service], value)
-            yield family
-        for name, doc, value in (
+        yield from per_service(CounterMetricFamily, self.service, counters)
+        gauges = (
             ("remoe_expert_resident_bytes", "bytes of expert weights in memory", resident),
             ("remoe_expert_budget_bytes", "bound on resident bytes (0: none)", budget),
-        ):
-            family = GaugeMetricFamily(name, doc, labels=["service"])
-            family.add_metric([self.service], value)
-            yield family
+        )
+        yield from per_service(GaugeMetricFamily, self.service, gauges)
+
+
+def per_service(kind: type, service: str, rows) -> Iterator[Metric]:
+    """One family of `kind` per (name, doc, value) row, its one sample labelled service=`service`."""
+    for name, doc, value in rows:
+        family = kind(name, doc, labels=["service"])
+        family.add_metric([service], value)
+        yield family

@@ -12,7 +12,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from remoe.metrics.cache import ExpertCacheCollector
+from remoe.metrics.cache import ExpertCacheCollector, per_service
 
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INSTANCE_STATES = ("cold", "starting", "warm")  # the local platform's; Knative's are "ready" / "not ready"
@@ -36,13 +36,11 @@ class ExpertBatchCollector(Collector):
         s = self.servicer
         with s._lock:
             batches, compute_s = s._batches, s._compute_s
-        for name, doc, value in (
+        rows = (
             ("remoe_expert_batches", "expert batches computed", batches),
             ("remoe_expert_compute_seconds", "seconds spent computing expert batches", compute_s),
-        ):
-            family = CounterMetricFamily(name, doc, labels=["service"])
-            family.add_metric([s.name], value)
-            yield family
+        )
+        yield from per_service(CounterMetricFamily, s.name, rows)
 
 
 def expert_registry(servicer) -> CollectorRegistry:
