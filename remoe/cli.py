@@ -42,10 +42,13 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from remoe.experts.kernels.report import kernel_report
     from remoe.model.split import describe
     from remoe.model.weights import open_weights
 
-    print(describe(open_weights(args.model)))
+    weights = open_weights(args.model)
+    print(describe(weights))
+    print(kernel_report(weights, args.kernel))
     return 0
 
 
@@ -624,8 +627,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_split)
 
-    p = sub.add_parser("inspect", help="describe a checkpoint or split directory: layers, experts, sizes")
+    p = sub.add_parser(
+        "inspect", help="describe a checkpoint or split directory: layers, experts, sizes, each layer's expert kernel"
+    )
     p.add_argument("model", help="checkpoint or split directory")
+    p.add_argument(
+        "--kernel",
+        default="auto",
+        choices=("auto", "native", "aten", "onednn", "class"),
+        help="expert kernel to ask for (default auto: native where it builds and covers the layer)",
+    )
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("verify", help="check that Remoe reproduces transformers on a checkpoint, token for token")

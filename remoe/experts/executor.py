@@ -12,7 +12,8 @@ import torch
 
 from remoe.errors import CheckpointError, RemoeError
 from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
-from remoe.experts.modules import DEFAULT_IMPLEMENTATION, ExpertModuleFactory, run_expert
+from remoe.experts.kernels import ExpertKernel, choose_kernel
+from remoe.experts.modules import DEFAULT_IMPLEMENTATION
 from remoe.model.weights import ModelWeights
 
 
@@ -32,7 +33,12 @@ class ExpertNotHostedError(RemoeError):
 
 
 class LocalExpertExecutor:
-    """Hosts a subset of experts in this process, loading each on first use and evicting by LRU."""
+    """Hosts a subset of experts in this process, loading each on first use and evicting by LRU.
+
+    Each MoE layer has one kernel (remoe.experts.kernels), chosen from its experts module: an expert is
+    prepared for it once at load (layout, dtype, anonymous memory; the budget counts those bytes), and a
+    batch's experts in a layer are computed in one kernel call. `kernel` asks for one (default auto).
+    """
 
     def __init__(
         self,
@@ -42,6 +48,7 @@ class LocalExpertExecutor:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         implementation: str = DEFAULT_IMPLEMENTATION,
+        kernel: str = "auto",
     ) -> None:
         self.weights = weights
         self.dtype = dtype
@@ -50,16 +57,21 @@ class LocalExpertExecutor:
         self.hosted: frozenset[ExpertId] = frozenset(
             hosted if hosted is not None else ((m.layer, e) for m in arch.moe_layers for e in range(m.num_experts))
         )
-        self._factories = {
-            m.layer: ExpertModuleFactory(arch.experts_module(m.layer), implementation) for m in arch.moe_layers
-        }
-        self.cache: ExpertCache[torch.nn.Module] = ExpertCache(self._load, budget_bytes)
+        self.kernels: dict[int, ExpertKernel] = {}
+        self.kernel_reasons: dict[int, str] = {}  # layer -> which kernel and why (remoe inspect, logs)
+        for m in arch.moe_layers:
+            if self.device.type == "cpu":
+                chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, kernel, implementation)
+            else:  # an accelerator computes through the class (the CPU kernels do not apply)
+                chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, "class", implementation)
+            self.kernels[m.layer], self.kernel_reasons[m.layer] = chosen, why
+        self.cache: ExpertCache = ExpertCache(self._load, budget_bytes)
 
     @property
     def stats(self) -> CacheStats:
         return self.cache.stats
 
-    def _load(self, expert: ExpertId) -> tuple[torch.nn.Module, int]:
+    def _load(self, expert: ExpertId) -> tuple[object, int]:
         layer, index = expert
         shapes = self.weights.arch.moe_layer(layer).param_shapes
         tensors = {}
@@ -69,9 +81,8 @@ class LocalExpertExecutor:
                     f"{self.weights.path}: layer {layer} expert {index} {name} has shape {tuple(t.shape)}, "
                     f"the config implies {shapes[name]}"
                 )
-            tensors[name] = t.to(device=self.device, dtype=self.dtype).contiguous()
-        nbytes = sum(t.nbytes for t in tensors.values())
-        return self._factories[layer].build(tensors), nbytes
+            tensors[name] = t.to(device=self.device, dtype=self.dtype)
+        return self.kernels[layer].prepare(tensors)
 
     def preload(self, layer: int, expert: int) -> None:
         """Load a hosted expert now (warm-up) instead of at its first use."""
@@ -87,13 +98,12 @@ class LocalExpertExecutor:
         hidden = hidden_states.to(self.device, self.dtype)  # [T, H]
         index = top_k_index.to(self.device)  # [T, K]
         weights = top_k_weights.to(self.device, self.dtype)  # [T, K]
-        out = torch.zeros_like(hidden)  # [T, H]
-        for expert in sorted(set(index.flatten().tolist())):  # cheaper than torch.unique at decode sizes
+        experts = {}  # expert -> its prepared weights; held here, so an eviction meanwhile frees nothing in use
+        for expert in set(index.flatten().tolist()):  # cheaper than torch.unique at decode sizes
             if expert < 0:
                 continue  # a slot served by another destination
             if (layer, expert) not in self.hosted:
                 raise ExpertNotHostedError(f"layer {layer} expert {expert} is not hosted by this executor")
-            module = self.cache.get((layer, expert))
-            rows, slots = torch.where(index == expert)  # [N], [N]
-            out.index_add_(0, rows, run_expert(module, hidden[rows], weights[rows, slots]))
+            experts[expert] = self.cache.get((layer, expert))
+        out = self.kernels[layer].compute(experts, hidden, index, weights)  # [T, H]
         return out.to(out_device, out_dtype)

@@ -1,0 +1,130 @@
+"""The expert kernels: each prepares one expert's tensors once (at load) and computes a layer's batch.
+
+Every kernel takes hidden [T, H] and weights [T, K] in the executor's dtype and index [T, K] int64, where -1
+marks a slot another destination serves, plus the prepared experts the index names; it returns [T, H] in
+the executor's dtype. T = tokens, K = top-k, H = hidden size, I = expert intermediate size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from remoe.experts.kernels import native
+from remoe.experts.kernels.family import GatedFamily, gated_math
+from remoe.experts.modules import ExpertModuleFactory, run_expert
+
+
+@dataclass(frozen=True, slots=True)
+class GatedWeights:
+    """One expert's two matrices in a kernel's layout (anonymous memory, never file-backed pages)."""
+
+    gate_up: torch.Tensor  # [2I, H] or a packed form of it
+    down: torch.Tensor  # [H, I] or a packed form of it
+
+    @property
+    def nbytes(self) -> int:
+        return self.gate_up.nbytes + self.down.nbytes
+
+
+def _rows_by_expert(experts: dict[int, Any], index: torch.Tensor):
+    """(expert, rows [N], slots [N]) for each expert the index names, in ascending expert order (the eager
+    module's order, so sums round alike)."""
+    for expert in sorted(experts):
+        rows, slots = torch.where(index == expert)
+        yield expert, rows, slots
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy in fresh anonymous memory (a safetensors read may be a view of file-backed pages)."""
+    return t.contiguous().clone()
+
+
+class ClassKernel:
+    """The architecture's own experts class, one module per hosted expert: the reference and the fallback."""
+
+    name = "class"
+
+    def __init__(self, template: nn.Module, implementation: str) -> None:
+        self._factory = ExpertModuleFactory(template, implementation)
+
+    def prepare(self, tensors: dict[str, torch.Tensor]) -> tuple[nn.Module, int]:
+        owned = {n: _owned(t) for n, t in tensors.items()}
+        return self._factory.build(owned), sum(t.nbytes for t in owned.values())
+
+    def compute(self, experts: dict[int, nn.Module], hidden, index, weights) -> torch.Tensor:
+        out = torch.zeros_like(hidden)  # [T, H]
+        for expert, rows, slots in _rows_by_expert(experts, index):
+            out.index_add_(0, rows, run_expert(experts[expert], hidden[rows], weights[rows, slots]))
+        return out
+
+
+class AtenKernel:
+    """The gated-MLP family with torch's F.linear on contiguous weights: the eager module's ops, no module."""
+
+    name = "aten"
+
+    def __init__(self, family: GatedFamily) -> None:
+        self.family = family
+
+    def prepare(self, tensors: dict[str, torch.Tensor]) -> tuple[GatedWeights, int]:
+        w = GatedWeights(_owned(tensors["gate_up_proj"]), _owned(tensors["down_proj"]))
+        return w, w.nbytes
+
+    def _expert(self, w: GatedWeights, x: torch.Tensor) -> torch.Tensor:
+        return gated_math(w.gate_up, w.down, self.family.act, x)
+
+    def compute(self, experts: dict[int, GatedWeights], hidden, index, weights) -> torch.Tensor:
+        out = torch.zeros_like(hidden)  # [T, H]
+        for expert, rows, slots in _rows_by_expert(experts, index):
+            y = self._expert(experts[expert], hidden[rows]) * weights[rows, slots, None]  # [N, H]
+            out.index_add_(0, rows, y)
+        return out
+
+
+class OneDnnKernel(AtenKernel):
+    """The gated-MLP family over weights reordered once for oneDNN (torch.ops.mkldnn, float32 or bf16)."""
+
+    name = "onednn"
+
+    def prepare(self, tensors: dict[str, torch.Tensor]) -> tuple[GatedWeights, int]:
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        w = GatedWeights(reorder(tensors["gate_up_proj"].contiguous()), reorder(tensors["down_proj"].contiguous()))
+        return w, w.nbytes
+
+    def _expert(self, w: GatedWeights, x: torch.Tensor) -> torch.Tensor:
+        linear = torch.ops.mkldnn._linear_pointwise
+        gate, up = linear(x, w.gate_up, None, "none", [], "").chunk(2, dim=-1)  # [N, I] each
+        return linear(self.family.act(gate) * up, w.down, None, "none", [], "")
+
+
+class NativeKernel:
+    """The gated-SiLU family in gated_mlp.c: all of a batch's experts in one call, float32 arithmetic; for
+    bf16 weights it rounds where the eager bf16 module stores a result, so it stays as close to the class."""
+
+    name = "native"
+
+    def __init__(self, family: GatedFamily, dtype: torch.dtype) -> None:
+        self.family = family
+        self.dtype = dtype
+        self.shape = native.GatedShape(family.hidden, family.intermediate, dtype, dtype == torch.bfloat16)
+
+    def prepare(self, tensors: dict[str, torch.Tensor]) -> tuple[GatedWeights, int]:
+        w = GatedWeights(native.pack(tensors["gate_up_proj"]), native.pack(tensors["down_proj"]))
+        return w, w.nbytes
+
+    def compute(self, experts: dict[int, GatedWeights], hidden, index, weights) -> torch.Tensor:
+        num_experts = max(experts, default=-1) + 1
+        out = native.gated_experts(
+            self.shape,
+            hidden.float().contiguous(),  # exact: bf16 widens to float32 without rounding
+            index.to(torch.int64).contiguous(),
+            weights.float().contiguous(),
+            {e: w.gate_up for e, w in experts.items()},
+            {e: w.down for e, w in experts.items()},
+            num_experts,
+        )
+        return out.to(hidden.dtype)

@@ -1,0 +1,71 @@
+"""Choosing a layer's expert kernel: what was asked for, what the module's math allows, what builds here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from remoe.experts.kernels import native
+from remoe.experts.kernels.backends import AtenKernel, ClassKernel, NativeKernel, OneDnnKernel
+from remoe.experts.kernels.family import GatedFamily, inspect_gated
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("auto", "native", "aten", "onednn", "class")
+_NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class ExpertKernel(Protocol):
+    name: str
+
+    def prepare(self, tensors: dict[str, torch.Tensor]) -> tuple[Any, int]:
+        """One expert's tensors (per-expert shapes) -> (what compute() takes for it, bytes it holds)."""
+        ...
+
+    def compute(
+        self, experts: dict[int, Any], hidden: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """hidden [T, H], index [T, K] (-1: elsewhere), weights [T, K] -> [T, H]; `experts` has every id in index."""
+        ...
+
+
+def choose_kernel(
+    template: nn.Module, dtype: torch.dtype, requested: str = "auto", implementation: str = "eager"
+) -> tuple[ExpertKernel, str]:
+    """The kernel for one layer's experts module, and a sentence saying why (for `remoe inspect` and logs).
+
+    An explicit request the layer cannot take (an uncovered module, no compiler) falls back, with the reason."""
+    if requested not in KERNELS:
+        raise ValueError(f"expert kernel must be one of {', '.join(KERNELS)}; got {requested!r}")
+    if requested == "class":
+        return ClassKernel(template, implementation), f"class {type(template).__name__} (asked for)"
+    family = inspect_gated(template)
+    if isinstance(family, str):
+        return ClassKernel(template, implementation), f"class {type(template).__name__} ({family})"
+    if requested in ("auto", "native"):
+        why = _native_refusal(family, dtype)
+        if why is None:
+            return NativeKernel(family, dtype), f"native gated-SiLU ({_dtype_name(dtype)} weights packed)"
+        if requested == "native":
+            log.warning("native expert kernel not used: %s", why)
+        return AtenKernel(family), f"aten gated-MLP ({why})"
+    if requested == "onednn":
+        if dtype in _NATIVE_DTYPES and torch.backends.mkldnn.is_available():
+            return OneDnnKernel(family), f"onednn gated-MLP ({_dtype_name(dtype)} weights reordered)"
+        log.warning("onednn expert kernel not used: oneDNN does not take %s here", dtype)
+    return AtenKernel(family), "aten gated-MLP"
+
+
+def _native_refusal(family: GatedFamily, dtype: torch.dtype) -> str | None:
+    if not family.act_is_silu:
+        return f"activation {type(family.act).__name__} is not SiLU"
+    if dtype not in _NATIVE_DTYPES:
+        return f"the native kernel takes float32 or bfloat16 weights, not {_dtype_name(dtype)}"
+    return native.unavailable_reason()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
