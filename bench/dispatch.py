@@ -40,6 +40,9 @@ class LayerRow:
     in_process_ms: float  # median per layer per decode step
     grpc_fanout_ms: float
     added_ms: float
+    client_ms: float  # of the fan-out: routing rows, encoding, sending (median)
+    waiting_ms: float  # until every answer was read and added
+    server_ms: float  # the slowest expert service's own time on its batch
 
 
 @dataclass
@@ -79,9 +82,22 @@ def bench_layer(name: str, path: Path, cluster: LocalCluster, steps: int) -> Lay
     try:
         local_ms = _median_ms(lambda: local.compute(layer, hidden, index, weights_k), steps)
         remote_ms = _median_ms(lambda: remote.compute(layer, hidden, index, weights_k), steps)
+        split = list(remote.fanout_split)[-steps:]
     finally:
         remote.close()
-    return LayerRow(name, round(local_ms, 3), round(remote_ms, 3), round(remote_ms - local_ms, 3))
+
+    def med(field: str) -> float:
+        return round(statistics.median(getattr(s, field) for s in split) * 1e3, 3)
+
+    return LayerRow(
+        name,
+        round(local_ms, 3),
+        round(remote_ms, 3),
+        round(remote_ms - local_ms, 3),
+        med("client_s"),
+        med("waiting_s"),
+        med("server_s"),
+    )
 
 
 def _stream_latency(stream) -> tuple[float, float]:
@@ -139,6 +155,16 @@ def bench_latency(name: str, path: Path, cluster: LocalCluster, new_tokens: int,
     return rows
 
 
+def _tpot_ratios(rows: list[LatencyRow]) -> list[str]:
+    lines = []
+    for model in dict.fromkeys(r.model for r in rows):
+        by = {r.system: r for r in rows if r.model == model}
+        up, local = by.get("remoe up (SDK, 2 expert services)"), by.get("LocalEngine")
+        if up and local:
+            lines.append(f"- {model}: remoe up's TPOT is {up.tpot_ms / local.tpot_ms:.2f}x LocalEngine's.")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="timed fan-outs per model")
@@ -168,11 +194,25 @@ def main() -> None:
         "|---|---|---|---|",
         *[f"| {r.model} | {r.in_process_ms} | {r.grpc_fanout_ms} | {r.added_ms} |" for r in layer_rows],
         "",
+        "Where the fan-out's time goes (medians of the same steps, ms): the backbone's own work before the last",
+        "batch is sent (routing rows to destinations, encoding), then waiting until every answer is read; of",
+        "the waiting, the slowest service's own time on its batch (decode, compute, encode), the rest being",
+        "gRPC, loopback and the hand-offs between threads inside grpcio on both ends.",
+        "",
+        "| model | client work | waiting | of it, server work | of it, wire and hand-offs |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r.model} | {r.client_ms} | {r.waiting_ms} | {r.server_ms} | {round(r.waiting_ms - r.server_ms, 3)} |"
+            for r in layer_rows
+        ],
+        "",
         f"## TTFT / TPOT ({args.new_tokens} new tokens)",
         "",
         "| model | system | TTFT (ms) | TPOT (ms) |",
         "|---|---|---|---|",
         *[f"| {r.model} | {r.system} | {r.ttft_ms} | {r.tpot_ms} |" for r in latency_rows],
+        "",
+        *_tpot_ratios(latency_rows),
     ]
     table = "\n".join(lines) + "\n"
     print(table)

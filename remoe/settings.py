@@ -150,6 +150,11 @@ class ExpertSettings(ServerSettings):
     model: Path = Field(description="checkpoint or split directory")
     budget_bytes: int | None = Field(None, ge=0, description="expert bytes kept loaded (unset: all)")
     dtype: str = Field("auto", description="compute dtype (auto: the checkpoint's own)")
+    kernel: Literal["auto", "native", "aten", "onednn", "class"] = Field(
+        "auto",
+        description="expert kernel (auto: native where it builds and covers the layer, else aten; class: the "
+        "architecture's own experts class); `remoe inspect` shows each layer's",
+    )
     name: str = Field("expert", description="name in status output")
 
 

@@ -20,8 +20,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -35,7 +33,7 @@ from remoe.experts.placement import LOCAL, Placement
 from remoe.platform.base import FunctionSpec, FunctionStartError, content_name
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
-from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
+from remoe.transport.expert_stream import ExpertStream, Pending, RemoteExpertError
 from remoe.transport.request_context import current_deadline, current_request_id, remaining, status_from_int
 
 log = logging.getLogger(__name__)
@@ -94,10 +92,20 @@ class _InFlight:
     rows: torch.Tensor  # [N] token rows this destination computes
     batch: expert_pb2.ExpertBatch
     address: str
-    seq: int
-    future: Future
+    pending: Pending
     sent_s: float = 0.0
-    done_s: float = 0.0  # set when the answer arrives (from the stream's reader thread)
+    done_s: float = 0.0  # set when the caller has read the answer
+    server_s: float = 0.0  # the destination's own time on it (ExpertResult.compute_s)
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutSplit:
+    """Where one remote fan-out's wall time went, in seconds."""
+
+    client_s: float  # routing rows to destinations, encoding, sending
+    local_s: float  # this process's own experts, computed while the remote ones work
+    waiting_s: float  # from then until every answer was read and added
+    server_s: float  # the slowest destination's own time on its batch (inside waiting, unless local ran longer)
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,14 @@ class Routing:
 current_routing: ContextVar[Routing | None] = ContextVar("remoe_routing", default=None)
 current_function_seconds: ContextVar[dict[str, float] | None] = ContextVar("remoe_function_seconds", default=None)
 ROUTINGS_KEPT = 256
+
+
+def _accumulate(out: torch.Tensor, rows: torch.Tensor, partial: torch.Tensor) -> None:
+    """out[rows] += partial; a plain add when the partial covers every row (decode)."""
+    if len(rows) == out.shape[0]:
+        out.add_(partial)
+    else:
+        out.index_add_(0, rows, partial)
 
 
 class DispatchingExecutor:
@@ -143,6 +159,7 @@ class DispatchingExecutor:
         self._routings: OrderedDict[tuple, Routing] = OrderedDict()
         self._routings_lock = threading.Lock()  # requests arrive on several server threads
         self.fanout_s: deque[float] = deque(maxlen=2048)  # wall time of recent remote fan-outs
+        self.fanout_split: deque[FanoutSplit] = deque(maxlen=2048)  # where each of those went
         self.retries = 0
         self.fallbacks = 0
         self.cold_fallbacks = 0  # batches computed elsewhere while their function started
@@ -256,20 +273,32 @@ class DispatchingExecutor:
         local_job = None
         carrier: dict[str, str] = {}
         propagate.inject(carrier)  # empty unless tracing is on
-        for number, dest in enumerate(routing.destinations):
+        tokens = index.shape[0]
+        hidden_msg = None  # the hidden states encoded once, for every destination that takes all rows
+        for number in sorted(set(dest_of_slot.flatten().tolist())):
+            dest = routing.destinations[number]
             mine = dest_of_slot == number  # [T, K]
-            if not bool(mine.any()):
-                continue
-            rows = mine.any(dim=1).nonzero().flatten()  # [N]
-            sub_index = torch.where(mine, index, -1)[rows]  # [N, K]
-            sub_weights = torch.where(mine, weights, 0.0)[rows]  # [N, K]
+            sub_index = index.masked_fill(~mine, -1)  # [T, K]
+            sub_weights = weights.masked_fill(~mine, 0.0)  # [T, K]
+            keep = mine.any(dim=1)  # [T]
+            if tokens == 1 or bool(keep.all()):  # decode: the row goes to every destination, no gather
+                rows, sub_hidden = torch.arange(tokens), hidden  # [T]
+            else:
+                rows = keep.nonzero().flatten()  # [N]
+                sub_index, sub_weights, sub_hidden = sub_index[rows], sub_weights[rows], hidden[rows]
             if dest == LOCAL:
                 local_job = (rows, sub_index, sub_weights)
                 continue
+            if sub_hidden is not hidden:
+                encoded = tensor_codec.encode(sub_hidden)
+            else:
+                if hidden_msg is None:
+                    hidden_msg = tensor_codec.encode(hidden)
+                encoded = hidden_msg
             batch = expert_pb2.ExpertBatch(
                 request_id=current_request_id.get(),
                 layer=layer,
-                hidden_states=tensor_codec.encode(hidden[rows]),
+                hidden_states=encoded,
                 top_k_index=tensor_codec.encode(sub_index),
                 top_k_weights=tensor_codec.encode(sub_weights),
                 deadline_unix_s=current_deadline.get() or 0.0,
@@ -289,26 +318,29 @@ class DispatchingExecutor:
                     out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
                 else:
                     in_flight.append(self._send(self.fallback, rows, batch))
+        sent = time.perf_counter()
         if local_job is not None:
             rows, sub_index, sub_weights = local_job
-            out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
+            _accumulate(out, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
+        local_done = time.perf_counter()
         billed = current_function_seconds.get()
         for job in in_flight:
-            out.index_add_(0, job.rows, self._await(job, hidden))
+            _accumulate(out, job.rows, self._await(job, hidden))
             if billed is not None and job.dest.startswith(FUNCTION_PREFIX):
                 name = job.dest.removeprefix(FUNCTION_PREFIX)  # a function bills its batches' round trips
                 billed[name] = billed.get(name, 0.0) + (job.done_s or time.perf_counter()) - job.sent_s
         if in_flight:
-            self.fanout_s.append(time.perf_counter() - start)
+            end = time.perf_counter()
+            self.fanout_s.append(end - start)
+            server = max(job.server_s for job in in_flight)
+            self.fanout_split.append(FanoutSplit(sent - start, local_done - sent, end - local_done, server))
         return out.to(hidden_states.device, hidden_states.dtype)
 
     def _send(self, dest: str, rows: torch.Tensor, batch: expert_pb2.ExpertBatch, avoid: str = "") -> _InFlight:
         address = self._pick_address(dest, avoid)
         sent = time.perf_counter()
-        seq, future = self._stream(address).submit(batch)
-        job = _InFlight(dest, rows, batch, address, seq, future, sent)
-        future.add_done_callback(lambda _: setattr(job, "done_s", time.perf_counter()))
-        return job
+        _, pending = self._stream(address).submit(batch)
+        return _InFlight(dest, rows, batch, address, pending, sent)
 
     def _pick_address(self, dest: str, avoid: str = "") -> str:
         if not dest.startswith(FUNCTION_PREFIX):
@@ -329,12 +361,15 @@ class DispatchingExecutor:
 
     def _result(self, job: _InFlight) -> torch.Tensor:
         try:
-            result = job.future.result(timeout=remaining(DEFAULT_BATCH_TIMEOUT_S))
-        except FutureTimeout:
-            self._stream(job.address).forget(job.seq)
+            result = job.pending.result(timeout=remaining(DEFAULT_BATCH_TIMEOUT_S))
+        except RemoteExpertError as e:
+            if e.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
             raise RemoteExpertError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{job.dest} ({job.address}) did not answer before the deadline"
             ) from None
+        job.done_s = time.perf_counter()
+        job.server_s = result.compute_s
         if result.status_code != 0:
             raise RemoteExpertError(status_from_int(result.status_code), f"{job.dest} ({job.address}): {result.error}")
         try:

@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(name, s.verbose)
     server = Server(name, s.host, s.port, s.workers)
     weights = open_weights(s.model)
-    executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=resolve_dtype(weights.config, s.dtype))
+    dtype = resolve_dtype(weights.config, s.dtype)
+    executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=dtype, kernel=s.kernel)
+    for layer, why in executor.kernel_reasons.items():
+        log.info("layer %d experts: %s", layer, why)
     servicer = ExpertServicer(executor, name)
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server.server)
     server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)

@@ -1,9 +1,11 @@
 """Client end of `ExpertService.Compute`: long-lived bidirectional streams to one destination.
 
 Each calling thread (the backbone runs one request per thread) gets its own stream, so requests do not wait
-behind each other and the server answers each stream in order without thread hand-offs. Each batch gets a
-sequence number and a Future; a reader thread matches results to futures, which lets the caller wait with a
-deadline. When a stream breaks, its pending batches fail with its status and the next submit reopens it.
+behind each other and the server answers each stream in order. The thread that submits a batch reads its
+answer itself, on its own thread: no reader thread, futures or locks between the answer and the caller (each
+hand-off costs tens of microseconds per MoE layer). A waiting caller's deadline is kept by one watchdog
+thread per process, which cancels a stream whose caller has waited past it. When a stream breaks, its
+pending batches fail with its status and the next submit reopens it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from concurrent.futures import Future
+import time
+import weakref
 
 import grpc
 
@@ -20,6 +23,7 @@ from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.transport.channel import insecure_channel
 
 _CLOSE = object()
+WATCHDOG_PERIOD_S = 0.05  # how late past its deadline a stuck wait is cancelled, at most
 
 
 class RemoteExpertError(RemoeError):
@@ -30,65 +34,125 @@ class RemoteExpertError(RemoeError):
         self.code = code
 
 
+class _Watchdog:
+    """Cancels streams whose reader waits past its deadline (grpc's response iterator takes no timeout)."""
+
+    def __init__(self) -> None:
+        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams.add(stream)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="expert-stream-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_PERIOD_S)
+            now = time.monotonic()
+            with self._lock:
+                late = [s for s in self._streams if s.wait_deadline is not None and now > s.wait_deadline]
+            for stream in late:
+                stream.expire()
+
+
+_watchdog = _Watchdog()
+
+
 class _Stream:
-    """One open Compute call: its outgoing queue and its batches awaiting results."""
+    """One open Compute call, read only by the thread that owns it."""
 
     def __init__(self, stub: expert_pb2_grpc.ExpertServiceStub, address: str) -> None:
         self.address = address
-        self.outgoing: queue.Queue = queue.Queue()
-        self.pending: dict[int, Future] = {}
-        self.lock = threading.Lock()
+        self.outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: set[int] = set()  # submitted, not yet answered
+        self.arrived: dict[int, expert_pb2.ExpertResult] = {}  # answered while waiting for another seq
         self.broken: RemoteExpertError | None = None
+        self.wait_deadline: float | None = None  # monotonic; set while the owner waits
+        self._expired = False
         self.call = stub.Compute(self._requests())
-        threading.Thread(target=self._read, name=f"expert-stream-{address}", daemon=True).start()
+        _watchdog.watch(self)
 
     def _requests(self):
         while (item := self.outgoing.get()) is not _CLOSE:
             yield item
 
-    def _read(self) -> None:
-        try:
-            for result in self.call:
-                with self.lock:
-                    future = self.pending.pop(result.seq, None)
-                if future is not None:
-                    future.set_result(result)
-            error = RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address} closed the stream")
-        except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNAVAILABLE
-            details = e.details() if isinstance(e, grpc.Call) else str(e)
-            error = RemoteExpertError(code, f"expert service {self.address}: {details}")
-        self._fail_all(error)
-
-    def _fail_all(self, error: RemoteExpertError) -> None:
-        with self.lock:
-            self.broken = error
-            pending, self.pending = self.pending, {}
-        self.outgoing.put(_CLOSE)
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
-
-    def submit(self, seq: int, batch: expert_pb2.ExpertBatch) -> Future | None:
-        future: Future = Future()
-        with self.lock:
-            if self.broken is not None:
-                return None
-            self.pending[seq] = future
+    def submit(self, seq: int, batch: expert_pb2.ExpertBatch) -> bool:
+        if self.broken is None and not self.pending and self.call.done():  # it ended while idle (a restart)
+            self._break(
+                RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address} ended the stream")
+            )
+        if self.broken is not None:
+            return False
+        self.pending.add(seq)
         self.outgoing.put(batch)
-        return future
+        return True
 
-    def forget(self, seq: int) -> None:
-        with self.lock:
-            self.pending.pop(seq, None)
+    def wait(self, seq: int, timeout_s: float | None) -> expert_pb2.ExpertResult:
+        """The answer to `seq`, read off the stream on this thread; RemoteExpertError if the stream fails first
+        or `timeout_s` passes (the stream is then cancelled: its caller has given up on the request)."""
+        if seq in self.arrived:
+            return self.arrived.pop(seq)
+        if self.broken is not None:
+            raise self.broken
+        self.wait_deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        try:
+            while True:
+                result = next(self.call)
+                self.pending.discard(result.seq)
+                if result.seq == seq:
+                    return result
+                self.arrived[result.seq] = result  # another batch of this thread (a fallback to the same service)
+        except StopIteration:
+            self._break(
+                RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address} closed the stream")
+            )
+        except grpc.RpcError as e:
+            if self._expired:
+                code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "did not answer before the deadline"
+            elif isinstance(e, grpc.Call):
+                code, details = e.code(), e.details()
+            else:
+                code, details = grpc.StatusCode.UNAVAILABLE, str(e)
+            self._break(RemoteExpertError(code, f"expert service {self.address}: {details}"))
+        finally:
+            self.wait_deadline = None
+        raise self.broken
+
+    def _closed(self, what: str) -> RemoteExpertError:
+        return RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address} {what}")
+
+    def expire(self) -> None:
+        """The watchdog's: the owner waited past its deadline."""
+        self._expired = True
+        self.call.cancel()
+
+    def _break(self, error: RemoteExpertError) -> None:
+        self.broken = error
+        self.outgoing.put(_CLOSE)
 
     def close(self) -> None:
         self.outgoing.put(_CLOSE)
         self.call.cancel()
 
 
+class Pending:
+    """A submitted batch; `result(timeout)` reads its answer on the calling thread (the one that submitted)."""
+
+    def __init__(self, stream: _Stream | None, seq: int, error: RemoteExpertError | None = None) -> None:
+        self._stream, self.seq, self._error = stream, seq, error
+
+    def result(self, timeout: float | None = None) -> expert_pb2.ExpertResult:
+        if self._error is not None:
+            raise self._error
+        return self._stream.wait(self.seq, timeout)
+
+
 class ExpertStream:
-    """submit(batch) -> Future[ExpertResult], over a stream to `address` that reopens after a failure."""
+    """submit(batch) -> (seq, Pending), over a stream to `address` that reopens after a failure."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -108,25 +172,16 @@ class ExpertStream:
                 self._all = [s for s in self._all if s.broken is None] + [stream]
         return stream
 
-    def submit(self, batch: expert_pb2.ExpertBatch) -> tuple[int, Future]:
-        """Send a batch; its Future holds the result, or the RemoteExpertError that stopped it."""
+    def submit(self, batch: expert_pb2.ExpertBatch) -> tuple[int, Pending]:
+        """Send a batch; its Pending gives the result, or raises the RemoteExpertError that stopped it."""
         seq = next(self._seq)
         batch.seq = seq
         for _ in range(2):  # a stream found broken is replaced once
-            future = self._thread_stream().submit(seq, batch)
-            if future is not None:
-                return seq, future
-        failed: Future = Future()
-        failed.set_exception(
-            RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address}: stream keeps breaking")
-        )
-        return seq, failed
-
-    def forget(self, seq: int) -> None:
-        """Drop a batch whose caller stopped waiting (deadline); a late result is then ignored."""
-        stream: _Stream | None = getattr(self._local, "stream", None)
-        if stream is not None:
-            stream.forget(seq)
+            stream = self._thread_stream()
+            if stream.submit(seq, batch):
+                return seq, Pending(stream, seq)
+        error = RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address}: stream keeps breaking")
+        return seq, Pending(None, seq, error)
 
     def stats(self, timeout: float) -> expert_pb2.StatsReply:
         return expert_pb2_grpc.ExpertServiceStub(self._channel).Stats(expert_pb2.StatsRequest(), timeout=timeout)
