@@ -278,6 +278,7 @@ def write_markdown(r: dict, path: Path) -> None:
 
 def plot(r: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -295,6 +296,10 @@ def plot(r: dict, path: Path) -> None:
     right.axhline(r["matmul_gflop_s"]["bf16"], color="#d62", ls="--", label="bf16 matmul")
     right.axhline(r["matmul_gflop_s"]["fp32"], color="#888", ls=":", label="fp32 matmul")
     right.set(xlabel="tokens per call", ylabel="GFLOP/s", title="prefill: arithmetic rate", xscale="log")
+    right.set_xticks(PREFILL_TOKENS)
+    right.set_xticklabels(PREFILL_TOKENS)
+    for ax in (left, right):
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.legend(fontsize=7)
     fig.suptitle(r["machine"], fontsize=8)
     fig.tight_layout()
