@@ -1,8 +1,10 @@
 """The added cost of Remoe's distributed path, measured in one run on this machine.
 
-1. Per MoE layer per decode step (1 token, top-k experts): the gRPC fan-out to two expert-service processes
-   on loopback vs the in-process LocalExpertExecutor, same routing, same experts.
-2. TTFT / TPOT of `remoe up` (through the SDK) vs LocalEngine vs transformers' generate.
+1. Per MoE layer per decode step (1 token, top-k experts): the fan-out to two expert-service processes vs the
+   in-process LocalExpertExecutor, same routing, same experts, through each transport side by side (gRPC
+   streams, and the co-located data plane: the same messages over a unix socket), interleaved step by step.
+2. TTFT / TPOT of `remoe up` (through the SDK; the backbone on each transport) vs LocalEngine vs transformers'
+   generate.
 
 Usage: python bench/dispatch.py [--steps N] [--new-tokens N] [--out docs/results]
 """
@@ -33,12 +35,15 @@ from remoe.model.tiny import make_tiny_model  # noqa: E402
 from remoe.model.weights import open_weights  # noqa: E402
 from remoe.sdk import Client  # noqa: E402
 
+TRANSPORTS = {"local plane": True, "gRPC": False}  # name -> DispatchingExecutor(local_plane=...)
+
 
 @dataclass
 class LayerRow:
     model: str
+    transport: str
     in_process_ms: float  # median per layer per decode step
-    grpc_fanout_ms: float
+    fanout_ms: float
     added_ms: float
     client_ms: float  # of the fan-out: routing rows, encoding, sending (median)
     waiting_ms: float  # until every answer was read and added
@@ -53,25 +58,17 @@ class LatencyRow:
     tpot_ms: float
 
 
-def _median_ms(fn, steps: int) -> float:
-    for _ in range(10):
-        fn()
-    samples = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
-
-
-def bench_layer(name: str, path: Path, cluster: LocalCluster, steps: int) -> LayerRow:
+def bench_layer(name: str, path: Path, cluster: LocalCluster, steps: int) -> list[LayerRow]:
     weights = open_weights(path)
     arch = weights.arch
     experts = [s for s in cluster.services if s.name.startswith("expert-")]
     placement = Placement(
         {s.address: Shard(i, len(experts)).experts(arch.layer_indices, arch.num_experts) for i, s in enumerate(experts)}
     )
-    remote = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts)
+    remotes = {
+        t: DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local_plane=plane)
+        for t, plane in TRANSPORTS.items()
+    }
     local = LocalExpertExecutor(weights)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, arch.hidden_size, generator=g)  # [1, H]: one decode token
@@ -79,25 +76,49 @@ def bench_layer(name: str, path: Path, cluster: LocalCluster, steps: int) -> Lay
     index = torch.arange(arch.top_k).unsqueeze(0)  # [1, K]
     weights_k = torch.full((1, arch.top_k), 1.0 / arch.top_k)
     layer = arch.layer_indices[0]
+    runs = {"in-process": lambda: local.compute(layer, hidden, index, weights_k)}
+    runs |= {t: (lambda r=r: r.compute(layer, hidden, index, weights_k)) for t, r in remotes.items()}
     try:
-        local_ms = _median_ms(lambda: local.compute(layer, hidden, index, weights_k), steps)
-        remote_ms = _median_ms(lambda: remote.compute(layer, hidden, index, weights_k), steps)
-        split = list(remote.fanout_split)[-steps:]
+        ms = _interleaved_median_ms(runs, steps)
+        for t, r in remotes.items():
+            want = "a unix socket" if TRANSPORTS[t] else "gRPC"
+            used = {stream.plane_path is not None for stream in r.streams.values()}
+            assert used == {TRANSPORTS[t]}, f"{t}: the streams did not all use {want}"
+        splits = {t: list(r.fanout_split)[-steps:] for t, r in remotes.items()}
     finally:
-        remote.close()
+        for r in remotes.values():
+            r.close()
 
-    def med(field: str) -> float:
+    def med(split, field: str) -> float:
         return round(statistics.median(getattr(s, field) for s in split) * 1e3, 3)
 
-    return LayerRow(
-        name,
-        round(local_ms, 3),
-        round(remote_ms, 3),
-        round(remote_ms - local_ms, 3),
-        med("client_s"),
-        med("waiting_s"),
-        med("server_s"),
-    )
+    return [
+        LayerRow(
+            name,
+            t,
+            round(ms["in-process"], 3),
+            round(ms[t], 3),
+            round(ms[t] - ms["in-process"], 3),
+            med(splits[t], "client_s"),
+            med(splits[t], "waiting_s"),
+            med(splits[t], "server_s"),
+        )
+        for t in remotes
+    ]
+
+
+def _interleaved_median_ms(runs: dict, steps: int) -> dict[str, float]:
+    """Each run once per step, in turn, so the machine's noise falls on all of them alike."""
+    for _ in range(10):
+        for fn in runs.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(steps):
+        for k, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) * 1e3 for k, v in samples.items()}
 
 
 def _stream_latency(stream) -> tuple[float, float]:
@@ -106,8 +127,10 @@ def _stream_latency(stream) -> tuple[float, float]:
     return (times[0] - start) * 1e3, (times[-1] - times[0]) / max(1, len(times) - 1) * 1e3
 
 
-def bench_latency(name: str, path: Path, cluster: LocalCluster, new_tokens: int, repeats: int) -> list[LatencyRow]:
-    client = Client(cluster.address)
+def bench_latency(
+    name: str, path: Path, clusters: dict[str, LocalCluster], new_tokens: int, repeats: int
+) -> list[LatencyRow]:
+    """`clusters`: transport name -> a remoe up cluster whose backbone uses it. Systems run in rotation."""
     engine = LocalEngine(path, device="cpu")
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ids = engine.encode(PROMPT)
@@ -136,21 +159,26 @@ def bench_latency(name: str, path: Path, cluster: LocalCluster, new_tokens: int,
         tokens = clock.times[1:]
         return (tokens[0] - start) * 1e3, (tokens[-1] - tokens[0]) / max(1, len(tokens) - 1) * 1e3
 
-    systems = {
-        "remoe up (SDK, 2 expert services)": lambda: _stream_latency(
-            client.stream(token_ids=ids, max_new_tokens=new_tokens, ignore_eos=True)
-        ),
+    def up(client: Client):
+        return lambda: _stream_latency(client.stream(token_ids=ids, max_new_tokens=new_tokens, ignore_eos=True))
+
+    systems = {f"remoe up ({t}, 2 expert services)": up(Client(c.address)) for t, c in clusters.items()}
+    systems |= {
         "LocalEngine": lambda: _stream_latency(
             engine.stream(token_ids=ids, max_new_tokens=new_tokens, stop_on_eos=False)
         ),
         "transformers generate": hf,
     }
-    rows = []
-    for system, run in systems.items():
+    for run in systems.values():
         run()  # warm-up
-        samples = [run() for _ in range(repeats)]
-        ttft = statistics.median(s[0] for s in samples)
-        tpot = statistics.median(s[1] for s in samples)
+    samples: dict[str, list] = {system: [] for system in systems}
+    for _ in range(repeats):
+        for system, run in systems.items():
+            samples[system].append(run())
+    rows = []
+    for system, got in samples.items():
+        ttft = statistics.median(s[0] for s in got)
+        tpot = statistics.median(s[1] for s in got)
         rows.append(LatencyRow(name, system, round(ttft, 2), round(tpot, 2)))
     return rows
 
@@ -159,9 +187,13 @@ def _tpot_ratios(rows: list[LatencyRow]) -> list[str]:
     lines = []
     for model in dict.fromkeys(r.model for r in rows):
         by = {r.system: r for r in rows if r.model == model}
-        up, local = by.get("remoe up (SDK, 2 expert services)"), by.get("LocalEngine")
-        if up and local:
-            lines.append(f"- {model}: remoe up's TPOT is {up.tpot_ms / local.tpot_ms:.2f}x LocalEngine's.")
+        local = by.get("LocalEngine")
+        for transport in TRANSPORTS:
+            up = by.get(f"remoe up ({transport}, 2 expert services)")
+            if up and local:
+                lines.append(
+                    f"- {model}: remoe up's TPOT over {transport} is {up.tpot_ms / local.tpot_ms:.2f}x LocalEngine's."
+                )
     return lines
 
 
@@ -177,9 +209,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in MODELS.items():
             path = make_tiny_model(spec, Path(tmp) / name)
-            with LocalCluster(path, port=0) as cluster:
-                layer_rows.append(bench_layer(name, path, cluster, args.steps))
-                latency_rows += bench_latency(name, path, cluster, args.new_tokens, args.repeats)
+            grpc_env = {"REMOE_BACKBONE_EXPERT_TRANSPORT": "grpc"}
+            with LocalCluster(path, port=0) as cluster, LocalCluster(path, port=0, env=grpc_env) as grpc_cluster:
+                layer_rows += bench_layer(name, path, cluster, args.steps)
+                clusters = {"local plane": cluster, "gRPC": grpc_cluster}
+                latency_rows += bench_latency(name, path, clusters, args.new_tokens, args.repeats)
 
     machine = machine_description()
     lines = [
@@ -190,19 +224,23 @@ def main() -> None:
         "",
         "## One MoE layer, one decode token (top-k experts split over two expert services)",
         "",
-        "| model | in-process executor (ms) | gRPC fan-out (ms) | added per layer (ms) |",
-        "|---|---|---|---|",
-        *[f"| {r.model} | {r.in_process_ms} | {r.grpc_fanout_ms} | {r.added_ms} |" for r in layer_rows],
+        "Each transport and the in-process executor run in turn, step by step; `local plane` is the same",
+        "ExpertBatch/ExpertResult messages over the unix socket each service advertises, `gRPC` its Compute stream.",
+        "",
+        "| model | transport | in-process executor (ms) | fan-out (ms) | added per layer (ms) |",
+        "|---|---|---|---|---|",
+        *[f"| {r.model} | {r.transport} | {r.in_process_ms} | {r.fanout_ms} | {r.added_ms} |" for r in layer_rows],
         "",
         "Where the fan-out's time goes (medians of the same steps, ms): the backbone's own work before the last",
         "batch is sent (routing rows to destinations, encoding), then waiting until every answer is read; of",
         "the waiting, the slowest service's own time on its batch (decode, compute, encode), the rest being",
-        "gRPC, loopback and the hand-offs between threads inside grpcio on both ends.",
+        "the transport: for gRPC, the hand-offs between threads inside grpcio on both ends.",
         "",
-        "| model | client work | waiting | of it, server work | of it, wire and hand-offs |",
-        "|---|---|---|---|---|",
+        "| model | transport | client work | waiting | of it, server work | of it, wire and hand-offs |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {r.model} | {r.client_ms} | {r.waiting_ms} | {r.server_ms} | {round(r.waiting_ms - r.server_ms, 3)} |"
+            f"| {r.model} | {r.transport} | {r.client_ms} | {r.waiting_ms} | {r.server_ms} | "
+            f"{round(r.waiting_ms - r.server_ms, 3)} |"
             for r in layer_rows
         ],
         "",

@@ -1,4 +1,5 @@
-"""DispatchingExecutor over real gRPC expert servers on 127.0.0.1 (in this process, for speed)."""
+"""DispatchingExecutor over real expert servers on 127.0.0.1 (in this process, for speed), through gRPC and
+through the co-located data plane (a unix socket) alike."""
 
 from __future__ import annotations
 
@@ -18,34 +19,46 @@ from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.services.expert import ExpertServicer
 from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
+from remoe.transport.local_plane import LocalPlaneServer
 from remoe.transport.request_context import current_deadline
 from tests.conftest import ARCHS, PROMPT, reference_generate
 
 
 class ExpertServers:
-    def __init__(self, weights, shards: list[Shard]) -> None:
+    def __init__(self, weights, shards: list[Shard], plane: bool = False) -> None:
+        """`plane`: each server also serves its co-located data plane (and advertises it in Stats)."""
         arch = weights.arch
-        self.servers, self.addresses = [], []
-        for shard in shards:
+        self.servers, self.addresses, self.servicers = [], [], []
+        for i, shard in enumerate(shards):
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
             executor = LocalExpertExecutor(weights, hosted=shard.experts(arch.layer_indices, arch.num_experts))
-            expert_pb2_grpc.add_ExpertServiceServicer_to_server(ExpertServicer(executor, f"expert-{shard}"), server)
+            servicer = ExpertServicer(executor, f"expert-{i}")
+            if plane:
+                servicer.local_plane = LocalPlaneServer(f"test-expert-{i}", servicer._answer, 32)
+            expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server)
             port = server.add_insecure_port("127.0.0.1:0")
             server.start()
             self.servers.append(server)
+            self.servicers.append(servicer)
             self.addresses.append(f"127.0.0.1:{port}")
+
+    def plane_batches(self) -> int:
+        return sum(s.local_plane.batches for s in self.servicers if s.local_plane is not None)
 
     def stop(self) -> None:
         for server in self.servers:
             server.stop(0).wait()
+        for servicer in self.servicers:
+            if servicer.local_plane is not None:
+                servicer.local_plane.close()
 
 
 @pytest.fixture
 def servers():
     started = []
 
-    def start(weights, shards):
-        s = ExpertServers(weights, shards)
+    def start(weights, shards, plane=False):
+        s = ExpertServers(weights, shards, plane)
         started.append(s)
         return s
 
@@ -61,12 +74,13 @@ def _engine_over(path, placement, weights):
     return LocalEngine(path, device="cpu", executor=executor), executor
 
 
+@pytest.mark.parametrize("transport", ["grpc", "plane"])
 @pytest.mark.parametrize("arch_name", ARCHS)
-def test_remote_and_local_experts_together_reproduce_transformers(arch_name, tiny_model, reference, servers):
+def test_remote_and_local_experts_together_reproduce_transformers(arch_name, transport, tiny_model, reference, servers):
     path = tiny_model(arch_name)
     weights = open_weights(path)
     arch = weights.arch
-    remote = servers(weights, [Shard(1, 3), Shard(2, 3)])
+    remote = servers(weights, [Shard(1, 3), Shard(2, 3)], plane=transport == "plane")
     placement = Placement(
         {
             LOCAL: Shard(0, 3).experts(arch.layer_indices, arch.num_experts),
@@ -81,6 +95,11 @@ def test_remote_and_local_experts_together_reproduce_transformers(arch_name, tin
             reference(arch_name), ids, 16
         )
         assert len(executor.fanout_s) > 0
+        # Every batch went the way asked: all through the unix socket, or none.
+        computed = sum(v.Stats(None, None).batches for v in remote.servicers)
+        assert computed > 0 and remote.plane_batches() == (computed if transport == "plane" else 0)
+        paths = {s.plane_path for s in executor.streams.values()}
+        assert paths == ({str(v.local_plane.path) for v in remote.servicers} if transport == "plane" else {None})
     finally:
         executor.close()
 
@@ -127,10 +146,11 @@ def _batch(weights, **overrides):
     return expert_pb2.ExpertBatch(**fields)
 
 
-def test_bad_batches_get_their_own_error_and_the_stream_keeps_serving(tiny_model, servers):
+@pytest.mark.parametrize("plane", [False, True], ids=["grpc", "plane"])
+def test_bad_batches_get_their_own_error_and_the_stream_keeps_serving(plane, tiny_model, servers):
     weights = open_weights(tiny_model("mixtral"))
     h = weights.arch.hidden_size
-    remote = servers(weights, [Shard(0, 2)])
+    remote = servers(weights, [Shard(0, 2)], plane=plane)
     stream = ExpertStream(remote.addresses[0])
     bad_data = tensor_codec.encode(torch.randn(2, h))
     bad_data.data = bad_data.data[:-4]

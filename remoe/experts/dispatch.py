@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import torch
@@ -30,6 +30,7 @@ from opentelemetry import propagate, trace
 from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement
+from remoe.experts.slot_split import split_slots
 from remoe.platform.base import FunctionSpec, FunctionStartError, content_name
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
@@ -116,6 +117,7 @@ class Routing:
     destinations: list[str]
     owner: dict[int, torch.Tensor]  # layer -> [E] destination number of each expert
     memory_mb: dict[str, int]  # function name -> its memory size (for metering)
+    owner_lists: dict[int, list[int]] = field(default_factory=dict)  # the same as lists (decode's split)
 
 
 # A request's own routing (the scheduler's plan) and where its functions' billed seconds accumulate.
@@ -142,11 +144,14 @@ class DispatchingExecutor:
         platform=None,
         fallback: str | None = None,
         cold_start: str = "fallback",
+        local_plane: bool = True,
     ) -> None:
+        """`local_plane`: send to expert services on this host through their co-located data plane."""
         if cold_start not in COLD_START_POLICIES:
             raise ValueError(f"cold_start must be one of {COLD_START_POLICIES}, got {cold_start!r}")
         self.moe_layers, self.num_experts = moe_layers, num_experts
         self.cold_start = cold_start
+        self.local_plane = local_plane
         self.local = local
         self.platform = platform
         self.default = self._compile(placement, {})
@@ -188,7 +193,7 @@ class DispatchingExecutor:
             layer: torch.tensor([destinations.index(owners[(layer, e)]) for e in range(self.num_experts)])
             for layer in self.moe_layers
         }
-        return Routing(placement, destinations, owner, memory_mb)
+        return Routing(placement, destinations, owner, memory_mb, {layer: t.tolist() for layer, t in owner.items()})
 
     def routing_for(self, functions) -> Routing:
         """The routing of a request's plan: its functions (FunctionSpecs) take their experts — those a running
@@ -249,12 +254,14 @@ class DispatchingExecutor:
         with self._streams_lock:
             stream = self._streams.get(address)
             if stream is None:
-                stream = self._streams[address] = ExpertStream(address)
+                stream = self._streams[address] = ExpertStream(address, self.local_plane)
             return stream
 
     def compute(
         self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        if not trace.get_current_span().is_recording():  # tracing off: a no-op span still costs ~10 µs a layer
+            return self._compute(layer, hidden_states, top_k_index, top_k_weights)
         with _tracer.start_as_current_span("expert_fanout") as span:
             span.set_attribute("remoe.layer", layer)
             return self._compute(layer, hidden_states, top_k_index, top_k_weights)
@@ -267,40 +274,33 @@ class DispatchingExecutor:
         index = top_k_index.to("cpu")  # [T, K]
         weights = top_k_weights.to("cpu", hidden.dtype)  # [T, K]
         routing = current_routing.get() or self.default
-        dest_of_slot = routing.owner[layer][index]  # [T, K]
         out = torch.zeros_like(hidden)  # [T, H]
         in_flight: list[_InFlight] = []
         local_job = None
+        span = trace.get_current_span()
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)  # empty unless tracing is on
-        tokens = index.shape[0]
+        if span.is_recording():
+            propagate.inject(carrier)  # only when tracing is on: inject costs microseconds per layer
         hidden_msg = None  # the hidden states encoded once, for every destination that takes all rows
-        for number in sorted(set(dest_of_slot.flatten().tolist())):
-            dest = routing.destinations[number]
-            mine = dest_of_slot == number  # [T, K]
-            sub_index = index.masked_fill(~mine, -1)  # [T, K]
-            sub_weights = weights.masked_fill(~mine, 0.0)  # [T, K]
-            keep = mine.any(dim=1)  # [T]
-            if tokens == 1 or bool(keep.all()):  # decode: the row goes to every destination, no gather
-                rows, sub_hidden = torch.arange(tokens), hidden  # [T]
-            else:
-                rows = keep.nonzero().flatten()  # [N]
-                sub_index, sub_weights, sub_hidden = sub_index[rows], sub_weights[rows], hidden[rows]
+        for part in split_slots(routing.owner[layer], routing.owner_lists[layer], index, weights):
+            dest = routing.destinations[part.number]
+            rows = part.rows
             if dest == LOCAL:
-                local_job = (rows, sub_index, sub_weights)
+                local_job = (rows, part.index, part.weights)
                 continue
-            if sub_hidden is not hidden:
-                encoded = tensor_codec.encode(sub_hidden)
+            if not part.all_rows:
+                encoded = tensor_codec.encode(hidden[rows])
             else:
                 if hidden_msg is None:
                     hidden_msg = tensor_codec.encode(hidden)
                 encoded = hidden_msg
+            index_msg, weights_msg = part.messages()
             batch = expert_pb2.ExpertBatch(
                 request_id=current_request_id.get(),
                 layer=layer,
                 hidden_states=encoded,
-                top_k_index=tensor_codec.encode(sub_index),
-                top_k_weights=tensor_codec.encode(sub_weights),
+                top_k_index=index_msg,
+                top_k_weights=weights_msg,
                 deadline_unix_s=current_deadline.get() or 0.0,
                 trace_context=carrier,
             )
@@ -315,7 +315,7 @@ class DispatchingExecutor:
                     self.fallbacks += 1
                     log.warning("%s cannot start (%s); computing its batch on %s", dest, e, self.fallback)
                 if self.fallback == LOCAL:
-                    out.index_add_(0, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
+                    _accumulate(out, rows, self.local.compute(layer, hidden[rows], part.index, part.weights))
                 else:
                     in_flight.append(self._send(self.fallback, rows, batch))
         sent = time.perf_counter()

@@ -15,6 +15,8 @@ REMOE_MEMORY_BYTES      the instance's memory size; it refuses to start when its
 REMOE_DTYPE             compute dtype (default: the checkpoint's own)
 REMOE_READY_FILE        local platform only: write the port here once serving
 REMOE_SPAWNED_AT        local platform only: time.time() at spawn, to measure process start
+REMOE_LOCAL_PLANE       local platform only: "1" serves Compute on a unix socket too (the co-located data plane,
+                        remoe/transport/local_plane.py) for the backbone on the same host
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class FunctionConfig:
     dtype: str = "auto"
     ready_file: Path | None = None
     spawned_at: float | None = None
+    local_plane: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FunctionConfig:
@@ -77,6 +80,7 @@ class FunctionConfig:
             dtype=env.get("REMOE_DTYPE", "auto"),
             ready_file=Path(env["REMOE_READY_FILE"]) if env.get("REMOE_READY_FILE") else None,
             spawned_at=float(env["REMOE_SPAWNED_AT"]) if env.get("REMOE_SPAWNED_AT") else None,
+            local_plane=env.get("REMOE_LOCAL_PLANE") == "1",
         )
 
     @property
@@ -100,4 +104,6 @@ class FunctionConfig:
             env["REMOE_MEMORY_BYTES"] = str(self.memory_bytes)
         if self.ready_file is not None:
             env["REMOE_READY_FILE"] = str(self.ready_file)
+        if self.local_plane:
+            env["REMOE_LOCAL_PLANE"] = "1"
         return env

@@ -121,6 +121,7 @@ def main() -> None:
     from remoe.proto import expert_pb2, expert_pb2_grpc
     from remoe.services.common import Server, setup_logging
     from remoe.services.expert import ExpertServicer
+    from remoe.transport.local_plane import LocalPlaneServer
 
     clock.imports_s = time.time() - t
 
@@ -158,11 +159,15 @@ def main() -> None:
     )
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server.server)
     server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)
+    if config.local_plane:
+        servicer.local_plane = LocalPlaneServer(config.name, servicer._answer, 32)
     server.start(config.ready_file)
     clock.ready_at = time.time()
     clock.init_s = clock.ready_at - t
     log.info("%s hosts %d experts; cold start so far %s", config.name, len(config.experts), clock.as_dict())
     server.wait_for_signal(grace_s=2.0)
+    if servicer.local_plane is not None:
+        servicer.local_plane.close()
 
 
 if __name__ == "__main__":

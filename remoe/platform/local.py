@@ -277,6 +277,7 @@ class LocalFunctionPlatform:
             port=0,
             memory_bytes=inst.spec.memory_mb * 2**20,
             ready_file=ready_file,
+            local_plane=True,  # the backbone is on this host: it sends batches through the unix socket
         )
         inst.spawned_at = time.time()
         env = {

@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         local=local,
         platform=platform,
         cold_start=s.function_cold_start,
+        local_plane=s.expert_transport == "auto",
     )
     backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
     servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens)

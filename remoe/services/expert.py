@@ -1,6 +1,8 @@
 """Expert service: computes routed experts for the backbone, loading any expert lazily on first use.
 
-Which experts it is sent is the backbone's placement; it can serve any expert, which is what lets it take
+A backbone on the same host sends its batches through the co-located data plane the service advertises in
+Stats (a unix socket, remoe/transport/local_plane.py) rather than through gRPC. Which experts it is sent is the
+backbone's placement; it can serve any expert, which is what lets it take
 over a failed function's batches. `--budget-bytes` bounds what it keeps loaded (LRU).
 
     python -m remoe.services.expert --model DIR [--budget-bytes N] [--port 0]
@@ -30,6 +32,7 @@ from remoe.services.common import Server, setup_logging
 from remoe.services.tracing import context_from, tracer
 from remoe.settings import ExpertSettings, load_settings
 from remoe.transport import tensor_codec
+from remoe.transport.local_plane import LocalPlaneServer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -60,6 +63,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self._layers = set(arch.layer_indices)
         self._num_experts = arch.num_experts
         self._hidden = arch.hidden_size
+        self.local_plane: LocalPlaneServer | None = None  # set by main() when it serves one
         self._recent_ms: deque[float] = deque(maxlen=1024)
         self._batches = 0
         self._compute_s = 0.0
@@ -75,9 +79,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 return
 
     def _answer(self, batch: expert_pb2.ExpertBatch) -> expert_pb2.ExpertResult:
-        with _tracer.start_as_current_span("expert_batch", context=context_from(batch.trace_context)) as span:
-            span.set_attribute("remoe.layer", batch.layer)
+        if not batch.trace_context:  # an untraced request: no span (even a no-op one costs ~10 µs a batch)
             reply = self._compute(batch)
+        else:
+            with _tracer.start_as_current_span("expert_batch", context=context_from(batch.trace_context)) as span:
+                span.set_attribute("remoe.layer", batch.layer)
+                reply = self._compute(batch)
         if self._on_batch is not None:
             self._on_batch()
         return reply
@@ -127,7 +134,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
                 f"inconsistent shapes: hidden {list(hidden.shape)}, index {list(index.shape)}, "
                 f"weights {list(weights.shape)}",
             )
-        if index.numel() and (int(index.min()) < -1 or int(index.max()) >= self._num_experts):
+        if index.numel() and not -1 <= (bounds := index.aminmax()).min <= bounds.max < self._num_experts:
             raise BatchError(grpc.StatusCode.INVALID_ARGUMENT, f"expert ids outside [-1, {self._num_experts})")
         return hidden, index, weights
 
@@ -172,6 +179,8 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             recent_batch_ms_p99=float(np.percentile(recent, 99)),
             kind=self.kind,
             cold_start=self._cold_start() if self._cold_start is not None else None,
+            local_plane=str(self.local_plane.path) if self.local_plane is not None else "",
+            local_plane_batches=self.local_plane.batches if self.local_plane is not None else 0,
         )
 
 
@@ -188,10 +197,14 @@ def main(argv: list[str] | None = None) -> None:
     servicer = ExpertServicer(executor, name)
     expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, server.server)
     server.add(expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name)
+    if s.local_plane:
+        servicer.local_plane = LocalPlaneServer(name, servicer._answer, s.workers)
     if s.metrics_port is not None:
         serve_metrics(expert_registry(servicer), s.host, s.metrics_port, name, side_port_file(s.ready_file, "metrics"))
     server.start(s.ready_file)
     server.wait_for_signal()
+    if servicer.local_plane is not None:
+        servicer.local_plane.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Client end of `ExpertService.Compute`: long-lived bidirectional streams to one destination.
 
+A destination on this host that advertises a co-located data plane in Stats (remoe/transport/local_plane.py)
+gets the same messages over its unix socket instead; everything below holds for both.
+
 Each calling thread (the backbone runs one request per thread) gets its own stream, so requests do not wait
 behind each other and the server answers each stream in order. The thread that submits a batch reads its
 answer itself, on its own thread: no reader thread, futures or locks between the answer and the caller (each
@@ -11,6 +14,8 @@ pending batches fail with its status and the next submit reopens it.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import queue
 import threading
 import time
@@ -18,20 +23,17 @@ import weakref
 
 import grpc
 
-from remoe.errors import RemoeError
 from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.transport.channel import insecure_channel
+from remoe.transport.local_plane import PlaneConnection
+from remoe.transport.remote_error import RemoteExpertError
 
+__all__ = ["ExpertStream", "Pending", "RemoteExpertError"]
+log = logging.getLogger(__name__)
 _CLOSE = object()
 WATCHDOG_PERIOD_S = 0.05  # how late past its deadline a stuck wait is cancelled, at most
-
-
-class RemoteExpertError(RemoeError):
-    """A destination could not compute a batch; carries the gRPC status to pass on."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+PLANE_RECHECK_S = 5.0  # after a failed look-up, ask the service for its data plane again this much later
+PLANE_LOOKUP_TIMEOUT_S = 2.0
 
 
 class _Watchdog:
@@ -142,7 +144,9 @@ class _Stream:
 class Pending:
     """A submitted batch; `result(timeout)` reads its answer on the calling thread (the one that submitted)."""
 
-    def __init__(self, stream: _Stream | None, seq: int, error: RemoteExpertError | None = None) -> None:
+    def __init__(
+        self, stream: _Stream | PlaneConnection | None, seq: int, error: RemoteExpertError | None = None
+    ) -> None:
         self._stream, self.seq, self._error = stream, seq, error
 
     def result(self, timeout: float | None = None) -> expert_pb2.ExpertResult:
@@ -154,19 +158,55 @@ class Pending:
 class ExpertStream:
     """submit(batch) -> (seq, Pending), over a stream to `address` that reopens after a failure."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, local_plane: bool = True) -> None:
+        """`local_plane`: use the destination's co-located data plane when it offers one on this host."""
         self.address = address
+        self.local_plane = local_plane
         self._channel = insecure_channel(address)
         self._stub = expert_pb2_grpc.ExpertServiceStub(self._channel)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        self._local = threading.local()  # .stream: this thread's _Stream
-        self._all: list[_Stream] = []
+        self._local = threading.local()  # .stream: this thread's _Stream or PlaneConnection
+        self._all: list[_Stream | PlaneConnection] = []
+        self._plane_path: str | None = None
+        self._plane_checked = -PLANE_RECHECK_S  # monotonic time of the last look-up
 
-    def _thread_stream(self) -> _Stream:
-        stream: _Stream | None = getattr(self._local, "stream", None)
+    @property
+    def plane_path(self) -> str | None:
+        """The data plane's socket this stream uses (None: gRPC)."""
+        return self._plane_path
+
+    def _lookup_plane(self) -> str | None:
+        """The service's data-plane socket if it has one on this host; asked again PLANE_RECHECK_S later."""
+        with self._lock:
+            if time.monotonic() - self._plane_checked < PLANE_RECHECK_S:
+                return self._plane_path
+            self._plane_checked = time.monotonic()
+            try:
+                path = self.stats(timeout=PLANE_LOOKUP_TIMEOUT_S).local_plane
+            except grpc.RpcError:
+                path = ""
+            self._plane_path = path if path and os.path.exists(path) else None
+            return self._plane_path
+
+    def _open(self) -> _Stream | PlaneConnection:
+        path = self._lookup_plane() if self.local_plane else None
+        if path is not None:
+            try:
+                return PlaneConnection(path, self.address)
+            except OSError as e:  # the service is gone or restarting: gRPC until the next look-up
+                log.info("data plane %s of %s refused (%s); using gRPC", path, self.address, e)
+                with self._lock:
+                    self._plane_path = None
+        return _Stream(self._stub, self.address)
+
+    def _thread_stream(self) -> _Stream | PlaneConnection:
+        stream: _Stream | PlaneConnection | None = getattr(self._local, "stream", None)
         if stream is None or stream.broken is not None:
-            stream = _Stream(self._stub, self.address)
+            if isinstance(stream, PlaneConnection):
+                with self._lock:
+                    self._plane_checked = -PLANE_RECHECK_S  # it broke (a restart?): ask again now
+            stream = self._open()
             self._local.stream = stream
             with self._lock:
                 self._all = [s for s in self._all if s.broken is None] + [stream]
