@@ -18,6 +18,7 @@
 
 #define NB 16      /* output rows per packed block */
 #define TMAX 8     /* rows per pass of the weight stream */
+#define SERIAL_BELOW (1 << 18) /* weights per matrix under which one thread computes it (1 MB of fp32) */
 
 enum { W_F32 = 0, W_BF16 = 1 };
 
@@ -115,6 +116,7 @@ static const pairs_fn PAIRS[TMAX + 1] = {0, pairs_1, pairs_2, pairs_3, pairs_4, 
 static void matmul_packed(const float *x, int64_t T, int64_t K, const void *w, int wtype, int64_t n, float *y,
                           int nt) {
     int64_t nb = (n + NB - 1) / NB;
+    if (n * K < SERIAL_BELOW) nt = 1; /* waking the other threads costs more than a small matrix takes */
 #ifdef __AVX512F__
     for (int64_t t0 = 0; t0 < T; t0 += TMAX) {
         int64_t tt = T - t0 < TMAX ? T - t0 : TMAX;
