@@ -84,9 +84,7 @@ class _Stream:
 
     def submit(self, seq: int, batch: expert_pb2.ExpertBatch) -> bool:
         if self.broken is None and not self.pending and self.call.done():  # it ended while idle (a restart)
-            self._break(
-                RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address} ended the stream")
-            )
+            self._break(self._closed("ended the stream"))
         if self.broken is not None:
             return False
         self.pending.add(seq)
@@ -109,9 +107,7 @@ class _Stream:
                     return result
                 self.arrived[result.seq] = result  # another batch of this thread (a fallback to the same service)
         except StopIteration:
-            self._break(
-                RemoteExpertError(grpc.StatusCode.UNAVAILABLE, f"expert service {self.address} closed the stream")
-            )
+            self._break(self._closed("closed the stream"))
         except grpc.RpcError as e:
             if self._expired:
                 code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "did not answer before the deadline"
