@@ -214,7 +214,7 @@ def main() -> None:
             path = make_tiny_model(spec, Path(tmp) / name)
             # One cluster at a time (two at once slow everything on 2 cores); each phase rotates its remoe up
             # with LocalEngine, and each transport's TPOT ratio is against its own phase's LocalEngine.
-            with LocalCluster(path, port=0) as cluster:
+            with LocalCluster(path, port=0, env={"REMOE_BACKBONE_EXPERT_TRANSPORT": "auto"}) as cluster:
                 layer_rows += bench_layer(name, path, cluster, args.steps)
                 latency_rows += bench_latency(name, path, {"local plane": cluster}, args.new_tokens, args.repeats)
             grpc_env = {"REMOE_BACKBONE_EXPERT_TRANSPORT": "grpc"}

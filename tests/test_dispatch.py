@@ -67,10 +67,12 @@ def servers():
         s.stop()
 
 
-def _engine_over(path, placement, weights):
+def _engine_over(path, placement, weights, local_plane: bool = False):
     arch = weights.arch
     local = LocalExpertExecutor(weights, hosted=placement.destinations.get(LOCAL, []))
-    executor = DispatchingExecutor(placement, arch.layer_indices, arch.num_experts, local=local)
+    executor = DispatchingExecutor(
+        placement, arch.layer_indices, arch.num_experts, local=local, local_plane=local_plane
+    )
     return LocalEngine(path, device="cpu", executor=executor), executor
 
 
@@ -88,7 +90,7 @@ def test_remote_and_local_experts_together_reproduce_transformers(arch_name, tra
             remote.addresses[1]: Shard(2, 3).experts(arch.layer_indices, arch.num_experts),
         }
     )
-    engine, executor = _engine_over(path, placement, weights)
+    engine, executor = _engine_over(path, placement, weights, local_plane=transport == "plane")
     try:
         ids = engine.encode(PROMPT)
         assert engine.generate(token_ids=ids, max_new_tokens=16).token_ids == reference_generate(
@@ -151,7 +153,7 @@ def test_bad_batches_get_their_own_error_and_the_stream_keeps_serving(plane, tin
     weights = open_weights(tiny_model("mixtral"))
     h = weights.arch.hidden_size
     remote = servers(weights, [Shard(0, 2)], plane=plane)
-    stream = ExpertStream(remote.addresses[0])
+    stream = ExpertStream(remote.addresses[0], local_plane=plane)
     bad_data = tensor_codec.encode(torch.randn(2, h))
     bad_data.data = bad_data.data[:-4]
     cases = {

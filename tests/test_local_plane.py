@@ -138,3 +138,25 @@ def test_a_cluster_sends_through_the_plane_and_grpc_gives_the_same_tokens(tiny_m
     assert tokens["auto"] == tokens["grpc"]
     prompt_ids = AutoTokenizer.from_pretrained(path).encode(PROMPT)
     assert tokens["auto"] == reference_generate(reference("qwen3_moe"), prompt_ids, 12)
+
+
+def test_an_abandoned_big_answer_does_not_deadlock_the_next_big_batch(plane):
+    """A caller that gave up on a batch (its request failed mid-layer) leaves an answer owed; the next batch on
+    that connection must not block sending while the server blocks sending the old answer (frames over the
+    socket's buffer both ways)."""
+    server, weights = plane
+    rows = 4000  # ~1 MB of hidden states each way: more than a unix socket buffers
+    big = expert_pb2.ExpertBatch(
+        layer=0,
+        hidden_states=tensor_codec.encode(torch.randn(rows, weights.arch.hidden_size)),
+        top_k_index=tensor_codec.encode(torch.randint(0, 8, (rows, 1))),
+        top_k_weights=tensor_codec.encode(torch.ones(rows, 1)),
+    )
+    conn = PlaneConnection(str(server.path), "plane-test")
+    big.seq = 1
+    assert conn.submit(1, big)  # never waited for
+    time.sleep(0.5)  # the server is now blocked sending its answer
+    big.seq = 2
+    done = threading.Event()
+    threading.Thread(target=lambda: (conn.submit(2, big), conn.wait(2, timeout_s=30), done.set()), daemon=True).start()
+    assert done.wait(30), "the second batch deadlocked behind the first's unread answer"

@@ -144,7 +144,7 @@ class DispatchingExecutor:
         platform=None,
         fallback: str | None = None,
         cold_start: str = "fallback",
-        local_plane: bool = True,
+        local_plane: bool = False,
     ) -> None:
         """`local_plane`: send to expert services on this host through their co-located data plane."""
         if cold_start not in COLD_START_POLICIES:

@@ -25,7 +25,7 @@ import grpc
 
 from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.transport.channel import insecure_channel
-from remoe.transport.local_plane import PlaneConnection
+from remoe.transport.local_plane import MAX_UNCLAIMED, PlaneConnection
 from remoe.transport.remote_error import RemoteExpertError
 
 __all__ = ["ExpertStream", "Pending", "RemoteExpertError"]
@@ -106,6 +106,8 @@ class _Stream:
                 if result.seq == seq:
                     return result
                 self.arrived[result.seq] = result  # another batch of this thread (a fallback to the same service)
+                while len(self.arrived) > MAX_UNCLAIMED:  # answers nobody will ask for (their callers gave up)
+                    self.arrived.pop(next(iter(self.arrived)))
         except StopIteration:
             self._break(self._closed("closed the stream"))
         except grpc.RpcError as e:
@@ -154,7 +156,7 @@ class Pending:
 class ExpertStream:
     """submit(batch) -> (seq, Pending), over a stream to `address` that reopens after a failure."""
 
-    def __init__(self, address: str, local_plane: bool = True) -> None:
+    def __init__(self, address: str, local_plane: bool = False) -> None:
         """`local_plane`: use the destination's co-located data plane when it offers one on this host."""
         self.address = address
         self.local_plane = local_plane

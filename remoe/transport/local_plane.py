@@ -31,6 +31,7 @@ from remoe.transport.remote_error import RemoteExpertError
 
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
+MAX_UNCLAIMED = 64  # answers kept for a later wait on the same connection
 
 
 class FrameError(ConnectionError):
@@ -154,12 +155,27 @@ class PlaneConnection:
         if self.broken is not None:
             return False
         try:
+            # Answers still owed (a batch whose caller gave up, or a second batch to this service in one layer):
+            # read them first. Otherwise a big frame sent now and a big answer sent back can each fill the
+            # socket's buffer, and both ends block in send for ever.
+            while self.pending:
+                self._read_one(None)
             send_frame(self.sock, batch.SerializeToString())
-        except OSError as e:
+        except (OSError, DecodeError) as e:
             self._break(grpc.StatusCode.UNAVAILABLE, f"local data plane: {e}")
             return False
         self.pending.add(seq)
         return True
+
+    def _read_one(self, timeout_s: float | None) -> expert_pb2.ExpertResult:
+        self.sock.settimeout(timeout_s)
+        result = expert_pb2.ExpertResult()
+        result.ParseFromString(bytes(recv_frame(self.sock)))
+        self.pending.discard(result.seq)
+        self.arrived[result.seq] = result
+        while len(self.arrived) > MAX_UNCLAIMED:  # answers nobody will ask for (their callers gave up)
+            self.arrived.pop(next(iter(self.arrived)))
+        return result
 
     def wait(self, seq: int, timeout_s: float | None) -> expert_pb2.ExpertResult:
         if seq in self.arrived:
@@ -167,14 +183,10 @@ class PlaneConnection:
         if self.broken is not None:
             raise self.broken
         try:
-            self.sock.settimeout(timeout_s)
             while True:
-                result = expert_pb2.ExpertResult()
-                result.ParseFromString(bytes(recv_frame(self.sock)))
-                self.pending.discard(result.seq)
+                result = self._read_one(timeout_s)
                 if result.seq == seq:
-                    return result
-                self.arrived[result.seq] = result
+                    return self.arrived.pop(seq)
         except TimeoutError:
             self._break(grpc.StatusCode.DEADLINE_EXCEEDED, "did not answer before the deadline")
         except (OSError, DecodeError) as e:
