@@ -46,9 +46,12 @@ def test_tiny_model_split_and_generate_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["split", "/nonexistent/ckpt", "--out", "/tmp/x"], "checkpoint directory not found"),
+        (["split", "/nonexistent/ckpt", "--out", "/nonexistent/remoe-out"], "checkpoint directory not found"),
         (["generate", "--model", "/nonexistent/ckpt", "hi"], "checkpoint directory not found"),
-        (["tiny-model", "--arch", "mixtral", "--top-k", "9", "--experts", "4", "--out", "/tmp/x"], "--top-k"),
+        (
+            ["tiny-model", "--arch", "mixtral", "--top-k", "9", "--experts", "4", "--out", "/nonexistent/remoe-out"],
+            "--top-k",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_a_message_not_a_traceback(args, message):
