@@ -33,7 +33,10 @@ from remoe.experts.placement import Placement, Shard  # noqa: E402
 from remoe.model.engine import LocalEngine  # noqa: E402
 from remoe.model.tiny import make_tiny_model  # noqa: E402
 from remoe.model.weights import open_weights  # noqa: E402
+from remoe.proto import expert_pb2  # noqa: E402
 from remoe.sdk import Client  # noqa: E402
+from remoe.services.expert import ExpertServicer  # noqa: E402
+from remoe.transport import tensor_codec  # noqa: E402
 
 TRANSPORTS = {"local plane": True, "gRPC": False}  # name -> DispatchingExecutor(local_plane=...)
 
@@ -48,6 +51,13 @@ class LayerRow:
     client_ms: float  # of the fan-out: routing rows, encoding, sending (median)
     waiting_ms: float  # until every answer was read and added
     server_ms: float  # the slowest expert service's own time on its batch
+
+
+@dataclass
+class WakeRow:
+    model: str
+    pause_ms: float  # idle time before each answer (0: back to back)
+    answer_ms: float  # median: one service's batch answered by the servicer, in this process
 
 
 @dataclass
@@ -106,6 +116,43 @@ def bench_layer(name: str, path: Path, cluster: LocalCluster, steps: int) -> lis
         )
         for t in remotes
     ]
+
+
+def bench_wake(name: str, path: Path, steps: int, pauses_ms=(0.0, 0.5, 2.0)) -> list[WakeRow]:
+    """The servicer's answer to one service's decode batch, run here with one thread, back to back and after
+    an idle pause: a service sleeps between a token's layers, and on this machine work after a sleep runs
+    slower (caches and the vCPU go cold), which is most of the gap between its server time and the
+    in-process executor's."""
+    weights = open_weights(path)
+    arch = weights.arch
+    servicer = ExpertServicer(LocalExpertExecutor(weights), "wake")
+    g = torch.Generator().manual_seed(0)
+    index = torch.full((1, arch.top_k), -1)
+    index[0, 0] = 0  # one expert of the token's top-k, as each of two services gets
+    batch = expert_pb2.ExpertBatch(
+        layer=arch.layer_indices[0],
+        hidden_states=tensor_codec.encode(torch.randn(1, arch.hidden_size, generator=g)),
+        top_k_index=tensor_codec.encode(index),
+        top_k_weights=tensor_codec.encode(torch.full((1, arch.top_k), 1.0 / arch.top_k)),
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as LocalCluster runs each service on this machine
+    rows = []
+    try:
+        for _ in range(20):
+            servicer._answer(batch)
+        for pause in pauses_ms:
+            times = []
+            for _ in range(steps):
+                if pause:
+                    time.sleep(pause / 1e3)
+                start = time.perf_counter()
+                servicer._answer(batch)
+                times.append(time.perf_counter() - start)
+            rows.append(WakeRow(name, pause, round(statistics.median(times) * 1e3, 3)))
+    finally:
+        torch.set_num_threads(threads)
+    return rows
 
 
 def _interleaved_median_ms(runs: dict, steps: int) -> dict[str, float]:
@@ -208,10 +255,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
 
-    layer_rows, latency_rows = [], []
+    layer_rows, latency_rows, wake_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in MODELS.items():
             path = make_tiny_model(spec, Path(tmp) / name)
+            wake_rows += bench_wake(name, path, args.steps)
             # One cluster at a time (two at once slow everything on 2 cores); each phase rotates its remoe up
             # with LocalEngine, and each transport's TPOT ratio is against its own phase's LocalEngine.
             with LocalCluster(path, port=0, env={"REMOE_BACKBONE_EXPERT_TRANSPORT": "auto"}) as cluster:
@@ -256,6 +304,14 @@ def main() -> None:
             for r in layer_rows
         ],
         "",
+        "Why a service's work on a batch takes longer than the same work in the backbone: the servicer's own",
+        "answer to one service's batch (decode, compute, encode), run in this process with one thread, back to",
+        "back and after an idle pause as a service has between a token's layers (ms, medians):",
+        "",
+        "| model | idle before each answer (ms) | answer (ms) |",
+        "|---|---|---|",
+        *[f"| {r.model} | {r.pause_ms} | {r.answer_ms} |" for r in wake_rows],
+        "",
         f"## TTFT / TPOT ({args.new_tokens} new tokens)",
         "",
         "| model | system | TTFT (ms) | TPOT (ms) |",
@@ -273,6 +329,7 @@ def main() -> None:
             {
                 "machine": machine,
                 "layer": [asdict(r) for r in layer_rows],
+                "wake": [asdict(r) for r in wake_rows],
                 "latency": [asdict(r) for r in latency_rows],
             },
             indent=2,

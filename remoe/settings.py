@@ -97,10 +97,10 @@ class BackboneSettings(ServerSettings):
         "local", description="where functions run: local processes, or Knative Services in a cluster"
     )
     expert_transport: Literal["auto", "grpc"] = Field(
-        "grpc",
-        description="how batches reach expert services: grpc always uses gRPC; auto (opt-in, experimental: a "
-        "hang was seen under remoe profile's end-to-end runs) uses a service's co-located data plane (a unix "
-        "socket it advertises) when it runs on this host",
+        "auto",
+        description="how batches reach expert services: auto uses a service's co-located data plane (the same "
+        "messages over a unix socket it advertises) when it runs on this host, gRPC otherwise; grpc always "
+        "uses gRPC",
     )
     function_cold_start: Literal["fallback", "wait"] = Field(
         "fallback",

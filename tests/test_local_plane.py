@@ -89,7 +89,7 @@ def test_recv_frame_refuses_a_length_over_the_limit_before_reading_it():
     a.sendall(struct.pack("<I", 1000))
     with pytest.raises(ConnectionError, match="exceeds the limit of 999"):
         recv_frame(b, max_bytes=999)
-    send_frame(a, b"hello")
+    send_frame(a, b"hello", timeout_s=5)
     assert bytes(recv_frame(b)) == b"hello"
 
 
@@ -145,18 +145,52 @@ def test_an_abandoned_big_answer_does_not_deadlock_the_next_big_batch(plane):
     that connection must not block sending while the server blocks sending the old answer (frames over the
     socket's buffer both ways)."""
     server, weights = plane
-    rows = 4000  # ~1 MB of hidden states each way: more than a unix socket buffers
-    big = expert_pb2.ExpertBatch(
-        layer=0,
-        hidden_states=tensor_codec.encode(torch.randn(rows, weights.arch.hidden_size)),
-        top_k_index=tensor_codec.encode(torch.randint(0, 8, (rows, 1))),
-        top_k_weights=tensor_codec.encode(torch.ones(rows, 1)),
-    )
+    big = _big_batch(weights, 1)
     conn = PlaneConnection(str(server.path), "plane-test")
-    big.seq = 1
     assert conn.submit(1, big)  # never waited for
     time.sleep(0.5)  # the server is now blocked sending its answer
     big.seq = 2
     done = threading.Event()
     threading.Thread(target=lambda: (conn.submit(2, big), conn.wait(2, timeout_s=30), done.set()), daemon=True).start()
     assert done.wait(30), "the second batch deadlocked behind the first's unread answer"
+
+
+def _big_batch(weights, seq: int, rows: int = 4000) -> expert_pb2.ExpertBatch:
+    """~1 MB of hidden states: more than a unix socket buffers, so its send blocks until the peer reads."""
+    return expert_pb2.ExpertBatch(
+        seq=seq,
+        layer=0,
+        hidden_states=tensor_codec.encode(torch.randn(rows, weights.arch.hidden_size)),
+        top_k_index=tensor_codec.encode(torch.randint(0, 8, (rows, 1))),
+        top_k_weights=tensor_codec.encode(torch.ones(rows, 1)),
+    )
+
+
+def test_a_client_that_stops_reading_loses_its_connection_not_a_server_slot(plane, monkeypatch):
+    monkeypatch.setattr("remoe.transport.local_plane.SEND_TIMEOUT_S", 0.5)
+    server, weights = plane
+    stuck = [PlaneConnection(str(server.path), "plane-test") for _ in range(4)]  # every slot, none reading
+    for conn in stuck:
+        assert conn.submit(1, _big_batch(weights, 1))
+    time.sleep(2.0)  # each server thread gave up sending its answer and closed its connection
+    fresh = PlaneConnection(str(server.path), "plane-test")
+    assert fresh.submit(1, _batch(weights)) and fresh.wait(1, timeout_s=10).status_code == 0
+
+
+def test_a_server_that_stops_reading_fails_the_submit_instead_of_hanging(monkeypatch, tiny_model):
+    monkeypatch.setattr("remoe.transport.local_plane.SEND_TIMEOUT_S", 0.5)
+    weights = open_weights(tiny_model("olmoe"))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = socket_dir() / f"plane-deaf-{os.getpid()}.sock"
+    path.unlink(missing_ok=True)
+    listener.bind(str(path))
+    listener.listen(1)  # accepts, never reads
+    try:
+        conn = PlaneConnection(str(path), "plane-deaf")
+        start = time.monotonic()
+        assert not conn.submit(1, _big_batch(weights, 1))
+        assert time.monotonic() - start < 10
+        assert conn.broken is not None and conn.broken.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)

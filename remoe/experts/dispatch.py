@@ -135,6 +135,8 @@ def _accumulate(out: torch.Tensor, rows: torch.Tensor, partial: torch.Tensor) ->
 
 
 class DispatchingExecutor:
+    computes_on_host = True  # an accelerator backbone hands it host tensors, copied once (model/host_staging.py)
+
     def __init__(
         self,
         placement: Placement,

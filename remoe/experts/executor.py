@@ -27,6 +27,9 @@ class ExpertExecutor(Protocol):
         """
         ...
 
+    # Optional: `computes_on_host` true means an accelerator backbone copies a layer's tensors to the host once
+    # (pinned, one wait) before `compute` and the output back without blocking (remoe/model/host_staging.py).
+
 
 class ExpertNotHostedError(RemoeError):
     """Tokens were routed to an executor that does not host their expert."""
@@ -66,6 +69,11 @@ class LocalExpertExecutor:
                 chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, "class", implementation)
             self.kernels[m.layer], self.kernel_reasons[m.layer] = chosen, why
         self.cache: ExpertCache = ExpertCache(self._load, budget_bytes)
+
+    @property
+    def computes_on_host(self) -> bool:
+        """Experts on the CPU: an accelerator backbone hands it host tensors, copied once (model/host_staging.py)."""
+        return self.device.type == "cpu"
 
     @property
     def stats(self) -> CacheStats:

@@ -17,6 +17,7 @@ from remoe.errors import CheckpointError
 from remoe.experts.executor import ExpertExecutor
 from remoe.model.activations import current_recorder
 from remoe.model.architecture import Architecture
+from remoe.model.host_staging import stages_on_host, to_device, to_host
 from remoe.model.weights import ModelWeights
 
 EXPERTS_IMPLEMENTATION = "remoe"
@@ -35,9 +36,15 @@ def _remoe_experts_forward(
     if binding is None:
         raise RuntimeError(f"{type(self).__name__} uses the Remoe experts implementation but has no executor bound")
     recorder = current_recorder.get()
+    if not stages_on_host(binding.executor, hidden_states):
+        if recorder is not None:
+            recorder.observe(binding.layer, top_k_index)
+        return binding.executor.compute(binding.layer, hidden_states, top_k_index, top_k_weights)
+    host = to_host(hidden_states, top_k_index, top_k_weights)  # an accelerator backbone, host experts
     if recorder is not None:
-        recorder.observe(binding.layer, top_k_index)
-    return binding.executor.compute(binding.layer, hidden_states, top_k_index, top_k_weights)
+        recorder.observe(binding.layer, host.index)
+    out = binding.executor.compute(binding.layer, host.hidden, host.index, host.weights)  # [T, H] on the host
+    return to_device(out, hidden_states.device, hidden_states.dtype)
 
 
 ExpertsInterface.register(EXPERTS_IMPLEMENTATION, _remoe_experts_forward)

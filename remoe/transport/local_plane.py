@@ -32,6 +32,9 @@ from remoe.transport.remote_error import RemoteExpertError
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
 MAX_UNCLAIMED = 64  # answers kept for a later wait on the same connection
+# A send blocks only while the peer is not reading: neither end reads while it is sending, and each reads
+# every answer it is owed before it sends again, so a send this long means a stuck or vanished peer.
+SEND_TIMEOUT_S = 30.0
 
 
 class FrameError(ConnectionError):
@@ -58,11 +61,14 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
-def send_frame(sock: socket.socket, data: bytes) -> None:
+def send_frame(sock: socket.socket, data: bytes, timeout_s: float | None) -> None:
+    """One frame; TimeoutError when the peer has not taken it within `timeout_s`."""
+    sock.settimeout(timeout_s)
     sock.sendall(_LENGTH.pack(len(data)) + data)
 
 
-def recv_frame(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES) -> bytearray:
+def recv_frame(sock: socket.socket, max_bytes: int = MAX_MESSAGE_BYTES, timeout_s: float | None = None) -> bytearray:
+    sock.settimeout(timeout_s)
     (length,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
     if length > max_bytes:
         raise FrameError(f"a frame of {length} bytes exceeds the limit of {max_bytes}")
@@ -124,7 +130,9 @@ class LocalPlaneServer:
                 reply = self._answer(batch)
                 with self._count_lock:
                     self.batches += 1  # before the answer leaves, so a caller that has it sees the count
-                send_frame(conn, reply.SerializeToString())
+                send_frame(conn, reply.SerializeToString(), SEND_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("local data plane: a client took no answer for %.0f s; closing its connection", SEND_TIMEOUT_S)
         except (ConnectionError, DecodeError) as e:
             if not isinstance(e, ConnectionResetError):
                 log.warning("local data plane: closing a connection: %s", e)
@@ -159,8 +167,11 @@ class PlaneConnection:
             # read them first. Otherwise a big frame sent now and a big answer sent back can each fill the
             # socket's buffer, and both ends block in send for ever.
             while self.pending:
-                self._read_one(None)
-            send_frame(self.sock, batch.SerializeToString())
+                self._read_one(SEND_TIMEOUT_S)
+            send_frame(self.sock, batch.SerializeToString(), SEND_TIMEOUT_S)
+        except TimeoutError:
+            self._break(grpc.StatusCode.UNAVAILABLE, f"local data plane: no progress for {SEND_TIMEOUT_S:.0f} s")
+            return False
         except (OSError, DecodeError) as e:
             self._break(grpc.StatusCode.UNAVAILABLE, f"local data plane: {e}")
             return False
@@ -168,9 +179,8 @@ class PlaneConnection:
         return True
 
     def _read_one(self, timeout_s: float | None) -> expert_pb2.ExpertResult:
-        self.sock.settimeout(timeout_s)
         result = expert_pb2.ExpertResult()
-        result.ParseFromString(bytes(recv_frame(self.sock)))
+        result.ParseFromString(bytes(recv_frame(self.sock, timeout_s=timeout_s)))
         self.pending.discard(result.seq)
         self.arrived[result.seq] = result
         while len(self.arrived) > MAX_UNCLAIMED:  # answers nobody will ask for (their callers gave up)
