@@ -120,9 +120,8 @@ def bench_layer(name: str, path: Path, cluster: LocalCluster, steps: int) -> lis
 
 def bench_wake(name: str, path: Path, steps: int, pauses_ms=(0.0, 0.5, 2.0)) -> list[WakeRow]:
     """The servicer's answer to one service's decode batch, run here with one thread, back to back and after
-    an idle pause: a service sleeps between a token's layers, and on this machine work after a sleep runs
-    slower (caches and the vCPU go cold), which is most of the gap between its server time and the
-    in-process executor's."""
+    an idle pause: a service sleeps between a token's layers, and on a shared machine work after a sleep can
+    run slower (caches and the vCPU go cold; how much depends on the neighbours' load at the time)."""
     weights = open_weights(path)
     arch = weights.arch
     servicer = ExpertServicer(LocalExpertExecutor(weights), "wake")
@@ -210,15 +209,24 @@ def bench_latency(
     def up(client: Client):
         return lambda: _stream_latency(client.stream(token_ids=ids, max_new_tokens=new_tokens, ignore_eos=True))
 
+    def local(threads: int | None = None):
+        def run():
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads or before)
+            try:
+                return _stream_latency(engine.stream(token_ids=ids, max_new_tokens=new_tokens, stop_on_eos=False))
+            finally:
+                torch.set_num_threads(before)
+
+        return run
+
     systems = {f"remoe up ({t}, 2 expert services)": up(Client(c.address)) for t, c in clusters.items()}
-    systems |= {
-        "LocalEngine": lambda: _stream_latency(
-            engine.stream(token_ids=ids, max_new_tokens=new_tokens, stop_on_eos=False)
-        ),
-        "transformers generate": hf_generate,
-    }
+    systems |= {"LocalEngine": local(), "transformers generate": hf_generate}
     if not hf:
         del systems["transformers generate"]
+    else:  # the same cores as remoe up's backbone gets, so the table separates core sharing from the fan-out
+        threads = next(iter(clusters.values())).threads_per_service()
+        systems[f"LocalEngine, {threads} thread(s) (as remoe up's backbone)"] = local(threads)
     for run in systems.values():
         run()  # warm-up
     samples: dict[str, list] = {system: [] for system in systems}
@@ -243,6 +251,12 @@ def _tpot_ratios(rows: list[LatencyRow]) -> list[str]:
             if up and local:
                 lines.append(
                     f"- {model}: remoe up's TPOT over {transport} is {up.tpot_ms / local.tpot_ms:.2f}x LocalEngine's."
+                )
+            same_cores = next((r for s, r in by.items() if "(as remoe up's backbone)" in s), None)
+            if up and same_cores and transport == "local plane":
+                lines.append(
+                    f"- {model}: over {transport}, {up.tpot_ms / same_cores.tpot_ms:.2f}x the TPOT of LocalEngine run "
+                    "with as many threads as remoe up's backbone has."
                 )
     return lines
 
@@ -304,9 +318,10 @@ def main() -> None:
             for r in layer_rows
         ],
         "",
-        "Why a service's work on a batch takes longer than the same work in the backbone: the servicer's own",
-        "answer to one service's batch (decode, compute, encode), run in this process with one thread, back to",
-        "back and after an idle pause as a service has between a token's layers (ms, medians):",
+        "Part of why a service's work on a batch can take longer than the same work in the backbone: the",
+        "servicer's own answer to one service's batch (decode, compute, encode), run in this process with one",
+        "thread, back to back and after an idle pause as a service has between a token's layers (ms, medians;",
+        "on a shared machine the gap depends on the neighbours' load at the time):",
         "",
         "| model | idle before each answer (ms) | answer (ms) |",
         "|---|---|---|",
