@@ -1,10 +1,15 @@
-"""The GPU backbone's one-copy staging of a layer's tensors: packing and views are exact (run on the CPU)."""
+"""The GPU backbone's one-copy staging of a layer's tensors: packing and views are exact on the CPU; on a GPU
+machine (skipped elsewhere) the pinned path and a GPU backbone with CPU experts match transformers."""
 
 import pytest
 import torch
 
 from remoe.experts.dispatch import DispatchingExecutor
+from remoe.experts.executor import LocalExpertExecutor
+from remoe.model.engine import LocalEngine
 from remoe.model.host_staging import stages_on_host, to_device, to_host
+from remoe.model.weights import open_weights
+from tests.conftest import ARCHS, PROMPT, reference_generate, reference_logits
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -42,3 +47,31 @@ def test_only_host_executors_on_an_accelerator_backbone_are_staged():
     assert not stages_on_host(dispatching, cpu_hidden)
     assert stages_on_host(dispatching, accel_hidden)
     assert not stages_on_host(object(), accel_hidden)  # an executor that computes on the device itself
+
+
+def test_an_executor_with_experts_on_the_cpu_takes_host_tensors(tiny_model):
+    executor = LocalExpertExecutor(open_weights(tiny_model("mixtral")))
+    assert executor.computes_on_host and stages_on_host(executor, torch.zeros(1, 4, device="meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the pinned, non-blocking path")
+def test_to_host_from_a_gpu_equals_three_copies():
+    hidden = torch.randn(9, 32, device="cuda", dtype=torch.bfloat16)
+    index = torch.randint(-1, 8, (9, 2), device="cuda")
+    weights = torch.rand(9, 2, device="cuda")
+    host = to_host(hidden, index, weights)
+    assert host.hidden.is_pinned()
+    assert torch.equal(host.hidden, hidden.cpu()) and torch.equal(host.index, index.cpu())
+    assert torch.equal(host.weights, weights.to(torch.bfloat16).cpu())
+    back = to_device(host.hidden, hidden.device, torch.float32)
+    assert back.device.type == "cuda" and torch.equal(back, hidden.float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: backbone on it, experts on the CPU")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_gpu_backbone_with_cpu_experts_matches_transformers(arch, tiny_model, reference):
+    engine = LocalEngine(tiny_model(arch), device="cuda", dtype=torch.float32)
+    ref = reference(arch)
+    ids = engine.encode(PROMPT)
+    torch.testing.assert_close(engine.prefill_logits(ids), reference_logits(ref, ids), rtol=0, atol=1e-4)
+    assert engine.generate(token_ids=ids, max_new_tokens=16).token_ids == reference_generate(ref, ids, 16)

@@ -35,16 +35,15 @@ def _remoe_experts_forward(
     binding: _LayerBinding | None = getattr(self, "remoe_binding", None)
     if binding is None:
         raise RuntimeError(f"{type(self).__name__} uses the Remoe experts implementation but has no executor bound")
+    staged = stages_on_host(binding.executor, hidden_states)  # an accelerator backbone, experts on the host
+    hidden, index, weights = hidden_states, top_k_index, top_k_weights
+    if staged:
+        hidden, index, weights = to_host(hidden_states, top_k_index, top_k_weights)
     recorder = current_recorder.get()
-    if not stages_on_host(binding.executor, hidden_states):
-        if recorder is not None:
-            recorder.observe(binding.layer, top_k_index)
-        return binding.executor.compute(binding.layer, hidden_states, top_k_index, top_k_weights)
-    host = to_host(hidden_states, top_k_index, top_k_weights)  # an accelerator backbone, host experts
     if recorder is not None:
-        recorder.observe(binding.layer, host.index)
-    out = binding.executor.compute(binding.layer, host.hidden, host.index, host.weights)  # [T, H] on the host
-    return to_device(out, hidden_states.device, hidden_states.dtype)
+        recorder.observe(binding.layer, index)
+    out = binding.executor.compute(binding.layer, hidden, index, weights)  # [T, H]
+    return to_device(out, hidden_states.device, hidden_states.dtype) if staged else out
 
 
 ExpertsInterface.register(EXPERTS_IMPLEMENTATION, _remoe_experts_forward)

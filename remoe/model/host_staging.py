@@ -10,13 +10,12 @@ allocator keeps the buffer until the copy has run). On a CPU backbone nothing is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 
-@dataclass(frozen=True, slots=True)
-class HostRouting:
+class HostRouting(NamedTuple):
     """A layer's inputs on the host: views into one (pinned) buffer."""
 
     hidden: torch.Tensor  # [T, H]
