@@ -44,11 +44,13 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from remoe.experts.kernels.report import kernel_report
     from remoe.model.split import describe
+    from remoe.model.step_cache import batching_report
     from remoe.model.weights import open_weights
 
     weights = open_weights(args.model)
     print(describe(weights))
     print(kernel_report(weights, args.kernel))
+    print(batching_report(weights.config))
     return 0
 
 
@@ -238,6 +240,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"TTFT p50 {b.recent_ttft_ms_p50:.1f} ms, TPOT p50 {b.recent_tpot_ms_p50:.1f} ms, "
         f"fan-out p50 {b.recent_fanout_ms_p50:.2f} ms/layer"
     )
+    q = b.batch
+    if q.enabled:
+        print(
+            f"batch: {q.decoding} decoding, {q.prefilling} prefilling, {q.waiting} waiting (at most "
+            f"{q.max_requests}), {q.steps} forwards, {q.recent_step_requests_mean:.1f} requests per decode step, "
+            f"queue wait p50 {q.recent_queue_wait_ms_p50:.1f} ms, busy {q.busy_s:.1f} s"
+        )
+    else:
+        print(f"batch: off ({q.disabled_reason or 'batching is off'})")
     if b.service_failovers:
         print(f"expert services: {b.service_failovers} batches failed over to another service")
     if b.functions:

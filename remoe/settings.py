@@ -127,6 +127,15 @@ class BackboneSettings(ServerSettings):
     device: str | None = Field(None, description="torch device (unset: cuda when there is one, else cpu)")
     dtype: str = Field("auto", description="compute dtype (auto: the checkpoint's own)")
     max_new_tokens: int = Field(4096, ge=1, description="largest max_new_tokens accepted")
+    batching: Literal["on", "off"] = Field(
+        "on",
+        description="continuous batching: concurrent requests share each decode step's forward and its expert "
+        "fan-out (off: one forward per request per token, each request on its own thread)",
+    )
+    max_batch_requests: int = Field(32, ge=1, description="batching: requests in the running batch at once")
+    prefill_chunk: int = Field(
+        256, ge=1, description="batching: prompt tokens prefilled per step (longer prompts are split)"
+    )
 
     @field_validator("experts", mode="before")
     @classmethod

@@ -54,6 +54,7 @@ def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_
         warm_functions(client)
         result = client.generate(token_ids=ids, max_new_tokens=32)
         functions = list(client.status().backbone.functions)
+        _eight_staggered_requests_with_a_cancel_and_a_deadline(client, path, reference(arch))
     assert result.token_ids == expected
     plan = json.loads(result.usage.plan)
     services = [d for d in plan if not d.startswith("function:")]
@@ -70,6 +71,38 @@ def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_
     assert all(n > 0 for n in calls.values()), f"every function should have been called: {calls}"
     assert result.usage.prompt_tokens == len(ids)
     assert (result.usage.prefill_activations.sum(axis=1) == len(ids) * reference(arch).config.num_experts_per_tok).all()
+
+
+def _eight_staggered_requests_with_a_cancel_and_a_deadline(client: Client, path, model) -> None:
+    """Eight greedy requests of different prompt lengths and max_new_tokens, started at different times, share
+    the backbone's decode steps; one more is cancelled by its client and one passes its deadline mid-run, and
+    every other answer is still transformers' own."""
+    tokenizer = load_tokenizer(path)
+    prompts = [tokenizer.encode(" ".join(PROMPTS[: 1 + i % 4]) + f" {i}") for i in range(8)]
+    lengths = [6, 20, 11, 3, 16, 9, 24, 5]
+    results: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        time.sleep(0.05 * i)
+        results[i] = client.generate(token_ids=prompts[i], max_new_tokens=lengths[i]).token_ids
+
+    def cancel() -> None:
+        stream = client.stream(prompt=PROMPT, max_new_tokens=900, ignore_eos=True)
+        next(stream), next(stream)
+        stream.close()
+
+    def expire() -> None:
+        with pytest.raises(DeadlineExceeded):
+            client.generate(prompt=PROMPT, max_new_tokens=900, ignore_eos=True, timeout=1.0)
+
+    with ThreadPoolExecutor(10) as pool:
+        done = [pool.submit(run, i) for i in range(8)] + [pool.submit(cancel), pool.submit(expire)]
+        for future in done:
+            future.result(timeout=120)
+    for i in range(8):
+        assert results[i] == reference_generate(model, prompts[i], lengths[i]), f"request {i}"
+    batch = client.status().backbone.batch
+    assert batch.enabled and batch.steps > 0 and batch.recent_step_requests_mean > 1
 
 
 def test_eight_concurrent_clients_get_their_exact_outputs(mixtral_cluster, tiny_model, reference):

@@ -332,3 +332,53 @@ def test_a_plans_experts_that_running_functions_host_go_there_and_the_rest_to_a_
     assert new == [FunctionSpec(content_name(rest, 1024), rest, 1024), plan[1]]
     assert reused == {"warm-a": [(1, 1)], "starting-b": [(1, 2), (1, 4)]}  # the first (warm) host wins
     assert reuse_running(plan, []) == (plan, {})
+
+
+def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_destination(tiny_model, servers):
+    """Rows of three requests in one step, the middle one's plan putting experts in a function: each destination
+    gets one batch with every row it serves, the sum equals all experts computed in one place, and only the
+    request whose plan used the function is billed for it."""
+    from remoe.experts.dispatch import function_destination
+    from remoe.transport.request_context import RequestRows, current_batch
+
+    weights = open_weights(tiny_model("mixtral"))
+    arch = weights.arch
+    experts = Shard(0, 1).experts(arch.layer_indices, arch.num_experts)
+    remote = servers(weights, [Shard(0, 2), Shard(1, 2), Shard(0, 1)])  # services A and B; a function replica
+    default = Placement(
+        {
+            remote.addresses[0]: Shard(0, 2).experts(arch.layer_indices, arch.num_experts),
+            remote.addresses[1]: Shard(1, 2).experts(arch.layer_indices, arch.num_experts),
+        }
+    )
+    executor = DispatchingExecutor(
+        default, arch.layer_indices, arch.num_experts, platform=StubPlatform([remote.addresses[2]])
+    )
+    in_function = [e for e in experts if e[1] in (0, 1)]
+    planned = executor._compile(
+        Placement(
+            {
+                **{a: [e for e in default.destinations[a] if e not in in_function] for a in remote.addresses[:2]},
+                function_destination("f"): in_function,
+            }
+        ),
+        {"f": 1024},
+    )
+    hidden = torch.randn(6, arch.hidden_size)  # [T, H]: rows 0-1 request a, 2-3 request b (planned), 4-5 c
+    index = torch.tensor([[0, 2], [1, 3], [0, 5], [1, 4], [6, 7], [0, 3]])
+    routing_weights = torch.rand(6, 2)
+    bills = [{}, {}, {}]
+    rows = (
+        RequestRows(2, "a", None, None, bills[0]),
+        RequestRows(4, "b", None, planned, bills[1]),
+        RequestRows(6, "c", None, None, bills[2]),
+    )
+    token = current_batch.set(rows)
+    try:
+        out = executor.compute(0, hidden, index, routing_weights)
+    finally:
+        current_batch.reset(token)
+        executor.close()
+    torch.testing.assert_close(out, LocalExpertExecutor(weights).compute(0, hidden, index, routing_weights))
+    assert [v.Stats(None, None).batches for v in remote.servicers] == [1, 1, 1]
+    assert bills[0] == {} and bills[2] == {} and bills[1]["f"] > 0

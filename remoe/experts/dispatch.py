@@ -30,12 +30,19 @@ from opentelemetry import propagate, trace
 from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement
-from remoe.experts.slot_split import split_slots
+from remoe.experts.slot_split import split_rows_by_owner, split_slots
 from remoe.platform.base import FunctionSpec, FunctionStartError, content_name
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, Pending, RemoteExpertError
-from remoe.transport.request_context import current_deadline, current_request_id, remaining, status_from_int
+from remoe.transport.request_context import (
+    current_batch,
+    current_deadline,
+    current_request_id,
+    remaining,
+    row_starts,
+    status_from_int,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -132,6 +139,21 @@ def _accumulate(out: torch.Tensor, rows: torch.Tensor, partial: torch.Tensor) ->
         out.add_(partial)
     else:
         out.index_add_(0, rows, partial)
+
+
+def _bill(function: str, seconds: float, rows: torch.Tensor, batch) -> None:
+    """A function's round trip billed to the request(s) whose rows it computed, split by their rows in it."""
+    if batch is None:
+        billed = current_function_seconds.get()
+        if billed is not None:
+            billed[function] = billed.get(function, 0.0) + seconds
+        return
+    stops = torch.tensor([group.stop for group in batch])
+    counts = torch.bincount(torch.bucketize(rows, stops, right=True), minlength=len(batch)).tolist()
+    for group, count in zip(batch, counts, strict=True):
+        if count and group.function_seconds is not None:
+            billed = group.function_seconds
+            billed[function] = billed.get(function, 0.0) + seconds * count / len(rows)
 
 
 class DispatchingExecutor:
@@ -275,7 +297,8 @@ class DispatchingExecutor:
         hidden = hidden_states.to("cpu")  # [T, H]
         index = top_k_index.to("cpu")  # [T, K]
         weights = top_k_weights.to("cpu", hidden.dtype)  # [T, K]
-        routing = current_routing.get() or self.default
+        requests = current_batch.get()  # a batched step: the requests behind the rows
+        routing, parts = self._split(layer, index, weights, requests)
         out = torch.zeros_like(hidden)  # [T, H]
         in_flight: list[_InFlight] = []
         local_job = None
@@ -284,7 +307,7 @@ class DispatchingExecutor:
         if span.is_recording():
             propagate.inject(carrier)  # only when tracing is on: inject costs microseconds per layer
         hidden_msg = None  # the hidden states encoded once, for every destination that takes all rows
-        for part in split_slots(routing.owner[layer], routing.owner_lists[layer], index, weights):
+        for part in parts:
             dest = routing.destinations[part.number]
             rows = part.rows
             if dest == LOCAL:
@@ -325,18 +348,37 @@ class DispatchingExecutor:
             rows, sub_index, sub_weights = local_job
             _accumulate(out, rows, self.local.compute(layer, hidden[rows], sub_index, sub_weights))
         local_done = time.perf_counter()
-        billed = current_function_seconds.get()
         for job in in_flight:
             _accumulate(out, job.rows, self._await(job, hidden))
-            if billed is not None and job.dest.startswith(FUNCTION_PREFIX):
-                name = job.dest.removeprefix(FUNCTION_PREFIX)  # a function bills its batches' round trips
-                billed[name] = billed.get(name, 0.0) + (job.done_s or time.perf_counter()) - job.sent_s
+            if job.dest.startswith(FUNCTION_PREFIX):  # a function bills its batches' round trips
+                seconds = (job.done_s or time.perf_counter()) - job.sent_s
+                _bill(job.dest.removeprefix(FUNCTION_PREFIX), seconds, job.rows, requests)
         if in_flight:
             end = time.perf_counter()
             self.fanout_s.append(end - start)
             server = max(job.server_s for job in in_flight)
             self.fanout_split.append(FanoutSplit(sent - start, local_done - sent, end - local_done, server))
         return out.to(hidden_states.device, hidden_states.dtype)
+
+    def _split(self, layer: int, index: torch.Tensor, weights: torch.Tensor, batch) -> tuple[Routing, list]:
+        """The layer's slots by destination, under the routing of the request(s) whose rows these are."""
+        if batch is None:
+            routing = current_routing.get() or self.default
+        elif len({id(group.routing) for group in batch}) == 1:
+            routing = batch[0].routing or self.default
+        else:  # a batched step of requests with different plans: one destination list, owners per row
+            return self._mixed_split(layer, index, weights, batch)
+        return routing, split_slots(routing.owner[layer], routing.owner_lists[layer], index, weights)
+
+    def _mixed_split(self, layer: int, index: torch.Tensor, weights: torch.Tensor, batch) -> tuple[Routing, list]:
+        number: dict[str, int] = {}
+        owner_rows = []
+        for start, group in zip(row_starts(batch), batch, strict=True):
+            routing = group.routing or self.default
+            renumber = torch.tensor([number.setdefault(d, len(number)) for d in routing.destinations])
+            owner_rows.append(renumber[routing.owner[layer]].expand(group.stop - start, -1))  # [n, E]
+        merged = Routing(self.default.placement, list(number), {}, {})  # only its destination list is read
+        return merged, split_rows_by_owner(torch.cat(owner_rows), index, weights)
 
     def _send(self, dest: str, rows: torch.Tensor, batch: expert_pb2.ExpertBatch, avoid: str = "") -> _InFlight:
         address = self._pick_address(dest, avoid)

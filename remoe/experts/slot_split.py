@@ -82,8 +82,21 @@ def _split_lists(owner_list: list[int], index: torch.Tensor, weights: torch.Tens
 
 
 def _split_torch(owner: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> list[DestinationSlots]:
+    return split_by_destination(owner[index.clamp(min=0)].masked_fill(index < 0, -1), index, weights)
+
+
+def split_rows_by_owner(owner_rows: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> list[DestinationSlots]:
+    """Like split_slots when rows have owners of their own (a batched step of requests with different plans):
+    owner_rows [T, E] is each row's destination number of every expert."""
+    dest_of_slot = owner_rows.gather(1, index.clamp(min=0)).masked_fill(index < 0, -1)  # [T, K]
+    return split_by_destination(dest_of_slot, index, weights)
+
+
+def split_by_destination(
+    dest_of_slot: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
+) -> list[DestinationSlots]:
+    """dest_of_slot [T, K]: the destination number of each slot, -1 for none."""
     tokens = index.shape[0]
-    dest_of_slot = owner[index.clamp(min=0)].masked_fill(index < 0, -1)  # [T, K]
     out = []
     for number in sorted(set(dest_of_slot.flatten().tolist()) - {-1}):
         mine = dest_of_slot == number  # [T, K]

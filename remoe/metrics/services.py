@@ -67,6 +67,14 @@ class BackboneCollector(Collector):
         with s._lock:
             active, served = s._active, s._served
         yield _gauge("remoe_backbone_active_requests", "requests generating now", active)
+        if s.engine is not None:
+            decoding, prefilling, waiting = s.engine.snapshot()
+            batch = GaugeMetricFamily(
+                "remoe_backbone_batch_requests", "requests in the batch by state", labels=["state"]
+            )
+            for state, value in (("decoding", decoding), ("prefilling", prefilling), ("waiting", waiting)):
+                batch.add_metric([state], value)
+            yield batch
         yield _counter("remoe_backbone_requests", "requests generated to the end", served)
         yield _counter("remoe_backbone_function_retries", "batches re-sent to another replica", executor.retries)
         yield _counter(
@@ -107,10 +115,48 @@ class BackboneCollector(Collector):
         yield starts
 
 
+class BatchHistograms:
+    """The continuous batch's forwards and admissions as histograms (a BatchObserver)."""
+
+    REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+    TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Histogram(
+            "remoe_backbone_step_requests",
+            "requests per decode step (one forward for all of them)",
+            buckets=self.REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Histogram(
+            "remoe_backbone_step_tokens",
+            "tokens per forward, by kind (decode steps, prefill chunks)",
+            ["kind"],
+            buckets=self.TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "remoe_backbone_queue_wait_seconds",
+            "seconds a request waited for a place in the batch",
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
+
+    def forward(self, requests: int, tokens: int, decode: bool) -> None:
+        if decode:
+            self.requests.observe(requests)
+        self.tokens.labels("decode" if decode else "prefill").observe(tokens)
+
+    def admitted(self, queue_wait_s: float) -> None:
+        self.queue_wait.observe(queue_wait_s)
+
+
 def backbone_registry(servicer) -> CollectorRegistry:
     """The backbone's metrics; its in-process expert cache (when it has no expert services) too."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(BackboneCollector(servicer))
+    if servicer.engine is not None:  # the batch never preempts a request, so there is no preemption count
+        servicer.engine.observer = BatchHistograms(registry)
     local = servicer.executor.local
     if local is not None:
         registry.register(ExpertCacheCollector("backbone-local", lambda: (local.stats, local.cache.resident_bytes, 0)))

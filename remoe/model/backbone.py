@@ -19,6 +19,7 @@ from remoe.model.activations import current_recorder
 from remoe.model.architecture import Architecture
 from remoe.model.host_staging import stages_on_host, to_device, to_host
 from remoe.model.weights import ModelWeights
+from remoe.transport.request_context import current_batch, row_starts
 
 EXPERTS_IMPLEMENTATION = "remoe"
 
@@ -39,9 +40,15 @@ def _remoe_experts_forward(
     hidden, index, weights = hidden_states, top_k_index, top_k_weights
     if staged:
         hidden, index, weights = to_host(hidden_states, top_k_index, top_k_weights)
-    recorder = current_recorder.get()
-    if recorder is not None:
-        recorder.observe(binding.layer, index)
+    batch = current_batch.get()
+    if batch is None:
+        recorder = current_recorder.get()
+        if recorder is not None:
+            recorder.observe(binding.layer, index)
+    else:  # a batched step: each request counts its own rows
+        for start, group in zip(row_starts(batch), batch, strict=True):
+            if group.recorder is not None:
+                group.recorder.observe(binding.layer, index[start : group.stop])
     out = binding.executor.compute(binding.layer, hidden, index, weights)  # [T, H]
     return to_device(out, hidden_states.device, hidden_states.dtype) if staged else out
 

@@ -46,7 +46,8 @@ class MeterRecord:
     measured_tpot_s: float
     main_gpu_gb: float
     main_cpu_gb: float
-    main_s: float  # the main model's busy time: TTFT + (n_out - 1) TPOT
+    main_s: float  # the main model's busy time for this request: its share of the batched forwards it was in
+    # (Usage.backbone_s), or TTFT + (n_out - 1) TPOT from a backbone that does not batch
     cost_main: float
     cost_remote: float
     functions: dict[str, FunctionUse] = field(default_factory=dict)
@@ -59,6 +60,8 @@ class MeterRecord:
     forecast_js: float = 0.0
     cpu_gb_s: float = 0.0
     gpu_gb_s: float = 0.0
+    shared_steps: int = 0  # forwards this request shared with other requests
+    mean_step_requests: float = 0.0  # requests per forward it was in, on average (0: not batched)
     unix_s: float = field(default_factory=time.time)
 
     @property
@@ -87,7 +90,7 @@ def meter(
 ) -> MeterRecord:
     """A record from the backbone's usage (measured) and the scheduler's plan reply (predicted, may be None)."""
     n_out = int(usage.completion_tokens)
-    main_s = float(usage.ttft_s) + max(n_out - 1, 0) * float(usage.tpot_s)
+    main_s = float(usage.backbone_s) or float(usage.ttft_s) + max(n_out - 1, 0) * float(usage.tpot_s)
     functions = {
         name: FunctionUse(
             int(usage.function_memory_mb.get(name, 0)),
@@ -113,6 +116,8 @@ def meter(
         forecast_js=float(usage.forecast_js),
         cpu_gb_s=cpu_gb_s,
         gpu_gb_s=gpu_gb_s,
+        shared_steps=int(usage.shared_steps),
+        mean_step_requests=float(usage.mean_step_requests),
     )
     if plan is not None:
         record.predicted_ttft_s, record.predicted_tpot_s = plan.ttft_s, plan.tpot_s

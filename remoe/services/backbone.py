@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from opentelemetry import context as otel_context
 
 from remoe.errors import RemoeError
 from remoe.experts.dispatch import DispatchingExecutor, current_function_seconds, current_routing
@@ -26,7 +27,9 @@ from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.services import backbone_registry
 from remoe.model.activations import ActivationRecorder, current_recorder
 from remoe.model.backbone import Backbone, resolve_dtype
+from remoe.model.batch_engine import BatchEngine, BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
+from remoe.model.step_cache import batching_unsupported
 from remoe.model.tokenizer import eos_token_ids
 from remoe.model.weights import open_weights
 from remoe.platform.base import FunctionPlatform, FunctionStartError
@@ -67,9 +70,23 @@ def activation_summary(recorder: ActivationRecorder) -> common_pb2.ActivationSum
 
 
 class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
-    def __init__(self, backbone: Backbone, executor: DispatchingExecutor, model_dir: str, max_new_tokens: int) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        executor: DispatchingExecutor,
+        model_dir: str,
+        max_new_tokens: int,
+        batching: BatchSettings | None = None,
+    ) -> None:
+        """`batching`: serve through one continuous batch (None: each request alone on its thread)."""
         self.backbone = backbone
         self.executor = executor
+        self.batching_off_reason = "" if batching is not None else "batching is off"
+        if batching is not None and (reason := batching_unsupported(backbone.model.config)):
+            self.batching_off_reason = f"{type(backbone.model).__name__} is served unbatched: {reason}"
+            log.warning(self.batching_off_reason)
+            batching = None
+        self.engine = BatchEngine(backbone.model, backbone.device, batching) if batching is not None else None
         self.model_dir = model_dir
         self.max_new_tokens = max_new_tokens
         config = backbone.model.config.get_text_config()
@@ -126,23 +143,10 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         routing = self._routing(request, context)
         arch = self.backbone.arch
         recorder = ActivationRecorder(arch.layer_indices, arch.num_experts, arch.top_k)
-        trace = GenerationTrace()
         remaining = call_time_remaining(context)
+        deadline = time.time() + remaining if remaining is not None else None
+        request_id = request.request_id or uuid.uuid4().hex
         billed: dict[str, float] = {}
-        contextvars = (
-            current_recorder,
-            current_request_id,
-            current_deadline,
-            current_routing,
-            current_function_seconds,
-        )
-        tokens = [
-            current_recorder.set(recorder),
-            current_request_id.set(request.request_id or uuid.uuid4().hex),
-            current_deadline.set(time.time() + remaining if remaining is not None else None),
-            current_routing.set(routing),
-            current_function_seconds.set(billed),
-        ]
         with self._lock:
             self._active += 1
         platform = self.executor.platform
@@ -152,21 +156,15 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                 _tracer.start_as_current_span("generate") as span,
             ):
                 span.set_attribute("remoe.prompt_tokens", len(ids))
-                steps = generate_tokens(
-                    self.backbone.model,
-                    self.backbone.device,
-                    ids,
-                    params,
-                    self.eos_token_ids,
-                    trace,
-                    on_decode=recorder.start_decode,
-                )
-                while True:
-                    # One span per step: the first next() is the prefill, each later one a decode step.
-                    with _tracer.start_as_current_span("decode_step" if trace.tokens else "prefill"):
-                        token = next(steps, None)
-                    if token is None:
-                        return
+                if self.engine is not None:
+                    job = BatchRequest(request_id, ids, params, self.eos_token_ids, recorder, deadline, routing, billed)
+                    job.trace_context = otel_context.get_current()  # the engine's spans join this request's trace
+                    context.add_callback(lambda: self.engine.cancel(job))  # the client left: free its place
+                    steps, trace = self.engine.submit(job), job.trace
+                else:
+                    trace = GenerationTrace()
+                    steps = self._unbatched(ids, params, trace, recorder, request_id, deadline, routing, billed)
+                for token in steps:
                     if not context.is_active():
                         return  # the client cancelled or its deadline passed: stop computing
                     if not trace.finish_reason:
@@ -184,6 +182,8 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         function_seconds=billed,
                         function_memory_mb=(routing or self.executor.default).memory_mb,
                     )
+                    if self.engine is not None:
+                        _batch_usage(usage, job)
                     with self._lock:
                         self._served += 1
                         self._ttft_ms.append(trace.ttft_s * 1e3)
@@ -191,11 +191,67 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                     yield backbone_pb2.BackboneChunk(token_id=token, finish_reason=trace.finish_reason, usage=usage)
         except RemoteExpertError as e:
             context.abort(e.code, str(e))
+        except DeadlinePassed as e:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        except RequestCancelled:
+            return
         finally:
             with self._lock:
                 self._active -= 1
+
+    def _unbatched(self, ids, params, trace, recorder, request_id, deadline, routing, billed):
+        """One request alone on this thread: its own forward per token, its context in contextvars."""
+        contextvars = (
+            current_recorder,
+            current_request_id,
+            current_deadline,
+            current_routing,
+            current_function_seconds,
+        )
+        values = (recorder, request_id, deadline, routing, billed)
+        tokens = [var.set(value) for var, value in zip(contextvars, values, strict=True)]
+        try:
+            steps = generate_tokens(
+                self.backbone.model,
+                self.backbone.device,
+                ids,
+                params,
+                self.eos_token_ids,
+                trace,
+                on_decode=recorder.start_decode,
+            )
+            while True:
+                # One span per step: the first next() is the prefill, each later one a decode step.
+                with _tracer.start_as_current_span("decode_step" if trace.tokens else "prefill"):
+                    token = next(steps, None)
+                if token is None:
+                    return
+                yield token
+        finally:
             for var, token in zip(contextvars, tokens, strict=True):
                 var.reset(token)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+    def batch_status(self) -> backbone_pb2.BatchStatus:
+        engine = self.engine
+        if engine is None:
+            return backbone_pb2.BatchStatus(enabled=False, disabled_reason=self.batching_off_reason)
+        decoding, prefilling, waiting = engine.snapshot()
+        sizes, waits = list(engine.step_requests)[-256:], list(engine.queue_wait_s)[-256:]
+        return backbone_pb2.BatchStatus(
+            enabled=True,
+            max_requests=engine.settings.max_requests,
+            decoding=decoding,
+            prefilling=prefilling,
+            waiting=waiting,
+            steps=engine.steps,
+            busy_s=engine.busy_s,
+            recent_step_requests_mean=float(np.mean(sizes)) if sizes else 0.0,
+            recent_queue_wait_ms_p50=float(np.median(waits)) * 1e3 if waits else 0.0,
+        )
 
     def Warm(self, request, context):
         platform = self.executor.platform
@@ -262,6 +318,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             function_cold_fallbacks=self.executor.cold_fallbacks,
             function_reused_experts=self.executor.reused_experts,
             service_failovers=self.executor.failovers,
+            batch=self.batch_status(),
             model=self.model_dir,
             architecture=type(self.backbone.model).__name__,
             device=str(self.backbone.device),
@@ -272,6 +329,13 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             recent_tpot_ms_p50=tpot,
             recent_fanout_ms_p50=float(np.median(fanout)) * 1e3 if fanout else 0.0,
         )
+
+
+def _batch_usage(usage: common_pb2.Usage, job: BatchRequest) -> None:
+    usage.backbone_s = job.backbone_s
+    usage.steps = job.steps
+    usage.shared_steps = job.shared_steps
+    usage.mean_step_requests = 1 + job.peers / job.steps if job.steps else 0.0
 
 
 def make_platform(s: BackboneSettings) -> FunctionPlatform:
@@ -330,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         local_plane=s.expert_transport == "auto",
     )
     backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
-    servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens)
+    batching = BatchSettings(s.max_batch_requests, s.prefill_chunk) if s.batching == "on" else None
+    servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens, batching)
     backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
     server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
     if s.metrics_port is not None:
@@ -339,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     server.start(s.ready_file)
     server.wait_for_signal()
+    servicer.close()
     executor.close()
     platform.close()
 

@@ -1,9 +1,12 @@
-"""Per-request values that travel with the running thread: id and absolute deadline."""
+"""Per-request values that travel with the running thread: id and absolute deadline, and in a batched forward
+the requests behind its rows."""
 
 from __future__ import annotations
 
 import time
 from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -33,3 +36,24 @@ def call_time_remaining(context) -> float | None:
     remaining time so large that timers built from it overflow)."""
     left = context.time_remaining()
     return None if left is None or left > NO_DEADLINE_S else left
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRows:
+    """One request's rows in a forward that carries several requests' tokens (a batched step): rows
+    [previous group's stop, stop). What a layer's fan-out needs of that request travels with its rows."""
+
+    stop: int
+    request_id: str
+    deadline: float | None  # time.time() seconds; None = none
+    routing: Any = None  # the request's compiled plan (experts.dispatch.Routing); None = the default placement
+    function_seconds: dict[str, float] | None = None  # where its functions' billed seconds accumulate
+    recorder: Any = None  # its ActivationRecorder, or None
+
+
+# The requests of the forward running in this thread, in row order; None outside a batched forward.
+current_batch: ContextVar[tuple[RequestRows, ...] | None] = ContextVar("remoe_batch", default=None)
+
+
+def row_starts(batch: tuple[RequestRows, ...]) -> list[int]:
+    return [0, *(group.stop for group in batch[:-1])]

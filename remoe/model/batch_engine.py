@@ -1,0 +1,335 @@
+"""Continuous batching: every active request's next token comes from one shared forward per step.
+
+One loop thread owns the model. Each iteration it (1) ends the requests that were cancelled or passed their
+deadline, (2) decodes one token of every request past its prompt in one forward (`StepCache` stacks their own
+KV caches), and (3) spends up to `prefill_chunk` prompt tokens on the requests still prefilling, oldest first,
+each chunk a forward of its own. Requests join between iterations (up to `max_requests` at once; the rest wait
+in arrival order) and leave as soon as they finish. A failed forward ends the requests in it, with the error;
+the others go on. Each request's rows carry its plan, deadline, billing and activation recorder
+(`RequestRows`), so the expert fan-out of a step sends one message per destination with every request's rows.
+
+Billing: a forward's wall time is split over the requests in it by their tokens in it (a decode step: equal
+shares), so the requests' `backbone_s` add up to the loop's busy time (`busy_s`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from opentelemetry import trace
+from transformers import PreTrainedModel
+
+from remoe.model.activations import ActivationRecorder
+from remoe.model.generation import GenerationTrace, SamplingParams, make_generator, new_cache, sample_next
+from remoe.model.step_cache import StepCache, decode_masks, layer_types
+from remoe.transport.request_context import RequestRows, current_batch, current_deadline, current_request_id
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    max_requests: int = 32  # requests in the running batch; later arrivals wait for a free place
+    prefill_chunk: int = 256  # prompt tokens prefilled per iteration (a long prompt is split: decode goes on)
+
+    def __post_init__(self) -> None:
+        if self.max_requests < 1 or self.prefill_chunk < 1:
+            raise ValueError(f"max_requests and prefill_chunk must be >= 1, got {self}")
+
+
+class RequestCancelled(Exception):
+    """The request was cancelled (its client left)."""
+
+
+class DeadlinePassed(Exception):
+    """The request's deadline passed while it was waiting or running."""
+
+
+@dataclass(eq=False)
+class BatchRequest:
+    """One request's state in the batch: what it asked for, and what the loop made of it so far."""
+
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    eos_token_ids: set[int]
+    recorder: ActivationRecorder | None = None
+    deadline: float | None = None  # time.time() seconds
+    routing: object | None = None  # its compiled plan (experts.dispatch.Routing); None = the default
+    function_seconds: dict[str, float] = field(default_factory=dict)
+    trace: GenerationTrace = field(default_factory=GenerationTrace)
+    trace_context: object = None  # its OpenTelemetry context: a forward's span goes into the first request's trace
+    backbone_s: float = 0.0  # its share of the forwards' wall time
+    steps: int = 0  # forwards it was in
+    shared_steps: int = 0  # of those, forwards with other requests
+    peers: int = 0  # other requests summed over its forwards (mean company = peers / steps)
+    # Loop-owned.
+    _cache: object = None
+    _generator: torch.Generator | None = None
+    _prefilled: int = 0
+    _out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _cancelled: bool = False
+
+    @property
+    def decoding(self) -> bool:
+        return self._prefilled == len(self.prompt)
+
+    def rows(self, stop: int) -> RequestRows:
+        return RequestRows(stop, self.request_id, self.deadline, self.routing, self.function_seconds, self.recorder)
+
+
+_END = object()
+
+
+class BatchObserver(Protocol):
+    """Told of each forward and each admission (e.g. the backbone's Prometheus histograms)."""
+
+    def forward(self, requests: int, tokens: int, decode: bool) -> None: ...
+
+    def admitted(self, queue_wait_s: float) -> None: ...
+
+
+class BatchEngine:
+    """`engine.submit(request)` -> an iterator of its token ids; `engine.cancel(request)` ends it early."""
+
+    def __init__(self, model: PreTrainedModel, device: torch.device, settings: BatchSettings | None = None) -> None:
+        self.model, self.device = model, device
+        self.settings = settings or BatchSettings()
+        self._types = layer_types(model.config)
+        self._mask_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        self._waiting: deque[BatchRequest] = deque()
+        self._active: list[BatchRequest] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        # Observability, read by status and metrics (written by the loop only).
+        self.busy_s = 0.0
+        self.steps = 0
+        self.step_requests: deque[int] = deque(maxlen=4096)  # requests per decode step
+        self.step_tokens: deque[int] = deque(maxlen=4096)  # tokens per forward
+        self.queue_wait_s: deque[float] = deque(maxlen=4096)  # submit -> a place in the batch
+        self.observer: BatchObserver | None = None
+        self._thread = threading.Thread(target=self._loop, name="remoe-batch-loop", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side -------------------------------------------------------------------------------------
+    def submit(self, request: BatchRequest) -> Iterator[int]:
+        """Queue `request`; iterate its tokens as the loop makes them. Raises DeadlinePassed, or the error of a
+        forward it was in. Closing the iterator early cancels the request."""
+        request.trace.start = time.perf_counter()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batch engine is closed")
+            self._waiting.append(request)
+            self._wake.notify()
+        return self._tokens(request)
+
+    def _tokens(self, request: BatchRequest) -> Iterator[int]:
+        try:
+            while True:
+                item = request._out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not request.trace.finish_reason:
+                self.cancel(request)
+
+    def cancel(self, request: BatchRequest) -> None:
+        with self._wake:
+            request._cancelled = True
+            self._wake.notify()
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """(requests decoding, requests prefilling, requests waiting) right now."""
+        with self._wake:
+            decoding = sum(r.decoding for r in self._active)
+            return decoding, len(self._active) - decoding, len(self._waiting)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._closed and not self._active and not self._waiting:
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                    self._admit()
+                active = list(self._active)
+                decoding = [r for r in active if r.decoding]
+                if decoding:
+                    self._decode(decoding)
+                self._prefill([r for r in self._active if not r.decoding])
+        for request in [*self._active, *self._waiting]:
+            self._end(request, RuntimeError("the backbone is shutting down"))
+
+    def _admit(self) -> None:
+        """Under the lock: drop cancelled and expired requests, move arrivals into the batch while it has room."""
+        now = time.time()
+        for pool in (self._waiting, self._active):
+            for request in list(pool):
+                if request._cancelled:
+                    self._drop(request, RequestCancelled(request.request_id))
+                elif request.deadline is not None and now > request.deadline:
+                    self._drop(request, DeadlinePassed(f"request {request.request_id}: its deadline passed"))
+        while self._waiting and len(self._active) < self.settings.max_requests:
+            request = self._waiting.popleft()
+            request._cache = new_cache(self.model)
+            request._generator = make_generator(request.params.seed)
+            waited = time.perf_counter() - request.trace.start
+            self.queue_wait_s.append(waited)
+            if self.observer is not None:
+                self.observer.admitted(waited)
+            self._active.append(request)
+
+    def _drop(self, request: BatchRequest, error: BaseException) -> None:
+        if request in self._active:
+            self._active.remove(request)
+        else:
+            self._waiting.remove(request)
+        self._end(request, error)
+
+    def _end(self, request: BatchRequest, error: BaseException | None) -> None:
+        request._cache = None  # its KV memory goes now, not when the caller lets go
+        request._out.put(_END if error is None else error)
+
+    def _forward(self, requests: list[BatchRequest], tokens: list[int], run, name: str) -> torch.Tensor | None:
+        """Run one forward for `requests` (tokens[i] of them each) with their rows' context; bill it. On error
+        every request in it ends with that error and None is returned. Its span `name` is in the first
+        request's trace, linked to the others'."""
+        links = [trace.Link(trace.get_current_span(r.trace_context).get_span_context()) for r in requests[1:]]
+        with _tracer.start_as_current_span(name, context=requests[0].trace_context, links=links) as span:
+            span.set_attribute("remoe.step_requests", len(requests))
+            return self._forward_in_span(requests, tokens, run)
+
+    def _forward_in_span(self, requests: list[BatchRequest], tokens: list[int], run) -> torch.Tensor | None:
+        batch, stop = [], 0
+        for request, n in zip(requests, tokens, strict=True):
+            stop += n
+            batch.append(request.rows(stop))
+        deadlines = [r.deadline for r in requests]
+        deadline = None if None in deadlines else max(deadlines)  # a batch waits for its last request's deadline
+        context = (
+            current_batch.set(tuple(batch)),
+            current_deadline.set(deadline),
+            current_request_id.set(requests[0].request_id if len(requests) == 1 else f"batch-{self.steps}"),
+        )
+        start = time.perf_counter()
+        try:
+            logits = run()
+        except Exception as e:  # noqa: BLE001 - the requests of this forward get the error; the loop goes on
+            log.warning("a forward of %d request(s) failed: %s", len(requests), e)
+            with self._wake:
+                for request in requests:
+                    self._active.remove(request)
+                    self._end(request, e)
+            return None
+        finally:
+            current_request_id.reset(context[2])
+            current_deadline.reset(context[1])
+            current_batch.reset(context[0])
+        elapsed = time.perf_counter() - start
+        total = sum(tokens)
+        self.busy_s += elapsed
+        self.steps += 1
+        self.step_tokens.append(total)
+        if self.observer is not None:
+            self.observer.forward(len(requests), total, decode=all(r.decoding for r in requests))
+        for request, n in zip(requests, tokens, strict=True):
+            request.backbone_s += elapsed * n / total
+            request.steps += 1
+            request.peers += len(requests) - 1
+            request.shared_steps += len(requests) > 1
+        return logits
+
+    def _decode(self, requests: list[BatchRequest]) -> None:
+        """One token of every decoding request, in one forward."""
+        caches = [r._cache for r in requests]
+        last = [r.trace.tokens[-1] for r in requests]
+
+        def run() -> torch.Tensor:
+            input_ids = torch.tensor([[t] for t in last], dtype=torch.long, device=self.device)  # [B, 1]
+            if len(requests) == 1:  # alone: exactly today's batch-1 decode
+                out = self.model(input_ids=input_ids, cache=caches[0], use_cache=True, logits_to_keep=1)
+            else:
+                positions = torch.tensor([[c.get_seq_length()] for c in caches], device=self.device)  # [B, 1]
+                mask = decode_masks(caches, self._types, self._mask_dtype, self.device)
+                out = self.model(
+                    input_ids=input_ids,
+                    position_ids=positions,
+                    attention_mask=mask,
+                    cache=StepCache(caches),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            return out.logits[:, -1]  # [B, V]
+
+        logits = self._forward(requests, [1] * len(requests), run, "decode_step")
+        if logits is not None:
+            self.step_requests.append(len(requests))
+            self._emit(requests, logits)
+
+    def _prefill(self, requests: list[BatchRequest]) -> None:
+        """Up to `prefill_chunk` prompt tokens, oldest request first; a request whose prompt is done gets its
+        first token."""
+        budget = self.settings.prefill_chunk
+        for request in requests:
+            if budget <= 0:
+                return
+            chunk = request.prompt[request._prefilled : request._prefilled + budget]
+            cache = request._cache
+
+            def run(chunk=chunk, cache=cache) -> torch.Tensor:
+                input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)  # [1, T]
+                return self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+            logits = self._forward([request], [len(chunk)], run, "prefill")
+            if logits is None:
+                continue
+            budget -= len(chunk)
+            request._prefilled += len(chunk)
+            if request.decoding:
+                if request.recorder is not None:
+                    request.recorder.start_decode()
+                self._emit([request], logits)
+
+    def _emit(self, requests: list[BatchRequest], logits: torch.Tensor) -> None:
+        """Sample each request's next token from its logits row [V]; hand it out; end finished requests."""
+        greedy = [i for i, r in enumerate(requests) if r.params.temperature == 0.0]
+        picks: dict[int, int] = {}
+        if greedy:  # one argmax (one device sync) for every greedy row
+            picks = dict(zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist(), strict=True))
+        now = time.perf_counter()
+        with self._wake:
+            for i, request in enumerate(requests):
+                token = picks[i] if i in picks else sample_next(logits[i], request.params, request._generator)
+                trace = request.trace
+                trace.tokens.append(token)
+                trace.end = now
+                if len(trace.tokens) == 1:
+                    trace.first_token_at = now
+                if request.params.stop_on_eos and token in request.eos_token_ids:
+                    trace.finish_reason = "stop"
+                elif len(trace.tokens) >= request.params.max_new_tokens:
+                    trace.finish_reason = "length"
+                request._out.put(token)
+                if trace.finish_reason:
+                    self._active.remove(request)
+                    self._end(request, None)

@@ -1,0 +1,102 @@
+"""One batched decode step over several requests' own KV caches.
+
+Each request keeps the cache transformers' `generate` would make for it (a DynamicCache, with its sliding-window
+layers), so a request joins, leaves or is prefilled alone without touching the others. For a step that decodes
+one token of each of B requests, `StepCache` is the cache the model sees: attention layer l hands it the step's
+new keys and values [B, heads, 1, d]; row b goes into request b's own cache, which returns that request's keys
+[1, heads, L_b, d]; the rows are right-padded to the longest and stacked [B, heads, L, d]. The step's attention
+mask (`decode_masks`) hides the padding: at decode every key a request's cache returns is visible to its one
+query (causal, and a sliding layer's cache keeps only its window), so the mask is padding only, and each row's
+attention equals its request's batch-1 attention. B = requests in the step, L = longest key length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Cache, DynamicCache, PretrainedConfig
+from transformers.cache_utils import CacheLayerMixin
+
+
+class StepCache(Cache):
+    """The model-facing cache of one decode step: row b of every tensor belongs to `caches[b]`."""
+
+    def __init__(self, caches: list[DynamicCache]) -> None:
+        super().__init__(layers=[])
+        self.caches = caches
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = [], []
+        for row, cache in enumerate(self.caches):
+            k, v = cache.update(key_states[row : row + 1], value_states[row : row + 1], layer_idx, *args, **kwargs)
+            keys.append(k)
+            values.append(v)
+        return _pad_stack(keys), _pad_stack(values)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(cache.get_seq_length(layer_idx) for cache in self.caches)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return max(cache.get_mask_sizes(query_length, layer_idx)[0] for cache in self.caches), 0
+
+
+def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """[1, h, L_b, d] each -> [B, h, max L_b, d], zeros after each row's end (the mask hides them)."""
+    longest = max(t.shape[-2] for t in rows)
+    if all(t.shape[-2] == longest for t in rows):
+        return torch.cat(rows, dim=0)
+    return torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[-2])) for t in rows], dim=0)
+
+
+def layer_types(config) -> list[str]:
+    """Each decoder layer's attention type as the model's config names it (one type when it names none)."""
+    text = config.get_text_config()
+    types = getattr(text, "layer_types", None)
+    return list(types) if types else ["full_attention"] * int(text.num_hidden_layers)
+
+
+def decode_masks(
+    caches: list[DynamicCache], types: list[str], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The additive attention mask(s) of one decode step: [B, 1, 1, L] per attention type, 0 on each row's keys
+    and the dtype's minimum on its padding. One tensor when every type gives each row the same key length;
+    else a dict by type (models with several attention types read it so)."""
+    first_layer = {}
+    for layer, kind in enumerate(types):
+        first_layer.setdefault(kind, layer)
+    lengths = {kind: [c.get_mask_sizes(1, layer)[0] for c in caches] for kind, layer in first_layer.items()}
+    masks = {kind: _padding_mask(lens, dtype, device) for kind, lens in lengths.items()}
+    if len({tuple(lens) for lens in lengths.values()}) == 1:
+        return next(iter(masks.values()))
+    return masks
+
+
+def _padding_mask(lengths: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    longest = max(lengths)
+    keys = torch.arange(longest, device=device)  # [L]
+    valid = keys[None, :] < torch.tensor(lengths, device=device)[:, None]  # [B, L]
+    mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, torch.finfo(dtype).min)
+    return mask[:, None, None, :]  # [B, 1, 1, L]
+
+
+def batching_unsupported(config: PretrainedConfig) -> str | None:
+    """Why this model's decode steps cannot be batched over requests' own caches (None: they can). They can
+    when its cache is a DynamicCache of attention layers (full or sliding window): linear-attention and
+    recurrent state layers, or a cache class of the model's own, are not stacked by StepCache."""
+    cache = DynamicCache(config=config)
+    if type(cache) is not DynamicCache:
+        return f"its cache is a {type(cache).__name__}"
+    other = sorted({type(layer).__name__ for layer in cache.layers if not isinstance(layer, CacheLayerMixin)})
+    if other:
+        return f"its cache has {', '.join(other)} layers (not attention key/value layers)"
+    return None
+
+
+def batching_report(config: PretrainedConfig) -> str:
+    """One line for `remoe inspect`: how the backbone service serves concurrent requests of this model."""
+    reason = batching_unsupported(config)
+    if reason is None:
+        return "batching: concurrent requests share each decode step (continuous batching)"
+    return f"batching: none, each request runs its own forwards ({reason})"
