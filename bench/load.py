@@ -335,7 +335,13 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
-    parser.add_argument("--requests", type=int, default=0, help="requests per level (0: 4 per client, at least 48)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        help="requests per level (0: 12 per client, at least 48: a level long enough that its ramp-up and tail, "
+        "when fewer requests share the steps, weigh little)",
+    )
     parser.add_argument(
         "--batching", choices=["both", "on", "off"], default="both", help="backbone continuous batching"
     )
@@ -362,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"batching {batching}: remoe up on {cluster.address}; logs in {cluster.run_dir}")
             mine = []
             for clients in args.clients:
-                requests = args.requests or max(48, 4 * clients)
+                requests = args.requests or max(48, 12 * clients)
                 log(f"{clients} client(s), {requests} requests, batching {batching}")
                 mine.append(run_level(cluster, batching, clients, requests, pairs, args.new_tokens, args.kill))
                 done = {k: v for k, v in mine[-1].summary().items() if k in SHOWN_WHILE_RUNNING}

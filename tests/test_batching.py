@@ -11,7 +11,14 @@ import torch
 from remoe.model.batch_engine import BatchEngine, BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.engine import LocalEngine
 from remoe.model.generation import SamplingParams, forward_logits, new_cache
-from remoe.model.step_cache import StepCache, batching_unsupported, decode_masks, layer_types
+from remoe.model.step_cache import (
+    PackedStepCache,
+    StepCache,
+    batching_unsupported,
+    decode_masks,
+    layer_types,
+    packed_masks,
+)
 from tests.conftest import ARCHS, reference_generate
 
 # Prompt lengths: 1 token, past gpt_oss's 16-token sliding window, past the 16-token prefill chunk used below.
@@ -70,6 +77,37 @@ def test_a_batched_decode_step_gives_each_request_its_own_logits(arch, tiny_mode
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_a_packed_step_of_decode_tokens_and_prompt_chunks_gives_each_request_its_logits(arch, tiny_model, reference):
+    """Two requests decoding, a third mid-prompt (past gpt_oss's sliding window) and a fourth's first chunk, as
+    one sequence: every request's next-token logits equal transformers' for its own tokens (1e-4)."""
+    model_ref = reference(arch)
+    engine = LocalEngine(tiny_model(arch), device="cpu", dtype=torch.float32)
+    model, types = engine.model, layer_types(engine.model.config)
+    prompts = _prompts(model.config.vocab_size)
+    decode_a, decode_b, long_prompt, fresh = prompts[0], prompts[2], prompts[7], prompts[3]
+    caches = [new_cache(model) for _ in range(4)]
+    with torch.inference_mode():
+        for cache, prompt in zip(caches, (decode_a, decode_b, long_prompt[:20]), strict=False):
+            forward_logits(model, engine.device, prompt, cache)
+        segments = [[11], [12], long_prompt[20:45], fresh[:10]]
+        pasts = [len(decode_a), len(decode_b), 20, 0]
+        lengths = [len(t) for t in segments]
+        mask = packed_masks(caches, lengths, pasts, types, torch.float32, engine.device)
+        out = model(
+            input_ids=torch.tensor([[t for seq in segments for t in seq]]),
+            position_ids=torch.cat([p + torch.arange(n) for p, n in zip(pasts, lengths, strict=True)])[None],
+            attention_mask=mask,
+            cache=PackedStepCache(caches, lengths),
+            use_cache=True,
+            logits_to_keep=torch.tensor(lengths).cumsum(0) - 1,
+        )
+        wanted = [decode_a + [11], decode_b + [12], long_prompt[:45], fresh[:10]]
+        for row, ids in enumerate(wanted):
+            expected = model_ref(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(out.logits[0, row], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_eight_requests_joining_at_different_times_each_get_their_exact_tokens(arch, tiny_model, reference):
     engine = LocalEngine(tiny_model(arch), device="cpu", dtype=torch.float32)
     prompts = _prompts(engine.model.config.vocab_size)
@@ -92,6 +130,7 @@ def test_eight_requests_joining_at_different_times_each_get_their_exact_tokens(a
     batch.close()
     assert got == expected
     assert max(batch.step_requests) > 1, "some decode steps should have carried several requests"
+    assert batch.packed_steps > 0, "some prompts' chunks should have been packed with other requests' tokens"
     # Billing: the requests' shares add up to the loop's busy time; sharing is recorded per request.
     assert sum(j.backbone_s for j in jobs) == pytest.approx(batch.busy_s, rel=1e-9)
     assert any(j.shared_steps > 0 and j.peers > 0 for j in jobs)

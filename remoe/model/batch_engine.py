@@ -29,7 +29,14 @@ from transformers import PreTrainedModel
 
 from remoe.model.activations import ActivationRecorder
 from remoe.model.generation import GenerationTrace, SamplingParams, make_generator, new_cache, sample_next
-from remoe.model.step_cache import StepCache, decode_masks, layer_types
+from remoe.model.step_cache import (
+    PACKABLE_TYPES,
+    PackedStepCache,
+    StepCache,
+    decode_masks,
+    layer_types,
+    packed_masks,
+)
 from remoe.transport.request_context import RequestRows, current_batch, current_deadline, current_request_id
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,13 @@ class BatchRequest:
 
 
 _END = object()
+# A packed step's attention scores (queries x every request's keys) above this: decode and prefill run apart.
+MAX_PACKED_SCORES = 1 << 22
+
+
+def _past(request: BatchRequest) -> int:
+    """Tokens in a decoding request's cache: its prompt and every generated token but the last."""
+    return len(request.prompt) + len(request.trace.tokens) - 1
 
 
 class BatchObserver(Protocol):
@@ -113,6 +127,7 @@ class BatchEngine:
         # Observability, read by status and metrics (written by the loop only).
         self.busy_s = 0.0
         self.steps = 0
+        self.packed_steps = 0  # forwards that packed prefill chunks with other requests' tokens
         self.step_requests: deque[int] = deque(maxlen=4096)  # requests per decode step
         self.step_tokens: deque[int] = deque(maxlen=4096)  # tokens per forward
         self.queue_wait_s: deque[float] = deque(maxlen=4096)  # submit -> a place in the batch
@@ -172,11 +187,7 @@ class BatchEngine:
                     if self._closed:
                         break
                     self._admit()
-                active = list(self._active)
-                decoding = [r for r in active if r.decoding]
-                if decoding:
-                    self._decode(decoding)
-                self._prefill([r for r in self._active if not r.decoding])
+                self._iterate()
         for request in [*self._active, *self._waiting]:
             self._end(request, RuntimeError("the backbone is shutting down"))
 
@@ -286,29 +297,81 @@ class BatchEngine:
             self.step_requests.append(len(requests))
             self._emit(requests, logits)
 
-    def _prefill(self, requests: list[BatchRequest]) -> None:
-        """Up to `prefill_chunk` prompt tokens, oldest request first; a request whose prompt is done gets its
-        first token."""
-        budget = self.settings.prefill_chunk
-        for request in requests:
+    def _iterate(self) -> None:
+        """One step: every decoding request's next token and this step's prefill chunks, in one packed forward
+        when that is cheap enough; else the decode step, then each chunk alone."""
+        decoding = [r for r in self._active if r.decoding]
+        chunks = self._prefill_plan([r for r in self._active if not r.decoding])
+        if chunks and (decoding or len(chunks) > 1) and self._packable(decoding, chunks):
+            self._packed(decoding, chunks)
+            return
+        if decoding:
+            self._decode(decoding)
+        for chunk in chunks:
+            self._packed([], [chunk])
+
+    def _prefill_plan(self, prefilling: list[BatchRequest]) -> list[tuple[BatchRequest, int]]:
+        """Up to `prefill_chunk` prompt tokens, oldest request first: (request, tokens of it this step)."""
+        plan, budget = [], self.settings.prefill_chunk
+        for request in prefilling:
             if budget <= 0:
-                return
-            chunk = request.prompt[request._prefilled : request._prefilled + budget]
-            cache = request._cache
+                break
+            n = min(budget, len(request.prompt) - request._prefilled)
+            plan.append((request, n))
+            budget -= n
+        return plan
 
-            def run(chunk=chunk, cache=cache) -> torch.Tensor:
-                input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)  # [1, T]
-                return self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    def _packable(self, decoding: list[BatchRequest], chunks: list[tuple[BatchRequest, int]]) -> bool:
+        """Packing costs attention scores N x (every request's keys) instead of each request's own."""
+        if not set(self._types) <= PACKABLE_TYPES:
+            return False
+        queries = len(decoding) + sum(n for _, n in chunks)
+        keys = sum(_past(r) + 1 for r in decoding) + sum(r._prefilled + n for r, n in chunks)
+        return queries * keys <= MAX_PACKED_SCORES
 
-            logits = self._forward([request], [len(chunk)], run, "prefill")
-            if logits is None:
-                continue
-            budget -= len(chunk)
-            request._prefilled += len(chunk)
-            if request.decoding:
+    def _packed(self, decoding: list[BatchRequest], chunks: list[tuple[BatchRequest, int]]) -> None:
+        """Decode tokens and prefill chunks as one sequence [1, N] (a lone chunk: a plain forward on its cache)."""
+        requests = [*decoding, *(r for r, _ in chunks)]
+        tokens = [[r.trace.tokens[-1]] for r in decoding]
+        tokens += [r.prompt[r._prefilled : r._prefilled + n] for r, n in chunks]
+        pasts = [_past(r) for r in decoding] + [r._prefilled for r, _ in chunks]
+        lengths = [len(t) for t in tokens]
+        caches = [r._cache for r in requests]
+
+        def run() -> torch.Tensor:
+            input_ids = torch.tensor([[t for seq in tokens for t in seq]], dtype=torch.long, device=self.device)
+            if len(requests) == 1:  # [1, T] on its own cache, exactly as a batch-1 prefill
+                return self.model(input_ids=input_ids, cache=caches[0], use_cache=True, logits_to_keep=1).logits[0]
+            positions = torch.cat([p + torch.arange(n) for p, n in zip(pasts, lengths, strict=True)])  # [N]
+            mask = packed_masks(caches, lengths, pasts, self._types, self._mask_dtype, self.device)
+            last = torch.tensor(lengths).cumsum(0) - 1  # [S] each request's last token
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=positions[None].to(self.device),
+                attention_mask=mask,
+                cache=PackedStepCache(caches, lengths),
+                use_cache=True,
+                logits_to_keep=last.to(self.device),
+            )
+            return out.logits[0]  # [S, V]
+
+        name = "prefill" if not decoding else "mixed_step"
+        logits = self._forward(requests, lengths, run, name)
+        if logits is None:
+            return
+        ready = list(range(len(decoding)))
+        for i, (request, n) in enumerate(chunks, start=len(decoding)):
+            request._prefilled += n
+            if request.decoding:  # its prompt is done: this row's logits give its first token
                 if request.recorder is not None:
                     request.recorder.start_decode()
-                self._emit([request], logits)
+                ready.append(i)
+        if decoding:
+            self.step_requests.append(len(decoding))
+        if len(requests) > 1:
+            self.packed_steps += 1
+        if ready:
+            self._emit([requests[i] for i in ready], logits[ready])
 
     def _emit(self, requests: list[BatchRequest], logits: torch.Tensor) -> None:
         """Sample each request's next token from its logits row [V]; hand it out; end finished requests."""

@@ -42,6 +42,74 @@ class StepCache(Cache):
         return max(cache.get_mask_sizes(query_length, layer_idx)[0] for cache in self.caches), 0
 
 
+class PackedStepCache(Cache):
+    """The model-facing cache of a packed step: the step's tokens are one sequence [1, N], request b's
+    `lengths[b]` tokens after request b-1's; request b's slice goes into its own cache, and the requests' keys
+    are concatenated [1, heads, sum L_b, d]. `packed_masks` keeps each request's queries on its own keys."""
+
+    def __init__(self, caches: list[DynamicCache], lengths: list[int]) -> None:
+        super().__init__(layers=[])
+        self.caches, self.lengths = caches, lengths
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values, start = [], [], 0
+        for cache, n in zip(self.caches, self.lengths, strict=True):
+            mine = slice(start, start + n)
+            k, v = cache.update(key_states[..., mine, :], value_states[..., mine, :], layer_idx, *args, **kwargs)
+            keys.append(k)
+            values.append(v)
+            start += n
+        return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(cache.get_seq_length(layer_idx) for cache in self.caches)
+
+
+PACKABLE_TYPES = frozenset({"full_attention", "sliding_attention"})
+
+
+def packed_masks(
+    caches: list[DynamicCache],
+    lengths: list[int],
+    pasts: list[int],
+    types: list[str],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The additive mask(s) of a packed step, [1, 1, N, sum L_b] per attention type: request b's query at
+    position pasts[b] + j sees its own cached and new keys at positions <= its own (and, on a sliding layer,
+    within the window), nothing of the other requests. Call before the forward (it reads the caches' sizes)."""
+    first_layer: dict[str, int] = {}
+    for layer, kind in enumerate(types):
+        first_layer.setdefault(kind, layer)
+    visible = {kind: _packed_mask(caches, lengths, pasts, layer, device) for kind, layer in first_layer.items()}
+    first = next(iter(visible.values()))
+    if all(v.shape == first.shape and torch.equal(v, first) for v in visible.values()):
+        return _additive(first, dtype)
+    return {kind: _additive(v, dtype) for kind, v in visible.items()}
+
+
+def _packed_mask(caches, lengths, pasts, layer: int, device: torch.device) -> torch.Tensor:
+    blocks = []
+    for cache, n, past in zip(caches, lengths, pasts, strict=True):
+        kv_length, kv_offset = cache.get_mask_sizes(n, layer)
+        queries = past + torch.arange(n, device=device)  # [n] absolute positions
+        keys = kv_offset + torch.arange(kv_length, device=device)  # [L_b] absolute positions
+        visible = keys[None, :] <= queries[:, None]  # [n, L_b] causal
+        kind = cache.layers[layer] if layer < len(cache.layers) else None
+        if getattr(kind, "is_sliding", False):
+            visible &= queries[:, None] - keys[None, :] < kind.sliding_window
+        blocks.append(visible)
+    return torch.block_diag(*blocks)  # [N, sum L_b]: each request's queries on its own keys only
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask[None, None]  # [1, 1, N, K]
+
+
 def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
     """[1, h, L_b, d] each -> [B, h, max L_b, d], zeros after each row's end (the mask hides them)."""
     longest = max(t.shape[-2] for t in rows)
