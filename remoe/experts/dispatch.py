@@ -15,11 +15,12 @@ computed on the fallback while it starts, so a cold start never sits on a token'
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -148,12 +149,16 @@ def _bill(function: str, seconds: float, rows: torch.Tensor, batch) -> None:
         if billed is not None:
             billed[function] = billed.get(function, 0.0) + seconds
         return
-    stops = torch.tensor([group.stop for group in batch])
-    counts = torch.bincount(torch.bucketize(rows, stops, right=True), minlength=len(batch)).tolist()
-    for group, count in zip(batch, counts, strict=True):
-        if count and group.function_seconds is not None:
-            billed = group.function_seconds
-            billed[function] = billed.get(function, 0.0) + seconds * count / len(rows)
+    if len(batch) == 1:
+        shares = {0: 1.0}
+    else:  # rows are few (a decode step has one per request): counting them in Python beats torch calls
+        stops = [group.stop for group in batch]
+        counts = Counter(bisect.bisect_right(stops, row) for row in rows.tolist())
+        shares = {i: n / len(rows) for i, n in counts.items()}
+    for i, share in shares.items():
+        billed = batch[i].function_seconds
+        if billed is not None:
+            billed[function] = billed.get(function, 0.0) + seconds * share
 
 
 class DispatchingExecutor:
