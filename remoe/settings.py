@@ -84,6 +84,12 @@ class BackboneSettings(ServerSettings):
 
     model_config = SettingsConfigDict(env_prefix="REMOE_BACKBONE_")
     port: int = Field(50052, ge=0, le=65535, description="port to serve on (0: any free port)")
+    workers: int = Field(
+        72,
+        ge=1,
+        description="concurrent RPCs and streams: each request in flight holds one (the gateway admits 64 at "
+        "once), status and warm calls one each; beyond it requests queue in gRPC, outside the batch",
+    )
     model: Path = Field(description="checkpoint or split directory")
     experts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
