@@ -222,3 +222,19 @@ def test_a_seeded_sampled_request_draws_the_same_tokens_alone_and_in_a_batch(tin
     assert list(together) == alone
     assert all(len(o) == 12 for o in outputs)
     batch.close()
+
+
+def test_remoe_inspect_says_how_concurrent_requests_are_served(tiny_model, capsys):
+    from remoe.cli import main
+
+    assert main(["inspect", str(tiny_model("gpt_oss"))]) == 0
+    assert "batching: concurrent requests share each decode step" in capsys.readouterr().out
+
+
+def test_a_model_whose_cache_has_linear_attention_layers_is_served_unbatched():
+    """A hybrid config (Qwen3-Next: linear-attention layers between full ones) gets a reason, not a batch."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("qwen3_next", num_hidden_layers=4, layer_types=None)
+    reason = batching_unsupported(config)
+    assert reason is not None and "layers" in reason

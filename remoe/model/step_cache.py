@@ -81,9 +81,7 @@ def packed_masks(
     """The additive mask(s) of a packed step, [1, 1, N, sum L_b] per attention type: request b's query at
     position pasts[b] + j sees its own cached and new keys at positions <= its own (and, on a sliding layer,
     within the window), nothing of the other requests. Call before the forward (it reads the caches' sizes)."""
-    first_layer: dict[str, int] = {}
-    for layer, kind in enumerate(types):
-        first_layer.setdefault(kind, layer)
+    first_layer = _first_layer_of_each_type(types)
     visible = {kind: _packed_mask(caches, lengths, pasts, layer, device) for kind, layer in first_layer.items()}
     first = next(iter(visible.values()))
     if all(v.shape == first.shape and torch.equal(v, first) for v in visible.values()):
@@ -131,14 +129,20 @@ def decode_masks(
     """The additive attention mask(s) of one decode step: [B, 1, 1, L] per attention type, 0 on each row's keys
     and the dtype's minimum on its padding. One tensor when every type gives each row the same key length;
     else a dict by type (models with several attention types read it so)."""
-    first_layer = {}
-    for layer, kind in enumerate(types):
-        first_layer.setdefault(kind, layer)
+    first_layer = _first_layer_of_each_type(types)
     lengths = {kind: [c.get_mask_sizes(1, layer)[0] for c in caches] for kind, layer in first_layer.items()}
     masks = {kind: _padding_mask(lens, dtype, device) for kind, lens in lengths.items()}
     if len({tuple(lens) for lens in lengths.values()}) == 1:
         return next(iter(masks.values()))
     return masks
+
+
+def _first_layer_of_each_type(types: list[str]) -> dict[str, int]:
+    """A representative layer per attention type: every layer of a type has the same key layout."""
+    first: dict[str, int] = {}
+    for layer, kind in enumerate(types):
+        first.setdefault(kind, layer)
+    return first
 
 
 def _padding_mask(lengths: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -158,7 +162,7 @@ def batching_unsupported(config: PretrainedConfig) -> str | None:
         return f"its cache is a {type(cache).__name__}"
     other = sorted({type(layer).__name__ for layer in cache.layers if not isinstance(layer, CacheLayerMixin)})
     if other:
-        return f"its cache has {', '.join(other)} layers (not attention key/value layers)"
+        return f"its cache has {', '.join(other)} layers, which are not key/value attention layers"
     return None
 
 
