@@ -107,9 +107,13 @@ def test_a_packed_step_of_decode_tokens_and_prompt_chunks_gives_each_request_its
             torch.testing.assert_close(out.logits[0, row], expected, atol=1e-4, rtol=0)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: the backbone there, experts on the CPU
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_eight_requests_joining_at_different_times_each_get_their_exact_tokens(arch, tiny_model, reference):
-    engine = LocalEngine(tiny_model(arch), device="cpu", dtype=torch.float32)
+def test_eight_requests_joining_at_different_times_each_get_their_exact_tokens(arch, device, tiny_model, reference):
+    engine = LocalEngine(tiny_model(arch), device=device, dtype=torch.float32)
     prompts = _prompts(engine.model.config.vocab_size)
     model_ref = reference(arch)
     model_ref.generation_config.eos_token_id = None  # the requests below ignore EOS too
