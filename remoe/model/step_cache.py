@@ -13,7 +13,6 @@ attention equals its request's batch-1 attention. B = requests in the step, L = 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import Cache, DynamicCache, PretrainedConfig
 from transformers.cache_utils import CacheLayerMixin
 
@@ -33,7 +32,7 @@ class StepCache(Cache):
             k, v = cache.update(key_states[row : row + 1], value_states[row : row + 1], layer_idx, *args, **kwargs)
             keys.append(k)
             values.append(v)
-        return _pad_stack(keys), _pad_stack(values)
+        return _pad_stack(keys, key_states), _pad_stack(values, value_states)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(cache.get_seq_length(layer_idx) for cache in self.caches)
@@ -108,12 +107,16 @@ def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[None, None]  # [1, 1, N, K]
 
 
-def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
-    """[1, h, L_b, d] each -> [B, h, max L_b, d], zeros after each row's end (the mask hides them)."""
+def _pad_stack(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """[1, h, L_b, d] each -> [B, h, max L_b, d], zeros after each row's end (the mask hides them): one
+    zeroed buffer and a copy per row (fewer calls than padding each row and concatenating)."""
     longest = max(t.shape[-2] for t in rows)
     if all(t.shape[-2] == longest for t in rows):
         return torch.cat(rows, dim=0)
-    return torch.cat([F.pad(t, (0, 0, 0, longest - t.shape[-2])) for t in rows], dim=0)
+    out = like.new_zeros((len(rows), rows[0].shape[1], longest, rows[0].shape[-1]))
+    for row, t in enumerate(rows):
+        out[row, :, : t.shape[-2]].copy_(t[0])
+    return out
 
 
 def layer_types(config) -> list[str]:
