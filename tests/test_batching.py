@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from remoe.model.activations import ActivationRecorder
 from remoe.model.batch_engine import BatchEngine, BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.engine import LocalEngine
 from remoe.model.generation import SamplingParams, forward_logits, new_cache
@@ -120,7 +121,13 @@ def test_eight_requests_joining_at_different_times_each_get_their_exact_tokens(a
     expected = [reference_generate(model_ref, p, n) for p, n in zip(prompts, NEW_TOKENS, strict=True)]
     batch = BatchEngine(engine.model, engine.device, BatchSettings(max_requests=6, prefill_chunk=16))
     got: list[list[int] | None] = [None] * len(prompts)
-    jobs = [_request(f"r{i}", p, n) for i, (p, n) in enumerate(zip(prompts, NEW_TOKENS, strict=True))]
+    arch_info = engine.backbone.arch
+    jobs = [
+        _request(
+            f"r{i}", p, n, recorder=ActivationRecorder(arch_info.layer_indices, arch_info.num_experts, arch_info.top_k)
+        )
+        for i, (p, n) in enumerate(zip(prompts, NEW_TOKENS, strict=True))
+    ]
 
     def run(i: int) -> None:
         time.sleep(0.02 * i)  # arrivals spread over the others' prefill and decode steps
@@ -139,6 +146,11 @@ def test_eight_requests_joining_at_different_times_each_get_their_exact_tokens(a
     assert sum(j.backbone_s for j in jobs) == pytest.approx(batch.busy_s, rel=1e-9)
     assert any(j.shared_steps > 0 and j.peers > 0 for j in jobs)
     assert all(j.trace.finish_reason == "length" for j in jobs)
+    # Each request's activation record counts its own rows only: the same as when it runs alone.
+    for job in jobs:
+        alone = engine.generate(token_ids=job.prompt, max_new_tokens=job.params.max_new_tokens, stop_on_eos=False)
+        assert (job.recorder.record.prefill == alone.activations.prefill).all(), job.request_id
+        assert (job.recorder.record.decode == alone.activations.decode).all(), job.request_id
 
 
 def test_a_cancelled_and_an_expired_request_end_alone(tiny_model, reference):
@@ -242,3 +254,11 @@ def test_a_model_whose_cache_has_linear_attention_layers_is_served_unbatched():
     config = AutoConfig.for_model("qwen3_next", num_hidden_layers=4, layer_types=None)
     reason = batching_unsupported(config)
     assert reason is not None and "layers" in reason
+
+
+def test_a_model_that_keeps_a_cache_of_its_own_is_served_unbatched():
+    """MiniMax makes its own cache class (transformers' generate does not hand it a DynamicCache)."""
+    from transformers import AutoConfig
+
+    reason = batching_unsupported(AutoConfig.for_model("minimax", num_hidden_layers=2))
+    assert reason is not None and "cache of its own" in reason

@@ -70,8 +70,27 @@ class ActivationRecorder:
 
     def observe(self, layer: int, top_k_index: torch.Tensor) -> None:
         counts = torch.bincount(top_k_index.flatten().cpu(), minlength=self.record.num_experts)  # [E]
+        self.add(layer, counts[: self.record.num_experts].numpy())
+
+    def add(self, layer: int, counts: np.ndarray) -> None:
+        """Add tokens per expert [E] of `layer` to the current phase."""
         target = self.record.prefill if self.phase == "prefill" else self.record.decode
-        target[self._row[layer]] += counts[: self.record.num_experts].numpy()
+        target[self._row[layer]] += counts
+
+
+def observe_rows(layer: int, top_k_index: torch.Tensor, sizes: list[int], recorders: list) -> None:
+    """A batched forward's routing [T, K], rows grouped by request (sizes[i] rows of recorders[i], None: not
+    recording): every request's counts from one bincount instead of one per request."""
+    live = [r for r in recorders if r is not None]
+    if not live:
+        return
+    experts = live[0].record.num_experts
+    group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))  # [T]
+    keys = group[:, None] * experts + top_k_index.cpu()  # [T, K]
+    counts = torch.bincount(keys.flatten(), minlength=len(sizes) * experts).view(len(sizes), experts).numpy()
+    for recorder, row in zip(recorders, counts, strict=True):
+        if recorder is not None:
+            recorder.add(layer, row)
 
 
 # The recorder of the request running in this context (thread / task); None = not recording.

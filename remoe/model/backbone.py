@@ -15,7 +15,7 @@ from transformers.integrations.moe import ExpertsInterface
 
 from remoe.errors import CheckpointError
 from remoe.experts.executor import ExpertExecutor
-from remoe.model.activations import current_recorder
+from remoe.model.activations import current_recorder, observe_rows
 from remoe.model.architecture import Architecture
 from remoe.model.host_staging import stages_on_host, to_device, to_host
 from remoe.model.weights import ModelWeights
@@ -46,9 +46,8 @@ def _remoe_experts_forward(
         if recorder is not None:
             recorder.observe(binding.layer, index)
     else:  # a batched step: each request counts its own rows
-        for start, group in zip(row_starts(batch), batch, strict=True):
-            if group.recorder is not None:
-                group.recorder.observe(binding.layer, index[start : group.stop])
+        sizes = [group.stop - start for start, group in zip(row_starts(batch), batch, strict=True)]
+        observe_rows(binding.layer, index, sizes, [group.recorder for group in batch])
     out = binding.executor.compute(binding.layer, hidden, index, weights)  # [T, H]
     return to_device(out, hidden_states.device, hidden_states.dtype) if staged else out
 

@@ -133,7 +133,6 @@ class BatchEngine:
         self.steps = 0
         self.packed_steps = 0  # forwards that packed prefill chunks with other requests' tokens
         self.step_requests: deque[int] = deque(maxlen=4096)  # requests per decode step
-        self.step_tokens: deque[int] = deque(maxlen=4096)  # tokens per forward
         self.queue_wait_s: deque[float] = deque(maxlen=4096)  # submit -> a place in the batch
         self.observer: BatchObserver | None = None
         self._stepping = False  # a caller's thread is running a step
@@ -283,7 +282,6 @@ class BatchEngine:
         total = sum(tokens)
         self.busy_s += elapsed
         self.steps += 1
-        self.step_tokens.append(total)
         if self.observer is not None:
             self.observer.forward(len(requests), total, decode=all(r.decoding for r in requests))
         for request, n in zip(requests, tokens, strict=True):
@@ -300,25 +298,26 @@ class BatchEngine:
 
         def run() -> torch.Tensor:
             input_ids = torch.tensor([[t] for t in last], dtype=torch.long, device=self.device)  # [B, 1]
-            if len(requests) == 1:  # alone: exactly today's batch-1 decode
-                out = self.model(input_ids=input_ids, cache=caches[0], use_cache=True, logits_to_keep=1)
-            else:
-                positions = torch.tensor([[c.get_seq_length()] for c in caches], device=self.device)  # [B, 1]
-                mask = decode_masks(caches, self._types, self._mask_dtype, self.device)
-                out = self.model(
-                    input_ids=input_ids,
-                    position_ids=positions,
-                    attention_mask=mask,
-                    cache=StepCache(caches),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+            if len(requests) == 1:
+                return self._alone(input_ids, caches[0])
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=torch.tensor([[_past(r)] for r in requests], device=self.device),  # [B, 1]
+                attention_mask=decode_masks(caches, self._types, self._mask_dtype, self.device),
+                cache=StepCache(caches),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             return out.logits[:, -1]  # [B, V]
 
         logits = self._forward(requests, [1] * len(requests), run, "decode_step")
         if logits is not None:
             self.step_requests.append(len(requests))
             self._emit(requests, logits)
+
+    def _alone(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
+        """One request's tokens [1, T] on its own cache, exactly as unbatched: its last position's logits [1, V]."""
+        return self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def _iterate(self) -> None:
         """One step: every decoding request's next token and this step's prefill chunks, in one packed forward
@@ -363,8 +362,8 @@ class BatchEngine:
 
         def run() -> torch.Tensor:
             input_ids = torch.tensor([[t for seq in tokens for t in seq]], dtype=torch.long, device=self.device)
-            if len(requests) == 1:  # [1, T] on its own cache, exactly as a batch-1 prefill
-                return self.model(input_ids=input_ids, cache=caches[0], use_cache=True, logits_to_keep=1).logits[0]
+            if len(requests) == 1:
+                return self._alone(input_ids, caches[0])
             positions = torch.cat([p + torch.arange(n) for p, n in zip(pasts, lengths, strict=True)])  # [N]
             mask = packed_masks(caches, lengths, pasts, self._types, self._mask_dtype, self.device)
             last = torch.tensor(lengths).cumsum(0) - 1  # [S] each request's last token

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import Cache, DynamicCache, PretrainedConfig
 from transformers.cache_utils import CacheLayerMixin
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 
 class StepCache(Cache):
@@ -84,8 +85,8 @@ def packed_masks(
     visible = {kind: _packed_mask(caches, lengths, pasts, layer, device) for kind, layer in first_layer.items()}
     first = next(iter(visible.values()))
     if all(v.shape == first.shape and torch.equal(v, first) for v in visible.values()):
-        return _additive(first, dtype)
-    return {kind: _additive(v, dtype) for kind, v in visible.items()}
+        return _additive(first, dtype)[None, None]  # [1, 1, N, K]
+    return {kind: _additive(v, dtype)[None, None] for kind, v in visible.items()}
 
 
 def _packed_mask(caches, lengths, pasts, layer: int, device: torch.device) -> torch.Tensor:
@@ -103,8 +104,8 @@ def _packed_mask(caches, lengths, pasts, layer: int, device: torch.device) -> to
 
 
 def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
-    return mask[None, None]  # [1, 1, N, K]
+    """A boolean mask as attention adds it: 0 where visible, the dtype's minimum elsewhere (same shape)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
 
 
 def _pad_stack(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -152,17 +153,17 @@ def _padding_mask(lengths: list[int], dtype: torch.dtype, device: torch.device) 
     longest = max(lengths)
     keys = torch.arange(longest, device=device)  # [L]
     valid = keys[None, :] < torch.tensor(lengths, device=device)[:, None]  # [B, L]
-    mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, torch.finfo(dtype).min)
-    return mask[:, None, None, :]  # [B, 1, 1, L]
+    return _additive(valid, dtype)[:, None, None, :]  # [B, 1, 1, L]
 
 
 def batching_unsupported(config: PretrainedConfig) -> str | None:
     """Why this model's decode steps cannot be batched over requests' own caches (None: they can). They can
     when its cache is a DynamicCache of attention layers (full or sliding window): linear-attention and
     recurrent state layers, or a cache class of the model's own, are not stacked by StepCache."""
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is not None and not model_class._supports_default_dynamic_cache():
+        return f"{model_class.__name__} keeps a cache of its own (generate does not give it a DynamicCache)"
     cache = DynamicCache(config=config)
-    if type(cache) is not DynamicCache:
-        return f"its cache is a {type(cache).__name__}"
     other = sorted({type(layer).__name__ for layer in cache.layers if not isinstance(layer, CacheLayerMixin)})
     if other:
         return f"its cache has {', '.join(other)} layers, which are not key/value attention layers"
