@@ -175,3 +175,41 @@ def test_every_embedding_backend_computes_the_same_model(embedder):
     assert float(exact.min()) > 1 - 1e-5
     quantised = (embedder.embed(texts) * reference).sum(dim=1)
     assert float(quantised.min()) > 0.97
+
+
+class _CountingEmbedder:
+    """The real embedder, counting how often the model runs."""
+
+    def __init__(self, embedder: PromptEmbedder) -> None:
+        self.embedder, self.calls = embedder, 0
+
+    def embed_one(self, text: str) -> list[float]:
+        self.calls += 1
+        return self.embedder.embed_one(text)
+
+
+def test_a_request_embeds_its_prompt_once_for_its_forecast_and_its_record(tmp_path, embedder, soft_cosine, redis_url):
+    counting = _CountingEmbedder(embedder)
+    predictor = _predictor(tmp_path, counting, soft_cosine, redis_url, "once")
+    predictor.record("seed prompt so the store is not empty", [1, 2], _record(1))
+    assert counting.calls == 1  # a record with no forecast before it embeds its prompt itself
+    prompt = "Explain how a hash table works"
+    predictor.predict(prompt, [3, 4])
+    predictor.record(prompt, [3, 4], _record(2))
+    assert counting.calls == 2 and predictor.pending.reused == 1
+    stored = predictor.store.nearest(embedder.embed_one(prompt), 1)[0]
+    assert stored.score == pytest.approx(1.0, abs=1e-5) and stored.token_ids == [3, 4]
+    predictor.predict(prompt, [3, 4])  # the same prompt again: a new request, its own embedding
+    assert counting.calls == 3 and len(predictor.pending) == 1
+
+
+def test_pending_embeddings_keep_only_the_newest_when_full():
+    from remoe.predictor.pending_embeddings import PendingEmbeddings
+
+    pending = PendingEmbeddings(capacity=2)
+    for i, prompt in enumerate(["a", "b", "c"]):
+        pending.put(prompt, [float(i)])
+    assert pending.take("a") is None  # a request that never recorded does not pin memory
+    assert pending.take("c") == [2.0] and pending.take("c") is None and len(pending) == 1
+    with pytest.raises(ValueError, match="capacity"):
+        PendingEmbeddings(capacity=0)

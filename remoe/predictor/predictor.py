@@ -18,6 +18,7 @@ import torch
 
 from remoe.model.activations import ActivationRecord
 from remoe.predictor.embedding import PromptEmbedder
+from remoe.predictor.pending_embeddings import PendingEmbeddings
 from remoe.predictor.prior import GlobalPrior, InMemoryPrior
 from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine
 from remoe.predictor.store import PromptStore
@@ -76,6 +77,7 @@ class Predictor:
         self.prior = prior
         self.config = config or SPSConfig()
         self.counters = PredictorCounters()
+        self.pending = PendingEmbeddings()  # Predict's vectors, taken back by the same prompt's Record
 
     def _fallback(self) -> Forecast:
         prior = self.prior.frequency() if self.prior is not None else None
@@ -103,6 +105,7 @@ class Predictor:
 
         try:
             embedding = self.embedder.embed_one(prompt)
+            self.pending.put(prompt, embedding)
             lap("embed")
             hits = self.store.nearest(embedding, self.config.candidates)
             lap("search")
@@ -131,7 +134,8 @@ class Predictor:
             return
         try:
             ids = token_ids[:SCS_TOKENS]
-            self.store.add(self.embedder.embed_one(prompt), ids, activation, self.soft_cosine.self_norm(ids))
+            embedding = self.pending.take(prompt) or self.embedder.embed_one(prompt)
+            self.store.add(embedding, ids, activation, self.soft_cosine.self_norm(ids))
         except Exception as e:
             self.counters.store_errors += 1
             log.warning("prompt store unavailable, activation not stored (%s)", e)
