@@ -101,17 +101,20 @@ bench: bench-engine bench-dispatch bench-cold-start bench-predictor bench-schedu
 VERSION := 0.1.0
 SERVICE_IMAGES := gateway backbone predictor scheduler expert tools
 # Each image is a target of docker/Dockerfile (they share its build stage, so the later ones take seconds).
+# torch from pip's own index, or from TORCH_INDEX_URL when given (make images TORCH_INDEX_URL=...: PyTorch's CPU
+# wheels, for smaller images).
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL))
 images:
 	@for target in $(SERVICE_IMAGES); do \
 	  echo "--- remoe/$$target:$(VERSION)"; \
-	  docker build -f docker/Dockerfile --target $$target -t remoe/$$target:$(VERSION) . || exit 1; \
+	  docker build $(TORCH_INDEX_ARG) -f docker/Dockerfile --target $$target -t remoe/$$target:$(VERSION) . || exit 1; \
 	done
-	docker build -f docker/Dockerfile --target function -t remoe/expert-function:$(VERSION) .
+	docker build $(TORCH_INDEX_ARG) -f docker/Dockerfile --target function -t remoe/expert-function:$(VERSION) .
 
-# The backbone with PyPI's CUDA build of torch (the host needs an NVIDIA driver and container toolkit).
+# The backbone with the CUDA build of torch that pip's own index serves (the host needs an NVIDIA driver and
+# container toolkit).
 images-cuda:
-	docker build -f docker/Dockerfile --target backbone --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
-	  -t remoe/backbone-cuda:$(VERSION) .
+	docker build -f docker/Dockerfile --target backbone -t remoe/backbone-cuda:$(VERSION) .
 
 # docker compose v2 when there is one (it waits for health itself), else Debian's docker-compose (v1).
 COMPOSE_V2 := $(shell docker compose version >/dev/null 2>&1 && echo yes)

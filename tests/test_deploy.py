@@ -354,3 +354,19 @@ def test_public_images_and_releases_are_pinned():
         assert name and re.search(r"\d+\.\d+", tag), f"{image} is not pinned to a release"
     urls = re.findall(r"https://\S+", (ROOT / "scripts/kind-up.sh").read_text())
     assert urls and all("${KNATIVE_VERSION}" in url for url in urls), urls
+
+
+def test_no_package_index_is_written_in_the_repository():
+    """pip's own index (or the user's pip configuration) decides where packages come from; an index URL in the
+    repository would override a user's mirror and date with the host."""
+    index = re.compile(r"https?://[^\s\"'`]*(pypi\.|/simple\b|/whl/|download\.pytorch)", re.IGNORECASE)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    found = []
+    for name in tracked.split():
+        path = ROOT / name
+        if path.suffix in {".png", ".json"} or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if index.search(line):
+                found.append(f"{name}:{number}: {line.strip()}")
+    assert not found, "package index URLs in the repository:\n" + "\n".join(found)
