@@ -26,16 +26,16 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import MODELS, PROMPT, machine_description  # noqa: E402
 
+from remoe.checkpoint.weights import open_weights  # noqa: E402
 from remoe.cluster import LocalCluster  # noqa: E402
-from remoe.experts.dispatch import DispatchingExecutor  # noqa: E402
+from remoe.dispatch.executor import DispatchingExecutor  # noqa: E402
 from remoe.experts.executor import LocalExpertExecutor  # noqa: E402
 from remoe.experts.placement import Placement, Shard  # noqa: E402
+from remoe.experts.servicer import ExpertServicer  # noqa: E402
 from remoe.model.engine import LocalEngine  # noqa: E402
 from remoe.model.tiny import make_tiny_model  # noqa: E402
-from remoe.model.weights import open_weights  # noqa: E402
 from remoe.proto import expert_pb2  # noqa: E402
 from remoe.sdk import Client  # noqa: E402
-from remoe.services.expert import ExpertServicer  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
 
 TRANSPORTS = {"local plane": True, "gRPC": False}  # name -> DispatchingExecutor(local_plane=...)

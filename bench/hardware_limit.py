@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from remoe.checkpoint.weights import open_weights
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.machine import machine_description
-from remoe.model.weights import open_weights
 
 DECODE_TOKENS = [1, 2, 4, 8]
 PREFILL_TOKENS = [64, 128, 256, 512]

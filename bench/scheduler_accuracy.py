@@ -87,7 +87,7 @@ def main() -> None:
     report.save(args.out / "profile-tiny.json")
     plot_profile(report, args.out / "profile-tiny.png")
     profile, shape = report.profile, shape_of_model(model)
-    from remoe.model.weights import open_weights
+    from remoe.checkpoint.weights import open_weights
 
     moe_layers = open_weights(model).arch.layer_indices
     results = {}

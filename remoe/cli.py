@@ -9,8 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from remoe.constants import FUNCTION_IMAGE, LEDGER_STREAM, MODEL_VOLUME
 from remoe.errors import RemoeError
-from remoe.platform.knative import FUNCTION_IMAGE
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -42,10 +42,10 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from remoe.experts.kernels.report import kernel_report
+    from remoe.checkpoint.weights import open_weights
+    from remoe.model.kernel_report import kernel_report
     from remoe.model.split import describe
     from remoe.model.step_cache import batching_report
-    from remoe.model.weights import open_weights
 
     weights = open_weights(args.model)
     print(describe(weights))
@@ -360,7 +360,7 @@ def _knative_functions(args: argparse.Namespace):
         return load_plan_file(args.plan)
     if args.model is None:
         raise RemoeError("give --plan FILE, or --model DIR with --remote-ratio R")
-    from remoe.model.weights import open_weights
+    from remoe.checkpoint.weights import open_weights
 
     arch = open_weights(args.model).arch
     return remote_ratio_functions(arch.layer_indices, arch.num_experts, args.remote_ratio, args.function_memory_mb)
@@ -546,7 +546,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise RemoeError("give --model DIR or --shape NAME (not both)")
     _check_slos(args)
     if args.model is not None:
-        from remoe.model.weights import open_weights
+        from remoe.checkpoint.weights import open_weights
 
         shape, moe_layers = shape_of_model(args.model), open_weights(args.model).arch.layer_indices
     else:
@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prints totals: cost by part (main model, functions), predicted vs measured TTFT/TPOT and cost.",
     )
     p.add_argument("--redis-url", required=True, help="the cluster's Redis (printed by `remoe up`)")
-    p.add_argument("--stream", default="remoe:ledger", help="ledger stream name (default remoe:ledger)")
+    p.add_argument("--stream", default=LEDGER_STREAM, help=f"ledger stream name (default {LEDGER_STREAM})")
     p.add_argument("--last", type=int, default=None, help="only the last N records")
     p.add_argument("--json", action="store_true", help="print the summary (and records) as JSON")
     p.set_defaults(func=_cmd_cost)
@@ -719,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--template", default=None, help="Knative Service YAML to start from (k8s/base/function-template.yaml)"
         )
-        p.add_argument("--pvc", default="remoe-models", help="PersistentVolumeClaim holding the model")
+        p.add_argument(
+            "--pvc", default=MODEL_VOLUME, help=f"PersistentVolumeClaim holding the model (default {MODEL_VOLUME})"
+        )
         p.add_argument("--model-subdir", default="model", help="model directory inside the volume (default model)")
         p.add_argument("--idle-ttl", type=int, default=60, help="seconds idle before scaling to zero (default 60)")
         if verb == "knative-render":

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from remoe.platform.knative import FUNCTION_IMAGE
+from remoe.constants import FUNCTION_IMAGE, MODEL_VOLUME
 
 
 class ServerSettings(BaseSettings):
@@ -125,7 +125,7 @@ class BackboneSettings(ServerSettings):
     )
     knative_namespace: str = Field("remoe", description="knative platform: namespace of the functions")
     knative_image: str = Field(FUNCTION_IMAGE, description="knative platform: the function image")
-    knative_model_pvc: str = Field("remoe-models", description="knative platform: PVC that holds the model")
+    knative_model_pvc: str = Field(MODEL_VOLUME, description="knative platform: PVC that holds the model")
     knative_model_subdir: str = Field("model", description="knative platform: the model's directory in the PVC")
     knative_template: Path | None = Field(
         None, description="knative platform: a Knative Service YAML every function is rendered from"

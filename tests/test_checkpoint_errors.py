@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from remoe.checkpoint.weights import open_weights
 from remoe.errors import CheckpointError, MissingWeightError, UnsupportedArchitectureError
 from remoe.model.engine import LocalEngine
-from remoe.model.weights import open_weights
 from tests.conftest import PROMPT, reference_generate
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from remoe.model.manifest import Manifest
+from remoe.checkpoint.manifest import Manifest
 
 
 def remoe(*args: str) -> subprocess.CompletedProcess:

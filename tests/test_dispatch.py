@@ -10,13 +10,13 @@ import grpc
 import pytest
 import torch
 
-from remoe.experts.dispatch import DispatchingExecutor
+from remoe.checkpoint.weights import open_weights
+from remoe.dispatch.executor import DispatchingExecutor
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL, Placement, Shard
+from remoe.experts.servicer import ExpertServicer
 from remoe.model.engine import LocalEngine
-from remoe.model.weights import open_weights
 from remoe.proto import expert_pb2, expert_pb2_grpc
-from remoe.services.expert import ExpertServicer
 from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
 from remoe.transport.local_plane import LocalPlaneServer
@@ -239,7 +239,7 @@ class StubPlatform:
 
 @pytest.mark.parametrize("live_replica", [True, False])
 def test_a_failed_function_replica_is_retried_then_falls_back_to_an_expert_service(live_replica, tiny_model, servers):
-    from remoe.experts.dispatch import function_destination
+    from remoe.experts.placement import function_destination
 
     weights = open_weights(tiny_model("mixtral"))
     arch = weights.arch
@@ -286,7 +286,7 @@ class UnstartablePlatform(StubPlatform):
 @pytest.mark.parametrize("cold_start", ["wait", "fallback"])
 def test_a_function_not_serving_has_its_batch_computed_on_an_expert_service(cold_start, tiny_model, servers):
     """wait: the start is tried and fails; fallback: the start is only requested, the batch does not wait for it."""
-    from remoe.experts.dispatch import function_destination
+    from remoe.experts.placement import function_destination
 
     weights = open_weights(tiny_model("mixtral"))
     arch = weights.arch
@@ -318,7 +318,7 @@ def test_an_unknown_cold_start_policy_is_refused(tiny_model):
 
 
 def test_a_plans_experts_that_running_functions_host_go_there_and_the_rest_to_a_new_function():
-    from remoe.experts.dispatch import reuse_running
+    from remoe.dispatch.executor import reuse_running
     from remoe.platform.base import FunctionSpec, content_name
 
     running = [FunctionSpec("warm-a", ((1, 0), (1, 1)), 1024), FunctionSpec("starting-b", ((1, 1), (1, 2)), 2048)]
@@ -338,7 +338,7 @@ def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_des
     """Rows of three requests in one step, the middle one's plan putting experts in a function: each destination
     gets one batch with every row it serves, the sum equals all experts computed in one place, and only the
     request whose plan used the function is billed for it."""
-    from remoe.experts.dispatch import function_destination
+    from remoe.experts.placement import function_destination
     from remoe.transport.request_context import RequestRows, current_batch
 
     weights = open_weights(tiny_model("mixtral"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from remoe.checkpoint.weights import open_weights
 from remoe.experts.executor import ExpertNotHostedError, LocalExpertExecutor
-from remoe.model.weights import open_weights
 from tests.conftest import ARCHS
 
 

@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
+from remoe.checkpoint.weights import open_weights
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.kernels import choose_kernel, native
 from remoe.experts.kernels.family import inspect_gated
 from remoe.model.engine import LocalEngine
-from remoe.model.weights import open_weights
 from tests.conftest import ARCHS, PROMPT, reference_generate
 
 GATED = [a for a in ARCHS if a != "gpt_oss"]  # every tiny arch but GPT-OSS is in the gated-SiLU family

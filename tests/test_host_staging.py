@@ -4,11 +4,11 @@ machine (skipped elsewhere) the pinned path and a GPU backbone with CPU experts 
 import pytest
 import torch
 
-from remoe.experts.dispatch import DispatchingExecutor
+from remoe.checkpoint.weights import open_weights
+from remoe.dispatch.executor import DispatchingExecutor
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.model.engine import LocalEngine
 from remoe.model.host_staging import stages_on_host, to_device, to_host
-from remoe.model.weights import open_weights
 from tests.conftest import ARCHS, PROMPT, reference_generate, reference_logits
 
 

@@ -158,7 +158,7 @@ def test_without_a_cluster_the_platform_says_so(tmp_path, monkeypatch):
 def test_the_dispatcher_runs_plans_on_knative_reusing_services():
     """The backbone's dispatcher with the Knative platform: a plan creates a Service; a later plan whose experts
     it hosts creates none; the Service's address is asked of the API once, not per batch."""
-    from remoe.experts.dispatch import DispatchingExecutor
+    from remoe.dispatch.executor import DispatchingExecutor
     from remoe.experts.placement import Placement
 
     api = FakeCustomObjectsApi()

@@ -14,12 +14,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from remoe.checkpoint.weights import open_weights
 from remoe.cluster import LocalCluster
 from remoe.experts.executor import LocalExpertExecutor
-from remoe.model.weights import open_weights
+from remoe.experts.servicer import ExpertServicer
 from remoe.proto import expert_pb2
 from remoe.sdk import Client
-from remoe.services.expert import ExpertServicer
 from remoe.transport import tensor_codec
 from remoe.transport.channel import MAX_MESSAGE_BYTES
 from remoe.transport.expert_stream import RemoteExpertError

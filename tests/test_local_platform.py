@@ -9,8 +9,8 @@ import grpc
 import pytest
 import torch
 
+from remoe.checkpoint.weights import open_weights
 from remoe.experts.executor import LocalExpertExecutor
-from remoe.model.weights import open_weights
 from remoe.platform.base import FunctionSpec, FunctionStartError
 from remoe.platform.local import LocalFunctionPlatform
 from remoe.proto import expert_pb2, expert_pb2_grpc
@@ -152,7 +152,7 @@ def test_plans_reuse_running_functions_and_never_wait_for_a_cold_start(platform,
     """Two requests' plans through the dispatcher and real function processes: the second plan's experts that the
     first one's function hosts go to it (no new function); a function still starting has its batch computed
     locally meanwhile; every result is exact."""
-    from remoe.experts.dispatch import DispatchingExecutor, current_routing
+    from remoe.dispatch.executor import DispatchingExecutor, current_routing
     from remoe.experts.placement import LOCAL, Placement
 
     weights = open_weights(tiny_model("mixtral"))

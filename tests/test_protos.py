@@ -9,11 +9,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from remoe.checkpoint.weights import open_weights
 from remoe.experts.executor import LocalExpertExecutor
-from remoe.model.weights import open_weights
+from remoe.experts.servicer import ExpertServicer
 from remoe.proto import expert_pb2, expert_pb2_grpc
-from remoe.services.common import Server
-from remoe.services.expert import ExpertServicer
+from remoe.server.common import Server
 
 
 def test_generated_stubs_match_the_protos():

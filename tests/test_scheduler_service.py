@@ -15,9 +15,10 @@ import redis
 import torch
 
 from remoe.cluster import LocalCluster, free_port
+from remoe.constants import LEDGER_STREAM
 from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
-from remoe.scheduler.ledger import STREAM, Ledger, MeterRecord
+from remoe.scheduler.ledger import Ledger, MeterRecord
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Profile
 from remoe.scheduler.profiling import write_profile
@@ -179,4 +180,4 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert summary.returncode == 0 and f"{2 + warming} request(s)" in summary.stdout, summary.stderr
-        assert redis.Redis.from_url(cluster.redis_url).xlen(STREAM) == 2 + warming
+        assert redis.Redis.from_url(cluster.redis_url).xlen(LEDGER_STREAM) == 2 + warming

@@ -11,7 +11,7 @@ import pytest
 
 from remoe import probe
 from remoe.cluster import free_port
-from remoe.services.common import Server
+from remoe.server.common import Server
 from remoe.settings import (
     SERVICES,
     BackboneSettings,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from remoe.checkpoint.files import read_safetensors_header
+from remoe.checkpoint.manifest import Manifest
+from remoe.checkpoint.weights import SplitWeights, split_expert_key
 from remoe.errors import CheckpointError
-from remoe.model.checkpoint import read_safetensors_header
 from remoe.model.engine import LocalEngine
 from remoe.model.generation import forward_logits, new_cache
-from remoe.model.manifest import Manifest
 from remoe.model.split import split_checkpoint
-from remoe.model.weights import SplitWeights, split_expert_key
 from tests.conftest import ARCHS, PROMPT, reference_generate, reference_logits
 
 

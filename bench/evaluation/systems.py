@@ -284,9 +284,9 @@ class OraclePredictor:
 
 def start_oracle(model: Path, frequencies: dict[str, np.ndarray]):
     """A real PredictorService on a free port serving the oracle; returns (server, address)."""
-    from remoe.model.weights import open_weights
+    from remoe.checkpoint.weights import open_weights
     from remoe.proto import predictor_pb2, predictor_pb2_grpc
-    from remoe.services.common import Server
+    from remoe.server.common import Server
     from remoe.services.predictor import PredictorServicer
 
     arch = open_weights(model).arch

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import deepseek_v2_lite_config, machine  # noqa: E402
-from remoe.model.architecture import Architecture  # noqa: E402
+from remoe.checkpoint.architecture import Architecture  # noqa: E402
 from remoe.scheduler.shape import GPT2_MOE_LIKE  # noqa: E402
 
 

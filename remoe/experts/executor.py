@@ -10,11 +10,11 @@ from typing import Protocol
 
 import torch
 
+from remoe.checkpoint.weights import ModelWeights
 from remoe.errors import CheckpointError, RemoeError
 from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
 from remoe.experts.kernels import ExpertKernel, choose_kernel
 from remoe.experts.modules import DEFAULT_IMPLEMENTATION
-from remoe.model.weights import ModelWeights
 
 
 class ExpertExecutor(Protocol):

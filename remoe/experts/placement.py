@@ -1,6 +1,7 @@
 """Which destination hosts which routed experts.
 
-A destination is "local" (the backbone's own process) or a gRPC address of an expert service.
+A destination is "local" (the backbone's own process), a gRPC address of an expert service, or "function:NAME"
+(the serverless function NAME).
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ from dataclasses import dataclass, field
 from remoe.experts.cache import ExpertId
 
 LOCAL = "local"
+FUNCTION_PREFIX = "function:"  # a destination "function:NAME" is the serverless function NAME
+
+
+def function_destination(name: str) -> str:
+    return f"{FUNCTION_PREFIX}{name}"
 
 
 @dataclass(frozen=True, slots=True)

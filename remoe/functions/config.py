@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from remoe.constants import MEMORY_MB_PER_VCPU
 from remoe.experts.cache import ExpertId
 
 # Set by the local platform only: the backbone process that started this function (it exits when that one is gone).
@@ -89,7 +90,7 @@ class FunctionConfig:
         cores = os.cpu_count() or 1
         if self.memory_bytes is None:
             return cores
-        return max(1, min(cores, self.memory_bytes // 2**30))
+        return max(1, min(cores, self.memory_bytes // (MEMORY_MB_PER_VCPU * 2**20)))
 
     def to_env(self) -> dict[str, str]:
         env = {

@@ -74,7 +74,7 @@ class ColdStartClock:
             self.complete = True
             self.first_compute_s = time.time() - self.ready_at
             self.first_load_s = self.executor.stats.load_seconds
-        from remoe.services.tracing import tracer
+        from remoe.server.tracing import tracer
 
         with tracer(__name__).start_as_current_span("cold_start") as span:
             for key, value in self.as_dict().items():
@@ -115,12 +115,12 @@ def main() -> None:
         exit_with_parent(int(os.environ[PARENT_PID_VARIABLE]))
 
     t = time.time()
+    from remoe.checkpoint.dtypes import resolve_dtype
+    from remoe.checkpoint.weights import open_weights
     from remoe.experts.executor import LocalExpertExecutor
-    from remoe.model.backbone import resolve_dtype
-    from remoe.model.weights import open_weights
+    from remoe.experts.servicer import ExpertServicer
     from remoe.proto import expert_pb2, expert_pb2_grpc
-    from remoe.services.common import Server, setup_logging
-    from remoe.services.expert import ExpertServicer
+    from remoe.server.common import Server, setup_logging
     from remoe.transport.local_plane import LocalPlaneServer
 
     clock.imports_s = time.time() - t

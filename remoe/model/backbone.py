@@ -13,12 +13,12 @@ import torch
 from transformers import PreTrainedModel
 from transformers.integrations.moe import ExpertsInterface
 
+from remoe.checkpoint.architecture import Architecture
+from remoe.checkpoint.weights import ModelWeights
 from remoe.errors import CheckpointError
 from remoe.experts.executor import ExpertExecutor
 from remoe.model.activations import current_recorder, observe_rows
-from remoe.model.architecture import Architecture
 from remoe.model.host_staging import stages_on_host, to_device, to_host
-from remoe.model.weights import ModelWeights
 from remoe.transport.request_context import current_batch, row_starts
 
 EXPERTS_IMPLEMENTATION = "remoe"
@@ -57,23 +57,6 @@ ExpertsInterface.register(EXPERTS_IMPLEMENTATION, _remoe_experts_forward)
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(config, dtype: torch.dtype | str | None) -> torch.dtype:
-    """Like from_pretrained's default dtype="auto": the checkpoint's own dtype, else float32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in (None, "auto"):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
-        return _DTYPES[dtype]
-    stored = getattr(config, "dtype", None)
-    if isinstance(stored, str):
-        stored = _DTYPES.get(stored.removeprefix("torch."))
-    return stored if isinstance(stored, torch.dtype) else torch.float32
 
 
 class Backbone:

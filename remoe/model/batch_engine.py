@@ -75,7 +75,7 @@ class BatchRequest:
     eos_token_ids: set[int]
     recorder: ActivationRecorder | None = None
     deadline: float | None = None  # time.time() seconds
-    routing: object | None = None  # its compiled plan (experts.dispatch.Routing); None = the default
+    routing: object | None = None  # its compiled plan (dispatch.executor.Routing); None = the default
     function_seconds: dict[str, float] = field(default_factory=dict)
     trace: GenerationTrace = field(default_factory=GenerationTrace)
     trace_context: object = None  # its OpenTelemetry context: a forward's span goes into the first request's trace

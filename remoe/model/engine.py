@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from remoe.checkpoint.dtypes import resolve_dtype
+from remoe.checkpoint.weights import ModelWeights, open_weights
 from remoe.errors import RemoeError
 from remoe.experts.executor import ExpertExecutor, LocalExpertExecutor
 from remoe.model.activations import ActivationRecord, ActivationRecorder, current_recorder
-from remoe.model.backbone import Backbone, resolve_dtype
+from remoe.model.backbone import Backbone
 from remoe.model.generation import GenerationTrace, SamplingParams, forward_logits, generate_tokens, new_cache
 from remoe.model.tokenizer import eos_token_ids, load_tokenizer
-from remoe.model.weights import ModelWeights, open_weights
 
 
 @dataclass

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from remoe.checkpoint.architecture import kv_cache_bytes_per_token
+from remoe.checkpoint.manifest import MANIFEST_FILE, LayerExperts, Manifest
+from remoe.checkpoint.weights import ModelWeights, open_weights, split_expert_key
 from remoe.errors import CheckpointError
-from remoe.model.architecture import kv_cache_bytes_per_token
-from remoe.model.manifest import MANIFEST_FILE, LayerExperts, Manifest
-from remoe.model.weights import ModelWeights, open_weights, split_expert_key
 
 BACKBONE_FILE = "backbone.safetensors"
 _COPIED = (

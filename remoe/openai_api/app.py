@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from remoe.model.checkpoint import load_config
+from remoe.checkpoint.files import load_config
 from remoe.openai_api.chunks import ChunkStream, Completion, collect
 from remoe.openai_api.context import GatewayAbort
 from remoe.openai_api.errors import APIError, from_abort

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from remoe.constants import RETRY_PUSHBACK_KEY
 from remoe.openai_api.context import GatewayAbort
-from remoe.services.gateway import RETRY_PUSHBACK_KEY
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,

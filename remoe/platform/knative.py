@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from remoe.constants import FUNCTION_IMAGE, MEMORY_MB_PER_VCPU, MODEL_VOLUME
 from remoe.errors import RemoeError
 from remoe.functions.config import format_experts
 from remoe.platform.base import FunctionSpec, InstanceStatus
@@ -32,14 +33,13 @@ FUNCTION_LABEL = "remoe.dev/function"
 MODEL_MOUNT = "/models"
 VISIBILITY = "networking.knative.dev/visibility"
 H2C_PORT = 8080
-FUNCTION_IMAGE = "remoe/expert-function:0.1.0"  # what `make images` builds (docker/Dockerfile, target function)
 
 
 @dataclass(frozen=True, slots=True)
 class KnativeSettings:
     namespace: str = "remoe"
     image: str = FUNCTION_IMAGE
-    model_pvc: str = "remoe-models"
+    model_pvc: str = MODEL_VOLUME
     model_subdir: str = "model"  # the model directory inside the volume
     idle_ttl_s: int = 60  # kept warm this long after the last request, then scaled to zero
     prefix: str = "remoe-"
@@ -97,7 +97,7 @@ def default_template() -> dict[str, Any]:
                         }
                     ],
                     "volumes": [
-                        {"name": "model", "persistentVolumeClaim": {"claimName": "remoe-models", "readOnly": True}}
+                        {"name": "model", "persistentVolumeClaim": {"claimName": MODEL_VOLUME, "readOnly": True}}
                     ],
                 },
             }
@@ -128,7 +128,7 @@ def render_service(spec: FunctionSpec, settings: KnativeSettings) -> dict[str, A
     """The Knative Service manifest for one function (a plain dict, ready for YAML or the API)."""
     body = copy.deepcopy(settings.template or default_template())
     name = settings.service_name(spec.name)
-    cpu_millis = max(100, spec.memory_mb * 1000 // 1024)  # 1 GB of memory buys 1 vCPU, as in the paper
+    cpu_millis = max(100, spec.memory_mb * 1000 // MEMORY_MB_PER_VCPU)  # memory buys vCPUs, as in the paper
     env = {
         "REMOE_MODEL_DIR": f"{MODEL_MOUNT}/{settings.model_subdir}",
         "REMOE_FUNCTION_EXPERTS": format_experts(list(spec.experts)),

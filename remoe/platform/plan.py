@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 
 from remoe.experts.cache import ExpertId
-from remoe.experts.dispatch import function_destination
-from remoe.experts.placement import Placement, services_round_robin
+from remoe.experts.placement import Placement, function_destination, services_round_robin
 from remoe.platform.base import FunctionSpec, functions_from_json
 
 DEFAULT_FUNCTION_MEMORY_MB = 1024

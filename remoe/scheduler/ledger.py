@@ -16,10 +16,11 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
+from remoe.constants import LEDGER_STREAM
+
 log = logging.getLogger(__name__)
 
-STREAM = "remoe:ledger"
-SEEN_PREFIX = "remoe:ledger:seen:"
+SEEN_PREFIX = f"{LEDGER_STREAM}:seen:"
 SEEN_TTL_S = 7 * 24 * 3600
 _APPEND_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
@@ -127,7 +128,7 @@ def meter(
 
 
 class Ledger:
-    def __init__(self, redis_url: str, stream: str = STREAM, buffer: int = 10_000) -> None:
+    def __init__(self, redis_url: str, stream: str = LEDGER_STREAM, buffer: int = 10_000) -> None:
         import redis
 
         self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)

@@ -123,9 +123,9 @@ def _slope(xs, ys) -> tuple[float, float]:
 
 def measure_experts(model_dir: Path, repeats: int) -> dict:
     """Seconds for one expert over token counts, at 1..cores threads: {threads: [[tokens, s], ...]}."""
+    from remoe.checkpoint.dtypes import resolve_dtype
+    from remoe.checkpoint.weights import open_weights
     from remoe.experts.executor import LocalExpertExecutor
-    from remoe.model.backbone import resolve_dtype
-    from remoe.model.weights import open_weights
 
     weights = open_weights(model_dir)
     dtype = resolve_dtype(weights.config, "auto")
@@ -185,8 +185,8 @@ def measure_functions(
     model_dir: Path, run_dir: Path, big_batch: int, repeats: int, progress, sizes_gb=MEMORY_SIZES_GB
 ) -> dict:
     """Per memory size: cold start (first answer) and warm round trips of a 1-token and a big batch."""
-    from remoe.model.backbone import resolve_dtype
-    from remoe.model.weights import open_weights
+    from remoe.checkpoint.dtypes import resolve_dtype
+    from remoe.checkpoint.weights import open_weights
     from remoe.platform.base import FunctionSpec
     from remoe.platform.local import LocalFunctionPlatform
     from remoe.proto import expert_pb2
@@ -249,8 +249,8 @@ def measure_end_to_end(
 ) -> dict:
     """TTFT per prompt length and TPOT through `remoe up`: every expert on the expert services, or the last
     `remote` experts of every layer in functions, split over `replicas` functions per layer."""
+    from remoe.checkpoint.weights import open_weights
     from remoe.cluster import LocalCluster
-    from remoe.model.weights import open_weights
     from remoe.platform.base import FunctionSpec, functions_to_json
     from remoe.sdk import Client
 

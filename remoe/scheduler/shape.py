@@ -46,7 +46,7 @@ class ModelShape:
 
 def shape_of_config(name: str, config, dtype: torch.dtype) -> ModelShape:
     """Exact byte sizes of a transformers MoE config, counted on a meta-device skeleton (nothing allocated)."""
-    from remoe.model.architecture import Architecture, kv_cache_bytes_per_token
+    from remoe.checkpoint.architecture import Architecture, kv_cache_bytes_per_token
 
     arch = Architecture.from_config(config, dtype=dtype)
     size = torch.tensor([], dtype=dtype).element_size()
@@ -71,9 +71,9 @@ def shape_of_config(name: str, config, dtype: torch.dtype) -> ModelShape:
 
 def shape_of_model(model_dir: str | Path) -> ModelShape:
     """Sizes of a checkpoint or split directory as stored (its own dtype)."""
-    from remoe.model.architecture import kv_cache_bytes_per_token
-    from remoe.model.backbone import resolve_dtype
-    from remoe.model.weights import open_weights
+    from remoe.checkpoint.architecture import kv_cache_bytes_per_token
+    from remoe.checkpoint.dtypes import resolve_dtype
+    from remoe.checkpoint.weights import open_weights
 
     weights = open_weights(model_dir)
     arch = weights.arch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from remoe.constants import RETRY_PUSHBACK_KEY
 from remoe.errors import RemoeError
 
 
@@ -68,6 +69,6 @@ def _retry_after_s(error: grpc.RpcError) -> float | None:
     except (AttributeError, TypeError):
         return None
     for key, value in trailing:
-        if key == "grpc-retry-pushback-ms" and str(value).isdigit():
+        if key == RETRY_PUSHBACK_KEY and str(value).isdigit():
             return int(value) / 1e3
     return None

@@ -19,26 +19,27 @@ import grpc
 import numpy as np
 from opentelemetry import context as otel_context
 
+from remoe.checkpoint.dtypes import resolve_dtype
+from remoe.checkpoint.weights import open_weights
+from remoe.dispatch.executor import DispatchingExecutor, current_function_seconds, current_routing
 from remoe.errors import RemoeError
-from remoe.experts.dispatch import DispatchingExecutor, current_function_seconds, current_routing
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
 from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.services import backbone_registry
 from remoe.model.activations import ActivationRecorder, current_recorder
-from remoe.model.backbone import Backbone, resolve_dtype
+from remoe.model.backbone import Backbone
 from remoe.model.batch_engine import BatchEngine, BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
 from remoe.model.step_cache import batching_unsupported
 from remoe.model.tokenizer import eos_token_ids
-from remoe.model.weights import open_weights
 from remoe.platform.base import FunctionPlatform, FunctionStartError
 from remoe.platform.local import LocalFunctionPlatform
 from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
 from remoe.ports import side_port_file
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
-from remoe.services.common import Server, setup_logging
-from remoe.services.tracing import tracer
+from remoe.server.common import Server, setup_logging
+from remoe.server.tracing import tracer
 from remoe.settings import BackboneSettings, load_settings
 from remoe.transport.expert_stream import RemoteExpertError
 from remoe.transport.request_context import call_time_remaining, current_deadline, current_request_id

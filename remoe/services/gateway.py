@@ -16,12 +16,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from remoe.checkpoint.files import load_config
+from remoe.checkpoint.weights import open_weights
+from remoe.constants import RETRY_PUSHBACK_KEY
 from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.gateway import GatewayMetrics
-from remoe.model.checkpoint import load_config
 from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
-from remoe.model.weights import open_weights
 from remoe.platform.plan import functions_to_proto
 from remoe.ports import side_port_file, write_port
 from remoe.predictor.divergence import mean_js
@@ -41,9 +42,9 @@ from remoe.scheduler.ledger import Ledger, meter
 from remoe.scheduler.plan_output import functions_of_reply
 from remoe.scheduler.problem import Limits, Prices
 from remoe.scheduler.shape import shape_of_model
+from remoe.server.common import Server, setup_logging
+from remoe.server.tracing import outgoing_metadata
 from remoe.services.auth import BearerTokenInterceptor, TLSConfigError, server_credentials
-from remoe.services.common import Server, setup_logging
-from remoe.services.tracing import outgoing_metadata
 from remoe.settings import GatewaySettings, load_settings
 from remoe.transport import tensor_codec
 from remoe.transport.channel import insecure_channel
@@ -54,7 +55,6 @@ MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
 PREDICT_TIMEOUT_S = 1.0  # a forecast that takes longer is skipped, not waited for
 DEFAULT_MAX_REQUESTS = 64
 PRIOR_SOURCE = "gateway-prior"  # Usage.forecast_source of a request planned from the prior (predictor down)
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's own retry hint (honoured by its retry policy)
 
 
 @dataclass

@@ -19,10 +19,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from remoe.checkpoint.weights import open_weights  # noqa: E402
 from remoe.metrics.exposition import serve_metrics  # noqa: E402
 from remoe.metrics.services import RequestMetrics  # noqa: E402
 from remoe.model.activations import ActivationRecord  # noqa: E402
-from remoe.model.weights import open_weights  # noqa: E402
 from remoe.ports import side_port_file  # noqa: E402
 from remoe.predictor.embedding import PromptEmbedder  # noqa: E402
 from remoe.predictor.predictor import Predictor, SPSConfig  # noqa: E402
@@ -30,7 +30,7 @@ from remoe.predictor.prior import GlobalPrior, model_id  # noqa: E402
 from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine  # noqa: E402
 from remoe.predictor.store import PromptStore  # noqa: E402
 from remoe.proto import predictor_pb2, predictor_pb2_grpc  # noqa: E402
-from remoe.services.common import Server, setup_logging  # noqa: E402
+from remoe.server.common import Server, setup_logging  # noqa: E402
 from remoe.settings import PredictorSettings, load_settings  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
 

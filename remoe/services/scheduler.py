@@ -19,7 +19,7 @@ from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
 from remoe.scheduler.profiling import load_profile
 from remoe.scheduler.shape import shape_of_model
-from remoe.services.common import Server, setup_logging
+from remoe.server.common import Server, setup_logging
 from remoe.settings import SchedulerSettings, load_settings
 from remoe.transport.tensor_codec import TensorDecodeError
 
@@ -42,7 +42,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 
 def build_service(model_dir: str, profile_path: str | None, redis_url: str | None, prices: Prices) -> PlanService:
-    from remoe.model.weights import open_weights
+    from remoe.checkpoint.weights import open_weights
 
     weights = open_weights(model_dir)
     shape = shape_of_model(model_dir)

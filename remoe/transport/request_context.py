@@ -46,7 +46,7 @@ class RequestRows:
     stop: int
     request_id: str
     deadline: float | None  # time.time() seconds; None = none
-    routing: Any = None  # the request's compiled plan (experts.dispatch.Routing); None = the default placement
+    routing: Any = None  # the request's compiled plan (dispatch.executor.Routing); None = the default placement
     function_seconds: dict[str, float] | None = None  # where its functions' billed seconds accumulate
     recorder: Any = None  # its ActivationRecorder, or None
 

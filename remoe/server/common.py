@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from remoe.ports import write_port
-from remoe.services.tracing import setup_tracing
+from remoe.server.tracing import setup_tracing
 from remoe.transport.channel import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from transformers.core_model_loading import (
     rename_source_key,
 )
 
+from remoe.checkpoint.architecture import Architecture
+from remoe.checkpoint.files import Checkpoint
 from remoe.errors import MissingWeightError, UnsupportedArchitectureError
-from remoe.model.architecture import Architecture
-from remoe.model.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 # Keys of quantized checkpoints (MXFP4 blocks/scales, FP8 scales): refuse rather than mis-load.

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from transformers import PretrainedConfig
 
-from remoe.model.architecture import Architecture
-from remoe.model.checkpoint import Checkpoint, load_config
-from remoe.model.manifest import MANIFEST_FILE, Manifest
-from remoe.model.weight_map import WeightMap, build_weight_map
+from remoe.checkpoint.architecture import Architecture
+from remoe.checkpoint.files import Checkpoint, load_config
+from remoe.checkpoint.manifest import MANIFEST_FILE, Manifest
+from remoe.checkpoint.weight_map import WeightMap, build_weight_map
 
 # safetensors dtype names (header "dtype") of the float types MoE checkpoints use.
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}

@@ -30,7 +30,7 @@ from opentelemetry import propagate, trace
 
 from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
-from remoe.experts.placement import LOCAL, Placement
+from remoe.experts.placement import FUNCTION_PREFIX, LOCAL, Placement, function_destination
 from remoe.experts.slot_split import split_rows_by_owner, split_slots
 from remoe.platform.base import FunctionSpec, FunctionStartError, content_name
 from remoe.proto import expert_pb2
@@ -47,7 +47,6 @@ from remoe.transport.request_context import (
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
-FUNCTION_PREFIX = "function:"
 # Without a request deadline, a destination that accepted a batch still gets this long to answer.
 DEFAULT_BATCH_TIMEOUT_S = 300.0
 # Failures worth another replica or the fallback; bad input or a passed deadline would fail there too.
@@ -55,10 +54,6 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.Status
 
 
 COLD_START_POLICIES = ("fallback", "wait")
-
-
-def function_destination(name: str) -> str:
-    return f"{FUNCTION_PREFIX}{name}"
 
 
 class FunctionNotReady(FunctionStartError):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from remoe.checkpoint.dtypes import resolve_dtype
+from remoe.checkpoint.weights import ModelWeights
 from remoe.experts.kernels.select import choose_kernel
-from remoe.model.backbone import resolve_dtype
-from remoe.model.weights import ModelWeights
 
 
 def kernel_report(weights: ModelWeights, requested: str = "auto") -> str:
