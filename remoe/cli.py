@@ -9,8 +9,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from remoe.constants import FUNCTION_IMAGE, LEDGER_STREAM, MODEL_VOLUME
+from remoe.constants import LEDGER_STREAM
 from remoe.errors import RemoeError
+from remoe.ports import DEFAULT_PORTS
+from remoe.settings import BackboneSettings, GatewaySettings, default_of
+
+GATEWAY_ADDRESS = f"localhost:{DEFAULT_PORTS['gateway']}"
+
+
+def _gateway(field: str):
+    return default_of(GatewaySettings, field)
+
+
+def _backbone(field: str):
+    return default_of(BackboneSettings, field)
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -208,7 +220,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _add_connection_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default="localhost:50051", help="gateway address (default localhost:50051)")
+    p.add_argument("--address", default=GATEWAY_ADDRESS, help=f"gateway address (default {GATEWAY_ADDRESS})")
     p.add_argument("--token", default=None, help="bearer token of a gateway that asks for one (default: $REMOE_TOKEN)")
     p.add_argument("--tls", action="store_true", help="the gateway serves TLS (checked against the system's CAs)")
     p.add_argument("--tls-ca", default=None, metavar="PEM", help="the gateway serves TLS: trust this CA certificate")
@@ -660,12 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="run the whole cluster (gateway, backbone, expert services) as local processes")
     p.add_argument("--model", required=True, help="checkpoint or split directory")
-    p.add_argument("--port", type=int, default=50051, help="gateway port (default 50051)")
+    p.add_argument("--port", type=int, default=_gateway("port"), help="gateway port (default %(default)s)")
     p.add_argument(
         "--http-port",
         type=int,
-        default=8000,
-        help="the gateway's OpenAI-compatible HTTP API and /metrics (default 8000; 0: any free port)",
+        default=_gateway("http_port"),
+        help="the gateway's OpenAI-compatible HTTP API and /metrics (default %(default)s; 0: any free port)",
     )
     p.add_argument(
         "--expert-services", type=int, default=2, help="expert services; each layer's experts are split between them"
@@ -680,8 +692,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of each layer's experts served by serverless functions (one per layer), e.g. 0.5",
     )
     p.add_argument("--plan", default=None, help="plan file (JSON) naming the functions, instead of --remote-ratio")
-    p.add_argument("--function-ttl", type=float, default=60.0, help="idle seconds before a function scales to zero")
-    p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size of each function instance")
+    p.add_argument(
+        "--function-ttl",
+        type=float,
+        default=_backbone("function_ttl_s"),
+        help="idle seconds before a function scales to zero",
+    )
+    p.add_argument(
+        "--function-memory-mb",
+        type=int,
+        default=_backbone("function_memory_mb"),
+        help="memory size of each function instance",
+    )
     p.add_argument(
         "--profile",
         default=None,
@@ -713,17 +735,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--plan", default=None, help="plan file (JSON) naming the functions")
         p.add_argument("--model", default=None, help="with --remote-ratio: make one function per MoE layer")
         p.add_argument("--remote-ratio", type=float, default=0.5, help="share of each layer's experts (default 0.5)")
-        p.add_argument("--function-memory-mb", type=int, default=1024, help="memory size per function (MiB)")
-        p.add_argument("--namespace", default="remoe", help="Kubernetes namespace (default remoe)")
-        p.add_argument("--image", default=FUNCTION_IMAGE, help=f"function container image (default {FUNCTION_IMAGE})")
+        p.add_argument(
+            "--function-memory-mb",
+            type=int,
+            default=_backbone("function_memory_mb"),
+            help="memory size per function (MiB)",
+        )
+        p.add_argument(
+            "--namespace", default=_backbone("knative_namespace"), help="Kubernetes namespace (default %(default)s)"
+        )
+        p.add_argument(
+            "--image", default=_backbone("knative_image"), help="function container image (default %(default)s)"
+        )
         p.add_argument(
             "--template", default=None, help="Knative Service YAML to start from (k8s/base/function-template.yaml)"
         )
         p.add_argument(
-            "--pvc", default=MODEL_VOLUME, help=f"PersistentVolumeClaim holding the model (default {MODEL_VOLUME})"
+            "--pvc",
+            default=_backbone("knative_model_pvc"),
+            help="PersistentVolumeClaim holding the model (default %(default)s)",
         )
-        p.add_argument("--model-subdir", default="model", help="model directory inside the volume (default model)")
-        p.add_argument("--idle-ttl", type=int, default=60, help="seconds idle before scaling to zero (default 60)")
+        p.add_argument(
+            "--model-subdir",
+            default=_backbone("knative_model_subdir"),
+            help="model directory inside the volume (default %(default)s)",
+        )
+        p.add_argument(
+            "--idle-ttl",
+            type=int,
+            default=int(_backbone("function_ttl_s")),
+            help="seconds idle before scaling to zero (default %(default)s)",
+        )
         if verb == "knative-render":
             p.add_argument("--out", default=None, help="write the YAML here instead of stdout")
         p.set_defaults(func=func)

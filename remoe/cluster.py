@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remoe.errors import RemoeError
 from remoe.ports import side_port_file
-from remoe.settings import SERVICES, env_for
+from remoe.settings import SERVICES, BackboneSettings, GatewaySettings, default_of, env_for
 
 
 class ClusterError(RemoeError):
@@ -78,15 +78,15 @@ def _wait_for_port(service: ServiceProcess, timeout_s: float) -> None:
 @dataclass
 class LocalCluster:
     model_dir: Path
-    port: int = 50051
+    port: int = default_of(GatewaySettings, "port")
     expert_services: int = 2
     run_dir: Path | None = None
     expert_budget_bytes: int | None = None
     backbone_device: str | None = None
     remote_ratio: float = 0.0
     plan_file: Path | None = None
-    function_ttl_s: float = 60.0
-    function_memory_mb: int = 1024
+    function_ttl_s: float = default_of(BackboneSettings, "function_ttl_s")
+    function_memory_mb: int = default_of(BackboneSettings, "function_memory_mb")
     prewarm: bool = True
     predictor: bool = True  # the predictor service, with embedded Qdrant and (when installed) Redis
     predictor_address: str | None = None  # a predictor already running (e.g. an oracle) instead of starting one

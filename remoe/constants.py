@@ -18,3 +18,26 @@ LEDGER_STREAM = "remoe:ledger"
 # Memory buys compute, as in the paper: each GiB of a function's memory buys one vCPU (Knative: a CPU request of
 # memory / this, in millicores; the local platform: that many whole threads).
 MEMORY_MB_PER_VCPU = 1024
+
+# The smallest function a platform starts (the scheduler's plans use 1 GB and more: its size range, not a limit).
+MIN_FUNCTION_MEMORY_MB = 128
+
+# The longest prompt accepted (characters), at the gateway and the predictor alike: refused before tokenizing.
+MAX_PROMPT_CHARS = 1_000_000
+
+
+class FunctionEnv:
+    """The environment variables that configure an expert function: its platform (local or Knative) sets them,
+    the function reads them (remoe/functions/config.py)."""
+
+    MODEL_DIR = "REMOE_MODEL_DIR"
+    EXPERTS = "REMOE_FUNCTION_EXPERTS"  # "LAYER:E,E;LAYER:E"
+    NAME = "REMOE_FUNCTION_NAME"
+    HOST = "REMOE_HOST"
+    PORT = "PORT"  # Knative sets it
+    MEMORY_BYTES = "REMOE_MEMORY_BYTES"
+    DTYPE = "REMOE_DTYPE"
+    READY_FILE = "REMOE_READY_FILE"
+    SPAWNED_AT = "REMOE_SPAWNED_AT"
+    LOCAL_PLANE = "REMOE_LOCAL_PLANE"
+    PARENT_PID = "REMOE_FUNCTION_PARENT_PID"  # the local platform's pid: the function exits when it is gone

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Each server's default gRPC port (the settings classes' defaults; the probe and the SDK read them here, without
+# pydantic). "function" is the expert function's $PORT, which Knative sets.
+DEFAULT_PORTS = {
+    "gateway": 50051,
+    "backbone": 50052,
+    "predictor": 50053,
+    "scheduler": 50054,
+    "expert": 50061,
+    "function": 8080,
+}
+DEFAULT_HTTP_PORT = 8000  # the gateway's OpenAI-compatible HTTP API and /metrics
+
 
 def write_port(path: Path, port: int) -> None:
     """Write a bound port to `path` atomically: a reader never sees a half-written port."""

@@ -1,6 +1,6 @@
 """gRPC health probe for container health checks: exit 0 when the server answers SERVING, 1 otherwise.
 
-    python -m remoe.probe gateway                 # 127.0.0.1 on REMOE_GATEWAY_PORT (default 50051)
+    python -m remoe.probe gateway                 # 127.0.0.1 on REMOE_GATEWAY_PORT (default 50051, remoe/ports.py)
     python -m remoe.probe function                # the expert function: 127.0.0.1 on $PORT (default 8080)
     python -m remoe.probe --address HOST:PORT     # any address
 
@@ -14,15 +14,7 @@ import argparse
 import os
 import sys
 
-# Default ports, as in remoe/settings.py (kept here so the probe does not import pydantic; a test compares them).
-DEFAULT_PORTS = {
-    "gateway": 50051,
-    "backbone": 50052,
-    "predictor": 50053,
-    "scheduler": 50054,
-    "expert": 50061,
-    "function": 8080,
-}
+from remoe.ports import DEFAULT_PORTS  # not the settings: the probe does not import pydantic
 
 
 def address_of(service: str, env: dict[str, str] | None = None) -> str:

@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from remoe.constants import FUNCTION_IMAGE, MODEL_VOLUME
+from remoe.constants import FUNCTION_IMAGE, MIN_FUNCTION_MEMORY_MB, MODEL_VOLUME
+from remoe.ports import DEFAULT_HTTP_PORT, DEFAULT_PORTS
 
 
 class ServerSettings(BaseSettings):
@@ -42,7 +43,7 @@ class GatewaySettings(ServerSettings):
     """The gateway: the SDK's entry point; tokenizes, plans each request, streams from the backbone."""
 
     model_config = SettingsConfigDict(env_prefix="REMOE_GATEWAY_")
-    port: int = Field(50051, ge=0, le=65535, description="port to serve on (0: any free port)")
+    port: int = Field(DEFAULT_PORTS["gateway"], ge=0, le=65535, description="port to serve on (0: any free port)")
     model: Path = Field(description="checkpoint or split directory (the tokenizer is read from it)")
     backbone: str = Field(description="backbone service address, HOST:PORT")
     predictor: str | None = Field(None, description="predictor service address (unset: no forecasts)")
@@ -65,7 +66,10 @@ class GatewaySettings(ServerSettings):
         description="require 'authorization: Bearer <token>' on every GatewayService call and /v1 HTTP request",
     )
     http_port: int = Field(
-        8000, ge=0, le=65535, description="port of the OpenAI-compatible HTTP API and /metrics (0: any free port)"
+        DEFAULT_HTTP_PORT,
+        ge=0,
+        le=65535,
+        description="port of the OpenAI-compatible HTTP API and /metrics (0: any free port)",
     )
     http: bool = Field(True, description="serve the HTTP API (/v1/completions, /v1/chat/completions, /metrics)")
     served_model_name: str | None = Field(
@@ -83,7 +87,7 @@ class BackboneSettings(ServerSettings):
     """The backbone: the model without its routed experts; sends expert work to services and functions."""
 
     model_config = SettingsConfigDict(env_prefix="REMOE_BACKBONE_")
-    port: int = Field(50052, ge=0, le=65535, description="port to serve on (0: any free port)")
+    port: int = Field(DEFAULT_PORTS["backbone"], ge=0, le=65535, description="port to serve on (0: any free port)")
     workers: int = Field(
         72,
         ge=1,
@@ -97,7 +101,7 @@ class BackboneSettings(ServerSettings):
     )
     remote_ratio: float = Field(0.0, ge=0, le=1, description="share of each layer's experts in functions")
     plan: Path | None = Field(None, description="a plan file (JSON) naming the functions instead")
-    function_memory_mb: int = Field(1024, ge=128, description="memory size of each function")
+    function_memory_mb: int = Field(1024, ge=MIN_FUNCTION_MEMORY_MB, description="memory size of each function")
     function_ttl_s: float = Field(60.0, gt=0, description="idle seconds before a function scales to zero")
     function_platform: Literal["local", "knative"] = Field(
         "local", description="where functions run: local processes, or Knative Services in a cluster"
@@ -115,7 +119,9 @@ class BackboneSettings(ServerSettings):
     )
     run_dir: Path | None = Field(None, description="local platform: where function instances keep logs (temp)")
     function_memory_budget_mb: int | None = Field(
-        None, ge=128, description="local platform: total size of running instances (unset: half the machine)"
+        None,
+        ge=MIN_FUNCTION_MEMORY_MB,
+        description="local platform: total size of running instances (unset: half the machine)",
     )
     function_max_starting: int | None = Field(
         None,
@@ -166,7 +172,7 @@ class ExpertSettings(ServerSettings):
     """An expert service: computes routed experts on CPU for the backbone."""
 
     model_config = SettingsConfigDict(env_prefix="REMOE_EXPERT_")
-    port: int = Field(50061, ge=0, le=65535, description="port to serve on (0: any free port)")
+    port: int = Field(DEFAULT_PORTS["expert"], ge=0, le=65535, description="port to serve on (0: any free port)")
     workers: int = Field(64, ge=1, description="concurrent RPCs and streams (one per backbone request thread)")
     model: Path = Field(description="checkpoint or split directory")
     budget_bytes: int | None = Field(None, ge=0, description="expert bytes kept loaded (unset: all)")
@@ -188,7 +194,7 @@ class PredictorSettings(ServerSettings):
     """The predictor: forecasts a prompt's expert use from similar past prompts (SPS over Qdrant)."""
 
     model_config = SettingsConfigDict(env_prefix="REMOE_PREDICTOR_")
-    port: int = Field(50053, ge=0, le=65535, description="port to serve on (0: any free port)")
+    port: int = Field(DEFAULT_PORTS["predictor"], ge=0, le=65535, description="port to serve on (0: any free port)")
     model: Path = Field(description="checkpoint or split directory")
     qdrant_path: Path | None = Field(None, description="embedded Qdrant directory (one process per path)")
     qdrant_url: str | None = Field(None, description="a Qdrant server instead, e.g. http://qdrant:6333")
@@ -199,7 +205,7 @@ class SchedulerSettings(ServerSettings):
     """The scheduler: turns a forecast into the cheapest plan that meets the SLOs."""
 
     model_config = SettingsConfigDict(env_prefix="REMOE_SCHEDULER_")
-    port: int = Field(50054, ge=0, le=65535, description="port to serve on (0: any free port)")
+    port: int = Field(DEFAULT_PORTS["scheduler"], ge=0, le=65535, description="port to serve on (0: any free port)")
     model: Path = Field(description="checkpoint or split directory")
     profile: Path | None = Field(None, description="`remoe profile` JSON (unset: placeholder speeds)")
     redis_url: str | None = Field(None, description="Redis for the plan cache (unset: this process only)")
@@ -216,6 +222,11 @@ SERVICES: dict[str, type[ServerSettings]] = {
     "predictor": PredictorSettings,
     "scheduler": SchedulerSettings,
 }
+
+
+def default_of(cls: type[BaseSettings], field: str) -> Any:
+    """A setting's default: where the CLI, LocalCluster and the platforms take theirs from."""
+    return cls.model_fields[field].get_default(call_default_factory=True)
 
 
 def env_prefix(cls: type[BaseSettings]) -> str:

@@ -59,7 +59,7 @@ BACKBONE = {
     "plan-expert-not-in-model": ({"functions": [_fn(experts=(99,))]}, CODE.INVALID_ARGUMENT, "not in the model"),
     "plan-bad-name": ({"functions": [_fn(name="Bad_Name")]}, CODE.INVALID_ARGUMENT, "DNS label"),
     "plan-expert-twice": ({"functions": [_fn("a"), _fn("b")]}, CODE.INVALID_ARGUMENT, "in both"),
-    "plan-tiny-memory": ({"functions": [_fn(memory_mb=10)]}, CODE.INVALID_ARGUMENT, "below 64"),
+    "plan-tiny-memory": ({"functions": [_fn(memory_mb=10)]}, CODE.INVALID_ARGUMENT, "below 128"),
 }
 
 

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from remoe.cluster import LocalCluster
+from remoe.constants import MAX_PROMPT_CHARS
 from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Unavailable
@@ -393,5 +394,8 @@ def test_predictor_service_round_trip_and_bad_input(mixtral_cluster):
         with pytest.raises(grpc.RpcError) as err:
             method(request, timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
-    huge = stub.Predict(predictor_pb2.PredictRequest(prompt="a" * 1_000_000, token_ids=[1] * 10), timeout=60)
+    with pytest.raises(grpc.RpcError) as err:  # the gateway's limit too: one limit for a prompt
+        stub.Predict(predictor_pb2.PredictRequest(prompt="a" * (MAX_PROMPT_CHARS + 1), token_ids=[1]), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(MAX_PROMPT_CHARS) in err.value.details()
+    huge = stub.Predict(predictor_pb2.PredictRequest(prompt="a" * MAX_PROMPT_CHARS, token_ids=[1] * 10), timeout=60)
     assert huge.source in ("sps", "prior", "equal")

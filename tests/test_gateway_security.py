@@ -150,3 +150,13 @@ def test_http_health_is_503_while_the_backbone_is_unreachable(tiny_model, tmp_pa
     finally:
         gateway.terminate()
         gateway.wait(10)
+
+
+def test_one_bearer_check_for_both_apis():
+    from remoe.server.bearer import bearer_problem
+
+    assert bearer_problem("Bearer s3cret", "s3cret") is None
+    assert bearer_problem("bearer  s3cret ", "s3cret") is None  # the scheme's case and stray spaces do not matter
+    assert bearer_problem("", "s3cret") == "missing bearer token"
+    assert bearer_problem("Basic s3cret", "s3cret") == "missing bearer token"
+    assert bearer_problem("Bearer s3cre", "s3cret") == "wrong bearer token"

@@ -111,7 +111,7 @@ def test_a_killed_instance_is_restarted_on_next_use(platform):
     [
         ({"name": "Bad_Name"}, "DNS label"),
         ({"experts": ()}, "hosts no experts"),
-        ({"memory_mb": 10}, "below 64"),
+        ({"memory_mb": 10}, "below 128"),
         ({"replicas": 0}, "replicas"),
     ],
 )

@@ -25,11 +25,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from remoe.constants import MEMORY_MB_PER_VCPU
+from remoe.constants import MEMORY_MB_PER_VCPU, FunctionEnv
 from remoe.experts.cache import ExpertId
+from remoe.ports import DEFAULT_PORTS
 
 # Set by the local platform only: the backbone process that started this function (it exits when that one is gone).
-PARENT_PID_VARIABLE = "REMOE_FUNCTION_PARENT_PID"
 
 
 def format_experts(experts: list[ExpertId]) -> str:
@@ -58,7 +58,7 @@ class FunctionConfig:
     experts: list[ExpertId]
     name: str = "function"
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = DEFAULT_PORTS["function"]
     memory_bytes: int | None = None
     dtype: str = "auto"
     ready_file: Path | None = None
@@ -68,20 +68,20 @@ class FunctionConfig:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FunctionConfig:
         env = dict(os.environ if env is None else env)
-        missing = [k for k in ("REMOE_MODEL_DIR", "REMOE_FUNCTION_EXPERTS") if not env.get(k)]
+        missing = [k for k in (FunctionEnv.MODEL_DIR, FunctionEnv.EXPERTS) if not env.get(k)]
         if missing:
             raise ValueError(f"set {', '.join(missing)} (see python -m remoe.functions.expert --help)")
         return cls(
-            model_dir=Path(env["REMOE_MODEL_DIR"]),
-            experts=parse_experts(env["REMOE_FUNCTION_EXPERTS"]),
-            name=env.get("REMOE_FUNCTION_NAME", "function"),
-            host=env.get("REMOE_HOST", "127.0.0.1"),
-            port=int(env.get("PORT", "8080")),
-            memory_bytes=int(env["REMOE_MEMORY_BYTES"]) if env.get("REMOE_MEMORY_BYTES") else None,
-            dtype=env.get("REMOE_DTYPE", "auto"),
-            ready_file=Path(env["REMOE_READY_FILE"]) if env.get("REMOE_READY_FILE") else None,
-            spawned_at=float(env["REMOE_SPAWNED_AT"]) if env.get("REMOE_SPAWNED_AT") else None,
-            local_plane=env.get("REMOE_LOCAL_PLANE") == "1",
+            model_dir=Path(env[FunctionEnv.MODEL_DIR]),
+            experts=parse_experts(env[FunctionEnv.EXPERTS]),
+            name=env.get(FunctionEnv.NAME, "function"),
+            host=env.get(FunctionEnv.HOST, "127.0.0.1"),
+            port=int(env.get(FunctionEnv.PORT, DEFAULT_PORTS["function"])),
+            memory_bytes=int(env[FunctionEnv.MEMORY_BYTES]) if env.get(FunctionEnv.MEMORY_BYTES) else None,
+            dtype=env.get(FunctionEnv.DTYPE, "auto"),
+            ready_file=Path(env[FunctionEnv.READY_FILE]) if env.get(FunctionEnv.READY_FILE) else None,
+            spawned_at=float(env[FunctionEnv.SPAWNED_AT]) if env.get(FunctionEnv.SPAWNED_AT) else None,
+            local_plane=env.get(FunctionEnv.LOCAL_PLANE) == "1",
         )
 
     @property
@@ -94,17 +94,17 @@ class FunctionConfig:
 
     def to_env(self) -> dict[str, str]:
         env = {
-            "REMOE_MODEL_DIR": str(self.model_dir),
-            "REMOE_FUNCTION_EXPERTS": format_experts(self.experts),
-            "REMOE_FUNCTION_NAME": self.name,
-            "REMOE_HOST": self.host,
-            "PORT": str(self.port),
-            "REMOE_DTYPE": self.dtype,
+            FunctionEnv.MODEL_DIR: str(self.model_dir),
+            FunctionEnv.EXPERTS: format_experts(self.experts),
+            FunctionEnv.NAME: self.name,
+            FunctionEnv.HOST: self.host,
+            FunctionEnv.PORT: str(self.port),
+            FunctionEnv.DTYPE: self.dtype,
         }
         if self.memory_bytes is not None:
-            env["REMOE_MEMORY_BYTES"] = str(self.memory_bytes)
+            env[FunctionEnv.MEMORY_BYTES] = str(self.memory_bytes)
         if self.ready_file is not None:
-            env["REMOE_READY_FILE"] = str(self.ready_file)
+            env[FunctionEnv.READY_FILE] = str(self.ready_file)
         if self.local_plane:
-            env["REMOE_LOCAL_PLANE"] = "1"
+            env[FunctionEnv.LOCAL_PLANE] = "1"
         return env

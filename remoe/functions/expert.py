@@ -109,10 +109,10 @@ def main() -> None:
         print(f"remoe function: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     clock = ColdStartClock(process_start_seconds(config.spawned_at))
-    from remoe.functions.config import PARENT_PID_VARIABLE
+    from remoe.constants import FunctionEnv
 
-    if os.environ.get(PARENT_PID_VARIABLE, "").isdigit():
-        exit_with_parent(int(os.environ[PARENT_PID_VARIABLE]))
+    if os.environ.get(FunctionEnv.PARENT_PID, "").isdigit():
+        exit_with_parent(int(os.environ[FunctionEnv.PARENT_PID]))
 
     t = time.time()
     from remoe.checkpoint.dtypes import resolve_dtype

@@ -6,7 +6,6 @@ thread, so the event loop stays free and a client that leaves cancels the backbo
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from remoe.openai_api.errors import APIError, from_abort
 from remoe.openai_api.schema import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from remoe.openai_api.sse import chat_events, completion_events
 from remoe.proto import common_pb2, gateway_pb2
+from remoe.server.bearer import bearer_problem
 
 log = logging.getLogger(__name__)
 CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's chat default is "until the context ends"; a bound is kinder here
@@ -75,12 +75,9 @@ class OpenAIFrontEnd:
     def authorize(self, request: Request) -> None:
         if self.token is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise APIError(401, "missing bearer token: send 'Authorization: Bearer <token>'", code="invalid_api_key")
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            raise APIError(401, "wrong bearer token", code="invalid_api_key")
+        problem = bearer_problem(request.headers.get("authorization", ""), self.token)
+        if problem is not None:
+            raise APIError(401, f"{problem}: send 'Authorization: Bearer <token>'", code="invalid_api_key")
 
     def check_model(self, body: SamplingRequest) -> None:
         if body.model not in (self.model_name, str(self.servicer.model_dir)):

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from remoe.constants import MIN_FUNCTION_MEMORY_MB
 from remoe.errors import RemoeError
 from remoe.experts.cache import ExpertId
 
@@ -33,8 +34,8 @@ class FunctionSpec:
             raise ValueError(f"function name {self.name!r} must be a DNS label (lowercase letters, digits, '-')")
         if not self.experts:
             raise ValueError(f"function {self.name} hosts no experts")
-        if self.memory_mb < 64:
-            raise ValueError(f"function {self.name}: memory_mb {self.memory_mb} is below 64")
+        if self.memory_mb < MIN_FUNCTION_MEMORY_MB:
+            raise ValueError(f"function {self.name}: memory_mb {self.memory_mb} is below {MIN_FUNCTION_MEMORY_MB}")
         if self.replicas < 1:
             raise ValueError(f"function {self.name}: replicas must be >= 1")
 

@@ -21,10 +21,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from remoe.constants import FUNCTION_IMAGE, MEMORY_MB_PER_VCPU, MODEL_VOLUME
+from remoe.constants import FUNCTION_IMAGE, MEMORY_MB_PER_VCPU, MODEL_VOLUME, FunctionEnv
 from remoe.errors import RemoeError
 from remoe.functions.config import format_experts
 from remoe.platform.base import FunctionSpec, InstanceStatus
+from remoe.ports import DEFAULT_PORTS
+from remoe.settings import BackboneSettings, default_of
 
 log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "serving.knative.dev", "v1", "services"
@@ -32,16 +34,17 @@ PART_OF = "app.kubernetes.io/part-of"
 FUNCTION_LABEL = "remoe.dev/function"
 MODEL_MOUNT = "/models"
 VISIBILITY = "networking.knative.dev/visibility"
-H2C_PORT = 8080
+H2C_PORT = DEFAULT_PORTS["function"]
 
 
 @dataclass(frozen=True, slots=True)
 class KnativeSettings:
-    namespace: str = "remoe"
-    image: str = FUNCTION_IMAGE
-    model_pvc: str = MODEL_VOLUME
-    model_subdir: str = "model"  # the model directory inside the volume
-    idle_ttl_s: int = 60  # kept warm this long after the last request, then scaled to zero
+    # Defaults: the backbone's settings (REMOE_BACKBONE_KNATIVE_*, REMOE_BACKBONE_FUNCTION_TTL_S).
+    namespace: str = default_of(BackboneSettings, "knative_namespace")
+    image: str = default_of(BackboneSettings, "knative_image")
+    model_pvc: str = default_of(BackboneSettings, "knative_model_pvc")
+    model_subdir: str = default_of(BackboneSettings, "knative_model_subdir")  # the model directory in the volume
+    idle_ttl_s: int = int(default_of(BackboneSettings, "function_ttl_s"))  # kept warm this long, then scaled to zero
     prefix: str = "remoe-"
     # A Knative Service every function starts from (k8s/base/function-template.yaml, mounted into the backbone):
     # operators add node selectors, tolerations or pull policies there; None = default_template().
@@ -87,7 +90,9 @@ def default_template() -> dict[str, Any]:
                             "name": "expert-function",
                             "image": FUNCTION_IMAGE,
                             "ports": [{"name": "h2c", "containerPort": H2C_PORT}],
-                            "env": [{"name": "REMOE_HOST", "value": "0.0.0.0"}],  # Knative's queue-proxy is the way in
+                            "env": [
+                                {"name": FunctionEnv.HOST, "value": "0.0.0.0"}
+                            ],  # Knative's queue-proxy is the way in
                             "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
                             "securityContext": {
                                 "runAsNonRoot": True,
@@ -130,10 +135,10 @@ def render_service(spec: FunctionSpec, settings: KnativeSettings) -> dict[str, A
     name = settings.service_name(spec.name)
     cpu_millis = max(100, spec.memory_mb * 1000 // MEMORY_MB_PER_VCPU)  # memory buys vCPUs, as in the paper
     env = {
-        "REMOE_MODEL_DIR": f"{MODEL_MOUNT}/{settings.model_subdir}",
-        "REMOE_FUNCTION_EXPERTS": format_experts(list(spec.experts)),
-        "REMOE_FUNCTION_NAME": spec.name,
-        "REMOE_MEMORY_BYTES": str(spec.memory_mb * 2**20),
+        FunctionEnv.MODEL_DIR: f"{MODEL_MOUNT}/{settings.model_subdir}",
+        FunctionEnv.EXPERTS: format_experts(list(spec.experts)),
+        FunctionEnv.NAME: spec.name,
+        FunctionEnv.MEMORY_BYTES: str(spec.memory_mb * 2**20),
     }
     meta = body.setdefault("metadata", {})
     meta.update(name=name, namespace=settings.namespace)

@@ -24,11 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remoe.functions.config import PARENT_PID_VARIABLE, FunctionConfig
+from remoe.constants import FunctionEnv
+from remoe.functions.config import FunctionConfig
 from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartError, InstanceStatus
+from remoe.settings import BackboneSettings, default_of
 
 log = logging.getLogger(__name__)
-DEFAULT_IDLE_TTL_S = 60.0
+DEFAULT_IDLE_TTL_S: float = default_of(BackboneSettings, "function_ttl_s")
 # After an instance failed to start (e.g. its experts do not fit its memory), starting it again is refused for
 # this long: every batch routed to it would otherwise spawn a doomed process.
 START_RETRY_S = 10.0
@@ -284,8 +286,8 @@ class LocalFunctionPlatform:
             **function_environment(),
             **self._env,
             **config.to_env(),
-            "REMOE_SPAWNED_AT": repr(inst.spawned_at),
-            PARENT_PID_VARIABLE: str(os.getpid()),
+            FunctionEnv.SPAWNED_AT: repr(inst.spawned_at),
+            FunctionEnv.PARENT_PID: str(os.getpid()),
         }
         log_file = (self.run_dir / f"{inst.name}.log").open("ab")
         inst.process = subprocess.Popen(

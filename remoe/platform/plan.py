@@ -14,8 +14,9 @@ from pathlib import Path
 from remoe.experts.cache import ExpertId
 from remoe.experts.placement import Placement, function_destination, services_round_robin
 from remoe.platform.base import FunctionSpec, functions_from_json
+from remoe.settings import BackboneSettings, default_of
 
-DEFAULT_FUNCTION_MEMORY_MB = 1024
+DEFAULT_FUNCTION_MEMORY_MB: int = default_of(BackboneSettings, "function_memory_mb")
 
 
 def remote_ratio_functions(

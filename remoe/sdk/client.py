@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from remoe.ports import DEFAULT_PORTS
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk.errors import from_rpc_error
 from remoe.transport.channel import CLIENT_CHANNEL_OPTIONS
@@ -153,7 +154,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = "localhost:50051",
+        target: str = f"localhost:{DEFAULT_PORTS['gateway']}",
         timeout: float | None = 300.0,
         *,
         token: str | None = None,
@@ -207,7 +208,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = "localhost:50051",
+        target: str = f"localhost:{DEFAULT_PORTS['gateway']}",
         timeout: float | None = 300.0,
         *,
         token: str | None = None,

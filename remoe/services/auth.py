@@ -6,12 +6,12 @@ orchestrators can check a gateway they hold no token for. Compared in constant t
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import grpc
 
 from remoe.errors import RemoeError
+from remoe.server.bearer import bearer_problem
 
 GATEWAY_METHODS = "/remoe.v1.GatewayService/"
 
@@ -33,7 +33,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str, protected: str = GATEWAY_METHODS) -> None:
         if not token:
             raise ValueError("the bearer token is empty")
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
         self._protected = protected
 
     def intercept_service(self, continuation, handler_call_details):
@@ -41,9 +41,9 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None or not handler_call_details.method.startswith(self._protected):
             return handler
         given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(given).encode(), self._expected):
+        message = bearer_problem(str(given), self._token)
+        if message is None:
             return handler
-        message = "missing bearer token" if not given else "wrong bearer token"
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{message} (send 'authorization: Bearer <token>')")

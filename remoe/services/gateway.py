@@ -18,7 +18,7 @@ import numpy as np
 
 from remoe.checkpoint.files import load_config
 from remoe.checkpoint.weights import open_weights
-from remoe.constants import RETRY_PUSHBACK_KEY
+from remoe.constants import MAX_PROMPT_CHARS, RETRY_PUSHBACK_KEY
 from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.gateway import GatewayMetrics
 from remoe.model.text_stream import TextStream
@@ -51,7 +51,6 @@ from remoe.transport.channel import insecure_channel
 from remoe.transport.request_context import call_time_remaining
 
 log = logging.getLogger(__name__)
-MAX_PROMPT_CHARS = 1_000_000  # refuse before tokenizing something absurd
 PREDICT_TIMEOUT_S = 1.0  # a forecast that takes longer is skipped, not waited for
 DEFAULT_MAX_REQUESTS = 64
 PRIOR_SOURCE = "gateway-prior"  # Usage.forecast_source of a request planned from the prior (predictor down)

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from remoe.checkpoint.weights import open_weights  # noqa: E402
+from remoe.constants import MAX_PROMPT_CHARS  # noqa: E402
 from remoe.metrics.exposition import serve_metrics  # noqa: E402
 from remoe.metrics.services import RequestMetrics  # noqa: E402
 from remoe.model.activations import ActivationRecord  # noqa: E402
@@ -35,7 +36,6 @@ from remoe.settings import PredictorSettings, load_settings  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
 
 log = logging.getLogger(__name__)
-MAX_PROMPT_CHARS = 4_000_000  # refused above this; the embedding reads the first 256 tokens anyway
 
 
 class PredictorServicer(predictor_pb2_grpc.PredictorServiceServicer):
