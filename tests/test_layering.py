@@ -19,7 +19,9 @@ LAYERS: list[set[str]] = [
     {"functions", "metrics"},  # the serverless expert function (expert code + wire + transport only)
     {"platform", "model"},  # where functions run; the backbone, generation, batching, LocalEngine
     {"dispatch", "predictor", "cluster"},  # the backbone's fan-out; SPS; `remoe up`'s processes
-    {"scheduler", "openai_api", "corpus"},
+    {"scheduler", "corpus"},
+    {"gateway"},  # GatewayCore: admission, validation, planning, metering, learning, as a library
+    {"openai_api"},  # the HTTP API over GatewayCore
     {"services"},  # runnable servers: thin layers over everything below, imported by nothing but the CLI
     {"cli", "probe", "remoe"},
 ]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from remoe.checkpoint.weights import open_weights
+from remoe.constants import MIN_FUNCTION_MEMORY_MB
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.platform.base import FunctionSpec, FunctionStartError
 from remoe.platform.local import LocalFunctionPlatform
@@ -91,8 +92,8 @@ def test_idle_instances_scale_to_zero_and_cold_start_again(platform, tiny_model)
 
 
 def test_too_little_memory_fails_cleanly_with_the_reason(platform):
-    platform.deploy([FunctionSpec("tiny-mem", experts=((0, 1),), memory_mb=64)])
-    with pytest.raises(FunctionStartError, match=r"memory size 64 MiB is too small"):
+    platform.deploy([FunctionSpec("tiny-mem", experts=((0, 1),), memory_mb=MIN_FUNCTION_MEMORY_MB)])
+    with pytest.raises(FunctionStartError, match=rf"memory size {MIN_FUNCTION_MEMORY_MB} MiB is too small"):
         platform.endpoints("tiny-mem", timeout_s=120)
     assert "too small" in platform.status()[0].last_error
 
@@ -140,7 +141,7 @@ def test_instances_stay_within_the_memory_budget_least_recently_used_first(tiny_
 
 
 def test_a_failed_start_is_not_retried_at_once(platform):
-    platform.deploy([FunctionSpec("tiny-mem", experts=((0, 1),), memory_mb=64)])
+    platform.deploy([FunctionSpec("tiny-mem", experts=((0, 1),), memory_mb=MIN_FUNCTION_MEMORY_MB)])
     with pytest.raises(FunctionStartError, match="too small"):
         platform.endpoints("tiny-mem", timeout_s=120)
     with pytest.raises(FunctionStartError, match="too small"):  # every batch routed there would spawn another

@@ -144,6 +144,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         unloaded = sum(self.executor.cache.evict((r.layer, r.expert)) for r in request.experts)
         return expert_pb2.UnloadReply(unloaded=unloaded)
 
+    def batch_counts(self) -> tuple[int, float]:
+        """(batches computed, seconds spent computing them), for the metrics."""
+        with self._lock:
+            return self._batches, self._compute_s
+
     def Stats(self, request, context):
         stats = self.executor.stats
         with self._lock:

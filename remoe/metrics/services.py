@@ -34,8 +34,7 @@ class ExpertBatchCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.servicer
-        with s._lock:
-            batches, compute_s = s._batches, s._compute_s
+        batches, compute_s = s.batch_counts()
         rows = (
             ("remoe_expert_batches", "expert batches computed", batches),
             ("remoe_expert_compute_seconds", "seconds spent computing expert batches", compute_s),
@@ -64,8 +63,7 @@ class BackboneCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s, executor = self.servicer, self.servicer.executor
-        with s._lock:
-            active, served = s._active, s._served
+        active, served = s.request_counts()
         yield _gauge("remoe_backbone_active_requests", "requests generating now", active)
         if s.engine is not None:
             decoding, prefilling, waiting = s.engine.snapshot()

@@ -1,7 +1,7 @@
 """The gateway's OpenAI-compatible HTTP API (FastAPI): completions, chat completions, models, health, metrics.
 
-Every request is served by the gateway's own Generate (`GatewayServicer.Generate`, in this process), the very
-code path of the gRPC SDK: the same admission control, forecast, plan, metering and stop strings.
+Every request is served by the gateway's own GatewayCore (remoe/gateway/, in this process), as the gRPC SDK's
+are: the same admission control, forecast, plan, metering and stop strings.
 """
 
 from remoe.openai_api.app import create_app

@@ -10,21 +10,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
-import grpc
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from remoe.checkpoint.files import load_config
+from remoe.gateway.core import GatewayCore
+from remoe.gateway.refused import Refused
 from remoe.openai_api.chunks import ChunkStream, Completion, collect
-from remoe.openai_api.context import GatewayAbort
-from remoe.openai_api.errors import APIError, from_abort
+from remoe.openai_api.errors import APIError, from_refused
 from remoe.openai_api.schema import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from remoe.openai_api.sse import chat_events, completion_events
 from remoe.proto import common_pb2, gateway_pb2
@@ -53,14 +51,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 class OpenAIFrontEnd:
-    """The routes' state: the gateway servicer, the served model's name, the optional bearer token."""
+    """The routes' state: the gateway core, the served model's name, the optional bearer token."""
 
-    def __init__(self, servicer, model_name: str, token: str | None = None) -> None:
-        self.servicer = servicer
+    def __init__(self, core: GatewayCore, model_name: str, token: str | None = None) -> None:
+        self.core = core
         self.model_name = model_name
         self.token = token
-        self.created = int(Path(servicer.model_dir).stat().st_mtime)
-        config = load_config(Path(servicer.model_dir)).get_text_config()
+        self.created = int(core.model_dir.stat().st_mtime)
+        config = load_config(core.model_dir).get_text_config()
         self.context_len = int(getattr(config, "max_position_embeddings", 0) or 0)
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -69,7 +67,7 @@ class OpenAIFrontEnd:
         # Every admitted request holds a worker thread while it waits for its next token; anyio's default pool
         # (40) would queue requests the gateway admitted.
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.servicer.max_requests + 8)
+            self._limiter = anyio.CapacityLimiter(self.core.admission.limit + 8)
         return self._limiter
 
     def authorize(self, request: Request) -> None:
@@ -80,7 +78,7 @@ class OpenAIFrontEnd:
             raise APIError(401, f"{problem}: send 'Authorization: Bearer <token>'", code="invalid_api_key")
 
     def check_model(self, body: SamplingRequest) -> None:
-        if body.model not in (self.model_name, str(self.servicer.model_dir)):
+        if body.model not in (self.model_name, str(self.core.model_dir)):
             raise APIError(
                 404,
                 f"the model `{body.model}` does not exist; this server serves `{self.model_name}`",
@@ -102,7 +100,7 @@ class OpenAIFrontEnd:
     def chat_token_ids(self, body: ChatCompletionRequest) -> list[int]:
         """The conversation as the model's chat template renders it, with the assistant's turn opened; a tokenizer
         without a template (a base model) gets a plain transcript ("User: ...", then "Assistant:")."""
-        tokenizer = self.servicer.tokenizer
+        tokenizer = self.core.tokenizer
         if tokenizer is None:
             raise APIError(400, "this model has no tokenizer: use /v1/completions with token ids", param="messages")
         template = None if getattr(tokenizer, "chat_template", None) else PLAIN_CHAT_TEMPLATE
@@ -116,25 +114,25 @@ class OpenAIFrontEnd:
         return list(ids)
 
     def stream(self, request: gateway_pb2.GenerateRequest) -> ChunkStream:
-        return ChunkStream(self.servicer, request, self.limiter)
+        return ChunkStream(self.core, request, self.limiter)
 
 
 async def _first(stream: ChunkStream):
     """The first chunk, before any byte of a 200 is sent: a refusal or bad request becomes an error status."""
     try:
         return await stream.next()
-    except GatewayAbort as e:
+    except Refused as e:
         stream.close()
-        raise from_abort(e) from None
+        raise from_refused(e) from None
     except BaseException:
         stream.close()
         raise
 
 
-def create_app(servicer, model_name: str, token: str | None = None, registry=None) -> FastAPI:
-    """The HTTP API of `servicer` (a GatewayServicer). `registry`: what /metrics serves (default: the gateway's)."""
-    front = OpenAIFrontEnd(servicer, model_name, token)
-    registry = registry if registry is not None else servicer.metrics.registry
+def create_app(core: GatewayCore, model_name: str, token: str | None = None, registry=None) -> FastAPI:
+    """The HTTP API over `core`. `registry`: what /metrics serves (default: the gateway's)."""
+    front = OpenAIFrontEnd(core, model_name, token)
+    registry = registry if registry is not None else core.metrics.registry
     http_requests = Counter(
         "remoe_http_requests", "HTTP API requests by route and status", ["route", "status"], registry=registry
     )
@@ -169,16 +167,7 @@ def create_app(servicer, model_name: str, token: str | None = None, registry=Non
     async def health() -> JSONResponse:
         """200 when the gateway can reach its backbone, 503 when not (for load balancers and probes)."""
 
-        def check() -> str | None:
-            try:
-                reply = health_pb2_grpc.HealthStub(servicer.backbone_channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_S
-                )
-            except grpc.RpcError as e:
-                return f"backbone unreachable: {e.code().name}"
-            return None if reply.status == health_pb2.HealthCheckResponse.SERVING else "backbone is not serving"
-
-        problem = await anyio.to_thread.run_sync(check, limiter=front.limiter)
+        problem = await anyio.to_thread.run_sync(core.backbone_problem, HEALTH_TIMEOUT_S, limiter=front.limiter)
         if problem is not None:
             raise APIError(503, problem)
         return JSONResponse({"status": "ok"})
@@ -266,8 +255,8 @@ async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: s
             watchers.start_soon(_cancel_when_gone, http, stream)
             done: Completion = await collect(stream, first)
             watchers.cancel_scope.cancel()
-    except GatewayAbort as e:
-        raise from_abort(e) from None
+    except Refused as e:
+        raise from_refused(e) from None
     finally:
         stream.close()
     return JSONResponse(done.body(kind, front.model_name, created))
@@ -278,7 +267,7 @@ async def _cancel_when_gone(http: Request, stream: ChunkStream) -> None:
     (the stream's last chunk comes at once) instead of leaving it to run for nobody."""
     while not await http.is_disconnected():
         await anyio.sleep(DISCONNECT_POLL_S)
-    stream.context.cancel()
+    stream.caller.cancel()
 
 
 async def _sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:

@@ -1,5 +1,5 @@
-"""Gateway chunks for the HTTP API: the in-process Generate call stepped from worker threads, and a whole
-completion gathered from it."""
+"""Gateway chunks for the HTTP API: GatewayCore.generate stepped from worker threads, and a whole completion
+gathered from it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import anyio
 
-from remoe.openai_api.context import InProcessContext
+from remoe.gateway.caller import LocalCaller
+from remoe.gateway.core import GatewayCore
 from remoe.proto import gateway_pb2
 
 
@@ -20,12 +21,12 @@ def _drain(chunks) -> list:
 
 
 class ChunkStream:
-    """One GatewayServicer.Generate call. `close()` is the client leaving: the backbone call is cancelled and
-    Generate's own cleanup (its admission slot, its metrics) runs."""
+    """One GatewayCore.generate call. `close()` is the client leaving: the backbone call is cancelled and the
+    core's own cleanup (its admission slot, its metrics) runs."""
 
-    def __init__(self, servicer, request: gateway_pb2.GenerateRequest, limiter: anyio.CapacityLimiter) -> None:
-        self.context = InProcessContext()
-        self._chunks = servicer.Generate(request, self.context)
+    def __init__(self, core: GatewayCore, request: gateway_pb2.GenerateRequest, limiter: anyio.CapacityLimiter) -> None:
+        self.caller = LocalCaller()
+        self._chunks = core.generate(request, self.caller)
         self._limiter = limiter
         self._closed = False
 
@@ -42,7 +43,7 @@ class ChunkStream:
         if self._closed:
             return
         self._closed = True
-        self.context.cancel()
+        self.caller.cancel()
         self._chunks.close()
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from remoe.constants import RETRY_PUSHBACK_KEY
-from remoe.openai_api.context import GatewayAbort
+from remoe.gateway.refused import Refused
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -54,12 +53,12 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def from_abort(abort: GatewayAbort) -> APIError:
-    """The HTTP answer to a status Generate ended with; a refusal at the limit carries Retry-After."""
-    status = HTTP_STATUS.get(abort.code, 500)
+def from_refused(refused: Refused) -> APIError:
+    """The HTTP answer to a refused gateway request; a refusal at the limit carries Retry-After."""
+    status = HTTP_STATUS.get(refused.code, 500)
     headers = {}
-    retry_ms = abort.trailing.get(RETRY_PUSHBACK_KEY)
+    retry_ms = str(refused.retry_after_ms) if refused.retry_after_ms is not None else None
     if retry_ms is not None:
         # retry-after-ms is what the openai client reads first; Retry-After (whole seconds) is the standard one.
         headers = {"retry-after-ms": retry_ms, "retry-after": str(max(1, math.ceil(int(retry_ms) / 1e3)))}
-    return APIError(status, abort.details, code=abort.code.name.lower(), headers=headers)
+    return APIError(status, refused.message, code=refused.code.name.lower(), headers=headers)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from remoe.gateway.refused import Refused
 from remoe.openai_api.chunks import ChunkStream, usage_body
-from remoe.openai_api.context import GatewayAbort
-from remoe.openai_api.errors import from_abort
+from remoe.openai_api.errors import from_refused
 
 
 async def _chunks(stream: ChunkStream, first) -> AsyncIterator:
@@ -55,8 +55,8 @@ async def _events(
                 usage = usage_body(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
             if chunk.text_delta or finish:  # a token that completes no character yet sends nothing
                 yield event(choice)
-    except GatewayAbort as e:  # after the 200 went out: the error becomes the stream's last event
-        yield from_abort(e).body()
+    except Refused as e:  # after the 200 went out: the error becomes the stream's last event
+        yield from_refused(e).body()
         return
     if include_usage and usage is not None:
         yield event({}, usage)

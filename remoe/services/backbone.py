@@ -265,6 +265,11 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return backbone_pb2.WarmReply(started=len(names))
 
+    def request_counts(self) -> tuple[int, int]:
+        """(requests generating now, requests generated to the end), for the metrics."""
+        with self._lock:
+            return self._active, self._served
+
     def Status(self, request, context):
         destinations = []
         for address, stream in self.executor.streams.items():
