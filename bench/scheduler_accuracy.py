@@ -26,10 +26,10 @@ from remoe.machine import machine_description
 from remoe.model.tiny import TinySpec, make_tiny_model
 from remoe.model.tokenizer import load_tokenizer
 from remoe.platform.base import functions_to_json
+from remoe.profiling.profile import plot_profile, profile_model
 from remoe.scheduler.estimate import LayerPlan, estimate
 from remoe.scheduler.plan_output import plan_functions
 from remoe.scheduler.problem import Limits, Prices
-from remoe.scheduler.profiling import plot_profile, profile_model
 from remoe.scheduler.shape import shape_of_model
 from remoe.sdk import Client
 

@@ -28,9 +28,10 @@ import numpy as np
 
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description
+from remoe.profiling.measure import measure_bandwidth, measure_experts, measure_functions
 from remoe.scheduler.baselines import compare, workload_costs
 from remoe.scheduler.problem import Prices, Profile
-from remoe.scheduler.profiling import fit_remote, measure_bandwidth, measure_experts, measure_functions
+from remoe.scheduler.profile_file import fit_remote
 from remoe.scheduler.shape import ModelShape, deepseek_v2_lite, gpt2_moe, shape_of_model
 
 CORPUS = Path("data/corpus/test.jsonl")
@@ -139,10 +140,10 @@ def measured_tiny(texts: list[str], new_tokens: int, tmp: Path) -> dict:
     formula), CPU as the whole model in one process."""
     from remoe.cluster import LocalCluster
     from remoe.model.engine import LocalEngine
+    from remoe.profiling.profile import profile_model
     from remoe.scheduler.estimate import GIB, main_memory_gb
     from remoe.scheduler.ledger import Ledger
     from remoe.scheduler.problem import Limits
-    from remoe.scheduler.profiling import profile_model
     from remoe.scheduler.shape import shape_of_model
     from remoe.sdk import Client
 

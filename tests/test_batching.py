@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from remoe.model.activations import ActivationRecorder
-from remoe.model.batch_engine import BatchEngine, BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
+from remoe.model.batch_engine import BatchEngine
+from remoe.model.batch_request import BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.engine import LocalEngine
 from remoe.model.generation import SamplingParams, forward_logits, new_cache
 from remoe.model.step_cache import (

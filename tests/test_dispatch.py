@@ -318,7 +318,7 @@ def test_an_unknown_cold_start_policy_is_refused(tiny_model):
 
 
 def test_a_plans_experts_that_running_functions_host_go_there_and_the_rest_to_a_new_function():
-    from remoe.dispatch.executor import reuse_running
+    from remoe.dispatch.plan_reuse import reuse_running
     from remoe.platform.base import FunctionSpec, content_name
 
     running = [FunctionSpec("warm-a", ((1, 0), (1, 1)), 1024), FunctionSpec("starting-b", ((1, 1), (1, 2)), 2048)]

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"platform", "model"},  # where functions run; the backbone, generation, batching, LocalEngine
     {"dispatch", "predictor", "cluster"},  # the backbone's fan-out; SPS; `remoe up`'s processes
     {"scheduler", "corpus"},
-    {"gateway"},  # GatewayCore: admission, validation, planning, metering, learning, as a library
+    {"gateway", "profiling"},  # GatewayCore (admission, planning, metering, learning); `remoe profile`
     {"openai_api"},  # the HTTP API over GatewayCore
     {"services"},  # runnable servers: thin layers over everything below, imported by nothing but the CLI
     {"cli", "probe", "remoe"},
@@ -93,3 +93,9 @@ def test_the_layer_check_sees_imports_inside_functions(tmp_path):
     source.write_text("def f():\n    from remoe.services.gateway import GatewayServicer\n")
     assert _imports(source) == [(2, "remoe.services.gateway")]
     assert LAYER_OF[_part_of("remoe.services.gateway")] > LAYER_OF["transport"]
+
+
+def test_no_source_file_is_over_400_lines():
+    """One concept a file: a module past 400 lines holds two (the generated gRPC stubs aside)."""
+    long = {str(p.relative_to(ROOT.parent)): n for p in _sources() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these: {long}"

@@ -8,9 +8,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from remoe.model.messages import sampling_from_proto
 from remoe.proto import common_pb2
 from remoe.sdk.client import build_request
-from remoe.services.backbone import sampling_from_proto
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 

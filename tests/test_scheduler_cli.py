@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from remoe.platform.plan import load_plan_file
-from remoe.scheduler.profiling import fit_remote, load_profile
+from remoe.scheduler.profile_file import fit_remote, load_profile
 from remoe.scheduler.shape import deepseek_v2_lite, gpt2_moe, shape_of_model
 
 

@@ -21,7 +21,7 @@ from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler.ledger import Ledger, MeterRecord
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Profile
-from remoe.scheduler.profiling import write_profile
+from remoe.scheduler.profile_file import write_profile
 from remoe.scheduler.shape import shape_of_model
 from remoe.sdk import Client, InvalidArgument
 from remoe.services.scheduler import SchedulerServicer

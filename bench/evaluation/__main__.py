@@ -28,8 +28,9 @@ import numpy as np
 from bench.evaluation import models, report, systems, workloads
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description
+from remoe.profiling.profile import profile_model
 from remoe.scheduler.problem import Prices, Profile
-from remoe.scheduler.profiling import load_profile, profile_model
+from remoe.scheduler.profile_file import load_profile
 from remoe.scheduler.shape import ModelShape, shape_of_model
 
 SLO_SLACK = 1.5

@@ -15,27 +15,27 @@ computed on the fallback while it starts, so a cold start never sits on a token'
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
 
 import grpc
 import torch
 from opentelemetry import propagate, trace
 
+from remoe.dispatch.in_flight import FanoutSplit, InFlight
+from remoe.dispatch.plan_reuse import reuse_running
+from remoe.dispatch.routing import ROUTINGS_KEPT, Routing, bill_functions, current_routing
 from remoe.experts.cache import ExpertId
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import FUNCTION_PREFIX, LOCAL, Placement, function_destination
 from remoe.experts.slot_split import split_rows_by_owner, split_slots
-from remoe.platform.base import FunctionSpec, FunctionStartError, content_name
+from remoe.platform.base import FunctionStartError
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
-from remoe.transport.expert_stream import ExpertStream, Pending, RemoteExpertError
+from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
 from remoe.transport.request_context import (
     current_batch,
     current_deadline,
@@ -60,100 +60,12 @@ class FunctionNotReady(FunctionStartError):
     """The function has no instance serving yet (it is starting); its batch is computed elsewhere meanwhile."""
 
 
-def reuse_running(
-    functions: list[FunctionSpec], running: list[FunctionSpec]
-) -> tuple[list[FunctionSpec], dict[str, list[ExpertId]]]:
-    """Split a plan's functions into the experts running functions already host (function name -> experts) and
-    what is left to new functions (each named by its remaining content, so the next request with the same
-    remainder finds it warm). Earlier entries of `running` (warm ones) win when two host an expert."""
-    host: dict[ExpertId, FunctionSpec] = {}
-    for spec in running:
-        for expert in spec.experts:
-            host.setdefault(expert, spec)
-    running_names = {spec.name for spec in running}
-    new: list[FunctionSpec] = []
-    reused: dict[str, list[ExpertId]] = {}
-    for spec in functions:
-        if spec.name in running_names:
-            reused.setdefault(spec.name, []).extend(spec.experts)
-            continue
-        rest = tuple(e for e in spec.experts if e not in host)
-        for expert in spec.experts:
-            if expert in host:
-                reused.setdefault(host[expert].name, []).append(expert)
-        if rest == spec.experts:
-            new.append(spec)
-        elif rest:
-            new.append(
-                FunctionSpec(content_name(rest, spec.memory_mb), rest, spec.memory_mb, spec.replicas, spec.concurrency)
-            )
-    return new, reused
-
-
-@dataclass
-class _InFlight:
-    dest: str
-    rows: torch.Tensor  # [N] token rows this destination computes
-    batch: expert_pb2.ExpertBatch
-    address: str
-    pending: Pending
-    sent_s: float = 0.0
-    done_s: float = 0.0  # set when the caller has read the answer
-    server_s: float = 0.0  # the destination's own time on it (ExpertResult.compute_s)
-
-
-@dataclass(frozen=True, slots=True)
-class FanoutSplit:
-    """Where one remote fan-out's wall time went, in seconds."""
-
-    client_s: float  # routing rows to destinations, encoding, sending
-    local_s: float  # this process's own experts, computed while the remote ones work
-    waiting_s: float  # from then until every answer was read and added
-    server_s: float  # the slowest destination's own time on its batch (inside waiting, unless local ran longer)
-
-
-@dataclass(frozen=True)
-class Routing:
-    """One placement compiled for dispatch: every expert's destination number, per layer."""
-
-    placement: Placement
-    destinations: list[str]
-    owner: dict[int, torch.Tensor]  # layer -> [E] destination number of each expert
-    memory_mb: dict[str, int]  # function name -> its memory size (for metering)
-    owner_lists: dict[int, list[int]] = field(default_factory=dict)  # the same as lists (decode's split)
-
-
-# A request's own routing (the scheduler's plan) and where its functions' billed seconds accumulate.
-current_routing: ContextVar[Routing | None] = ContextVar("remoe_routing", default=None)
-current_function_seconds: ContextVar[dict[str, float] | None] = ContextVar("remoe_function_seconds", default=None)
-ROUTINGS_KEPT = 256
-
-
 def _accumulate(out: torch.Tensor, rows: torch.Tensor, partial: torch.Tensor) -> None:
     """out[rows] += partial; a plain add when the partial covers every row (decode)."""
     if len(rows) == out.shape[0]:
         out.add_(partial)
     else:
         out.index_add_(0, rows, partial)
-
-
-def _bill(function: str, seconds: float, rows: torch.Tensor, batch) -> None:
-    """A function's round trip billed to the request(s) whose rows it computed, split by their rows in it."""
-    if batch is None:
-        billed = current_function_seconds.get()
-        if billed is not None:
-            billed[function] = billed.get(function, 0.0) + seconds
-        return
-    if len(batch) == 1:
-        shares = {0: 1.0}
-    else:  # rows are few (a decode step has one per request): counting them in Python beats torch calls
-        stops = [group.stop for group in batch]
-        counts = Counter(bisect.bisect_right(stops, row) for row in rows.tolist())
-        shares = {i: n / len(rows) for i, n in counts.items()}
-    for i, share in shares.items():
-        billed = batch[i].function_seconds
-        if billed is not None:
-            billed[function] = billed.get(function, 0.0) + seconds * share
 
 
 class DispatchingExecutor:
@@ -300,7 +212,7 @@ class DispatchingExecutor:
         requests = current_batch.get()  # a batched step: the requests behind the rows
         routing, parts = self._split(layer, index, weights, requests)
         out = torch.zeros_like(hidden)  # [T, H]
-        in_flight: list[_InFlight] = []
+        in_flight: list[InFlight] = []
         local_job = None
         span = trace.get_current_span()
         carrier: dict[str, str] = {}
@@ -352,7 +264,7 @@ class DispatchingExecutor:
             _accumulate(out, job.rows, self._await(job, hidden))
             if job.dest.startswith(FUNCTION_PREFIX):  # a function bills its batches' round trips
                 seconds = (job.done_s or time.perf_counter()) - job.sent_s
-                _bill(job.dest.removeprefix(FUNCTION_PREFIX), seconds, job.rows, requests)
+                bill_functions(job.dest.removeprefix(FUNCTION_PREFIX), seconds, job.rows, requests)
         if in_flight:
             end = time.perf_counter()
             self.fanout_s.append(end - start)
@@ -380,11 +292,11 @@ class DispatchingExecutor:
         merged = Routing(self.default.placement, list(number), {}, {})  # only its destination list is read
         return merged, split_rows_by_owner(torch.cat(owner_rows), index, weights)
 
-    def _send(self, dest: str, rows: torch.Tensor, batch: expert_pb2.ExpertBatch, avoid: str = "") -> _InFlight:
+    def _send(self, dest: str, rows: torch.Tensor, batch: expert_pb2.ExpertBatch, avoid: str = "") -> InFlight:
         address = self._pick_address(dest, avoid)
         sent = time.perf_counter()
         _, pending = self._stream(address).submit(batch)
-        return _InFlight(dest, rows, batch, address, pending, sent)
+        return InFlight(dest, rows, batch, address, pending, sent)
 
     def _pick_address(self, dest: str, avoid: str = "") -> str:
         if not dest.startswith(FUNCTION_PREFIX):
@@ -403,7 +315,7 @@ class DispatchingExecutor:
         self.platform.touch(name, replica)
         return address
 
-    def _result(self, job: _InFlight) -> torch.Tensor:
+    def _result(self, job: InFlight) -> torch.Tensor:
         try:
             result = job.pending.result(timeout=remaining(DEFAULT_BATCH_TIMEOUT_S))
         except RemoteExpertError as e:
@@ -425,7 +337,7 @@ class DispatchingExecutor:
             raise RemoteExpertError(grpc.StatusCode.INTERNAL, f"{job.address} answered shape {list(partial.shape)}")
         return partial
 
-    def _await(self, job: _InFlight, hidden: torch.Tensor) -> torch.Tensor:
+    def _await(self, job: InFlight, hidden: torch.Tensor) -> torch.Tensor:
         try:
             return self._result(job)
         except RemoteExpertError as e:
@@ -452,7 +364,7 @@ class DispatchingExecutor:
             return self.local.compute(job.batch.layer, hidden[job.rows], index, weights)
         return self._result(self._send(self.fallback, job.rows, job.batch))
 
-    def _failover(self, job: _InFlight, error: RemoteExpertError) -> torch.Tensor:
+    def _failover(self, job: InFlight, error: RemoteExpertError) -> torch.Tensor:
         """An expert service failed a batch (it died, or is restarting): the other services each load any expert
         lazily, so the next one computes it; only when every one fails does the request fail, with the status."""
         for other in self.services:

@@ -19,20 +19,24 @@ shares), so the requests' `backbone_s` add up to the engine's busy time (`busy_s
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 from opentelemetry import trace
 from transformers import PreTrainedModel
 
-from remoe.model.activations import ActivationRecorder
-from remoe.model.generation import GenerationTrace, SamplingParams, make_generator, new_cache, sample_next
+from remoe.model.batch_request import (
+    BatchObserver,
+    BatchRequest,
+    BatchSettings,
+    DeadlinePassed,
+    RequestCancelled,
+    past_tokens,
+)
+from remoe.model.generation import make_generator, new_cache, sample_next
 from remoe.model.step_cache import (
     PACKABLE_TYPES,
     PackedStepCache,
@@ -41,79 +45,15 @@ from remoe.model.step_cache import (
     layer_types,
     packed_masks,
 )
-from remoe.transport.request_context import RequestRows, current_batch, current_deadline, current_request_id
+from remoe.transport.request_context import current_batch, current_deadline, current_request_id
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class BatchSettings:
-    max_requests: int = 32  # requests in the running batch; later arrivals wait for a free place
-    prefill_chunk: int = 256  # prompt tokens prefilled per iteration (a long prompt is split: decode goes on)
-
-    def __post_init__(self) -> None:
-        if self.max_requests < 1 or self.prefill_chunk < 1:
-            raise ValueError(f"max_requests and prefill_chunk must be >= 1, got {self}")
-
-
-class RequestCancelled(Exception):
-    """The request was cancelled (its client left)."""
-
-
-class DeadlinePassed(Exception):
-    """The request's deadline passed while it was waiting or running."""
-
-
-@dataclass(eq=False)
-class BatchRequest:
-    """One request's state in the batch: what it asked for, and what the steps made of it so far."""
-
-    request_id: str
-    prompt: list[int]
-    params: SamplingParams
-    eos_token_ids: set[int]
-    recorder: ActivationRecorder | None = None
-    deadline: float | None = None  # time.time() seconds
-    routing: object | None = None  # its compiled plan (dispatch.executor.Routing); None = the default
-    function_seconds: dict[str, float] = field(default_factory=dict)
-    trace: GenerationTrace = field(default_factory=GenerationTrace)
-    trace_context: object = None  # its OpenTelemetry context: a forward's span goes into the first request's trace
-    backbone_s: float = 0.0  # its share of the forwards' wall time
-    steps: int = 0  # forwards it was in
-    shared_steps: int = 0  # of those, forwards with other requests
-    peers: int = 0  # other requests summed over its forwards (mean company = peers / steps)
-    # Owned by the stepping caller.
-    _cache: object = None
-    _generator: torch.Generator | None = None
-    _prefilled: int = 0
-    _out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    _cancelled: bool = False
-
-    @property
-    def decoding(self) -> bool:
-        return self._prefilled == len(self.prompt)
-
-    def rows(self, stop: int) -> RequestRows:
-        return RequestRows(stop, self.request_id, self.deadline, self.routing, self.function_seconds, self.recorder)
-
-
 _END = object()
 # A packed step's attention scores (queries x every request's keys) above this: decode and prefill run apart.
 MAX_PACKED_SCORES = 1 << 22
-
-
-def _past(request: BatchRequest) -> int:
-    """Tokens in a decoding request's cache: its prompt and every generated token but the last."""
-    return len(request.prompt) + len(request.trace.tokens) - 1
-
-
-class BatchObserver(Protocol):
-    """Told of each forward and each admission (e.g. the backbone's Prometheus histograms)."""
-
-    def forward(self, requests: int, tokens: int, decode: bool) -> None: ...
-
-    def admitted(self, queue_wait_s: float) -> None: ...
 
 
 class BatchEngine:
@@ -302,7 +242,7 @@ class BatchEngine:
                 return self._alone(input_ids, caches[0])
             out = self.model(
                 input_ids=input_ids,
-                position_ids=torch.tensor([[_past(r)] for r in requests], device=self.device),  # [B, 1]
+                position_ids=torch.tensor([[past_tokens(r)] for r in requests], device=self.device),  # [B, 1]
                 attention_mask=decode_masks(caches, self._types, self._mask_dtype, self.device),
                 cache=StepCache(caches),
                 use_cache=True,
@@ -348,7 +288,7 @@ class BatchEngine:
         if not set(self._types) <= PACKABLE_TYPES:
             return False
         queries = len(decoding) + sum(n for _, n in chunks)
-        keys = sum(_past(r) + 1 for r in decoding) + sum(r._prefilled + n for r, n in chunks)
+        keys = sum(past_tokens(r) + 1 for r in decoding) + sum(r._prefilled + n for r, n in chunks)
         return queries * keys <= MAX_PACKED_SCORES
 
     def _packed(self, decoding: list[BatchRequest], chunks: list[tuple[BatchRequest, int]]) -> None:
@@ -356,7 +296,7 @@ class BatchEngine:
         requests = [*decoding, *(r for r, _ in chunks)]
         tokens = [[r.trace.tokens[-1]] for r in decoding]
         tokens += [r.prompt[r._prefilled : r._prefilled + n] for r, n in chunks]
-        pasts = [_past(r) for r in decoding] + [r._prefilled for r, _ in chunks]
+        pasts = [past_tokens(r) for r in decoding] + [r._prefilled for r, _ in chunks]
         lengths = [len(t) for t in tokens]
         caches = [r._cache for r in requests]
 

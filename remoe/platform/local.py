@@ -27,6 +27,7 @@ from pathlib import Path
 from remoe.constants import FunctionEnv
 from remoe.functions.config import FunctionConfig
 from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartError, InstanceStatus
+from remoe.platform.inherited_env import function_environment
 from remoe.settings import BackboneSettings, default_of
 
 log = logging.getLogger(__name__)
@@ -34,28 +35,6 @@ DEFAULT_IDLE_TTL_S: float = default_of(BackboneSettings, "function_ttl_s")
 # After an instance failed to start (e.g. its experts do not fit its memory), starting it again is refused for
 # this long: every batch routed to it would otherwise spawn a doomed process.
 START_RETRY_S = 10.0
-
-
-# What a function process inherits from the backbone's environment: enough to run Python offline and trace; no
-# secrets (a gateway token, Redis URLs) and no settings of other services. REMOE_KERNEL_CACHE and CC: where the
-# native expert kernel is built and with what, so the host's functions share one build.
-_INHERITED = {
-    "PATH",
-    "PYTHONPATH",
-    "VIRTUAL_ENV",
-    "HOME",
-    "TMPDIR",
-    "LANG",
-    "TZ",
-    "HF_HOME",
-    "REMOE_KERNEL_CACHE",
-    "CC",
-}
-_INHERITED_PREFIXES = ("LC_", "OTEL_", "HF_HUB_", "TRANSFORMERS_", "OMP_", "MKL_")
-
-
-def function_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith(_INHERITED_PREFIXES)}
 
 
 def default_memory_budget_mb() -> int:

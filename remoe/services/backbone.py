@@ -7,7 +7,6 @@ Without --experts every routed expert runs in this process.
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +20,8 @@ from opentelemetry import context as otel_context
 
 from remoe.checkpoint.dtypes import resolve_dtype
 from remoe.checkpoint.weights import open_weights
-from remoe.dispatch.executor import DispatchingExecutor, current_function_seconds, current_routing
+from remoe.dispatch.executor import DispatchingExecutor
+from remoe.dispatch.routing import current_function_seconds, current_routing
 from remoe.errors import RemoeError
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
@@ -29,12 +29,14 @@ from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.services import backbone_registry
 from remoe.model.activations import ActivationRecorder, current_recorder
 from remoe.model.backbone import Backbone
-from remoe.model.batch_engine import BatchEngine, BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
+from remoe.model.batch_engine import BatchEngine
+from remoe.model.batch_request import BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
+from remoe.model.messages import activation_summary, add_batch_usage, sampling_from_proto
 from remoe.model.step_cache import batching_unsupported
 from remoe.model.tokenizer import eos_token_ids
-from remoe.platform.base import FunctionPlatform, FunctionStartError
-from remoe.platform.local import LocalFunctionPlatform
+from remoe.platform.base import FunctionStartError
+from remoe.platform.factory import platform_from_settings
 from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
 from remoe.ports import side_port_file
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
@@ -46,28 +48,6 @@ from remoe.transport.request_context import call_time_remaining, current_deadlin
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
-
-
-def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
-    """Raises ValueError naming the bad field."""
-    return SamplingParams(
-        max_new_tokens=int(msg.max_new_tokens),
-        temperature=float(msg.temperature),
-        top_p=float(msg.top_p) if msg.top_p else 1.0,
-        seed=int(msg.seed) if msg.HasField("seed") else None,
-        stop_on_eos=not msg.ignore_eos,
-    )
-
-
-def activation_summary(recorder: ActivationRecorder) -> common_pb2.ActivationSummary:
-    record = recorder.record
-    return common_pb2.ActivationSummary(
-        moe_layers=record.moe_layers,
-        num_experts=record.num_experts,
-        top_k=record.top_k,
-        prefill=record.prefill.flatten().tolist(),
-        decode=record.decode.flatten().tolist(),
-    )
 
 
 class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
@@ -184,7 +164,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         function_memory_mb=(routing or self.executor.default).memory_mb,
                     )
                     if self.engine is not None:
-                        _batch_usage(usage, job)
+                        add_batch_usage(usage, job)
                     with self._lock:
                         self._served += 1
                         self._ttft_ms.append(trace.ttft_s * 1e3)
@@ -337,37 +317,6 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         )
 
 
-def _batch_usage(usage: common_pb2.Usage, job: BatchRequest) -> None:
-    usage.backbone_s = job.backbone_s
-    usage.steps = job.steps
-    usage.shared_steps = job.shared_steps
-    usage.mean_step_requests = 1 + job.peers / job.steps if job.steps else 0.0
-
-
-def make_platform(s: BackboneSettings) -> FunctionPlatform:
-    """Local processes beside the backbone, or Knative Services in the backbone's cluster."""
-    if s.function_platform == "knative":
-        from remoe.platform.knative import KnativeFunctionPlatform, KnativeSettings, load_template
-
-        knative = KnativeSettings(
-            namespace=s.knative_namespace,
-            image=s.knative_image,
-            model_pvc=s.knative_model_pvc,
-            model_subdir=s.knative_model_subdir,
-            idle_ttl_s=round(s.function_ttl_s),
-            template=load_template(s.knative_template) if s.knative_template else None,
-        )
-        return KnativeFunctionPlatform(knative)
-    run_dir = Path(s.run_dir or tempfile.mkdtemp(prefix="remoe-functions-"))
-    return LocalFunctionPlatform(
-        str(s.model),
-        run_dir,
-        idle_ttl_s=s.function_ttl_s,
-        memory_budget_mb=s.function_memory_budget_mb,
-        max_starting=s.function_max_starting,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     s = load_settings(BackboneSettings, argv, "python -m remoe.services.backbone", __doc__.split("\n")[0])
     setup_logging("backbone", s.verbose)
@@ -384,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     placement = plan_with_functions(arch.layer_indices, arch.num_experts, services, functions)
     # Always a platform: the scheduler's plans bring their own functions with each request.
     try:
-        platform = make_platform(s)
+        platform = platform_from_settings(s)
     except RemoeError as e:
         raise SystemExit(f"backbone: {e}") from None
     platform.deploy(functions)

@@ -17,7 +17,7 @@ from remoe.ports import side_port_file
 from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
-from remoe.scheduler.profiling import load_profile
+from remoe.scheduler.profile_file import load_profile
 from remoe.scheduler.shape import shape_of_model
 from remoe.server.common import Server, setup_logging
 from remoe.settings import SchedulerSettings, load_settings

@@ -1,0 +1,199 @@
+"""Each speed the cost model needs, measured on its own: expert compute, transfer, functions, the backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEMORY_SIZES_GB = (1.0, 2.0, 3.0, 4.0)
+PROMPT_LENGTHS = (16, 64, 128, 256)
+EXPERT_TOKENS = (1, 4, 16, 64, 128)
+
+
+def _median_time(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def line_fit(xs, ys) -> tuple[float, float]:
+    """(intercept, slope) of a least-squares line."""
+    slope, intercept = np.polyfit(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64), 1)
+    return float(intercept), float(slope)
+
+
+def measure_experts(model_dir: Path, repeats: int) -> dict:
+    """Seconds for one expert over token counts, at 1..cores threads: {threads: [[tokens, s], ...]}."""
+    from remoe.checkpoint.dtypes import resolve_dtype
+    from remoe.checkpoint.weights import open_weights
+    from remoe.experts.executor import LocalExpertExecutor
+
+    weights = open_weights(model_dir)
+    dtype = resolve_dtype(weights.config, "auto")
+    executor = LocalExpertExecutor(weights, dtype=dtype)
+    layer = weights.arch.layer_indices[0]
+    executor.preload(layer, 0)
+    before = torch.get_num_threads()
+    curves = {}
+    try:
+        for threads in range(1, (os.cpu_count() or 1) + 1):
+            torch.set_num_threads(threads)
+            points = []
+            for n in EXPERT_TOKENS:
+                hidden = torch.randn(n, weights.arch.hidden_size, dtype=dtype)
+                index, gate = torch.zeros(n, 1, dtype=torch.int64), torch.ones(n, 1, dtype=dtype)
+                run = lambda h=hidden, i=index, g=gate: executor.compute(layer, h, i, g)  # noqa: E731
+                run()  # warm
+                points.append([n, _median_time(run, repeats)])
+            curves[threads] = points
+    finally:
+        torch.set_num_threads(before)
+    return curves
+
+
+def measure_bandwidth(megabytes: int = 32) -> float:
+    """Bytes per second through the tensor codec (encode + decode) and a loopback TCP socket."""
+    from remoe.transport import tensor_codec
+
+    tensor = torch.randn(megabytes * 2**20 // 4)
+    nbytes = tensor.numel() * 4
+    codec_s = _median_time(lambda: tensor_codec.decode(tensor_codec.encode(tensor)), 3)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    payload = bytes(nbytes)
+
+    def drain():
+        conn, _ = server.accept()
+        with conn:
+            left = nbytes
+            while left:
+                left -= len(conn.recv(min(left, 2**20)))
+            conn.sendall(b"k")
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        start = time.perf_counter()
+        client.sendall(payload)
+        client.recv(1)
+        socket_s = time.perf_counter() - start
+    reader.join()
+    server.close()
+    return nbytes / (codec_s + socket_s)
+
+
+def measure_functions(
+    model_dir: Path, run_dir: Path, big_batch: int, repeats: int, progress, sizes_gb=MEMORY_SIZES_GB
+) -> dict:
+    """Per memory size: cold start (first answer) and warm round trips of a 1-token and a big batch."""
+    from remoe.checkpoint.dtypes import resolve_dtype
+    from remoe.checkpoint.weights import open_weights
+    from remoe.platform.base import FunctionSpec
+    from remoe.platform.local import LocalFunctionPlatform
+    from remoe.proto import expert_pb2
+    from remoe.transport import tensor_codec
+    from remoe.transport.expert_stream import ExpertStream
+
+    weights = open_weights(model_dir)
+    dtype = resolve_dtype(weights.config, "auto")
+    layer, hidden_size = weights.arch.layer_indices[0], weights.arch.hidden_size
+    specs = [FunctionSpec(f"profile-{int(y * 1024)}", ((layer, 0),), int(y * 1024)) for y in sizes_gb]
+    platform = LocalFunctionPlatform(model_dir, run_dir, idle_ttl_s=600)
+    platform.deploy(specs)
+
+    def batch(n: int) -> expert_pb2.ExpertBatch:
+        return expert_pb2.ExpertBatch(
+            layer=layer,
+            hidden_states=tensor_codec.encode(torch.randn(n, hidden_size, dtype=dtype)),
+            top_k_index=tensor_codec.encode(torch.zeros(n, 1, dtype=torch.int64)),
+            top_k_weights=tensor_codec.encode(torch.ones(n, 1, dtype=dtype)),
+        )
+
+    results = {}
+    try:
+        for y, spec in zip(sizes_gb, specs, strict=True):
+            start = time.perf_counter()
+            (address,) = platform.endpoints(spec.name, timeout_s=180)
+            stream = ExpertStream(address)
+            small, big = batch(1), batch(big_batch)
+
+            def call(b, stream=stream, name=spec.name):
+                result = stream.submit(b)[1].result(timeout=120)
+                if result.status_code:
+                    raise RuntimeError(f"function {name}: {result.error}")
+
+            call(small)
+            cold = time.perf_counter() - start
+            call(big)  # warm both sizes
+            results[y] = {
+                "cold_start_s": cold,
+                "rtt_1_s": _median_time(lambda b=small: call(b), repeats),
+                f"rtt_{big_batch}_s": _median_time(lambda b=big: call(b), repeats),
+                "threads": min(os.cpu_count() or 1, max(1, int(y))),
+            }
+            stream.close()
+            progress(f"function {y:g} GB")
+    finally:
+        platform.close()
+    return results
+
+
+def measure_end_to_end(
+    model_dir: Path,
+    run_dir: Path,
+    new_tokens: int,
+    repeats: int,
+    progress,
+    remote: int = 0,
+    replicas: int = 1,
+    memory_mb: int = 1024,
+) -> dict:
+    """TTFT per prompt length and TPOT through `remoe up`: every expert on the expert services, or the last
+    `remote` experts of every layer in functions, split over `replicas` functions per layer."""
+    from remoe.checkpoint.weights import open_weights
+    from remoe.cluster import LocalCluster
+    from remoe.platform.base import FunctionSpec, functions_to_json
+    from remoe.sdk import Client
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = None
+    if remote:
+        arch = open_weights(model_dir).arch
+        experts = range(arch.num_experts - remote, arch.num_experts)
+        shares = [list(experts)[j::replicas] for j in range(replicas)]
+        specs = [
+            FunctionSpec(f"layer-{layer}-{j}", tuple((layer, e) for e in share), memory_mb)
+            for layer in arch.layer_indices
+            for j, share in enumerate(shares)
+        ]
+        plan_file = run_dir / "plan.json"
+        plan_file.write_text(json.dumps(functions_to_json(specs)))
+    rows = {}
+    with LocalCluster(model_dir, port=0, predictor=False, run_dir=run_dir, plan_file=plan_file) as cluster:
+        with Client(cluster.address) as client:
+            warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
+            for _ in range(2):  # every code path, the functions started and (very likely) every expert loaded
+                client.generate(token_ids=warm, max_new_tokens=4, ignore_eos=True)
+            for n in PROMPT_LENGTHS:
+                ids = [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)]
+                runs = [
+                    client.generate(token_ids=ids, max_new_tokens=new_tokens, ignore_eos=True) for _ in range(repeats)
+                ]
+                rows[n] = {
+                    "ttft_s": statistics.median(r.usage.ttft_s for r in runs),
+                    "tpot_s": statistics.median(r.usage.tpot_s for r in runs),
+                }
+                progress(f"end to end, {replicas if remote else 0} function(s) per layer, {n} prompt tokens")
+    return rows
