@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler \
+.PHONY: install system-deps test test-unit lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler \
 	bench bench-quick bench-evaluation bench-hardware bench-load bench-http images images-cuda compose-up compose-down kind-up kind-down clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
 	@echo "make test          install if needed, then run the whole test suite"
+	@echo "make test-unit     the tests that start no process and run no model end to end (under a minute)"
 	@echo "make lint          ruff check + format check"
 	@echo "make demo          trained tiny MoE -> split -> verify -> remoe up -> generate -> status -> shut down"
 	@echo "make protos        regenerate remoe/proto from protos/remoe/v1"
@@ -39,6 +40,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# Tests marked `processes` (they start services, clusters, functions or CLIs) or `slow` (a model run end to end
+# per architecture) are left out; the rest check the library's logic in under a minute.
+test-unit: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -m "not processes and not slow"
 
 # Debian packages: redis-server (the predictor's prior) and text for the prompt corpus.
 system-deps:

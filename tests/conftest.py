@@ -66,6 +66,13 @@ def reference_logits(model, token_ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([token_ids])).logits[0].float()
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs a redis-server starts one: it is one of the `processes` tests (make test-unit)."""
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.processes)
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     """A real redis-server on 127.0.0.1 for this session (.ci/run installs Debian's redis-server)."""
@@ -114,6 +121,18 @@ def warm_functions(client, timeout_s: float = 90.0) -> None:
     while not all(f.state == "warm" for f in client.status().backbone.functions):
         assert time.monotonic() < deadline, "functions did not start"
         time.sleep(0.1)
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.05):
+    """Poll `condition` until it is truthy (its value is returned) or fail naming `what`: a test waits for an
+    observable state, never for a fixed time."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(poll_s)
+    return value
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

@@ -13,6 +13,8 @@ from remoe.model.tokenizer import load_tokenizer
 from remoe.sdk import Client, ResourceExhausted
 from tests.conftest import PROMPT, reference_generate
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 
 @pytest.fixture(scope="module")
 def one_slot_cluster(tiny_model, tmp_path_factory):

@@ -28,6 +28,8 @@ from remoe.sdk import Client
 from remoe.transport import tensor_codec
 from tests.conftest import PROMPT, reference_generate
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 ARCH = "qwen3_moe"  # 3 MoE layers x 8 experts, top-2, hidden 64
 CODE = grpc.StatusCode
 

@@ -10,6 +10,8 @@ import pytest
 
 from remoe.checkpoint.manifest import Manifest
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 
 def remoe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "remoe.cli", *args], capture_output=True, text=True, timeout=300)

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 
 import grpc
 import pytest
+import torch
 
 from remoe.cluster import LocalCluster
 from remoe.constants import MAX_PROMPT_CHARS
@@ -22,6 +23,8 @@ from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Unavailable
 from tests.conftest import ARCHS, PROMPT, reference_generate, warm_functions
+
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
 
 PROMPTS = [
     "The quick brown fox",
@@ -398,4 +401,6 @@ def test_predictor_service_round_trip_and_bad_input(mixtral_cluster):
         stub.Predict(predictor_pb2.PredictRequest(prompt="a" * (MAX_PROMPT_CHARS + 1), token_ids=[1]), timeout=60)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(MAX_PROMPT_CHARS) in err.value.details()
     huge = stub.Predict(predictor_pb2.PredictRequest(prompt="a" * MAX_PROMPT_CHARS, token_ids=[1] * 10), timeout=60)
-    assert huge.source in ("sps", "prior", "equal")
+    frequency = tensor_codec.decode(huge.frequency)  # forecast like any prompt: a distribution per layer
+    assert tuple(frequency.shape) == (len(layers), experts)
+    torch.testing.assert_close(frequency.sum(dim=1), torch.ones(len(layers)), rtol=0, atol=1e-5)

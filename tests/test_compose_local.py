@@ -33,6 +33,8 @@ from remoe.settings import SERVICES, env_prefix
 from tests.conftest import reference_generate, scrape
 from tests.deployment import COMPOSE_FILE, ROOT, compose_command, inherited, parse_dockerfile
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 STARTUP_S = 240
 
 

@@ -58,6 +58,7 @@ def test_read_prompts_takes_jsonl_or_plain_lines(tmp_path):
         read_prompts(tmp_path / "c.jsonl")
 
 
+@pytest.mark.slow
 def test_the_real_corpus_has_thousands_of_prompts_from_several_domains_and_languages(tmp_path):
     prompts = build_corpus(progress=False)
     assert len(prompts) >= 3000

@@ -23,6 +23,8 @@ from remoe.platform.plan import load_plan_file
 from remoe.settings import SERVICES, env_prefix
 from tests.deployment import COMPOSE_FILE, ROOT, compose_command, inherited, parse_dockerfile
 
+pytestmark = pytest.mark.processes  # runs docker-compose, kubectl and kustomize
+
 KIND_NODE_VERSION = "1.33.0"  # the schemas for k8s/kind/cluster.yaml's kindest/node:v1.33.x
 VERSION = "0.1.0"
 

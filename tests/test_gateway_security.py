@@ -19,6 +19,8 @@ from remoe.sdk import Client, Unauthenticated, Unavailable
 from remoe.settings import GatewaySettings, env_for
 from tests.conftest import PROMPT, reference_generate
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 ARCH = "qwen3_moe"
 TOKEN = "s3cret-t0ken"
 

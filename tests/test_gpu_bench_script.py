@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

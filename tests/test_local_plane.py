@@ -123,6 +123,7 @@ def test_the_socket_is_its_owners_alone(plane):
     assert not path.exists()
 
 
+@pytest.mark.processes
 def test_a_cluster_sends_through_the_plane_and_grpc_gives_the_same_tokens(tiny_model, reference):
     path = tiny_model("qwen3_moe")
     tokens = {}

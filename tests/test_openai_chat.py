@@ -20,7 +20,8 @@ def model_dir(tiny_model):
 
 
 def front(model_dir, tokenizer) -> OpenAIFrontEnd:
-    return OpenAIFrontEnd(SimpleNamespace(tokenizer=tokenizer, model_dir=model_dir, max_requests=4), "m")
+    core = SimpleNamespace(tokenizer=tokenizer, model_dir=model_dir, admission=SimpleNamespace(limit=4))
+    return OpenAIFrontEnd(core, "m")  # the parts of a GatewayCore that turning messages into a prompt reads
 
 
 def body(messages) -> ChatCompletionRequest:
@@ -28,10 +29,11 @@ def body(messages) -> ChatCompletionRequest:
 
 
 def test_the_model_chat_template_renders_the_conversation(model_dir):
-    tokenizer = build_tokenizer(512)
-    expected = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)
-    assert front(model_dir, tokenizer).chat_token_ids(body(MESSAGES)) == list(expected)
-    assert tokenizer.decode(expected).endswith("<|im_start|>assistant\n"), "the assistant's turn is opened"
+    tokenizer = build_tokenizer(512)  # a ChatML template
+    ids = front(model_dir, tokenizer).chat_token_ids(body(MESSAGES))
+    chatml = "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(ids) == chatml, "each message in its turn, and the assistant's turn opened"
+    assert ids == tokenizer.encode(chatml)
 
 
 def test_text_parts_are_joined_like_a_string(model_dir):

@@ -106,6 +106,7 @@ def test_empty_store_falls_back_to_the_global_prior_then_equal_frequency(tmp_pat
     np.testing.assert_allclose(second.frequency, [[0, 0.5, 0.5, 0], [0, 0.5, 0.5, 0]])
 
 
+@pytest.mark.slow
 def test_qdrant_and_redis_down_never_fail_a_prediction(embedder, soft_cosine):
     store = PromptStore.open("m", url="http://127.0.0.1:9")  # nothing listens there
     prior = GlobalPrior(redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2), "m", 2, 4)

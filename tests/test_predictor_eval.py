@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from remoe.corpus.build import build_corpus, write_jsonl
+
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
 
 
 def test_eval_reports_every_method_and_writes_table_and_plot(tiny_model, tmp_path):

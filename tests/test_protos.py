@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -16,6 +17,7 @@ from remoe.proto import expert_pb2, expert_pb2_grpc
 from remoe.server.common import Server
 
 
+@pytest.mark.processes
 def test_generated_stubs_match_the_protos():
     out = subprocess.run([sys.executable, "-m", "remoe.proto.generate", "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -15,6 +15,8 @@ from remoe.platform.plan import load_plan_file
 from remoe.scheduler.profile_file import fit_remote, load_profile
 from remoe.scheduler.shape import deepseek_v2_lite, gpt2_moe, shape_of_model
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 
 def remoe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "remoe.cli", *args], capture_output=True, text=True, timeout=600)

@@ -28,6 +28,8 @@ from remoe.services.scheduler import SchedulerServicer
 from remoe.transport import tensor_codec
 from tests.conftest import PROMPT, reference_generate
 
+pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
+
 # Local experts slow and functions fast: a tight TTFT SLO can only be met by sending experts out.
 FAST_FUNCTIONS = Profile(
     local_expert_s_per_token=0.01,

@@ -84,6 +84,7 @@ def test_env_for_round_trips_and_refuses_unknown_names(monkeypatch):
         env_for(BackboneSettings, modle="/m")
 
 
+@pytest.mark.processes
 def test_every_service_help_lists_its_variables():
     for service, cls in SERVICES.items():
         text = parser_for(cls, service, "").format_help()

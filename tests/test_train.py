@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -11,6 +12,7 @@ from remoe.model.train import TrainSpec, train_tiny
 from tests.conftest import reference_generate
 
 
+@pytest.mark.slow
 def test_a_short_training_run_learns_and_is_served_exactly(tmp_path):
     texts = [p.prompt for p in build_corpus(progress=False)[:1500]]
     spec = TrainSpec(layers=2, experts=4, hidden=64, vocab=512, seq_len=64, batch=8, steps=40, lr=5e-3)

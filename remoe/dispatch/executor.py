@@ -33,6 +33,7 @@ from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import FUNCTION_PREFIX, LOCAL, Placement, function_destination
 from remoe.experts.slot_split import split_rows_by_owner, split_slots
 from remoe.platform.base import FunctionStartError
+from remoe.platform.plan import check_functions
 from remoe.proto import expert_pb2
 from remoe.transport import tensor_codec
 from remoe.transport.expert_stream import ExpertStream, RemoteExpertError
@@ -137,7 +138,7 @@ class DispatchingExecutor:
         where the default placement has it."""
         if self.platform is None:
             raise ValueError("this backbone has no function platform, so it cannot run a plan's functions")
-        self._check_plan(functions)
+        check_functions(functions, self.moe_layers, self.num_experts)
         running = self.platform.running()
         new, reused = reuse_running(list(functions), running)
         key = (tuple(new), tuple((name, tuple(experts)) for name, experts in sorted(reused.items())))
@@ -159,16 +160,6 @@ class DispatchingExecutor:
             while len(self._routings) > ROUTINGS_KEPT:
                 self._routings.popitem(last=False)
         return routing
-
-    def _check_plan(self, functions) -> None:
-        remote: dict[ExpertId, str] = {}
-        for spec in functions:
-            for expert in spec.experts:
-                if expert in remote:
-                    raise ValueError(f"expert {expert} is in both {remote[expert]} and {spec.name}")
-                if expert[0] not in self.moe_layers or not 0 <= expert[1] < self.num_experts:
-                    raise ValueError(f"function {spec.name}: expert {expert} is not in the model")
-                remote[expert] = spec.name
 
     def _plan_destinations(self, remote: dict[str, list[ExpertId]]) -> dict[str, list[ExpertId]]:
         """A plan's destinations: its functions (`remote`: destination -> experts) take their experts, the others

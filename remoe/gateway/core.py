@@ -23,6 +23,7 @@ from remoe.gateway.planning import PlanningConfig, RequestPlanner
 from remoe.gateway.refused import Refused
 from remoe.gateway.validation import check_limits, prompt_ids, prompt_text
 from remoe.metrics.gateway import GatewayMetrics
+from remoe.model.generation import time_per_output_token
 from remoe.model.text_stream import TextStream
 from remoe.model.tokenizer import load_tokenizer
 from remoe.platform.plan import functions_to_proto
@@ -138,7 +139,7 @@ class GatewayCore:
                     usage = common_pb2.Usage(prompt_tokens=len(ids), completion_tokens=len(text.tokens))
                     # The backbone's usage never comes: time it here (function seconds unknown, metered as 0).
                     usage.ttft_s = first_token_s
-                    usage.tpot_s = (time.perf_counter() - started - first_token_s) / max(1, len(text.tokens) - 1)
+                    usage.tpot_s = time_per_output_token(first_token_s, time.perf_counter() - started, len(text.tokens))
                     self.metering.meter(request_id, usage, plan)
                     yield gateway_pb2.GenerateChunk(
                         token_ids=[chunk.token_id],
@@ -169,7 +170,8 @@ class GatewayCore:
                 return False  # the caller left; the backbone call was cancelled with it
             raise Refused(e.code(), f"backbone: {e.details()}") from None
         last_s = time.perf_counter() - arrived
-        self.metrics.served(len(ids), n_out, ttft_s, (last_s - ttft_s) / (n_out - 1) if n_out > 1 else None)
+        tpot_s = time_per_output_token(ttft_s, last_s, n_out) if n_out > 1 else None
+        self.metrics.served(len(ids), n_out, ttft_s, tpot_s)
         return True
 
     # -- the rest of the gateway's API

@@ -68,6 +68,12 @@ def make_generator(seed: int | None) -> torch.Generator | None:
     return generator
 
 
+def time_per_output_token(first_token_s: float, last_token_s: float, tokens: int) -> float:
+    """TPOT, the one definition everywhere: the time from the first to the last of `tokens` output tokens, per
+    token after the first."""
+    return (last_token_s - first_token_s) / max(1, tokens - 1)
+
+
 @dataclass
 class GenerationTrace:
     """What one generation did: filled in as `generate_tokens` runs."""
@@ -84,7 +90,7 @@ class GenerationTrace:
 
     @property
     def tpot_s(self) -> float:
-        return (self.end - self.first_token_at) / max(1, len(self.tokens) - 1)
+        return time_per_output_token(self.first_token_at, self.end, len(self.tokens))
 
 
 def generate_tokens(

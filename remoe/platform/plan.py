@@ -38,10 +38,9 @@ def remote_ratio_functions(
     ]
 
 
-def plan_with_functions(
-    moe_layers: list[int], num_experts: int, services: list[str], functions: list[FunctionSpec]
-) -> Placement:
-    """Functions take their experts; every other expert goes round-robin to the services."""
+def check_functions(functions: list[FunctionSpec], moe_layers: list[int], num_experts: int) -> dict[ExpertId, str]:
+    """Each expert of a plan's functions -> its function; ValueError when an expert is in two functions or is not
+    the model's."""
     remote: dict[ExpertId, str] = {}
     for spec in functions:
         for expert in spec.experts:
@@ -50,6 +49,14 @@ def plan_with_functions(
             if expert[0] not in moe_layers or not 0 <= expert[1] < num_experts:
                 raise ValueError(f"function {spec.name}: expert {expert} is not in the model")
             remote[expert] = spec.name
+    return remote
+
+
+def plan_with_functions(
+    moe_layers: list[int], num_experts: int, services: list[str], functions: list[FunctionSpec]
+) -> Placement:
+    """Functions take their experts; every other expert goes round-robin to the services."""
+    remote = check_functions(functions, moe_layers, num_experts)
     rest = [(layer, e) for layer in moe_layers for e in range(num_experts) if (layer, e) not in remote]
     destinations = services_round_robin(rest, services)
     for spec in functions:
