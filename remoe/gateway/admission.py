@@ -4,6 +4,7 @@ rather than queued without bound."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 
@@ -25,9 +26,9 @@ class Admission:
         self._lock = threading.Lock()
 
     @contextmanager
-    def slot(self, clock):
-        """Hold one of the `limit` slots for the body; raises Refused (RESOURCE_EXHAUSTED) when none is free.
-        `clock()` is the time in seconds (the request's duration feeds the retry hint)."""
+    def slot(self):
+        """Hold one of the `limit` slots for the body; raises Refused (RESOURCE_EXHAUSTED) when none is free. How
+        long the body took feeds the retry hint."""
         with self._lock:
             if self.active >= self.limit:
                 self.refused += 1
@@ -39,13 +40,13 @@ class Admission:
                     retry_after_ms=retry_ms,
                 )
             self.active += 1
-        started = clock()
+        started = time.perf_counter()
         try:
             yield
         finally:
             with self._lock:
                 self.active -= 1
-                self._durations_s.append(clock() - started)
+                self._durations_s.append(time.perf_counter() - started)
 
     def count_served(self) -> None:
         with self._lock:

@@ -87,7 +87,7 @@ class GatewayCore:
         """The request's chunks, the last with its usage. Raises Refused; a caller that leaves ends it quietly."""
         code = grpc.StatusCode.CANCELLED  # the caller left (the stream was closed before its end)
         try:
-            with self.admission.slot(time.perf_counter):
+            with self.admission.slot():
                 served = yield from self._serve(request, caller, time.perf_counter())
                 code = grpc.StatusCode.OK if served else grpc.StatusCode.CANCELLED
         except Refused as e:

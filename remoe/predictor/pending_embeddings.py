@@ -27,9 +27,10 @@ class PendingEmbeddings:
         return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()  # prompts can be MBs
 
     def put(self, prompt: str, embedding: list[float]) -> None:
+        key = self._key(prompt)
         with self._lock:
-            self._entries[self._key(prompt)] = embedding
-            self._entries.move_to_end(self._key(prompt))
+            self._entries[key] = embedding
+            self._entries.move_to_end(key)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)  # the oldest: a request that never recorded (failed, cancelled)
 
