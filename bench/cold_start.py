@@ -1,11 +1,14 @@
 """Cold starts of the function layer, measured in one run on this machine.
 
-1. One function's cold start to its first answer: Remoe's function (lazy: loads only the routed expert's
-   bytes) vs a function that loads the whole checkpoint first (transformers from_pretrained), same model,
-   same expert, both fresh processes.
-2. TTFT of a cold request (every function scaled to zero) through `remoe up --remote-ratio 0.5`, with the
-   gateway pre-warming the plan's functions when the request arrives vs without (functions then start one
-   after another, as each layer first needs them).
+1. One function's cold start to its first answer, started three ways: a fresh process (imports included: a bare
+   serverless platform), forked from the runtime template (the local platform's default), and a pooled process
+   that imported everything ahead and is handed its configuration. On the tiny model (2 experts) and on a
+   DeepSeek-V2-Lite-shaped layer (8 experts of 17 MB, bf16). Beside it: a function that loads the whole
+   checkpoint with transformers before answering.
+2. A cold request's TTFT under the `wait` policy (every function of its plan scaled to zero, the request waits
+   for their starts) against a warm request's, through `remoe up --remote-ratio 0.5`, each runtime.
+3. TTFT of a cold request with the gateway pre-warming the plan's functions when the request arrives vs
+   without (functions then start one after another, as each layer first needs them), each runtime.
 
 Usage: python bench/cold_start.py [--repeats N] [--out docs/results]
 """
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,10 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import MODELS, PROMPT, machine_description  # noqa: E402
 
+from remoe.checkpoint.weights import open_weights  # noqa: E402
 from remoe.cluster import LocalCluster  # noqa: E402
 from remoe.functions.config import FunctionConfig  # noqa: E402
 from remoe.model.tiny import make_tiny_model  # noqa: E402
 from remoe.model.tokenizer import load_tokenizer  # noqa: E402
+from remoe.platform.inherited_env import function_environment  # noqa: E402
+from remoe.platform.launcher import InstanceProcess, PlainLauncher, TemplateLauncher  # noqa: E402
 from remoe.proto import expert_pb2  # noqa: E402
 from remoe.sdk import Client  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
@@ -43,70 +50,136 @@ import sys, time
 t0 = time.time()
 import torch
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype="auto")
 experts = model.get_submodule(sys.argv[2])
 with torch.inference_mode():
-    experts(torch.randn(1, model.config.hidden_size), torch.tensor([[1]]), torch.ones(1, 1))
+    x = torch.randn(1, model.config.hidden_size, dtype=model.dtype)
+    experts(x, torch.tensor([[1]]), torch.ones(1, 1, dtype=model.dtype))
 print(time.time() - t0)
 """
+RUNTIMES = ("process", "fork", "pool")
+BASE_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}  # as the local platform gives its functions
+
+
+@dataclass
+class FunctionCase:
+    name: str
+    path: Path
+    layer: int
+    experts: list[int]
+    note: str
 
 
 @dataclass
 class FunctionRow:
     model: str
-    checkpoint_mb: float
-    lazy_first_answer_s: float
-    lazy_breakdown: dict
+    experts: int
+    expert_mb: float
+    first_answer_s: dict  # runtime -> median seconds from the start request to the first answer
+    breakdown: dict  # runtime -> the function's own cold-start breakdown (first run)
+    rss_mb: dict  # runtime -> the instance's resident memory after its first answer (first run)
     whole_checkpoint_first_answer_s: float
-    ratio: float  # whole / lazy
 
 
-@dataclass
-class PrewarmRow:
-    model: str
-    functions: int
-    ttft_cold_prewarm_s: float
-    ttft_cold_no_prewarm_s: float
-    reduction: float  # 1 - prewarm / no_prewarm
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def _lazy_function_first_answer(path: Path, tmp: Path) -> tuple[float, dict]:
+def _first_answer(
+    case: FunctionCase, tmp: Path, launch: Callable[[dict, Path], InstanceProcess]
+) -> tuple[float, dict, float]:
+    """Start one instance through `launch`, send it a batch that routes a token to each hosted expert, and return
+    (seconds from the start request to the answer, the function's breakdown, its RSS in MiB)."""
     ready = tmp / "fn.port"
     ready.unlink(missing_ok=True)
-    config = FunctionConfig(model_dir=path, experts=[(0, 1), (0, 2)], name="bench", port=0, ready_file=ready)
+    experts = [(case.layer, e) for e in case.experts]
+    config = FunctionConfig(model_dir=case.path, experts=experts, name="bench", port=0, ready_file=ready)
     start = time.time()
-    env = {**os.environ, **config.to_env(), "OMP_NUM_THREADS": "1", "REMOE_SPAWNED_AT": repr(start)}
-    proc = subprocess.Popen([sys.executable, "-m", "remoe.functions.expert"], env=env, stderr=subprocess.DEVNULL)
+    env = {**function_environment(), **BASE_ENV, **config.to_env(), "REMOE_SPAWNED_AT": repr(start)}
+    proc = launch(env, tmp / "fn.log")
     try:
         while not ready.is_file():
             if proc.poll() is not None:
-                raise RuntimeError("the function exited while starting")
-            time.sleep(0.005)
+                raise RuntimeError(f"the function exited while starting (log {tmp / 'fn.log'})")
+            time.sleep(0.002)
         stream = ExpertStream(f"127.0.0.1:{ready.read_text()}")
-        hidden = torch.randn(1, int(json.loads((path / "config.json").read_text())["hidden_size"]))
+        config_json = json.loads((case.path / "config.json").read_text())
+        dtype = (
+            torch.bfloat16 if config_json.get("torch_dtype", config_json.get("dtype")) == "bfloat16" else torch.float32
+        )
+        n = len(case.experts)
         batch = expert_pb2.ExpertBatch(
-            layer=0,
-            hidden_states=tensor_codec.encode(hidden),
-            top_k_index=tensor_codec.encode(torch.tensor([[1]])),
-            top_k_weights=tensor_codec.encode(torch.ones(1, 1)),
+            layer=case.layer,
+            hidden_states=tensor_codec.encode(torch.randn(n, int(config_json["hidden_size"])).to(dtype)),
+            top_k_index=tensor_codec.encode(torch.tensor(case.experts).view(n, 1)),
+            top_k_weights=tensor_codec.encode(torch.ones(n, 1, dtype=dtype)),
         )
         result = stream.submit(batch)[1].result(timeout=300)
         elapsed = time.time() - start
         assert result.status_code == 0, result.error
         fields = stream.stats(10).cold_start.ListFields()
         breakdown = {f.name: round(v, 3) for f, v in fields if f.name != "complete"}
+        rss = _rss_mb(proc.pid)
         stream.close()
-        return elapsed, breakdown
+        return elapsed, breakdown, rss
     finally:
-        proc.terminate()
-        proc.wait()
+        proc.send_signal(15)
+        proc.wait(10)
 
 
-def _whole_checkpoint_first_answer(path: Path) -> float:
+def _launched(runtime: str, case: FunctionCase, tmp: Path) -> Callable[[dict, Path], InstanceProcess]:
+    """A launch for one instance: a fresh process, or a fork of / handover to a template that is ready already
+    (its own start is not part of the instance's cold start; the platform starts it with the first deployment)."""
+    if runtime == "process":
+        return PlainLauncher().launch
+    env = {**function_environment(), **BASE_ENV}
+    template = TemplateLauncher(case.path, env, tmp / "template.log", once=runtime == "pool")
+    if not template.ready.wait(300):
+        raise RuntimeError(f"the runtime template did not start (log {tmp / 'template.log'})")
+
+    def launch(env: dict, log: Path) -> InstanceProcess:
+        launch.template = template  # closed by the caller
+        return template.launch(env, log)
+
+    launch.template = template
+    return launch
+
+
+def bench_function(case: FunctionCase, tmp: Path, repeats: int) -> FunctionRow:
+    times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
+    breakdown: dict[str, dict] = {}
+    rss: dict[str, float] = {}
+    for _ in range(repeats):
+        for runtime in RUNTIMES:  # interleaved: the machine's load drifts
+            launch = _launched(runtime, case, tmp)
+            try:
+                elapsed, parts, mb = _first_answer(case, tmp, launch)
+            finally:
+                if hasattr(launch, "template"):
+                    launch.template.close()
+            times[runtime].append(elapsed)
+            breakdown.setdefault(runtime, parts)
+            rss.setdefault(runtime, mb)
+    whole = statistics.median(_whole_checkpoint_first_answer(case) for _ in range(repeats))
+    weights = open_weights(case.path)
+    expert_mb = weights.expert_nbytes(case.layer, case.experts[0]) / 2**20
+    return FunctionRow(
+        case.name,
+        len(case.experts),
+        round(expert_mb, 2),
+        {r: round(statistics.median(t), 3) for r, t in times.items()},
+        breakdown,
+        rss,
+        round(whole, 2),
+    )
+
+
+def _whole_checkpoint_first_answer(case: FunctionCase) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.time()
     subprocess.run(
-        [sys.executable, "-c", WHOLE_CHECKPOINT, str(path), "model.layers.0.mlp.experts"],
+        [sys.executable, "-c", WHOLE_CHECKPOINT, str(case.path), f"model.layers.{case.layer}.mlp.experts"],
         env=env,
         check=True,
         capture_output=True,
@@ -114,37 +187,137 @@ def _whole_checkpoint_first_answer(path: Path) -> float:
     return time.time() - start
 
 
-def bench_function(name: str, path: Path, tmp: Path, repeats: int) -> FunctionRow:
-    lazy = [_lazy_function_first_answer(path, tmp) for _ in range(repeats)]
-    whole = [_whole_checkpoint_first_answer(path) for _ in range(repeats)]
-    lazy_s = statistics.median(t for t, _ in lazy)
-    whole_s = statistics.median(whole)
-    size = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
-    return FunctionRow(
-        name, round(size, 1), round(lazy_s, 2), lazy[0][1], round(whole_s, 2), round(whole_s / lazy_s, 2)
+@dataclass
+class ClusterRow:
+    runtime: str
+    functions: int
+    first_request_ttft_s: float  # a cold cluster's first request, pre-warm on (the default)
+    first_request_no_prewarm_ttft_s: float  # the same, without pre-warm
+    cold_ttft_s: float  # after every function scaled to zero, `wait` policy
+    warm_ttft_s: float  # right after, every function warm
+    cold_minus_warm_s: float
+
+
+TTL_S = 3.0  # functions scale to zero after this long idle here
+
+
+def _ttft(client: Client, ids: list[int]) -> float:
+    start = time.perf_counter()
+    next(iter(client.stream(token_ids=ids, max_new_tokens=1)))
+    return time.perf_counter() - start
+
+
+def _cluster_ttfts(path: Path, runtime: str, prewarm: bool) -> tuple[float, float, float, int]:
+    """(first request's TTFT on a cold cluster, a cold request's after every function scaled to zero, a warm
+    request's, functions). Requests wait for cold starts here (the `wait` policy): this measures what a bare
+    serverless deployment pays; by default Remoe computes a starting function's batches on an expert service."""
+    ids = load_tokenizer(path).encode(PROMPT)
+    env = {"REMOE_BACKBONE_FUNCTION_COLD_START": "wait", "REMOE_BACKBONE_FUNCTION_RUNTIME": runtime}
+    with LocalCluster(path, port=0, remote_ratio=0.5, prewarm=prewarm, function_ttl_s=TTL_S, env=env) as cluster:
+        client = Client(cluster.address)
+        first = _ttft(client, ids)
+        functions = len({f.function for f in client.status().backbone.functions})
+        if not prewarm:
+            return first, 0.0, 0.0, functions
+        deadline = time.monotonic() + 120
+        while any(f.state != "cold" for f in client.status().backbone.functions):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the functions did not scale to zero")
+            time.sleep(0.2)
+        cold = _ttft(client, ids)
+        warm = _ttft(client, ids)
+    return first, cold, warm, functions
+
+
+def bench_cluster(path: Path, runtime: str, repeats: int) -> ClusterRow:
+    runs = [_cluster_ttfts(path, runtime, True) for _ in range(repeats)]
+    no_prewarm = [_cluster_ttfts(path, runtime, False)[0] for _ in range(repeats)]
+    first, cold, warm = (statistics.median(r[i] for r in runs) for i in range(3))
+    return ClusterRow(
+        runtime,
+        runs[0][3],
+        round(first, 2),
+        round(statistics.median(no_prewarm), 2),
+        round(cold, 3),
+        round(warm, 3),
+        round(cold - warm, 3),
     )
 
 
-def _cold_ttft(path: Path, prewarm: bool) -> tuple[float, int]:
-    ids = load_tokenizer(path).encode(PROMPT)
-    # Requests wait for cold starts here (the `wait` policy): this measures what pre-warming saves a bare
-    # serverless deployment; by default Remoe computes a starting function's batches on an expert service instead.
-    env = {"REMOE_BACKBONE_FUNCTION_COLD_START": "wait"}
-    with LocalCluster(path, port=0, remote_ratio=0.5, prewarm=prewarm, env=env) as cluster:
-        client = Client(cluster.address)
-        start = time.perf_counter()
-        next(iter(client.stream(token_ids=ids, max_new_tokens=1)))
-        ttft = time.perf_counter() - start
-        functions = len({f.function for f in client.status().backbone.functions})
-    return ttft, functions
+def deepseek_layer(tmp: Path) -> FunctionCase:
+    """DeepSeek-V2-Lite's shape with 2 layers (one dense, one MoE of 64 experts of 17 MB, bf16), random init; a
+    small vocabulary (the function reads only experts)."""
+    from transformers import AutoModelForCausalLM
+
+    from remoe.scheduler.shape import paper_model_config
+
+    out = tmp / "deepseek-v2-lite-2l"
+    config, dtype = paper_model_config("deepseek-v2-lite", 2)
+    config.vocab_size = 1024
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(out)
+    return FunctionCase("DeepSeek-V2-Lite-shaped", out, 1, list(range(8)), "layer 1, experts 0-7, bf16")
 
 
-def bench_prewarm(name: str, path: Path, repeats: int) -> PrewarmRow:
-    with_prewarm = [_cold_ttft(path, True) for _ in range(repeats)]
-    without = [_cold_ttft(path, False) for _ in range(repeats)]
-    a = statistics.median(t for t, _ in with_prewarm)
-    b = statistics.median(t for t, _ in without)
-    return PrewarmRow(name, with_prewarm[0][1], round(a, 2), round(b, 2), round(1 - a / b, 3))
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def report(results: dict) -> str:
+    f, c = results["function"], results["cluster"]
+    lines = [
+        "# Function cold starts (CPU, loopback)",
+        "",
+        f"Machine: {results['machine']}. Date: {results['date']}. Commit: {results['commit']}. One run; medians of "
+        f"{results['repeats']} (the ways interleaved).",
+        "",
+        "## A function's cold start to its first answer, three ways to start it",
+        "",
+        "From the platform's start request to the answer of a first batch that routes one token to each hosted",
+        "expert (so every one loads). *process*: a fresh `python -m remoe.functions.expert` (imports included, as",
+        "a bare serverless platform starts one); *fork*: forked from the runtime template, which had imported",
+        "everything (the local platform's default); *pool*: a process that had imported everything and is handed",
+        "its configuration (it serves one instance; a pool must start a new one after each).",
+        "",
+        "| function | experts | expert (MiB) | process (s) | fork (s) | pool (s) | process / fork "
+        "| whole checkpoint (s) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['experts']} | {r['expert_mb']} | {r['first_answer_s']['process']} "
+            f"| {r['first_answer_s']['fork']} | {r['first_answer_s']['pool']} "
+            f"| {r['first_answer_s']['process'] / r['first_answer_s']['fork']:.1f}x "
+            f"| {r['whole_checkpoint_first_answer_s']} |"
+            for r in f
+        ],
+        "",
+        "Resident memory of the instance after its first answer (MiB; a fork shares the template's pages until",
+        "written, RSS counts them anyway): " + "; ".join(f"{r['model']}: {r['rss_mb']}" for r in f),
+        "",
+        "The function's own breakdown (seconds, first run): process_start is the start request to the instance's",
+        "first line of Python (a fork: the fork), imports what it still imported itself:",
+        "",
+        *[f"- {r['model']}, {way}: {parts}" for r in f for way, parts in r["breakdown"].items()],
+        "",
+        "## Cold and warm requests through `remoe up --remote-ratio 0.5` (tiny model, `wait` policy)",
+        "",
+        f"A cold cluster's first request (pre-warm on, the default, and off); then, once every function has scaled "
+        f"to zero ({TTL_S:g} s idle), a cold request that waits for its functions' starts, and a warm one right after.",
+        "",
+        "| runtime | functions | first request (s) | first, no pre-warm (s) | cold request (s) | warm request (s) "
+        "| cold - warm (s) |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['runtime']} | {r['functions']} | {r['first_request_ttft_s']} "
+            f"| {r['first_request_no_prewarm_ttft_s']} "
+            f"| {r['cold_ttft_s']} | {r['warm_ttft_s']} | {r['cold_minus_warm_s']} |"
+            for r in c
+        ],
+        "",
+        "The first request's functions are deployed with the backbone, so the runtime template imports while the",
+        "backbone loads; with the plain process start each function imports on its own, one after another as the",
+        "local platform starts at most half the cores' worth at once.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -155,56 +328,33 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        paths = {name: make_tiny_model(spec, tmp / name) for name, spec in MODELS.items()}
-        function_rows = [bench_function(name, path, tmp, args.repeats) for name, path in paths.items()]
-        prewarm_rows = [bench_prewarm("tiny", paths["tiny"], args.repeats)]
+        tiny = make_tiny_model(MODELS["tiny"], tmp / "tiny")
+        _log("making a DeepSeek-V2-Lite-shaped layer (1.1 GB of bf16 experts) ...")
+        cases = [FunctionCase("tiny", tiny, 0, [1, 2], "layer 0, experts 1-2, float32"), deepseek_layer(tmp)]
+        function_rows = []
+        for case in cases:
+            _log(f"function cold starts: {case.name}, {len(case.experts)} experts, {' / '.join(RUNTIMES)} ...")
+            function_rows.append(bench_function(case, tmp, args.repeats))
+        cluster_rows = []
+        for runtime in ("process", "fork"):
+            _log(f"cold and warm requests through remoe up, {runtime} runtime ...")
+            cluster_rows.append(bench_cluster(tiny, runtime, args.repeats))
 
-    machine = machine_description()
-    lines = [
-        "# Function cold starts (CPU, loopback)",
-        "",
-        f"Machine: {machine}. One run; medians of {args.repeats}. Every process is new (imports included).",
-        "",
-        "## A function's cold start to its first answer: lazy single-expert loading vs the whole checkpoint",
-        "",
-        "| model | checkpoint (MiB) | Remoe function, lazy (s) | whole checkpoint (s) | whole / lazy |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {r.model} | {r.checkpoint_mb} | {r.lazy_first_answer_s} | {r.whole_checkpoint_first_answer_s} "
-            f"| {r.ratio} |"
-            for r in function_rows
-        ],
-        "",
-        "Remoe function breakdown (first run, seconds): "
-        + "; ".join(f"{r.model}: {r.lazy_breakdown}" for r in function_rows),
-        "",
-        "## TTFT of a cold request (all functions at zero), `remoe up --remote-ratio 0.5`",
-        "",
-        "| model | functions | with pre-warm (s) | without (s) | reduction |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {r.model} | {r.functions} | {r.ttft_cold_prewarm_s} | {r.ttft_cold_no_prewarm_s} | {r.reduction:.0%} |"
-            for r in prewarm_rows
-        ],
-        "",
-        "The paper reports 47% lower cold start from overlapping function cold starts with the main model's.",
-        "Here the backbone is already running, so the overlap is among the functions themselves (started together",
-        "instead of one after another as each layer first needs them), on two cores shared by every process.",
-    ]
-    table = "\n".join(lines) + "\n"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "remoe", "bench"], capture_output=True, text=True)
+    results = {
+        "machine": machine_description(),
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": (commit.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty.stdout.strip() else ""),
+        "repeats": args.repeats,
+        "function": [asdict(r) for r in function_rows],
+        "cluster": [asdict(r) for r in cluster_rows],
+    }
+    table = report(results)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cold_start.md").write_text(table)
-    (args.out / "cold_start.json").write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "function": [asdict(r) for r in function_rows],
-                "prewarm": [asdict(r) for r in prewarm_rows],
-            },
-            indent=2,
-        )
-    )
+    (args.out / "cold_start.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

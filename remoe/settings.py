@@ -112,6 +112,11 @@ class BackboneSettings(ServerSettings):
         "messages over a unix socket it advertises) when it runs on this host, gRPC otherwise; grpc always "
         "uses gRPC",
     )
+    function_runtime: Literal["fork", "process"] = Field(
+        "fork",
+        description="local platform: fork each function instance from a pre-imported runtime template, or "
+        "start it as a fresh process (imports included, as a bare serverless platform would)",
+    )
     function_cold_start: Literal["fallback", "wait"] = Field(
         "fallback",
         description="while a function has no instance serving: compute its batches on an expert service "

@@ -223,16 +223,32 @@ os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.1)
 
 
-def test_a_function_gets_only_what_it_needs_from_the_environment(platform, monkeypatch):
+def _environ_names(pid: int) -> set[str]:
+    """The environment a process was started with (a forked one: its template's)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return {entry.split(b"=", 1)[0].decode() for entry in f.read().split(b"\0") if entry}
+
+
+@pytest.mark.parametrize("runtime", ["process", "fork"])
+def test_a_function_gets_only_what_it_needs_from_the_environment(runtime, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("REMOE_GATEWAY_AUTH_TOKEN", "do-not-leak")
     monkeypatch.setenv("REMOE_PREDICTOR_REDIS_URL", "redis://secret@host/0")
-    platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
-    platform.endpoints("f", timeout_s=120)
-    pid = int((platform.run_dir / "f-0.pid").read_text())
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        names = {entry.split(b"=", 1)[0].decode() for entry in f.read().split(b"\0") if entry}
-    assert not {"REMOE_GATEWAY_AUTH_TOKEN", "REMOE_PREDICTOR_REDIS_URL"} & names
-    assert {"REMOE_MODEL_DIR", "REMOE_FUNCTION_EXPERTS", "PATH"} <= names
+    platform = LocalFunctionPlatform(tiny_model("mixtral"), tmp_path, runtime=runtime)
+    try:
+        platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
+        address = platform.endpoints("f", timeout_s=120)[0]
+        pid = int((platform.run_dir / "f-0.pid").read_text())
+        secrets = {"REMOE_GATEWAY_AUTH_TOKEN", "REMOE_PREDICTOR_REDIS_URL"}
+        assert not secrets & _environ_names(pid) and "PATH" in _environ_names(pid)
+        if runtime == "process":
+            assert {"REMOE_MODEL_DIR", "REMOE_FUNCTION_EXPERTS"} <= _environ_names(pid)
+        else:  # the template's environment had neither secret; the instance's own settings reached it
+            assert not secrets & _environ_names(platform._launcher().pid)
+            hidden = torch.randn(1, open_weights(tiny_model("mixtral")).arch.hidden_size)
+            _compute(address, 0, hidden, torch.tensor([[1]]), torch.ones(1, 1))
+            assert {(r.layer, r.expert) for r in _stats(address).resident} == {(0, 1)}
+    finally:
+        platform.close()
 
 
 def test_a_requests_plan_starts_at_most_max_starting_instances_at_once(tiny_model, tmp_path):
@@ -248,3 +264,36 @@ def test_a_requests_plan_starts_at_most_max_starting_instances_at_once(tiny_mode
         assert [s.cold_starts for s in platform.status()] == [1, 1, 1]
     finally:
         platform.close()
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_instances_fork_from_the_template_and_start_plain_when_it_is_gone(platform, tiny_model):
+    """The default runtime forks every instance from one pre-imported template; if the template dies, its instances
+    end with it, a crashed replica is replaced by a plain process, and results stay exact."""
+    import os
+    import signal
+
+    weights = open_weights(tiny_model("mixtral"))
+    hidden, index, routing = torch.randn(2, weights.arch.hidden_size), torch.tensor([[1], [2]]), torch.ones(2, 1)
+    expected = LocalExpertExecutor(weights).compute(0, hidden, index, routing)
+    platform.deploy([FunctionSpec("f", experts=((0, 1), (0, 2)), memory_mb=2048, replicas=2)])
+    addresses = platform.endpoints("f", timeout_s=120)
+    template = platform._launcher().pid
+    pids = [int((platform.run_dir / f"f-{r}.pid").read_text()) for r in range(2)]
+    assert [_parent_of(pid) for pid in pids] == [template, template]
+    torch.testing.assert_close(_compute(addresses[0], 0, hidden, index, routing), expected, rtol=0, atol=1e-6)
+
+    os.kill(template, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) or platform.live_endpoints("f"):
+        assert time.monotonic() < deadline, "the instances outlived their template"
+        time.sleep(0.1)
+    replaced = platform.endpoints("f", timeout_s=120)  # plain processes now: the platform's own children
+    new_pids = [int((platform.run_dir / f"f-{r}.pid").read_text()) for r in range(2)]
+    assert [_parent_of(pid) for pid in new_pids] == [os.getpid(), os.getpid()]
+    assert {s.crashes for s in platform.status()} == {1}
+    torch.testing.assert_close(_compute(replaced[1], 0, hidden, index, routing), expected, rtol=0, atol=1e-6)

@@ -17,20 +17,22 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 EXIT_BAD_CONFIG = 2
 EXIT_TOO_LITTLE_MEMORY = 3
 
 
-def process_start_seconds(spawned_at: float | None) -> float:
-    """Seconds from the process's creation to `_STARTED` (interpreter start-up)."""
+def process_start_seconds(spawned_at: float | None, started_at: float = _STARTED) -> float:
+    """Seconds from the platform's start request (or the process's creation) to `started_at`: interpreter start-up,
+    or the fork from the runtime template (with any wait for the template to be ready)."""
     if spawned_at is not None:
-        return max(0.0, _STARTED - spawned_at)
+        return max(0.0, started_at - spawned_at)
     try:  # /proc: process start time in clock ticks since boot, and the uptime now
         start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
         uptime = float(open("/proc/uptime").read().split()[0])
         age_now = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-        return max(0.0, age_now - (time.time() - _STARTED))
+        return max(0.0, age_now - (time.time() - started_at))
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -101,6 +103,13 @@ def main() -> None:
 
         print(__doc__ + "\n" + config.__doc__)
         return
+    run(_STARTED)
+
+
+def run(started_at: float, weights=None) -> None:
+    """Serve one function instance configured by the environment until SIGTERM. `started_at`: when this process
+    began (a fresh interpreter) or was forked from the runtime template; `weights`: the checkpoint the template
+    opened already (used when it is the configured one)."""
     from remoe.functions.config import FunctionConfig
 
     try:
@@ -108,7 +117,7 @@ def main() -> None:
     except ValueError as e:
         print(f"remoe function: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
-    clock = ColdStartClock(process_start_seconds(config.spawned_at))
+    clock = ColdStartClock(process_start_seconds(config.spawned_at, started_at))
     from remoe.constants import FunctionEnv
 
     if os.environ.get(FunctionEnv.PARENT_PID, "").isdigit():
@@ -132,7 +141,8 @@ def main() -> None:
     setup_logging(config.name, verbose=False)
     log = logging.getLogger("remoe.function")
     server = Server(config.name, config.host, config.port, workers=32)
-    weights = open_weights(config.model_dir)
+    if weights is None or Path(weights.path).resolve() != Path(config.model_dir).resolve():
+        weights = open_weights(config.model_dir)
     arch = weights.arch
     bad = [x for x in config.experts if x[0] not in arch.layer_indices or not 0 <= x[1] < arch.num_experts]
     if bad:

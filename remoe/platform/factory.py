@@ -31,4 +31,5 @@ def platform_from_settings(s: BackboneSettings) -> FunctionPlatform:
         idle_ttl_s=s.function_ttl_s,
         memory_budget_mb=s.function_memory_budget_mb,
         max_starting=s.function_max_starting,
+        runtime=s.function_runtime,
     )

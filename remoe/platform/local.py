@@ -2,7 +2,8 @@
 
 Scale from zero: an instance starts when first needed (or on `warm`). Scale to zero: an instance idle
 for `idle_ttl_s` is stopped. Each replica is its own process with its own memory size, passed to the
-function, which refuses to start (exit 3, message on stderr) when its experts cannot fit.
+function, which refuses to start (exit 3, message on stderr) when its experts cannot fit. By default an
+instance is forked from a runtime template that has imported everything already (remoe/platform/launcher.py).
 
 The machine is not a cloud: running instances together hold at most `memory_budget_mb` of their sizes (default
 half the machine's memory). Starting one beyond it first stops the least recently used warm instances; when
@@ -17,21 +18,22 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from remoe.constants import FunctionEnv
 from remoe.functions.config import FunctionConfig
 from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartError, InstanceStatus
 from remoe.platform.inherited_env import function_environment
+from remoe.platform.launcher import InstanceProcess, Launcher, PlainLauncher, TemplateLauncher
+from remoe.platform.local_instance import LocalInstance
 from remoe.settings import BackboneSettings, default_of
 
 log = logging.getLogger(__name__)
 DEFAULT_IDLE_TTL_S: float = default_of(BackboneSettings, "function_ttl_s")
+DEFAULT_RUNTIME: str = default_of(BackboneSettings, "function_runtime")
 # After an instance failed to start (e.g. its experts do not fit its memory), starting it again is refused for
 # this long: every batch routed to it would otherwise spawn a doomed process.
 START_RETRY_S = 10.0
@@ -45,36 +47,6 @@ def default_memory_budget_mb() -> int:
         return 8192
 
 
-@dataclass
-class _Instance:
-    spec: FunctionSpec
-    replica: int
-    process: subprocess.Popen | None = None
-    port: int = 0
-    ready: threading.Event = field(default_factory=threading.Event)
-    error: str = ""
-    failed_at: float = -1e9  # time.monotonic() of the last failed start
-    spawned_at: float = 0.0
-    last_used: float = 0.0
-    cold_starts: int = 0
-    calls: int = 0
-    crashes: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.spec.name}-{self.replica}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def state(self) -> str:
-        if not self.running:
-            return "cold"
-        return "warm" if self.ready.is_set() else "starting"
-
-
 class LocalFunctionPlatform:
     def __init__(
         self,
@@ -84,7 +56,14 @@ class LocalFunctionPlatform:
         env: dict[str, str] | None = None,
         memory_budget_mb: int | None = None,
         max_starting: int | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
+        """`runtime`: "fork" forks instances from a pre-imported runtime template (started with the first
+        function deployed); "process" starts each as a fresh interpreter."""
+        if runtime not in ("fork", "process"):
+            raise ValueError(f"function runtime {runtime!r}: use 'fork' or 'process'")
+        self.runtime = runtime
+        self._launcher_instance: Launcher | None = None
         self.model_dir = Path(model_dir).resolve()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +76,7 @@ class LocalFunctionPlatform:
         # passively, or idle OpenMP threads spin and starve the others.
         self._env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
         self._lock = threading.RLock()
-        self._instances: dict[str, list[_Instance]] = {}
+        self._instances: dict[str, list[LocalInstance]] = {}
         self._active_requests = 0  # while any request runs, no function is idle: the request may need it
         self.cold_starts: list[ColdStartRecord] = []
         self._closed = threading.Event()
@@ -108,6 +87,8 @@ class LocalFunctionPlatform:
     def deploy(self, specs: list[FunctionSpec]) -> None:
         wanted = {s.name: s for s in specs}
         with self._lock:
+            if specs:
+                self._launcher()  # the template imports while nothing asks for an instance yet
             for name in list(self._instances):
                 current = self._instances[name]
                 if name not in wanted or current[0].spec != wanted[name]:
@@ -116,19 +97,21 @@ class LocalFunctionPlatform:
                     del self._instances[name]
             for name, spec in wanted.items():
                 if name not in self._instances:
-                    self._instances[name] = [_Instance(spec, r) for r in range(spec.replicas)]
+                    self._instances[name] = [LocalInstance(spec, r) for r in range(spec.replicas)]
 
     def ensure(self, specs: list[FunctionSpec]) -> None:
         """Add these functions (a request's plan) beside the deployed ones; a name deployed with another spec
-        is replaced. Nothing starts: idle functions cost nothing and scale to zero as usual."""
+        is replaced. No instance starts: idle functions cost nothing and scale to zero as usual."""
         with self._lock:
+            if specs:
+                self._launcher()
             for spec in specs:
                 current = self._instances.get(spec.name)
                 if current is not None and current[0].spec == spec:
                     continue
                 for inst in current or []:
                     self._stop(inst)
-                self._instances[spec.name] = [_Instance(spec, r) for r in range(spec.replicas)]
+                self._instances[spec.name] = [LocalInstance(spec, r) for r in range(spec.replicas)]
 
     def specs(self) -> list[FunctionSpec]:
         with self._lock:
@@ -212,7 +195,19 @@ class LocalFunctionPlatform:
                     inst.last_used = time.monotonic()
                     inst.calls += 1
 
-    def _instances_of(self, name: str) -> list[_Instance]:
+    def _launcher(self) -> Launcher:
+        """The runtime template starts with the first function deployed: it imports (seconds of CPU) while the
+        backbone starts or the first request is planned, and every instance after it is a fork (lock held)."""
+        if self._launcher_instance is None:
+            if self.runtime == "fork":
+                base_env = {**function_environment(), **self._env}
+                log_path = self.run_dir / "template.log"
+                self._launcher_instance = TemplateLauncher(self.model_dir, base_env, log_path)
+            else:
+                self._launcher_instance = PlainLauncher()
+        return self._launcher_instance
+
+    def _instances_of(self, name: str) -> list[LocalInstance]:
         try:
             return self._instances[name]
         except KeyError:
@@ -221,7 +216,7 @@ class LocalFunctionPlatform:
     def _starting(self) -> int:
         return sum(i.state == "starting" for group in self._instances.values() for i in group)
 
-    def _make_room(self, inst: _Instance) -> None:
+    def _make_room(self, inst: LocalInstance) -> None:
         """Stop least recently used warm instances until `inst` fits the memory budget (lock held)."""
         if inst.spec.memory_mb > self.memory_budget_mb:
             raise FunctionStartError(
@@ -243,7 +238,7 @@ class LocalFunctionPlatform:
                 f"of {self.memory_budget_mb} MB: {used} MB are held by instances still starting"
             )
 
-    def _start(self, inst: _Instance, reason: str) -> None:
+    def _start(self, inst: LocalInstance, reason: str) -> None:
         if inst.running:
             return
         if inst.error and time.monotonic() - inst.failed_at < START_RETRY_S:
@@ -268,24 +263,16 @@ class LocalFunctionPlatform:
             FunctionEnv.SPAWNED_AT: repr(inst.spawned_at),
             FunctionEnv.PARENT_PID: str(os.getpid()),
         }
-        log_file = (self.run_dir / f"{inst.name}.log").open("ab")
-        inst.process = subprocess.Popen(
-            [sys.executable, "-m", "remoe.functions.expert"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log_file.close()
-        (self.run_dir / f"{inst.name}.pid").write_text(str(inst.process.pid))
+        inst.process = self._launcher().launch(env, self.run_dir / f"{inst.name}.log")
         inst.ready = threading.Event()
         inst.cold_starts += 1
         inst.last_used = time.monotonic()
         threading.Thread(target=self._watch_start, args=(inst, inst.process, ready_file, reason), daemon=True).start()
 
-    def _watch_start(self, inst: _Instance, process: subprocess.Popen, ready_file: Path, reason: str) -> None:
+    def _watch_start(self, inst: LocalInstance, process: InstanceProcess, ready_file: Path, reason: str) -> None:
+        (self.run_dir / f"{inst.name}.pid").write_text(str(process.pid))  # a forked one's pid: once forked
         while process.poll() is None and not ready_file.is_file():
-            time.sleep(0.02)
+            time.sleep(0.005)
         if process.poll() is not None and not ready_file.is_file():
             inst.error = self._exit_message(inst, process.returncode)
             inst.failed_at = time.monotonic()
@@ -300,12 +287,15 @@ class LocalFunctionPlatform:
             self.cold_starts.append(ColdStartRecord(inst.spec.name, inst.replica, inst.spawned_at, ready_s, reason))
         inst.ready.set()
 
-    def _exit_message(self, inst: _Instance, code: int) -> str:
-        lines = (self.run_dir / f"{inst.name}.log").read_text(errors="replace").strip().splitlines()
+    def _exit_message(self, inst: LocalInstance, code: int) -> str:
+        if getattr(inst.process, "failure", ""):
+            return f"function {inst.name} did not start: {inst.process.failure}"
+        log_file = self.run_dir / f"{inst.name}.log"
+        lines = log_file.read_text(errors="replace").strip().splitlines() if log_file.is_file() else []
         tail = next((line for line in reversed(lines) if "remoe function" in line), lines[-1] if lines else "")
         return f"function {inst.name} exited with code {code} while starting: {tail}"
 
-    def _wait_ready(self, inst: _Instance, deadline: float) -> None:
+    def _wait_ready(self, inst: LocalInstance, deadline: float) -> None:
         if not inst.ready.wait(max(0.0, deadline - time.monotonic())):
             raise FunctionStartError(f"function {inst.name} did not start in time (log {self.run_dir})")
         if inst.error:
@@ -324,7 +314,7 @@ class LocalFunctionPlatform:
                             log.info("scaling %s to zero after %.0f s idle", inst.name, now - inst.last_used)
                             self._stop(inst)
 
-    def _stop(self, inst: _Instance) -> None:
+    def _stop(self, inst: LocalInstance) -> None:
         process = inst.process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -386,3 +376,5 @@ class LocalFunctionPlatform:
             for instances in self._instances.values():
                 for inst in instances:
                     inst.process, inst.port = None, 0
+            if self._launcher_instance is not None:
+                self._launcher_instance.close()
