@@ -1,14 +1,13 @@
 """Cold starts of the function layer, measured in one run on this machine.
 
 1. One function's cold start to its first answer, started three ways: a fresh process (imports included: a bare
-   serverless platform), forked from the runtime template (the local platform's default), and a pooled process
-   that imported everything ahead and is handed its configuration. On the tiny model (2 experts) and on a
-   DeepSeek-V2-Lite-shaped layer (8 experts of 17 MB, bf16). Beside it: a function that loads the whole
-   checkpoint with transformers before answering.
-2. A cold request's TTFT under the `wait` policy (every function of its plan scaled to zero, the request waits
-   for their starts) against a warm request's, through `remoe up --remote-ratio 0.5`, each runtime.
-3. TTFT of a cold request with the gateway pre-warming the plan's functions when the request arrives vs
-   without (functions then start one after another, as each layer first needs them), each runtime.
+   serverless platform), forked from the runtime template on demand (the local platform's default), and handed
+   to a spare the template forked ahead (a pool of ready processes, refilled by fork). On the tiny model (2
+   experts) and on a DeepSeek-V2-Lite-shaped layer (8 experts of 17 MB, bf16). Beside it: a function that loads
+   the whole checkpoint with transformers before answering.
+2. A cold cluster (`remoe up --remote-ratio 0.5`, tiny model) from launch to its first request's first token: the
+   backbone alone, and each runtime with the functions started after the backbone or during its start (the
+   paper's overlap); then a cold request (every function scaled to zero, the `wait` policy) against a warm one.
 
 Usage: python bench/cold_start.py [--repeats N] [--out docs/results]
 """
@@ -78,6 +77,7 @@ class FunctionRow:
     first_answer_s: dict  # runtime -> median seconds from the start request to the first answer
     breakdown: dict  # runtime -> the function's own cold-start breakdown (first run)
     rss_mb: dict  # runtime -> the instance's resident memory after its first answer (first run)
+    template_rss_mb: float  # the runtime template's own resident memory once ready (first run)
     whole_checkpoint_first_answer_s: float
 
 
@@ -134,7 +134,7 @@ def _launched(runtime: str, case: FunctionCase, tmp: Path) -> Callable[[dict, Pa
     if runtime == "process":
         return PlainLauncher().launch
     env = {**function_environment(), **BASE_ENV}
-    template = TemplateLauncher(case.path, env, tmp / "template.log", once=runtime == "pool")
+    template = TemplateLauncher(case.path, env, tmp / "template.log", spares=1 if runtime == "pool" else 0)
     if not template.ready.wait(300):
         raise RuntimeError(f"the runtime template did not start (log {tmp / 'template.log'})")
 
@@ -150,9 +150,12 @@ def bench_function(case: FunctionCase, tmp: Path, repeats: int) -> FunctionRow:
     times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
     breakdown: dict[str, dict] = {}
     rss: dict[str, float] = {}
+    template_rss = 0.0
     for _ in range(repeats):
         for runtime in RUNTIMES:  # interleaved: the machine's load drifts
             launch = _launched(runtime, case, tmp)
+            if runtime == "fork" and not template_rss:
+                template_rss = _rss_mb(launch.template.pid)
             try:
                 elapsed, parts, mb = _first_answer(case, tmp, launch)
             finally:
@@ -171,6 +174,7 @@ def bench_function(case: FunctionCase, tmp: Path, repeats: int) -> FunctionRow:
         {r: round(statistics.median(t), 3) for r, t in times.items()},
         breakdown,
         rss,
+        template_rss,
         round(whole, 2),
     )
 
@@ -189,16 +193,24 @@ def _whole_checkpoint_first_answer(case: FunctionCase) -> float:
 
 @dataclass
 class ClusterRow:
-    runtime: str
+    setting: str  # which runtime, and when the functions start
     functions: int
-    first_request_ttft_s: float  # a cold cluster's first request, pre-warm on (the default)
-    first_request_no_prewarm_ttft_s: float  # the same, without pre-warm
-    cold_ttft_s: float  # after every function scaled to zero, `wait` policy
+    up_s: float  # `remoe up` launched to the gateway answering
+    launch_to_first_token_s: float  # launched to the first request's first token (sent once up, `wait` policy)
+    cold_ttft_s: float  # after every function scaled to zero, a request that waits for their starts
     warm_ttft_s: float  # right after, every function warm
-    cold_minus_warm_s: float
 
 
-TTL_S = 3.0  # functions scale to zero after this long idle here
+TTL_S = 15.0  # functions scale to zero after this long idle (from when the backbone serves)
+# (label, runtime, remote ratio, warm at start): the backbone alone, then each runtime with the functions started
+# after the backbone (by the first request's pre-warm) or during its start (overlapped, the default).
+CLUSTER_SETTINGS = [
+    ("no functions (the backbone's own cold start)", "fork", 0.0, False),
+    ("process start, functions after the backbone", "process", 0.5, False),
+    ("process start, functions during the backbone's start", "process", 0.5, True),
+    ("fork, functions after the backbone", "fork", 0.5, False),
+    ("fork, functions during the backbone's start", "fork", 0.5, True),
+]
 
 
 def _ttft(client: Client, ids: list[int]) -> float:
@@ -207,41 +219,48 @@ def _ttft(client: Client, ids: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def _cluster_ttfts(path: Path, runtime: str, prewarm: bool) -> tuple[float, float, float, int]:
-    """(first request's TTFT on a cold cluster, a cold request's after every function scaled to zero, a warm
-    request's, functions). Requests wait for cold starts here (the `wait` policy): this measures what a bare
-    serverless deployment pays; by default Remoe computes a starting function's batches on an expert service."""
+def _cold_cluster(path: Path, runtime: str, remote_ratio: float, warm_at_start: bool) -> tuple[float, ...]:
+    """(up, launch to first token, cold request TTFT, warm request TTFT, functions) for a cluster started from
+    nothing. Requests wait for cold starts here (the `wait` policy): this measures what a bare serverless deployment
+    pays; by default Remoe computes a starting function's batches on an expert service instead."""
     ids = load_tokenizer(path).encode(PROMPT)
-    env = {"REMOE_BACKBONE_FUNCTION_COLD_START": "wait", "REMOE_BACKBONE_FUNCTION_RUNTIME": runtime}
-    with LocalCluster(path, port=0, remote_ratio=0.5, prewarm=prewarm, function_ttl_s=TTL_S, env=env) as cluster:
+    env = {
+        "REMOE_BACKBONE_FUNCTION_COLD_START": "wait",
+        "REMOE_BACKBONE_FUNCTION_RUNTIME": runtime,
+        "REMOE_BACKBONE_FUNCTION_WARM_AT_START": str(warm_at_start).lower(),
+    }
+    launched = time.perf_counter()
+    with LocalCluster(path, port=0, remote_ratio=remote_ratio, function_ttl_s=TTL_S, env=env) as cluster:
+        up = time.perf_counter() - launched
         client = Client(cluster.address)
-        first = _ttft(client, ids)
+        _ttft(client, ids)
+        first = time.perf_counter() - launched
         functions = len({f.function for f in client.status().backbone.functions})
-        if not prewarm:
-            return first, 0.0, 0.0, functions
-        deadline = time.monotonic() + 120
-        while any(f.state != "cold" for f in client.status().backbone.functions):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the functions did not scale to zero")
-            time.sleep(0.2)
-        cold = _ttft(client, ids)
-        warm = _ttft(client, ids)
-    return first, cold, warm, functions
+        cold = warm = 0.0
+        if functions:
+            deadline = time.monotonic() + 120
+            while any(f.state != "cold" for f in client.status().backbone.functions):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the functions did not scale to zero")
+                time.sleep(0.2)
+            cold = _ttft(client, ids)
+            warm = _ttft(client, ids)
+    return up, first, cold, warm, functions
 
 
-def bench_cluster(path: Path, runtime: str, repeats: int) -> ClusterRow:
-    runs = [_cluster_ttfts(path, runtime, True) for _ in range(repeats)]
-    no_prewarm = [_cluster_ttfts(path, runtime, False)[0] for _ in range(repeats)]
-    first, cold, warm = (statistics.median(r[i] for r in runs) for i in range(3))
-    return ClusterRow(
-        runtime,
-        runs[0][3],
-        round(first, 2),
-        round(statistics.median(no_prewarm), 2),
-        round(cold, 3),
-        round(warm, 3),
-        round(cold - warm, 3),
-    )
+def bench_cluster(path: Path, repeats: int) -> list[ClusterRow]:
+    runs: dict[str, list[tuple[float, ...]]] = {label: [] for label, *_ in CLUSTER_SETTINGS}
+    for _ in range(repeats):
+        for label, runtime, ratio, warm_at_start in CLUSTER_SETTINGS:  # interleaved: the machine's load drifts
+            _log(f"  {label} ...")
+            runs[label].append(_cold_cluster(path, runtime, ratio, warm_at_start))
+    rows = []
+    for label, results in runs.items():
+        up, first, cold, warm = (statistics.median(r[i] for r in results) for i in range(4))
+        rows.append(
+            ClusterRow(label, int(results[0][4]), round(up, 2), round(first, 2), round(cold, 3), round(warm, 3))
+        )
+    return rows
 
 
 def deepseek_layer(tmp: Path) -> FunctionCase:
@@ -263,6 +282,24 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def cluster_ratios(rows: list[dict]) -> list[str]:
+    by = {r["setting"]: r for r in rows}
+    alone = by[CLUSTER_SETTINGS[0][0]]["launch_to_first_token_s"]
+    t = {label: by[label]["launch_to_first_token_s"] for label, *_ in CLUSTER_SETTINGS}
+    p_after, p_during, f_after, f_during = (t[label] for label, *_ in CLUSTER_SETTINGS[1:])
+    cold_warm = "; ".join(
+        f"{r['setting'].split(',')[0]}: {r['cold_ttft_s'] - r['warm_ttft_s']:+.3f} s"
+        for r in rows
+        if "during" in r["setting"]
+    )
+    return [
+        f"Overlap, process start: {p_during / p_after:.2f}x the launch-to-first-token of starting the functions after",
+        f"the backbone (the paper: 0.53x). Fork: {f_during / f_after:.2f}x. With fork and overlap, the functions add",
+        f"{f_during / alone - 1:+.0%} to the backbone's own cold start ({f_during} s vs {alone} s without functions).",
+        f"A cold request under `wait` minus a warm one: {cold_warm}.",
+    ]
+
+
 def report(results: dict) -> str:
     f, c = results["function"], results["cluster"]
     lines = [
@@ -275,9 +312,9 @@ def report(results: dict) -> str:
         "",
         "From the platform's start request to the answer of a first batch that routes one token to each hosted",
         "expert (so every one loads). *process*: a fresh `python -m remoe.functions.expert` (imports included, as",
-        "a bare serverless platform starts one); *fork*: forked from the runtime template, which had imported",
-        "everything (the local platform's default); *pool*: a process that had imported everything and is handed",
-        "its configuration (it serves one instance; a pool must start a new one after each).",
+        "a bare serverless platform starts one); *fork*: forked on demand from the runtime template, which had",
+        "imported everything (the local platform's default); *pool*: handed to a spare child the template had",
+        "forked ahead, which waits for its configuration (the template forks the next spare after it).",
         "",
         "| function | experts | expert (MiB) | process (s) | fork (s) | pool (s) | process / fork "
         "| whole checkpoint (s) |",
@@ -298,24 +335,24 @@ def report(results: dict) -> str:
         "",
         *[f"- {r['model']}, {way}: {parts}" for r in f for way, parts in r["breakdown"].items()],
         "",
-        "## Cold and warm requests through `remoe up --remote-ratio 0.5` (tiny model, `wait` policy)",
+        "## A cold cluster's first request, and cold vs warm requests (`remoe up --remote-ratio 0.5`, tiny model)",
         "",
-        f"A cold cluster's first request (pre-warm on, the default, and off); then, once every function has scaled "
-        f"to zero ({TTL_S:g} s idle), a cold request that waits for its functions' starts, and a warm one right after.",
+        "From launching `remoe up` (gateway, backbone, two expert services, the predictor; functions for half of",
+        "each layer's experts) to the first token of a request sent as soon as the gateway answers, under the",
+        "`wait` policy (a request waits for its functions' cold starts). The functions start either with the",
+        "first request (its pre-warm) or while the backbone loads the model (REMOE_BACKBONE_FUNCTION_WARM_AT_START,",
+        f"the default). Then, once every function has scaled to zero ({TTL_S:g} s idle), a cold request that waits",
+        "for their starts and a warm one right after.",
         "",
-        "| runtime | functions | first request (s) | first, no pre-warm (s) | cold request (s) | warm request (s) "
-        "| cold - warm (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | functions | up (s) | launch to first token (s) | cold request TTFT (s) | warm request TTFT (s) |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {r['runtime']} | {r['functions']} | {r['first_request_ttft_s']} "
-            f"| {r['first_request_no_prewarm_ttft_s']} "
-            f"| {r['cold_ttft_s']} | {r['warm_ttft_s']} | {r['cold_minus_warm_s']} |"
+            f"| {r['setting']} | {r['functions']} | {r['up_s']} | {r['launch_to_first_token_s']} "
+            f"| {r['cold_ttft_s'] or '-'} | {r['warm_ttft_s'] or '-'} |"
             for r in c
         ],
         "",
-        "The first request's functions are deployed with the backbone, so the runtime template imports while the",
-        "backbone loads; with the plain process start each function imports on its own, one after another as the",
-        "local platform starts at most half the cores' worth at once.",
+        *cluster_ratios(c),
     ]
     return "\n".join(lines) + "\n"
 
@@ -335,10 +372,8 @@ def main() -> None:
         for case in cases:
             _log(f"function cold starts: {case.name}, {len(case.experts)} experts, {' / '.join(RUNTIMES)} ...")
             function_rows.append(bench_function(case, tmp, args.repeats))
-        cluster_rows = []
-        for runtime in ("process", "fork"):
-            _log(f"cold and warm requests through remoe up, {runtime} runtime ...")
-            cluster_rows.append(bench_cluster(tiny, runtime, args.repeats))
+        _log("cold clusters through remoe up ...")
+        cluster_rows = bench_cluster(tiny, args.repeats)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "remoe", "bench"], capture_output=True, text=True)

@@ -172,6 +172,9 @@ class LocalCluster:
             time.sleep(0.05)
 
     def start(self, report: Callable[[str], None] = lambda _: None, timeout_s: float = 180.0) -> LocalCluster:
+        """Start every service. Those that need nothing of each other start together (the expert services, the
+        predictor and the scheduler; the backbone once the services' ports are known), so their starts overlap,
+        as the backbone's start overlaps its functions'; the gateway last, once everything it talks to serves."""
         try:
             experts = [
                 self._service(
@@ -182,6 +185,15 @@ class LocalCluster:
             for service in experts:
                 self._spawn(service)
             report(f"starting {len(experts)} expert service(s); logs in {self.run_dir}")
+            wanted = self.scheduler if self.scheduler is not None else self.profile is not None
+            planned = wanted and not (self.plan_file or self.remote_ratio)
+            if self.predictor or planned:
+                self.redis_url = self._start_redis(report)
+            predictor = scheduler = None
+            if self.predictor and not self.predictor_address:
+                predictor = self._spawn_predictor()
+            if planned:
+                scheduler = self._spawn_scheduler()
             self._wait_ready(experts, timeout_s, report)
 
             backbone = self._service(
@@ -197,7 +209,7 @@ class LocalCluster:
                 function_memory_mb=self.function_memory_mb,
             )
             self._spawn(backbone)
-            self._wait_ready([backbone], timeout_s, report)
+            self._wait_ready([s for s in (backbone, predictor, scheduler) if s is not None], timeout_s, report)
 
             gateway_settings: dict[str, Any] = {
                 "port": self.port,
@@ -205,22 +217,16 @@ class LocalCluster:
                 "backbone": backbone.address,
                 "prewarm": self.prewarm,
             }
-            wanted = self.scheduler if self.scheduler is not None else self.profile is not None
-            planned = wanted and not (self.plan_file or self.remote_ratio)
-            if self.predictor or planned:
-                self.redis_url = self._start_redis(report)
             if self.predictor_address:
                 gateway_settings["predictor"] = self.predictor_address
-            elif self.predictor:
-                gateway_settings["predictor"] = self._start_predictor(timeout_s, report)
+            elif predictor is not None:
+                gateway_settings["predictor"] = predictor.address
                 gateway_settings["prior_redis_url"] = self.redis_url
             if self.redis_url:  # every request is metered wherever there is a Redis for the ledger
                 gateway_settings["ledger_redis_url"] = self.redis_url
-            if planned:
+            if scheduler is not None:
                 gateway_settings.update(
-                    scheduler=self._start_scheduler(timeout_s, report),
-                    slo_ttft_ms=self.slo_ttft_ms,
-                    slo_tpot_ms=self.slo_tpot_ms,
+                    scheduler=scheduler.address, slo_ttft_ms=self.slo_ttft_ms, slo_tpot_ms=self.slo_tpot_ms
                 )
             gateway = self._service("gateway", "gateway", **gateway_settings)
             self._spawn(gateway)
@@ -256,20 +262,18 @@ class LocalCluster:
         report(f"redis ready on 127.0.0.1:{port}")
         return url
 
-    def _start_scheduler(self, timeout_s: float, report: Callable[[str], None]) -> str:
+    def _spawn_scheduler(self) -> ServiceProcess:
         profile = Path(self.profile).resolve() if self.profile else None
         scheduler = self._service("scheduler", "scheduler", port=0, redis_url=self.redis_url, profile=profile)
         self._spawn(scheduler)
-        self._wait_ready([scheduler], timeout_s, report)
-        return scheduler.address
+        return scheduler
 
-    def _start_predictor(self, timeout_s: float, report: Callable[[str], None]) -> str:
+    def _spawn_predictor(self) -> ServiceProcess:
         predictor = self._service(
             "predictor", "predictor", port=0, qdrant_path=self.run_dir / "qdrant", redis_url=self.redis_url
         )
         self._spawn(predictor)
-        self._wait_ready([predictor], timeout_s, report)
-        return predictor.address
+        return predictor
 
     def by_name(self, name: str) -> ServiceProcess:
         return next(s for s in self.services if s.name == name)

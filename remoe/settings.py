@@ -117,6 +117,11 @@ class BackboneSettings(ServerSettings):
         description="local platform: fork each function instance from a pre-imported runtime template, or "
         "start it as a fresh process (imports included, as a bare serverless platform would)",
     )
+    function_warm_at_start: bool = Field(
+        True,
+        description="start the deployed functions (--remote-ratio, --plan) while the backbone loads the model, so "
+        "their cold starts overlap its own (the paper's overlapped cold start)",
+    )
     function_cold_start: Literal["fallback", "wait"] = Field(
         "fallback",
         description="while a function has no instance serving: compute its batches on an expert service "

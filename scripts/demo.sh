@@ -33,10 +33,10 @@ done
 cat "$DEMO/up.log"
 echo "--- remoe generate (a few minutes of training: text that looks like text, not sense)"
 $BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
-echo "--- again: the functions started with the first request; until they serve, an expert service computes"
-echo "    their batches (no token waits for a cold start), then they take over: see remoe status"
+echo "--- again: the functions started with the backbone, each forked from a pre-imported runtime template;"
+echo "    a batch whose function is not serving yet is computed on an expert service (no token waits for it)"
 $BIN/remoe generate --address "127.0.0.1:$PORT" --max-new-tokens 32 "You will"
-echo "--- remoe status"
+echo "--- remoe status: each function instance's calls, and the batches each expert service and function computed"
 $BIN/remoe status --address "127.0.0.1:$PORT"
 echo "--- the same gateway speaks OpenAI's HTTP API (the official openai client here) and serves Prometheus metrics"
 $BIN/python - "$HTTP_PORT" "$(basename "$MODEL")-split" <<'PY'

@@ -27,6 +27,14 @@ def _functions(cluster):
     return list(Client(cluster.address).status().backbone.functions)
 
 
+def test_deployed_functions_start_with_the_backbone(function_cluster):
+    """The plan's functions start while the backbone loads (forked from the runtime template), before any request
+    asks for them. (The first test on this cluster: no request has been served yet.)"""
+    status = Client(function_cluster.address).status().backbone
+    assert status.served_requests == 0, "this test must see the cluster before its first request"
+    assert status.functions and all(f.cold_starts >= 1 for f in status.functions), list(status.functions)
+
+
 def test_killing_a_function_replica_mid_generation_keeps_the_tokens_exact(function_cluster, tiny_model, reference):
     ids = load_tokenizer(tiny_model("olmoe")).encode(PROMPT)
     expected = reference_generate(reference("olmoe"), ids, 64)

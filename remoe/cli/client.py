@@ -67,7 +67,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             continue
         s = d.stats
         print(
-            f"  {s.name or d.address} @ {d.address}: hosts {len(s.hosted)} experts, {len(s.resident)} loaded "
+            f"  {s.name or d.address} @ {d.address}: {s.batches} batches computed, hosts {len(s.hosted)} experts, "
+            f"{len(s.resident)} loaded "
             f"({s.resident_bytes / 2**20:.1f} MiB), hits {s.hits}, loads {s.loads}, evictions {s.evictions}, "
             f"batch p50 {s.recent_batch_ms_p50:.2f} ms p99 {s.recent_batch_ms_p99:.2f} ms"
         )

@@ -20,10 +20,11 @@ and reads from its stdout:
 The template exits when its stdin closes (the platform is gone); its instances then exit too (they watch
 their parent, the template).
 
-    python -m remoe.functions.template MODEL_DIR [--once]
+    python -m remoe.functions.template MODEL_DIR [--spares N]
 
-`--once`: a pooled process rather than a template: the first spawn request runs in this process itself (no
-fork). bench/cold_start.py measures both ways.
+`--spares N` (default 0): keep N children forked ahead, each waiting for its configuration, so a start request
+is handed to a process that exists already (the fork is off the critical path) and a new spare is forked after
+it. bench/cold_start.py measures both ways.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def preload(model_dir: Path):
 
 
 class Template:
-    def __init__(self, weights, requests_fd: int, replies_fd: int) -> None:
+    def __init__(self, weights, requests_fd: int, replies_fd: int, spares: int = 0) -> None:
         self.weights = weights
+        self.spare_count = spares
+        self.spares: list[tuple[int, int]] = []  # (pid, the pipe its configuration comes on)
         self.requests_fd = requests_fd
         self.replies_fd = replies_fd
         self.children: dict[int, int] = {}  # pid -> request id
@@ -73,10 +76,11 @@ class Template:
     def reply(self, message: dict) -> None:
         os.write(self.replies_fd, (json.dumps(message) + "\n").encode())
 
-    def serve(self, once: bool = False) -> None:
+    def serve(self) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: None)  # the wake-up fd is written on every SIGCHLD
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.fork_spares()
         self.reply({"ready": True, "pid": os.getpid()})
         pending = b""
         while True:
@@ -91,9 +95,9 @@ class Template:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in filter(None, lines):
-                    self.handle(json.loads(line), once)
+                    self.handle(json.loads(line))
 
-    def handle(self, request: dict, once: bool) -> None:
+    def handle(self, request: dict) -> None:
         if request["op"] == "signal":
             for pid, rid in self.children.items():
                 if rid == request["id"]:
@@ -102,27 +106,54 @@ class Template:
                     except ProcessLookupError:
                         pass
             return
-        if once:
-            self.reply({"id": request["id"], "pid": os.getpid()})
-            self.become_instance(request)
-        try:
-            pid = os.fork()
-        except OSError as e:
-            self.reply({"id": request["id"], "exit": 1, "error": f"fork failed: {e}"})
-            return
-        if pid == 0:
-            self.become_instance(request)
+        if self.spares:  # hand the request to a child forked ahead
+            pid, config_fd = self.spares.pop(0)
+            os.write(config_fd, json.dumps(request).encode())
+            os.close(config_fd)
+        else:
+            try:
+                pid = os.fork()
+            except OSError as e:
+                self.reply({"id": request["id"], "exit": 1, "error": f"fork failed: {e}"})
+                return
+            if pid == 0:
+                self.become_instance(request)
         self.children[pid] = request["id"]
         self.reply({"id": request["id"], "pid": pid})
+        self.fork_spares()
+
+    def fork_spares(self) -> None:
+        while len(self.spares) < self.spare_count:
+            config_r, config_w = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(config_r)
+                os.close(config_w)
+                return
+            if pid == 0:
+                os.close(config_w)
+                for _, fd in self.spares:
+                    os.close(fd)
+                self.spares = []
+                chunks = []
+                while chunk := os.read(config_r, 1 << 16):  # EOF without a request: the template is gone
+                    chunks.append(chunk)
+                if not chunks:
+                    os._exit(0)
+                os.close(config_r)
+                self.become_instance(json.loads(b"".join(chunks)))
+            os.close(config_r)
+            self.spares.append((pid, config_w))
 
     def become_instance(self, request: dict) -> None:
-        """In the forked child (or the pooled process): take the instance's environment and log, serve, exit."""
+        """In the forked child: take the instance's environment and log, serve, exit."""
         started = time.time()
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for fd in (self.wake_r, self.wake_w, self.requests_fd):
+            for fd in (self.wake_r, self.wake_w, self.requests_fd, *(fd for _, fd in self.spares)):
                 os.close(fd)
             log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(log, 1)
@@ -155,24 +186,30 @@ class Template:
             if pid == 0:
                 return
             rid = self.children.pop(pid, None)
+            if any(pid == spare for spare, _ in self.spares):  # a spare died unasked: replace it
+                os.close(next(fd for spare, fd in self.spares if spare == pid))
+                self.spares = [(p, fd) for p, fd in self.spares if p != pid]
+                self.fork_spares()
             if rid is not None:
                 self.reply({"id": rid, "exit": os.waitstatus_to_exitcode(status)})
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    if any(a in ("-h", "--help") for a in sys.argv[1:]) or len(args) != 1:
-        print(__doc__)
-        sys.exit(0 if args else 2)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--spares", type=int, default=0)
+    args = parser.parse_args()
     # The protocol gets its own descriptors; fd 1 and 2 go to the template's log, so a stray print cannot corrupt it.
     requests_fd, replies_fd = os.dup(0), os.dup(1)
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    weights = preload(Path(args[0]))
+    weights = preload(args.model_dir)
     print(f"remoe function template: ready in {time.time() - _STARTED:.2f} s", file=sys.stderr, flush=True)
-    Template(weights, requests_fd, replies_fd).serve(once="--once" in sys.argv[1:])
+    Template(weights, requests_fd, replies_fd, args.spares).serve()
 
 
 if __name__ == "__main__":

@@ -94,6 +94,10 @@ def default_template() -> dict[str, Any]:
                                 {"name": FunctionEnv.HOST, "value": "0.0.0.0"}
                             ],  # Knative's queue-proxy is the way in
                             "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}],
+                            # Ready when its gRPC health service says SERVING (set once it can compute). No period:
+                            # Knative's queue-proxy then probes aggressively (every few ms) until the first success,
+                            # where a kubelet startupProbe would check once a second and delay each cold start.
+                            "readinessProbe": {"grpc": {"port": H2C_PORT}, "failureThreshold": 3},
                             "securityContext": {
                                 "runAsNonRoot": True,
                                 "allowPrivilegeEscalation": False,

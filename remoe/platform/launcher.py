@@ -97,7 +97,7 @@ class ForkedProcess:
             return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
+        if self.returncode is None:  # the template signals only a child it has not reaped: never a reused pid
             self._template.send({"op": "signal", "id": self._id, "signal": int(sig)})
 
     def terminate(self) -> None:
@@ -124,9 +124,9 @@ class TemplateLauncher:
 
     name = "fork"
 
-    def __init__(self, model_dir: Path, base_env: dict[str, str], log_path: Path, once: bool = False) -> None:
-        """`once`: a pooled process instead of a template: its first instance runs in it, unforked (it serves one
-        launch; bench/cold_start.py compares the two)."""
+    def __init__(self, model_dir: Path, base_env: dict[str, str], log_path: Path, spares: int = 0) -> None:
+        """`spares`: children the template keeps forked ahead, waiting for their configuration (a pool refilled
+        by fork rather than by a fresh import; bench/cold_start.py compares it with forking on demand)."""
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.ready_s: float | None = None  # start to ready, for the cold-start breakdown
@@ -138,7 +138,7 @@ class TemplateLauncher:
         self._broken = False
         with log_path.open("ab") as out:
             self._process = subprocess.Popen(
-                [*TEMPLATE_COMMAND, str(model_dir), *(["--once"] if once else [])],
+                [*TEMPLATE_COMMAND, str(model_dir), "--spares", str(spares)],
                 env=base_env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

@@ -337,27 +337,31 @@ def main(argv: list[str] | None = None) -> None:
     except RemoeError as e:
         raise SystemExit(f"backbone: {e}") from None
     platform.deploy(functions)
-    # Without expert services the backbone computes locally, and takes over failed functions' batches too.
-    local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
-    executor = DispatchingExecutor(
-        placement,
-        arch.layer_indices,
-        arch.num_experts,
-        local=local,
-        platform=platform,
-        cold_start=s.function_cold_start,
-        local_plane=s.expert_transport == "auto",
-    )
-    backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
-    batching = BatchSettings(s.max_batch_requests, s.prefill_chunk) if s.batching == "on" else None
-    servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens, batching)
-    backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
-    server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
-    if s.metrics_port is not None:
-        serve_metrics(
-            backbone_registry(servicer), s.host, s.metrics_port, "backbone", side_port_file(s.ready_file, "metrics")
+    # Held until the backbone serves: functions started with it do not idle out meanwhile (their TTL counts from then).
+    with platform.lease():
+        if s.function_warm_at_start and functions:
+            platform.warm()  # their cold starts overlap the model's load below
+        # Without expert services the backbone computes locally, and takes over failed functions' batches too.
+        local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
+        executor = DispatchingExecutor(
+            placement,
+            arch.layer_indices,
+            arch.num_experts,
+            local=local,
+            platform=platform,
+            cold_start=s.function_cold_start,
+            local_plane=s.expert_transport == "auto",
         )
-    server.start(s.ready_file)
+        backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
+        batching = BatchSettings(s.max_batch_requests, s.prefill_chunk) if s.batching == "on" else None
+        servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens, batching)
+        backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)
+        server.add(backbone_pb2.DESCRIPTOR.services_by_name["BackboneService"].full_name)
+        if s.metrics_port is not None:
+            serve_metrics(
+                backbone_registry(servicer), s.host, s.metrics_port, "backbone", side_port_file(s.ready_file, "metrics")
+            )
+        server.start(s.ready_file)
     server.wait_for_signal()
     servicer.close()
     executor.close()
