@@ -17,7 +17,7 @@ help:
 	@echo "make protos        regenerate remoe/proto from protos/remoe/v1"
 	@echo "make bench-engine  LocalEngine vs transformers generate, tokens/s"
 	@echo "make bench-dispatch  gRPC fan-out cost; TTFT/TPOT of remoe up vs LocalEngine vs transformers"
-	@echo "make bench-cold-start  function cold start (lazy vs whole checkpoint); cold TTFT with/without pre-warm"
+	@echo "make bench-cold-start  function cold start (fresh process, fork, pool); a cold cluster's first token, overlap"
 	@echo "make bench-predictor   SPS forecast accuracy (trained and random-init model) and predict latency"
 	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
 	@echo "make bench-load    concurrent clients with a function killed mid-run: exact tokens, errors, ledger"

@@ -1,8 +1,8 @@
 """Cold starts of the function layer, measured in one run on this machine.
 
 1. One function's cold start to its first answer, started three ways: a fresh process (imports included: a bare
-   serverless platform), forked from the runtime template on demand (the local platform's default), and handed
-   to a spare the template forked ahead (a pool of ready processes, refilled by fork). On the tiny model (2
+   serverless platform), forked from the runtime template on demand, and handed to a spare the template forked
+   ahead (a pool of ready processes, refilled by fork: the local platform's default). On the tiny model (2
    experts) and on a DeepSeek-V2-Lite-shaped layer (8 experts of 17 MB, bf16). Beside it: a function that loads
    the whole checkpoint with transformers before answering.
 2. A cold cluster (`remoe up --remote-ratio 0.5`, tiny model) from launch to its first request's first token: the
@@ -313,16 +313,16 @@ def report(results: dict) -> str:
         "From the platform's start request to the answer of a first batch that routes one token to each hosted",
         "expert (so every one loads). *process*: a fresh `python -m remoe.functions.expert` (imports included, as",
         "a bare serverless platform starts one); *fork*: forked on demand from the runtime template, which had",
-        "imported everything (the local platform's default); *pool*: handed to a spare child the template had",
-        "forked ahead, which waits for its configuration (the template forks the next spare after it).",
+        "imported everything; *pool*: handed to a spare child the template had forked ahead, which waits for its",
+        "configuration (the template forks the next spare after it): the local platform's default.",
         "",
-        "| function | experts | expert (MiB) | process (s) | fork (s) | pool (s) | process / fork "
+        "| function | experts | expert (MiB) | process (s) | fork (s) | pool (s) | process / pool "
         "| whole checkpoint (s) |",
         "|---|---|---|---|---|---|---|---|",
         *[
             f"| {r['model']} | {r['experts']} | {r['expert_mb']} | {r['first_answer_s']['process']} "
             f"| {r['first_answer_s']['fork']} | {r['first_answer_s']['pool']} "
-            f"| {r['first_answer_s']['process'] / r['first_answer_s']['fork']:.1f}x "
+            f"| {r['first_answer_s']['process'] / r['first_answer_s']['pool']:.1f}x "
             f"| {r['whole_checkpoint_first_answer_s']} |"
             for r in f
         ],
