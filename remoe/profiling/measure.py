@@ -112,6 +112,7 @@ def measure_functions(
     specs = [FunctionSpec(f"profile-{int(y * 1024)}", ((layer, 0),), int(y * 1024)) for y in sizes_gb]
     platform = LocalFunctionPlatform(model_dir, run_dir, idle_ttl_s=600)
     platform.deploy(specs)
+    platform.wait_runtime()  # the runtime template starts once per backbone: not part of each function's cold start
 
     def batch(n: int) -> expert_pb2.ExpertBatch:
         return expert_pb2.ExpertBatch(
