@@ -206,6 +206,7 @@ class TemplateLauncher:
         why = f"the function runtime template exited with code {code}" + (f": {lines[-1]}" if lines else "")
         with self.lock:
             self._broken = True
+            self.ready.set()  # nobody waits for a template that is gone (ready_s stays None)
             orphans = list(self._instances.values())
             self._instances.clear()
             for handle in orphans:
