@@ -51,7 +51,10 @@ def test_profile_measures_writes_json_and_plot_and_plan_uses_it(tiny_model, tmp_
     raw = json.loads(out.read_text())
     assert raw["machine"] and raw["samples"]["functions"] and raw["samples"]["end_to_end_two_functions"]
     profile = load_profile(out)
-    assert profile.backbone_decode_s > 0 and profile.cold_start_s > 0.1 and profile.bandwidth_bytes_s > 1e7
+    assert profile.backbone_decode_s > 0 and profile.bandwidth_bytes_s > 1e7
+    # A cold start (forked from the runtime template: tens of ms, not the template's own seconds of imports) is a
+    # process start, a server start and a first load: more than a warm call, and more than 5 ms on any machine.
+    assert 0.005 < profile.cold_start_s < 2.0 and profile.cold_start_s > profile.invoke_s
     assert all(v >= 0 for v in profile.remote_fit)
     # The plan command takes the profile and writes a plan file that `remoe up --plan` loads.
     plan_file = tmp_path / "plan.json"
