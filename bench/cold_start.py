@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,13 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import MODELS, PROMPT, machine_description  # noqa: E402
 
-from remoe.checkpoint.weights import open_weights  # noqa: E402
+from remoe.checkpoint.dtypes import resolve_dtype  # noqa: E402
+from remoe.checkpoint.weights import ModelWeights, open_weights  # noqa: E402
 from remoe.cluster import LocalCluster  # noqa: E402
 from remoe.functions.config import FunctionConfig  # noqa: E402
 from remoe.model.tiny import make_tiny_model  # noqa: E402
 from remoe.model.tokenizer import load_tokenizer  # noqa: E402
 from remoe.platform.inherited_env import function_environment  # noqa: E402
-from remoe.platform.launcher import InstanceProcess, PlainLauncher, TemplateLauncher  # noqa: E402
+from remoe.platform.launcher import Launcher, PlainLauncher, TemplateLauncher  # noqa: E402
 from remoe.proto import expert_pb2  # noqa: E402
 from remoe.sdk import Client  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
@@ -87,9 +87,9 @@ def _rss_mb(pid: int) -> float:
 
 
 def _first_answer(
-    case: FunctionCase, tmp: Path, launch: Callable[[dict, Path], InstanceProcess]
+    case: FunctionCase, weights: ModelWeights, tmp: Path, launcher: Launcher
 ) -> tuple[float, dict, float]:
-    """Start one instance through `launch`, send it a batch that routes a token to each hosted expert, and return
+    """Start one instance through `launcher`, send it a batch that routes a token to each hosted expert, and return
     (seconds from the start request to the answer, the function's breakdown, its RSS in MiB)."""
     ready = tmp / "fn.port"
     ready.unlink(missing_ok=True)
@@ -97,21 +97,18 @@ def _first_answer(
     config = FunctionConfig(model_dir=case.path, experts=experts, name="bench", port=0, ready_file=ready)
     start = time.time()
     env = {**function_environment(), **BASE_ENV, **config.to_env(), "REMOE_SPAWNED_AT": repr(start)}
-    proc = launch(env, tmp / "fn.log")
+    proc = launcher.launch(env, tmp / "fn.log")
     try:
         while not ready.is_file():
             if proc.poll() is not None:
                 raise RuntimeError(f"the function exited while starting (log {tmp / 'fn.log'})")
             time.sleep(0.002)
         stream = ExpertStream(f"127.0.0.1:{ready.read_text()}")
-        config_json = json.loads((case.path / "config.json").read_text())
-        dtype = (
-            torch.bfloat16 if config_json.get("torch_dtype", config_json.get("dtype")) == "bfloat16" else torch.float32
-        )
+        dtype = resolve_dtype(weights.config, "auto")
         n = len(case.experts)
         batch = expert_pb2.ExpertBatch(
             layer=case.layer,
-            hidden_states=tensor_codec.encode(torch.randn(n, int(config_json["hidden_size"])).to(dtype)),
+            hidden_states=tensor_codec.encode(torch.randn(n, weights.arch.hidden_size).to(dtype)),
             top_k_index=tensor_codec.encode(torch.tensor(case.experts).view(n, 1)),
             top_k_weights=tensor_codec.encode(torch.ones(n, 1, dtype=dtype)),
         )
@@ -128,44 +125,37 @@ def _first_answer(
         proc.wait(10)
 
 
-def _launched(runtime: str, case: FunctionCase, tmp: Path) -> Callable[[dict, Path], InstanceProcess]:
-    """A launch for one instance: a fresh process, or a fork of / handover to a template that is ready already
-    (its own start is not part of the instance's cold start; the platform starts it with the first deployment)."""
+def _launcher(runtime: str, case: FunctionCase, tmp: Path) -> Launcher:
+    """Fresh processes, or a template that is ready already (its own start is not part of an instance's cold start:
+    the platform starts it once, with the first deployment)."""
     if runtime == "process":
-        return PlainLauncher().launch
+        return PlainLauncher()
     env = {**function_environment(), **BASE_ENV}
     template = TemplateLauncher(case.path, env, tmp / "template.log", spares=1 if runtime == "pool" else 0)
     if not template.ready.wait(300) or template.ready_s is None:
         raise RuntimeError(f"the runtime template did not start (log {tmp / 'template.log'})")
-
-    def launch(env: dict, log: Path) -> InstanceProcess:
-        launch.template = template  # closed by the caller
-        return template.launch(env, log)
-
-    launch.template = template
-    return launch
+    return template
 
 
 def bench_function(case: FunctionCase, tmp: Path, repeats: int) -> FunctionRow:
+    weights = open_weights(case.path)
     times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
     breakdown: dict[str, dict] = {}
     rss: dict[str, float] = {}
     template_rss = 0.0
     for _ in range(repeats):
         for runtime in RUNTIMES:  # interleaved: the machine's load drifts
-            launch = _launched(runtime, case, tmp)
+            launcher = _launcher(runtime, case, tmp)
             if runtime == "fork" and not template_rss:
-                template_rss = _rss_mb(launch.template.pid)
+                template_rss = _rss_mb(launcher.pid)
             try:
-                elapsed, parts, mb = _first_answer(case, tmp, launch)
+                elapsed, parts, mb = _first_answer(case, weights, tmp, launcher)
             finally:
-                if hasattr(launch, "template"):
-                    launch.template.close()
+                launcher.close()
             times[runtime].append(elapsed)
             breakdown.setdefault(runtime, parts)
             rss.setdefault(runtime, mb)
     whole = statistics.median(_whole_checkpoint_first_answer(case) for _ in range(repeats))
-    weights = open_weights(case.path)
     expert_mb = weights.expert_nbytes(case.layer, case.experts[0]) / 2**20
     return FunctionRow(
         case.name,

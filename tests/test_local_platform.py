@@ -297,3 +297,31 @@ def test_instances_fork_from_the_template_and_start_plain_when_it_is_gone(platfo
     assert [_parent_of(pid) for pid in new_pids] == [os.getpid(), os.getpid()]
     assert {s.crashes for s in platform.status()} == {1}
     torch.testing.assert_close(_compute(replaced[1], 0, hidden, index, routing), expected, rtol=0, atol=1e-6)
+
+
+def _children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def test_a_start_still_works_when_the_templates_spare_child_died(platform, tiny_model):
+    """The template keeps a child forked ahead for the next start; if that child is killed while it waits, the next
+    start goes to a new spare or a fresh fork, not to the dead one."""
+    import os
+    import signal
+
+    platform.wait_runtime()
+    template = platform._launcher().pid
+    (spare,) = _children_of(template)  # no instance yet: the only child is the spare
+    os.kill(spare, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(spare):  # dead (a zombie until the template collects it) before the next start is asked for
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
+    address = platform.endpoints("f", timeout_s=60)[0]
+    assert _parent_of(int((platform.run_dir / "f-0.pid").read_text())) == template
+    weights = open_weights(tiny_model("mixtral"))
+    hidden, index, routing = torch.randn(1, weights.arch.hidden_size), torch.tensor([[1]]), torch.ones(1, 1)
+    expected = LocalExpertExecutor(weights).compute(0, hidden, index, routing)
+    torch.testing.assert_close(_compute(address, 0, hidden, index, routing), expected, rtol=0, atol=1e-6)

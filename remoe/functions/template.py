@@ -106,11 +106,9 @@ class Template:
                     except ProcessLookupError:
                         pass
             return
-        if self.spares:  # hand the request to a child forked ahead
-            pid, config_fd = self.spares.pop(0)
-            os.write(config_fd, json.dumps(request).encode())
-            os.close(config_fd)
-        else:
+        self.reap()  # a spare that died and whose SIGCHLD is not handled yet must not be handed the request
+        pid = self.hand_to_spare(request)
+        if pid is None:
             try:
                 pid = os.fork()
             except OSError as e:
@@ -121,6 +119,20 @@ class Template:
         self.children[pid] = request["id"]
         self.reply({"id": request["id"], "pid": pid})
         self.fork_spares()
+
+    def hand_to_spare(self, request: dict) -> int | None:
+        """The pid of the spare that now runs `request`; None when no spare took it (none left, or the one asked
+        had died unreaped: its pipe is broken)."""
+        while self.spares:
+            pid, config_fd = self.spares.pop(0)
+            try:
+                os.write(config_fd, json.dumps(request).encode())
+                return pid
+            except OSError:
+                continue
+            finally:
+                os.close(config_fd)
+        return None
 
     def fork_spares(self) -> None:
         while len(self.spares) < self.spare_count:
@@ -178,7 +190,8 @@ class Template:
             os._exit(code)
 
     def reap(self) -> None:
-        while self.children:
+        """Collect every child that ended: an instance's exit is reported, a spare that died unasked is replaced."""
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:

@@ -52,8 +52,6 @@ class Launcher(Protocol):
 class PlainLauncher:
     """A fresh `python -m remoe.functions.expert` per instance (what a bare serverless platform does)."""
 
-    name = "process"
-
     def launch(self, env: dict[str, str], log_path: Path) -> subprocess.Popen:
         with log_path.open("ab") as out:
             return subprocess.Popen(
@@ -78,10 +76,11 @@ class ForkedProcess:
 
     @property
     def pid(self) -> int:
-        """Blocks until the template has forked the instance (it queues requests while it imports)."""
+        """Blocks until the template has forked the instance (it queues requests while it imports); 0 when it ended
+        unforked (never a pid to signal: os.kill(0 or -1, ...) reaches whole groups)."""
         if not self._forked.wait(120):
             raise TimeoutError("the function runtime template did not fork the instance in 120 s")
-        return self._pid if self._pid is not None else -1
+        return self._pid or 0
 
     def poll(self) -> int | None:
         return self.returncode
@@ -99,9 +98,6 @@ class ForkedProcess:
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:  # the template signals only a child it has not reaped: never a reused pid
             self._template.send({"op": "signal", "id": self._id, "signal": int(sig)})
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -121,8 +117,6 @@ class TemplateLauncher:
     """Forks instances from one runtime template process, started here for `model_dir` with the environment
     every instance shares (`base_env`: the allowlisted variables and thread settings, which libraries read when
     they load). If the template cannot start or dies, later instances are plain processes."""
-
-    name = "fork"
 
     def __init__(self, model_dir: Path, base_env: dict[str, str], log_path: Path, spares: int = 0) -> None:
         """`spares`: children the template keeps forked ahead, waiting for their configuration (a pool refilled

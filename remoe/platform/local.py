@@ -285,7 +285,8 @@ class LocalFunctionPlatform:
         threading.Thread(target=self._watch_start, args=(inst, inst.process, ready_file, reason), daemon=True).start()
 
     def _watch_start(self, inst: LocalInstance, process: InstanceProcess, ready_file: Path, reason: str) -> None:
-        (self.run_dir / f"{inst.name}.pid").write_text(str(process.pid))  # a forked one's pid: once forked
+        if process.pid > 0:  # a forked one's pid: once forked (none when its template ended first)
+            (self.run_dir / f"{inst.name}.pid").write_text(str(process.pid))
         while process.poll() is None and not ready_file.is_file():
             time.sleep(0.005)
         if process.poll() is not None and not ready_file.is_file():
