@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import MODELS, PROMPT, machine_description  # noqa: E402
+from entrypoint_start import bench_entrypoint, import_seconds_by_package, model_dirs  # noqa: E402
 
 from remoe.checkpoint.dtypes import resolve_dtype  # noqa: E402
 from remoe.checkpoint.weights import ModelWeights, open_weights  # noqa: E402
@@ -103,7 +104,18 @@ def _first_answer(
             if proc.poll() is not None:
                 raise RuntimeError(f"the function exited while starting (log {tmp / 'fn.log'})")
             time.sleep(0.002)
-        stream = ExpertStream(f"127.0.0.1:{ready.read_text()}")
+        breakdown = _answer_first_batch(case, weights, ready.read_text())
+        elapsed = time.time() - start
+        return elapsed, breakdown, _rss_mb(proc.pid)
+    finally:
+        proc.send_signal(15)
+        proc.wait(10)
+
+
+def _answer_first_batch(case: FunctionCase, weights: ModelWeights, port: str) -> dict:
+    """Send a batch routing one token to each hosted expert (so every one loads); the function's breakdown."""
+    stream = ExpertStream(f"127.0.0.1:{port}")
+    try:
         dtype = resolve_dtype(weights.config, "auto")
         n = len(case.experts)
         batch = expert_pb2.ExpertBatch(
@@ -113,16 +125,11 @@ def _first_answer(
             top_k_weights=tensor_codec.encode(torch.ones(n, 1, dtype=dtype)),
         )
         result = stream.submit(batch)[1].result(timeout=300)
-        elapsed = time.time() - start
         assert result.status_code == 0, result.error
         fields = stream.stats(10).cold_start.ListFields()
-        breakdown = {f.name: round(v, 3) for f, v in fields if f.name != "complete"}
-        rss = _rss_mb(proc.pid)
-        stream.close()
-        return elapsed, breakdown, rss
+        return {f.name: round(v, 3) for f, v in fields if f.name != "complete"}
     finally:
-        proc.send_signal(15)
-        proc.wait(10)
+        stream.close()
 
 
 def _launcher(runtime: str, case: FunctionCase, tmp: Path) -> Launcher:
@@ -135,6 +142,21 @@ def _launcher(runtime: str, case: FunctionCase, tmp: Path) -> Launcher:
     if not template.ready.wait(300) or template.ready_s is None:
         raise RuntimeError(f"the runtime template did not start (log {tmp / 'template.log'})")
     return template
+
+
+def bench_knative_entrypoint(case: FunctionCase, tmp: Path, repeats: int) -> tuple[list[dict], dict]:
+    """(rows, import seconds per package of the lean start and of the full start) for the entrypoint as a process."""
+    weights = open_weights(case.path)
+    experts = [(case.layer, e) for e in case.experts]
+    rows = bench_entrypoint(
+        case.name, case.path, experts, BASE_ENV, tmp, lambda port: _answer_first_batch(case, weights, port), repeats
+    )
+    dirs = model_dirs(case.path, tmp)
+    imports = {
+        label: import_seconds_by_package(dirs[label], experts, BASE_ENV, tmp)
+        for label in ("split with the record (lean)", "split, no experts-math record")
+    }
+    return [asdict(r) for r in rows], imports
 
 
 def bench_function(case: FunctionCase, tmp: Path, repeats: int) -> FunctionRow:
@@ -330,6 +352,7 @@ def report(results: dict) -> str:
         "",
         *[f"- {r['model']}, {way}: {parts}" for r in f for way, parts in r["breakdown"].items()],
         "",
+        *entrypoint_report(results),
         "## A cold cluster's first request, and cold vs warm requests (`remoe up --remote-ratio 0.5`, tiny model)",
         "",
         "From launching `remoe up` (gateway, backbone, two expert services, the predictor; functions for half of",
@@ -350,6 +373,36 @@ def report(results: dict) -> str:
         *cluster_ratios(c),
     ]
     return "\n".join(lines) + "\n"
+
+
+def entrypoint_report(results: dict) -> list[str]:
+    if "entrypoint" not in results:
+        return []
+    rows, imports = results["entrypoint"], results["entrypoint_imports"]
+    return [
+        "## The Knative entrypoint as a plain process (no container here)",
+        "",
+        "`python -m remoe.functions.expert` started fresh, as the function image runs it: seconds from the start to",
+        "health SERVING (the readiness probe's answer) and to the first batch's answer. Pointed at the original",
+        "checkpoint or at a split made before the experts-math record, it opens the weights with transformers (the",
+        "meta skeleton tells it the experts' class and shapes); at a split with the record (`remoe split` writes it",
+        "where every layer's experts are gated SiLU) it reads the manifest instead and never imports transformers.",
+        "",
+        "| function | weights | transformers imported | start to SERVING (s) | start to first answer (s) "
+        "| imports (s) |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['weights']} | {'yes' if r['transformers_imported'] else 'no'} | {r['ready_s']} "
+            f"| {r['first_answer_s']} | {r['imports_s']} |"
+            for r in rows
+        ],
+        "",
+        "Where the imports' time goes (self time per top-level package under `python -X importtime`, which inflates",
+        "it a little; one run, seconds):",
+        "",
+        *[f"- {model}, {label}: {per}" for model, by in imports.items() for label, per in by.items()],
+        "",
+    ]
 
 
 def write(results: dict, out: Path) -> None:
@@ -375,10 +428,13 @@ def main() -> None:
         tiny = make_tiny_model(MODELS["tiny"], tmp / "tiny")
         _log("making a DeepSeek-V2-Lite-shaped layer (1.1 GB of bf16 experts) ...")
         cases = [FunctionCase("tiny", tiny, 0, [1, 2], "layer 0, experts 1-2, float32"), deepseek_layer(tmp)]
-        function_rows = []
+        function_rows, entry_rows, entry_imports = [], [], {}
         for case in cases:
             _log(f"function cold starts: {case.name}, {len(case.experts)} experts, {' / '.join(RUNTIMES)} ...")
             function_rows.append(bench_function(case, tmp, args.repeats))
+            _log(f"the Knative entrypoint as a process: {case.name} ...")
+            rows, entry_imports[case.name] = bench_knative_entrypoint(case, tmp, args.repeats)
+            entry_rows += rows
         _log("cold clusters through remoe up ...")
         cluster_rows = bench_cluster(tiny, args.repeats)
 
@@ -391,6 +447,8 @@ def main() -> None:
         "repeats": args.repeats,
         "function": [asdict(r) for r in function_rows],
         "cluster": [asdict(r) for r in cluster_rows],
+        "entrypoint": entry_rows,
+        "entrypoint_imports": entry_imports,
     }
     write(results, args.out)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+# safetensors dtype names (header "dtype") of the float types MoE checkpoints use.
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

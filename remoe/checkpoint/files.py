@@ -9,10 +9,10 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, PretrainedConfig
 
 from remoe.errors import CheckpointError, MissingWeightError
 
@@ -20,6 +20,9 @@ INDEX_FILE = "model.safetensors.index.json"
 # safetensors stores an 8-byte little-endian header length, then the JSON header, then the data.
 _HEADER_LEN_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+if TYPE_CHECKING:  # transformers is imported only to load a config: a lean function reads files without it
+    from transformers import PretrainedConfig
 
 
 def read_safetensors_header(path: Path) -> dict:
@@ -61,7 +64,7 @@ class Checkpoint:
     """A checkpoint directory with an index from tensor key to where and what it is."""
 
     path: Path
-    config: PretrainedConfig
+    config: PretrainedConfig | None  # None: read without transformers (remoe/functions/lean_weights.py)
     tensors: dict[str, TensorInfo]
     _handles: dict[Path, object] = field(default_factory=dict, repr=False)
 
@@ -74,7 +77,7 @@ class Checkpoint:
         return cls(path=path, config=config, tensors=_index_tensors(path))
 
     @classmethod
-    def from_files(cls, path: Path, config: PretrainedConfig, files: list[Path]) -> Checkpoint:
+    def from_files(cls, path: Path, config: PretrainedConfig | None, files: list[Path]) -> Checkpoint:
         """A checkpoint made of named files (a `remoe split` directory); keys must be unique across them."""
         tensors: dict[str, TensorInfo] = {}
         for file in files:
@@ -126,6 +129,8 @@ class Checkpoint:
 
 
 def load_config(path: Path) -> PretrainedConfig:
+    from transformers import AutoConfig
+
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: config.json not found (is this a Hugging Face checkpoint directory?)")
     try:

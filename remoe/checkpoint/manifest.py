@@ -10,6 +10,20 @@ from remoe.errors import CheckpointError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "remoe-split/1"
+GATED_SILU = "gated_silu"  # down(silu(x gate^T) * (x up^T)) per expert, gate rows then up rows in gate_up_proj
+
+
+def split_expert_key(layer: int, expert: int, param: str) -> str:
+    return f"layers.{layer}.experts.{expert}.{param}"
+
+
+@dataclass(slots=True)
+class ExpertsMath:
+    """How every routed expert computes, proven at split time against the experts class's own eager forward
+    (remoe/experts/recorded_math.py), so a function can serve the split without importing transformers."""
+
+    family: str  # GATED_SILU (the only family recorded so far)
+    param_shapes: dict[str, list[int]]  # one expert's tensors, without the E dim: {"gate_up_proj": [2I, H], ...}
 
 
 @dataclass(slots=True)
@@ -33,6 +47,7 @@ class Manifest:
     kv_cache_bytes_per_token: int
     layers: list[LayerExperts] = field(default_factory=list)
     format: str = FORMAT
+    experts_math: ExpertsMath | None = None  # None: the experts need their class (or a split made before it)
 
     def __post_init__(self) -> None:
         if self.format != FORMAT:
@@ -64,6 +79,8 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
             raw["layers"] = [LayerExperts(**entry) for entry in raw["layers"]]
+            if raw.get("experts_math") is not None:
+                raw["experts_math"] = ExpertsMath(**raw["experts_math"])
             return cls(**raw)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: not found (is {directory} a `remoe split` output?)") from None

@@ -15,16 +15,12 @@ import torch
 from transformers import PretrainedConfig
 
 from remoe.checkpoint.architecture import Architecture
+from remoe.checkpoint.dtypes import SAFETENSORS_DTYPES
 from remoe.checkpoint.files import Checkpoint, load_config
-from remoe.checkpoint.manifest import MANIFEST_FILE, Manifest
+from remoe.checkpoint.manifest import MANIFEST_FILE, Manifest, split_expert_key
 from remoe.checkpoint.weight_map import WeightMap, build_weight_map
 
-# safetensors dtype names (header "dtype") of the float types MoE checkpoints use.
-SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-
-
-def split_expert_key(layer: int, expert: int, param: str) -> str:
-    return f"layers.{layer}.experts.{expert}.{param}"
+__all__ = ["ModelWeights", "CheckpointWeights", "SplitWeights", "open_weights", "split_expert_key"]
 
 
 class ModelWeights(ABC):

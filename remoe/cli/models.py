@@ -30,6 +30,11 @@ def _cmd_split(args: argparse.Namespace) -> int:
         f"split {manifest.architecture} into {args.out}: backbone {manifest.backbone_bytes} bytes, "
         f"{len(manifest.layers)} MoE layers x {manifest.num_experts} experts ({manifest.experts_bytes} bytes)"
     )
+    if manifest.experts_math is not None:
+        family = manifest.experts_math.family
+        print(f"experts math recorded ({family}): functions serve this split without importing transformers")
+    else:
+        print("experts outside the gated-SiLU family: functions import transformers to compute them with their class")
     return 0
 
 

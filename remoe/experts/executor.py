@@ -6,15 +6,18 @@ T = tokens, K = top-k, H = hidden size.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from remoe.checkpoint.weights import ModelWeights
 from remoe.errors import CheckpointError, RemoeError
 from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
-from remoe.experts.kernels import ExpertKernel, choose_kernel
+from remoe.experts.kernels import ExpertKernel, choose_kernel, kernel_for_family
 from remoe.experts.modules import DEFAULT_IMPLEMENTATION
+from remoe.experts.recorded_math import recorded_family
+
+if TYPE_CHECKING:  # at run time any weights with the same surface do (a lean function's carry no transformers)
+    from remoe.checkpoint.weights import ModelWeights
 
 
 class ExpertExecutor(Protocol):
@@ -62,8 +65,14 @@ class LocalExpertExecutor:
         )
         self.kernels: dict[int, ExpertKernel] = {}
         self.kernel_reasons: dict[int, str] = {}  # layer -> which kernel and why (remoe inspect, logs)
+        recorded = getattr(arch, "experts_math", None)  # a lean function's weights: the split's record, no class
+        if recorded is not None and (self.device.type != "cpu" or kernel == "class"):
+            raise ValueError("weights opened without their experts class compute on the CPU with the family kernels")
         for m in arch.moe_layers:
-            if self.device.type == "cpu":
+            if recorded is not None:
+                chosen, why = kernel_for_family(recorded_family(recorded), dtype, kernel)
+                why += " (from the split's record)"
+            elif self.device.type == "cpu":
                 chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, kernel, implementation)
             else:  # an accelerator computes through the class (the CPU kernels do not apply)
                 chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, "class", implementation)

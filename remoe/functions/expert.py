@@ -106,6 +106,19 @@ def main() -> None:
     run(_STARTED)
 
 
+def _open_weights(model_dir: str):
+    """(weights, how they were opened): the lean reader where the split records its experts' math (transformers is
+    never imported: seconds of a fresh process's cold start), else the full one. The template passes its own."""
+    from remoe.functions.lean_weights import open_lean
+
+    weights, why = open_lean(model_dir)
+    if weights is not None:
+        return weights, f"lean ({why})"
+    from remoe.checkpoint.weights import open_weights
+
+    return open_weights(model_dir), f"full, imports transformers ({why})"
+
+
 def run(started_at: float, weights=None) -> None:
     """Serve one function instance configured by the environment until SIGTERM. `started_at`: when this process
     began (a fresh interpreter) or was forked from the runtime template; `weights`: the checkpoint the template
@@ -125,13 +138,15 @@ def run(started_at: float, weights=None) -> None:
 
     t = time.time()
     from remoe.checkpoint.dtypes import resolve_dtype
-    from remoe.checkpoint.weights import open_weights
     from remoe.experts.executor import LocalExpertExecutor
     from remoe.experts.servicer import ExpertServicer
     from remoe.proto import expert_pb2, expert_pb2_grpc
     from remoe.server.common import Server, setup_logging
     from remoe.transport.local_plane import LocalPlaneServer
 
+    opened = "the runtime template's"
+    if weights is None or Path(weights.path).resolve() != Path(config.model_dir).resolve():
+        weights, opened = _open_weights(config.model_dir)  # transformers' import, where needed, counts as imports
     clock.imports_s = time.time() - t
 
     import torch
@@ -141,8 +156,7 @@ def run(started_at: float, weights=None) -> None:
     setup_logging(config.name, verbose=False)
     log = logging.getLogger("remoe.function")
     server = Server(config.name, config.host, config.port, workers=32)
-    if weights is None or Path(weights.path).resolve() != Path(config.model_dir).resolve():
-        weights = open_weights(config.model_dir)
+    log.info("weights: %s; transformers imported: %s", opened, "yes" if "transformers" in sys.modules else "no")
     arch = weights.arch
     bad = [x for x in config.experts if x[0] not in arch.layer_indices or not 0 <= x[1] < arch.num_experts]
     if bad:

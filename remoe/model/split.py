@@ -21,6 +21,7 @@ from remoe.checkpoint.architecture import kv_cache_bytes_per_token
 from remoe.checkpoint.manifest import MANIFEST_FILE, LayerExperts, Manifest
 from remoe.checkpoint.weights import ModelWeights, open_weights, split_expert_key
 from remoe.errors import CheckpointError
+from remoe.experts.recorded_math import record_experts_math
 
 BACKBONE_FILE = "backbone.safetensors"
 _COPIED = (
@@ -93,6 +94,7 @@ def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool) ->
             layers.append(LayerExperts(moe.layer, layer_file(moe.layer), expert_bytes))
             bar.update()
 
+    experts_math, _ = record_experts_math(arch)  # lets a function serve the split without transformers
     manifest = Manifest(
         architecture=type(arch.skeleton).__name__,
         model_type=arch.model_type,
@@ -105,6 +107,7 @@ def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool) ->
         backbone_bytes=backbone_bytes,
         kv_cache_bytes_per_token=kv_cache_bytes_per_token(weights.config, dtype),
         layers=layers,
+        experts_math=experts_math,
     )
     manifest.save(out)
     return manifest

@@ -10,6 +10,6 @@
 `auto` takes `native` where it builds and covers the layer, else `aten`, else `class`.
 """
 
-from remoe.experts.kernels.select import KERNELS, ExpertKernel, choose_kernel
+from remoe.experts.kernels.select import KERNELS, ExpertKernel, choose_kernel, kernel_for_family
 
-__all__ = ["KERNELS", "ExpertKernel", "choose_kernel"]
+__all__ = ["KERNELS", "ExpertKernel", "choose_kernel", "kernel_for_family"]

@@ -45,6 +45,11 @@ def choose_kernel(
     family = inspect_gated(template)
     if isinstance(family, str):
         return ClassKernel(template, implementation), f"class {type(template).__name__} ({family})"
+    return kernel_for_family(family, dtype, requested)
+
+
+def kernel_for_family(family: GatedFamily, dtype: torch.dtype, requested: str = "auto") -> tuple[ExpertKernel, str]:
+    """The fastest gated-MLP kernel that takes `requested` (not "class") here, and why."""
     if requested in ("auto", "native"):
         why = _native_refusal(family, dtype)
         if why is None:
