@@ -211,6 +211,7 @@ class ClusterRow:
     launch_to_first_token_s: float  # launched to the first request's first token (sent once up, `wait` policy)
     cold_ttft_s: float  # after every function scaled to zero, a request that waits for their starts
     warm_ttft_s: float  # right after, every function warm
+    startup: list[str]  # where the cluster's start went, per service (first run; remoe/server/startup.py)
 
 
 TTL_S = 15.0  # functions scale to zero after this long idle (from when the backbone serves)
@@ -231,8 +232,8 @@ def _ttft(client: Client, ids: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def _cold_cluster(path: Path, runtime: str, remote_ratio: float, warm_at_start: bool) -> tuple[float, ...]:
-    """(up, launch to first token, cold request TTFT, warm request TTFT, functions) for a cluster started from
+def _cold_cluster(path: Path, runtime: str, remote_ratio: float, warm_at_start: bool) -> tuple:
+    """(up, launch to first token, cold request TTFT, warm request TTFT, functions, startup) for a cluster started from
     nothing. Requests wait for cold starts here (the `wait` policy): this measures what a bare serverless deployment
     pays; by default Remoe computes a starting function's batches on an expert service instead."""
     ids = load_tokenizer(path).encode(PROMPT)
@@ -244,6 +245,7 @@ def _cold_cluster(path: Path, runtime: str, remote_ratio: float, warm_at_start: 
     launched = time.perf_counter()
     with LocalCluster(path, port=0, remote_ratio=remote_ratio, function_ttl_s=TTL_S, env=env) as cluster:
         up = time.perf_counter() - launched
+        startup = cluster.startup_breakdown()
         client = Client(cluster.address)
         _ttft(client, ids)
         first = time.perf_counter() - launched
@@ -257,7 +259,7 @@ def _cold_cluster(path: Path, runtime: str, remote_ratio: float, warm_at_start: 
                 time.sleep(0.2)
             cold = _ttft(client, ids)
             warm = _ttft(client, ids)
-    return up, first, cold, warm, functions
+    return up, first, cold, warm, functions, startup
 
 
 def bench_cluster(path: Path, repeats: int) -> list[ClusterRow]:
@@ -270,7 +272,9 @@ def bench_cluster(path: Path, repeats: int) -> list[ClusterRow]:
     for label, results in runs.items():
         up, first, cold, warm = (statistics.median(r[i] for r in results) for i in range(4))
         rows.append(
-            ClusterRow(label, int(results[0][4]), round(up, 2), round(first, 2), round(cold, 3), round(warm, 3))
+            ClusterRow(
+                label, int(results[0][4]), round(up, 2), round(first, 2), round(cold, 3), round(warm, 3), results[0][5]
+            )
         )
     return rows
 
@@ -371,6 +375,12 @@ def report(results: dict) -> str:
         ],
         "",
         *cluster_ratios(c),
+        "",
+        "Where each cluster's start went (first run; seconds after launch, then each service's own record: its",
+        "process creation, its imports, its init steps). The backbone is spawned once the expert services serve",
+        "(it needs their addresses) and the gateway once the backbone and the predictor do:",
+        "",
+        *[f"- {r['setting']}:\n" + "\n".join(f"  - {line}" for line in r.get("startup", [])) for r in c],
     ]
     return "\n".join(lines) + "\n"
 

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remoe.errors import RemoeError
 from remoe.ports import side_port_file
+from remoe.server import startup
 from remoe.settings import SERVICES, BackboneSettings, GatewaySettings, default_of, env_for
 
 
@@ -45,6 +46,7 @@ class ServiceProcess:
     process: subprocess.Popen | None = None
     port: int = 0
     started_s: float = 0.0
+    spawned_at: float = 0.0  # wall clock, to compare with the service's own startup record
     metrics_port: int | None = None  # its Prometheus /metrics (the gateway's are on its HTTP port)
 
     @property
@@ -102,6 +104,7 @@ class LocalCluster:
     http_port: int | None = None  # the gateway's OpenAI-compatible API and /metrics (None or 0: a free port)
     env: dict[str, str] = field(default_factory=dict)
     services: list[ServiceProcess] = field(default_factory=list)
+    launched_at: float = 0.0  # wall clock when start() began
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir).resolve()
@@ -147,6 +150,7 @@ class LocalCluster:
         )
         log.close()
         service.started_s = time.monotonic()
+        service.spawned_at = time.time()
         self.services.append(service)
 
     def _wait_ready(self, group: list[ServiceProcess], timeout_s: float, report: Callable[[str], None]) -> None:
@@ -171,10 +175,19 @@ class LocalCluster:
                 raise ClusterError(f"{names} not ready after {timeout_s:.0f} s; logs in {self.run_dir}")
             time.sleep(0.05)
 
+    def startup_breakdown(self) -> list[str]:
+        """Where the cold start went, per service in start order (remoe/server/startup.py)."""
+        starts = [
+            startup.ServiceStart(s.name, s.spawned_at, startup.StartupRecord.load(startup.startup_file(s.ready_file)))
+            for s in self.services
+        ]
+        return startup.breakdown(starts, self.launched_at)
+
     def start(self, report: Callable[[str], None] = lambda _: None, timeout_s: float = 180.0) -> LocalCluster:
         """Start every service. Those that need nothing of each other start together (the expert services, the
         predictor and the scheduler; the backbone once the services' ports are known), so their starts overlap,
         as the backbone's start overlaps its functions'; the gateway last, once everything it talks to serves."""
+        self.launched_at = time.time()
         try:
             experts = [
                 self._service(

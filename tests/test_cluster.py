@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -404,3 +405,21 @@ def test_predictor_service_round_trip_and_bad_input(mixtral_cluster):
     frequency = tensor_codec.decode(huge.frequency)  # forecast like any prompt: a distribution per layer
     assert tuple(frequency.shape) == (len(layers), experts)
     torch.testing.assert_close(frequency.sum(dim=1), torch.ones(len(layers)), rtol=0, atol=1e-5)
+
+
+def test_the_cluster_says_where_its_cold_start_went(mixtral_cluster):
+    """Every service's start, from its own record: spawned, its imports, the steps of its init, serving; the
+    backbone spawned once the expert services served (it needs their addresses), the gateway last."""
+    lines = {line.split(":", 1)[0]: line for line in mixtral_cluster.startup_breakdown()}
+    assert set(lines) == {"expert-0", "expert-1", "predictor", "backbone", "gateway"}
+    times = {}
+    for name, line in lines.items():
+        match = re.search(r"spawned at ([\d.]+) s, serving at ([\d.]+) s \(process [\d.]+, imports ([\d.]+)", line)
+        assert match, line
+        spawned, serving, imports = map(float, match.groups())
+        assert spawned <= serving and 0 < imports <= serving - spawned + 0.05, line
+        times[name] = spawned, serving
+    assert "open weights" in lines["backbone"] and "load model" in lines["backbone"]
+    assert "start functions" in lines["backbone"]  # the functions' cold starts overlap the model's load
+    assert times["backbone"][0] >= max(times["expert-0"][1], times["expert-1"][1]) - 0.1
+    assert times["gateway"][0] >= max(times["backbone"][1], times["predictor"][1]) - 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from remoe.cli.common import backbone_default, check_slos, gateway_default
 from remoe.errors import RemoeError
@@ -75,6 +76,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"remoe up: {args.model} (logs in {cluster.run_dir})", flush=True)
     try:
         cluster.start(report=lambda line: print(f"  {line}", flush=True))
+        print(f"cold start, {time.time() - cluster.launched_at:.1f} s from launch to serving:", flush=True)
+        for line in cluster.startup_breakdown():
+            print(f"  {line}", flush=True)
         print(f"gateway listening on {cluster.address}; Ctrl-C stops every service", flush=True)
         base = cluster.http_url.removesuffix("/v1")
         print(f"OpenAI-compatible API on {cluster.http_url} (gateway metrics at {base}/metrics)", flush=True)

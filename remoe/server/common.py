@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from remoe.ports import write_port
+from remoe.server import startup
 from remoe.server.tracing import setup_tracing
 from remoe.transport.channel import SERVER_OPTIONS
 
@@ -65,7 +67,12 @@ class Server:
         for service in self._services:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        record = startup.current()
+        if record is not None:
+            record.serving = time.time()
         if ready_file is not None:
+            if record is not None:
+                record.save(startup.startup_file(ready_file))
             write_port(ready_file, self.port)
         log.info("%s serving on %s:%d%s", self.name, self.host, self.port, " (TLS)" if self.credentials else "")
         return self.port

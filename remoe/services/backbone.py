@@ -40,6 +40,7 @@ from remoe.platform.factory import platform_from_settings
 from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
 from remoe.ports import side_port_file
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
+from remoe.server import startup
 from remoe.server.common import Server, setup_logging
 from remoe.server.tracing import tracer
 from remoe.settings import BackboneSettings, load_settings
@@ -318,11 +319,13 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
 
 
 def main(argv: list[str] | None = None) -> None:
+    startup.begin()  # the module's imports are done: what follows is this service's own start
     s = load_settings(BackboneSettings, argv, "python -m remoe.services.backbone", __doc__.split("\n")[0])
     setup_logging("backbone", s.verbose)
     server = Server("backbone", s.host, s.port, s.workers)
     model = str(s.model)
-    weights = open_weights(model)
+    with startup.step("open weights"):
+        weights = open_weights(model)
     dtype = resolve_dtype(weights.config, s.dtype)
     arch = weights.arch
     services = s.experts
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     # Held until the backbone serves: functions started with it do not idle out meanwhile (their TTL counts from then).
     with platform.lease():
         if s.function_warm_at_start and functions:
-            platform.warm()  # their cold starts overlap the model's load below
+            with startup.step("start functions"):
+                platform.warm()  # their cold starts overlap the model's load below
         # Without expert services the backbone computes locally, and takes over failed functions' batches too.
         local = LocalExpertExecutor(weights, dtype=dtype) if not services else None
         executor = DispatchingExecutor(
@@ -352,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
             cold_start=s.function_cold_start,
             local_plane=s.expert_transport == "auto",
         )
-        backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
+        with startup.step("load model"):
+            backbone = Backbone(weights, executor, device=s.device, dtype=dtype)
         batching = BatchSettings(s.max_batch_requests, s.prefill_chunk) if s.batching == "on" else None
         servicer = BackboneServicer(backbone, executor, model, s.max_new_tokens, batching)
         backbone_pb2_grpc.add_BackboneServiceServicer_to_server(servicer, server.server)

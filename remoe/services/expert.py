@@ -20,6 +20,7 @@ from remoe.metrics.exposition import serve_metrics
 from remoe.metrics.services import expert_registry
 from remoe.ports import side_port_file
 from remoe.proto import expert_pb2, expert_pb2_grpc
+from remoe.server import startup
 from remoe.server.common import Server, setup_logging
 from remoe.settings import ExpertSettings, load_settings
 from remoe.transport.local_plane import LocalPlaneServer
@@ -28,13 +29,16 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
+    startup.begin()  # the module's imports are done: what follows is this service's own start
     s = load_settings(ExpertSettings, argv, "python -m remoe.services.expert", __doc__.split("\n")[0])
     name = s.name
     setup_logging(name, s.verbose)
     server = Server(name, s.host, s.port, s.workers)
-    weights = open_weights(s.model)
+    with startup.step("open weights"):
+        weights = open_weights(s.model)
     dtype = resolve_dtype(weights.config, s.dtype)
-    executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=dtype, kernel=s.kernel)
+    with startup.step("expert kernels"):
+        executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=dtype, kernel=s.kernel)
     for layer, why in executor.kernel_reasons.items():
         log.info("layer %d experts: %s", layer, why)
     servicer = ExpertServicer(executor, name)

@@ -16,6 +16,7 @@ from remoe.gateway.refused import Refused
 from remoe.metrics.exposition import serve_metrics
 from remoe.ports import side_port_file, write_port
 from remoe.proto import gateway_pb2, gateway_pb2_grpc
+from remoe.server import startup
 from remoe.server.common import Server, setup_logging
 from remoe.services.auth import BearerTokenInterceptor, TLSConfigError, server_credentials
 from remoe.settings import GatewaySettings, load_settings
@@ -42,6 +43,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 def main(argv: list[str] | None = None) -> None:
+    startup.begin()  # the module's imports are done: what follows is this service's own start
     s = load_settings(GatewaySettings, argv, "python -m remoe.services.gateway", __doc__.split("\n")[0])
     setup_logging("gateway", s.verbose)
     # A thread for every admitted request plus a few for Status and health; beyond that gRPC itself refuses
@@ -56,14 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     planning = PlanningConfig(
         s.scheduler, s.ledger_redis_url, s.slo_ttft_ms / 1e3, s.slo_tpot_ms / 1e3, prior_redis_url=s.prior_redis_url
     )
-    core = GatewayCore(
-        s.model,
-        s.backbone,
-        prewarm=s.prewarm,
-        predictor_address=s.predictor,
-        planning=planning,
-        max_requests=s.max_requests,
-    )
+    with startup.step("gateway core"):
+        core = GatewayCore(
+            s.model,
+            s.backbone,
+            prewarm=s.prewarm,
+            predictor_address=s.predictor,
+            planning=planning,
+            max_requests=s.max_requests,
+        )
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(core), server.server)
     server.add(gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name)
     http = None

@@ -31,6 +31,7 @@ from remoe.predictor.prior import GlobalPrior, model_id  # noqa: E402
 from remoe.predictor.soft_cosine import SCS_TOKENS, SoftCosine  # noqa: E402
 from remoe.predictor.store import PromptStore  # noqa: E402
 from remoe.proto import predictor_pb2, predictor_pb2_grpc  # noqa: E402
+from remoe.server import startup
 from remoe.server.common import Server, setup_logging  # noqa: E402
 from remoe.settings import PredictorSettings, load_settings  # noqa: E402
 from remoe.transport import tensor_codec  # noqa: E402
@@ -104,11 +105,13 @@ def build_predictor(model_dir: str, qdrant_path: str | None, qdrant_url: str | N
 
 
 def main(argv: list[str] | None = None) -> None:
+    startup.begin()  # the module's imports are done: what follows is this service's own start
     s = load_settings(PredictorSettings, argv, "python -m remoe.services.predictor", __doc__.split("\n")[0])
     setup_logging("predictor", s.verbose)
     server = Server("predictor", s.host, s.port, s.workers)
     qdrant_path = str(s.qdrant_path) if s.qdrant_path else None
-    predictor, arch = build_predictor(str(s.model), qdrant_path, s.qdrant_url, s.redis_url)
+    with startup.step("embedder, store and prior"):
+        predictor, arch = build_predictor(str(s.model), qdrant_path, s.qdrant_url, s.redis_url)
     servicer = PredictorServicer(predictor, arch.layer_indices, arch.num_experts, arch.top_k)
     predictor_pb2_grpc.add_PredictorServiceServicer_to_server(servicer, server.server)
     server.add(predictor_pb2.DESCRIPTOR.services_by_name["PredictorService"].full_name)

@@ -19,6 +19,7 @@ from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
 from remoe.scheduler.profile_file import load_profile
 from remoe.scheduler.shape import shape_of_model
+from remoe.server import startup
 from remoe.server.common import Server, setup_logging
 from remoe.settings import SchedulerSettings, load_settings
 from remoe.transport.tensor_codec import TensorDecodeError
@@ -54,12 +55,14 @@ def build_service(model_dir: str, profile_path: str | None, redis_url: str | Non
 
 
 def main(argv: list[str] | None = None) -> None:
+    startup.begin()  # the module's imports are done: what follows is this service's own start
     s = load_settings(SchedulerSettings, argv, "python -m remoe.services.scheduler", __doc__.split("\n")[0])
     setup_logging("scheduler", s.verbose)
     defaults = Prices()
     prices = Prices(s.cpu_price or defaults.cpu_gb_s, s.gpu_price or defaults.gpu_gb_s)
     server = Server("scheduler", s.host, s.port, s.workers)
-    service = build_service(str(s.model), str(s.profile) if s.profile else None, s.redis_url, prices)
+    with startup.step("model shape and profile"):
+        service = build_service(str(s.model), str(s.profile) if s.profile else None, s.redis_url, prices)
     servicer = SchedulerServicer(service)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server.server)
     server.add(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
