@@ -9,6 +9,7 @@ ready file once it serves, and logs to one file per service under the run direct
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -48,6 +49,7 @@ class ServiceProcess:
     started_s: float = 0.0
     spawned_at: float = 0.0  # wall clock, to compare with the service's own startup record
     metrics_port: int | None = None  # its Prometheus /metrics (the gateway's are on its HTTP port)
+    launch_argv: list[str] | None = None  # how it was first started, when not `argv` (a deferred start)
 
     @property
     def address(self) -> str:
@@ -135,6 +137,26 @@ class LocalCluster:
         argv = [sys.executable, "-m", f"remoe.services.{kind}"]
         return ServiceProcess(name, argv, self.run_dir / f"{name}.log", ready, env)
 
+    def _spawn_deferred(self, name: str, kind: str) -> ServiceProcess:
+        """Spawn a service that imports now and waits for its settings (`_configure`): its imports overlap the
+        start of the services whose addresses it needs."""
+        settings = self.run_dir / f"{name}.settings.json"
+        settings.unlink(missing_ok=True)
+        service = self._service(name, kind)
+        service.env = {}  # its settings come with _configure
+        service.launch_argv = [sys.executable, "-m", "remoe.services.deferred_start", f"remoe.services.{kind}"]
+        service.launch_argv.append(str(settings))
+        self._spawn(service)
+        return service
+
+    def _configure(self, service: ServiceProcess, kind: str, **settings: Any) -> None:
+        """Send a deferred service its settings; it runs its main() on them."""
+        service.env = self._service(service.name, kind, **settings).env
+        path = self.run_dir / f"{service.name}.settings.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"env": service.env}))
+        tmp.rename(path)
+
     def threads_per_service(self) -> int:
         """OpenMP threads each service process gets (the backbone included)."""
         # OpenMP threads spin while they wait; more of them than cores across processes costs each fan-out
@@ -146,7 +168,7 @@ class LocalCluster:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, **self.env, **service.env}
         log = service.log_path.open("ab")
         service.process = subprocess.Popen(
-            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            service.launch_argv or service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
         log.close()
         service.started_s = time.monotonic()
@@ -184,9 +206,10 @@ class LocalCluster:
         return startup.breakdown(starts, self.launched_at)
 
     def start(self, report: Callable[[str], None] = lambda _: None, timeout_s: float = 180.0) -> LocalCluster:
-        """Start every service. Those that need nothing of each other start together (the expert services, the
-        predictor and the scheduler; the backbone once the services' ports are known), so their starts overlap,
-        as the backbone's start overlaps its functions'; the gateway last, once everything it talks to serves."""
+        """Start every service at once: the expert services, the predictor and the scheduler run; the backbone and
+        the gateway import meanwhile and run once the services they talk to serve (the backbone: the expert
+        services; the gateway: the backbone, predictor and scheduler), so every start overlaps the others, as the
+        backbone's start overlaps its functions'."""
         self.launched_at = time.time()
         try:
             experts = [
@@ -207,10 +230,12 @@ class LocalCluster:
                 predictor = self._spawn_predictor()
             if planned:
                 scheduler = self._spawn_scheduler()
+            backbone = self._spawn_deferred("backbone", "backbone")
+            gateway = self._spawn_deferred("gateway", "gateway")
             self._wait_ready(experts, timeout_s, report)
 
-            backbone = self._service(
-                "backbone",
+            self._configure(
+                backbone,
                 "backbone",
                 port=0,
                 run_dir=self.run_dir / "functions",
@@ -221,7 +246,6 @@ class LocalCluster:
                 function_ttl_s=self.function_ttl_s,
                 function_memory_mb=self.function_memory_mb,
             )
-            self._spawn(backbone)
             self._wait_ready([s for s in (backbone, predictor, scheduler) if s is not None], timeout_s, report)
 
             gateway_settings: dict[str, Any] = {
@@ -241,8 +265,7 @@ class LocalCluster:
                 gateway_settings.update(
                     scheduler=scheduler.address, slo_ttft_ms=self.slo_ttft_ms, slo_tpot_ms=self.slo_tpot_ms
                 )
-            gateway = self._service("gateway", "gateway", **gateway_settings)
-            self._spawn(gateway)
+            self._configure(gateway, "gateway", **gateway_settings)
             self._wait_ready([gateway], timeout_s, report)
             self.port = gateway.port
             self.http_port = int(side_port_file(gateway.ready_file, "http").read_text())

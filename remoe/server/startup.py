@@ -58,9 +58,11 @@ def startup_file(ready_file: Path) -> Path:
 
 
 def begin() -> StartupRecord:
-    """Start this process's record: call first thing in main(), after the module's imports."""
+    """Start this process's record: call first thing in main(), after the module's imports. A record begun
+    already (by remoe/services/deferred_start.py, which imported the service earlier) is kept."""
     global _record
-    _record = StartupRecord(process_started_at(), time.time())
+    if _record is None:
+        _record = StartupRecord(process_started_at(), time.time())
     return _record
 
 
