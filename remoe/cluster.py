@@ -27,6 +27,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from remoe.constants import SERVICE_PARENT_PID
 from remoe.errors import RemoeError
 from remoe.ports import side_port_file
 from remoe.server import startup
@@ -166,6 +167,7 @@ class LocalCluster:
     def _spawn(self, service: ServiceProcess) -> None:
         threads = str(self.threads_per_service())
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, **self.env, **service.env}
+        env[SERVICE_PARENT_PID] = str(os.getpid())  # it stops when this process is gone
         log = service.log_path.open("ab")
         service.process = subprocess.Popen(
             service.launch_argv or service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env

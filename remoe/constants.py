@@ -41,3 +41,8 @@ class FunctionEnv:
     SPAWNED_AT = "REMOE_SPAWNED_AT"
     LOCAL_PLANE = "REMOE_LOCAL_PLANE"
     PARENT_PID = "REMOE_FUNCTION_PARENT_PID"  # the local platform's pid: the function exits when it is gone
+
+
+# Set by `remoe up` (LocalCluster) on every service it starts: the service stops when that process is gone, so a
+# `remoe up` killed hard (SIGKILL, out of memory) leaves no service running and holding memory and ports.
+SERVICE_PARENT_PID = "REMOE_SERVICE_PARENT_PID"

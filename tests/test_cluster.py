@@ -426,3 +426,32 @@ def test_the_cluster_says_where_its_cold_start_went(mixtral_cluster):
     assert "start functions" in lines["backbone"]  # the functions' cold starts overlap the model's load
     assert serving["backbone"] >= max(serving["expert-0"], serving["expert-1"])
     assert serving["gateway"] >= max(serving["backbone"], serving["predictor"])
+
+
+def test_services_stop_when_the_process_that_started_them_is_killed(tiny_model, tmp_path):
+    """A `remoe up` killed hard (SIGKILL: no clean-up) must not leave its services running and holding memory."""
+    script = f"""
+import os, signal
+from remoe.cluster import LocalCluster
+
+cluster = LocalCluster({str(tiny_model("mixtral"))!r}, port=0, expert_services=1, predictor=False,
+                       run_dir={str(tmp_path)!r}).start()
+print(" ".join(str(s.process.pid) for s in cluster.services), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == -9, run.stderr
+    pids = [int(pid) for pid in run.stdout.split()]
+    assert len(pids) == 3  # expert service, backbone, gateway
+    deadline = time.monotonic() + 30
+    while alive := [pid for pid in pids if _running(pid)]:
+        assert time.monotonic() < deadline, f"services {alive} outlived the process that started them"
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read().lower()
+    except FileNotFoundError:
+        return False

@@ -28,26 +28,10 @@ def process_start_seconds(spawned_at: float | None, started_at: float = _STARTED
     or the fork from the runtime template (with any wait for the template to be ready)."""
     if spawned_at is not None:
         return max(0.0, started_at - spawned_at)
-    try:  # /proc: process start time in clock ticks since boot, and the uptime now
-        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        uptime = float(open("/proc/uptime").read().split()[0])
-        age_now = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-        return max(0.0, age_now - (time.time() - started_at))
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    from remoe.server.startup import process_started_at
 
-
-def exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
-    """Local platform: a function must not outlive the backbone that started it (one killed hard would leave its
-    functions running and holding memory). Polls the parent, as PR_SET_PDEATHSIG would fire with the spawning
-    thread rather than the process."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(period_s)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    created = process_started_at()
+    return max(0.0, started_at - created) if created is not None else 0.0
 
 
 def rss_bytes() -> int:
@@ -134,6 +118,8 @@ def run(started_at: float, weights=None) -> None:
     from remoe.constants import FunctionEnv
 
     if os.environ.get(FunctionEnv.PARENT_PID, "").isdigit():
+        from remoe.server.parent_watch import exit_with_parent
+
         exit_with_parent(int(os.environ[FunctionEnv.PARENT_PID]))
 
     t = time.time()

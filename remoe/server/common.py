@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -13,8 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from remoe.constants import SERVICE_PARENT_PID
 from remoe.ports import write_port
 from remoe.server import startup
+from remoe.server.parent_watch import exit_with_parent
 from remoe.server.tracing import setup_tracing
 from remoe.transport.channel import SERVER_OPTIONS
 
@@ -37,6 +40,9 @@ class Server:
         """`max_rpcs`: RPCs in progress at once; gRPC answers more with RESOURCE_EXHAUSTED (None: no limit).
         `credentials`: serve TLS instead of plaintext."""
         setup_tracing(name)
+        parent = os.environ.get(SERVICE_PARENT_PID, "")
+        if parent.isdigit():  # started by `remoe up`: stop cleanly when it is gone, however it ended
+            exit_with_parent(int(parent), graceful=True)
         self.name = name
         self.credentials = credentials
         self.server = grpc.server(
