@@ -40,9 +40,10 @@ class Server:
         """`max_rpcs`: RPCs in progress at once; gRPC answers more with RESOURCE_EXHAUSTED (None: no limit).
         `credentials`: serve TLS instead of plaintext."""
         setup_tracing(name)
-        parent = os.environ.get(SERVICE_PARENT_PID, "")
-        if parent.isdigit():  # started by `remoe up`: stop cleanly when it is gone, however it ended
-            exit_with_parent(int(parent), graceful=True)
+        # Started by `remoe up`: stop cleanly when it is gone, however it ended (only the process it started
+        # watches: a grandchild that inherited the variable is not stopped by mistake).
+        if os.environ.get(SERVICE_PARENT_PID) == str(os.getppid()):
+            exit_with_parent(os.getppid(), graceful=True)
         self.name = name
         self.credentials = credentials
         self.server = grpc.server(
