@@ -33,8 +33,6 @@ from remoe.ports import side_port_file
 from remoe.server import startup
 from remoe.settings import SERVICES, BackboneSettings, GatewaySettings, default_of, env_for
 
-DEFAULT_RUNTIME: str = default_of(BackboneSettings, "function_runtime")
-
 
 class ClusterError(RemoeError):
     """A service of the local cluster failed to start."""
@@ -140,19 +138,15 @@ class LocalCluster:
         argv = [sys.executable, "-m", f"remoe.services.{kind}"]
         return ServiceProcess(name, argv, self.run_dir / f"{name}.log", ready, env)
 
-    def _spawn_deferred(self, name: str, kind: str, template: bool = False) -> ServiceProcess:
+    def _spawn_deferred(self, name: str, kind: str) -> ServiceProcess:
         """Spawn a service that imports now and waits for its settings (`_configure`): its imports overlap the
-        start of the services whose addresses it needs. `template`: it starts the functions' runtime template
-        first (a backbone that deploys functions at start)."""
+        start of the services whose addresses it needs."""
         settings = self.run_dir / f"{name}.settings.json"
         settings.unlink(missing_ok=True)
         service = self._service(name, kind)
         service.env = {}  # its settings come with _configure
         service.launch_argv = [sys.executable, "-m", "remoe.services.deferred_start", f"remoe.services.{kind}"]
         service.launch_argv.append(str(settings))
-        if template:
-            log = self.run_dir / "functions" / "template.log"
-            service.launch_argv += ["--template", str(self.model_dir), str(log)]
         self._spawn(service)
         return service
 
@@ -163,11 +157,6 @@ class LocalCluster:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"env": service.env}))
         tmp.rename(path)
-
-    def _functions_at_start(self) -> bool:
-        """The backbone deploys functions as it starts (a static placement) and forks them from the template."""
-        runtime = self.env.get("REMOE_BACKBONE_FUNCTION_RUNTIME", os.environ.get("REMOE_BACKBONE_FUNCTION_RUNTIME"))
-        return bool(self.plan_file or self.remote_ratio) and (runtime or DEFAULT_RUNTIME) == "fork"
 
     def threads_per_service(self) -> int:
         """OpenMP threads each service process gets (the backbone included)."""
@@ -243,7 +232,7 @@ class LocalCluster:
                 predictor = self._spawn_predictor()
             if planned:
                 scheduler = self._spawn_scheduler()
-            backbone = self._spawn_deferred("backbone", "backbone", template=self._functions_at_start())
+            backbone = self._spawn_deferred("backbone", "backbone")
             gateway = self._spawn_deferred("gateway", "gateway")
             self._wait_ready(experts, timeout_s, report)
 

@@ -325,30 +325,3 @@ def test_a_start_still_works_when_the_templates_spare_child_died(platform, tiny_
     hidden, index, routing = torch.randn(1, weights.arch.hidden_size), torch.tensor([[1]]), torch.ones(1, 1)
     expected = LocalExpertExecutor(weights).compute(0, hidden, index, routing)
     torch.testing.assert_close(_compute(address, 0, hidden, index, routing), expected, rtol=0, atol=1e-6)
-
-
-def test_a_template_started_ahead_is_taken_over_only_with_the_same_environment(tiny_model, tmp_path):
-    """remoe up starts the backbone's runtime template before the backbone has imported (deferred_start); the
-    platform takes it over when it would have started the same one, and otherwise closes it and starts its own."""
-    from remoe.platform.inherited_env import function_environment
-    from remoe.platform.launcher import FUNCTION_BASE_ENV, prestart_template, take_prestarted
-
-    model = tiny_model("mixtral")
-    base = {**function_environment(), **FUNCTION_BASE_ENV}
-    prestart_template(model, base, tmp_path / "functions" / "template.log")
-    assert take_prestarted(model, {**base, "OMP_NUM_THREADS": "2"}) is None  # another environment: closed
-    assert take_prestarted(model, base) is None  # and gone
-
-    prestart_template(model, base, tmp_path / "functions" / "template.log")
-    platform = LocalFunctionPlatform(model, tmp_path / "functions")
-    try:
-        prestarted_pid = platform._launcher().pid
-        platform.deploy([FunctionSpec("f", experts=((0, 1),), memory_mb=2048)])
-        address = platform.endpoints("f", timeout_s=120)[0]
-        assert _parent_of(int((platform.run_dir / "f-0.pid").read_text())) == prestarted_pid
-        weights = open_weights(model)
-        hidden, index, routing = torch.randn(1, weights.arch.hidden_size), torch.tensor([[1]]), torch.ones(1, 1)
-        expected = LocalExpertExecutor(weights).compute(0, hidden, index, routing)
-        torch.testing.assert_close(_compute(address, 0, hidden, index, routing), expected, rtol=0, atol=1e-6)
-    finally:
-        platform.close()

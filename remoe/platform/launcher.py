@@ -22,13 +22,6 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 FUNCTION_COMMAND = [sys.executable, "-m", "remoe.functions.expert"]
 TEMPLATE_COMMAND = [sys.executable, "-m", "remoe.functions.template"]
-# Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait passively, or idle
-# OpenMP threads spin and starve the others.
-FUNCTION_BASE_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-# Children the runtime template keeps forked ahead: a start is handed to one, so the fork is off its path. Measured
-# against forking on demand (docs/results/cold_start.md, "pool" vs "fork"): 2-13 ms faster on the tiny model,
-# within a few ms either way on the DeepSeek shape.
-TEMPLATE_SPARES = 1
 EXIT_TEMPLATE_GONE = -signal.SIGKILL  # an instance whose template vanished is killed, and reads as killed
 
 
@@ -234,28 +227,3 @@ class TemplateLauncher:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-
-
-# A template started before its platform exists (remoe/services/deferred_start.py: while the backbone imports, so
-# the template's own imports overlap the backbone's instead of following them), by model directory.
-_prestarted: dict[Path, tuple[TemplateLauncher, dict[str, str]]] = {}
-
-
-def prestart_template(model_dir: Path, base_env: dict[str, str], log_path: Path) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    launcher = TemplateLauncher(model_dir, base_env, log_path, spares=TEMPLATE_SPARES)
-    _prestarted[Path(model_dir).resolve()] = (launcher, dict(base_env))
-
-
-def take_prestarted(model_dir: Path, base_env: dict[str, str]) -> TemplateLauncher | None:
-    """The template prestarted for this model with this environment, if any (one started for another environment
-    is closed: its instances would not get what the platform gives them)."""
-    entry = _prestarted.pop(Path(model_dir).resolve(), None)
-    if entry is None:
-        return None
-    launcher, env = entry
-    if env != base_env or not launcher.usable:
-        log.info("the prestarted runtime template does not match this platform; starting another")
-        launcher.close()
-        return None
-    return launcher

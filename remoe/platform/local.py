@@ -27,21 +27,17 @@ from remoe.constants import FunctionEnv
 from remoe.functions.config import FunctionConfig
 from remoe.platform.base import ColdStartRecord, FunctionSpec, FunctionStartError, InstanceStatus
 from remoe.platform.inherited_env import function_environment
-from remoe.platform.launcher import (
-    FUNCTION_BASE_ENV,
-    TEMPLATE_SPARES,
-    InstanceProcess,
-    Launcher,
-    PlainLauncher,
-    TemplateLauncher,
-    take_prestarted,
-)
+from remoe.platform.launcher import InstanceProcess, Launcher, PlainLauncher, TemplateLauncher
 from remoe.platform.local_instance import LocalInstance
 from remoe.settings import BackboneSettings, default_of
 
 log = logging.getLogger(__name__)
 DEFAULT_IDLE_TTL_S: float = default_of(BackboneSettings, "function_ttl_s")
 DEFAULT_RUNTIME: str = default_of(BackboneSettings, "function_runtime")
+# Children the runtime template keeps forked ahead: a start is handed to one, so the fork is off its path. Measured
+# against forking on demand (docs/results/cold_start.md, "pool" vs "fork"): 2-13 ms faster on the tiny model,
+# within a few ms either way on the DeepSeek shape.
+TEMPLATE_SPARES = 1
 # After an instance failed to start (e.g. its experts do not fit its memory), starting it again is refused for
 # this long: every batch routed to it would otherwise spawn a doomed process.
 START_RETRY_S = 10.0
@@ -80,7 +76,9 @@ class LocalFunctionPlatform:
         self.max_starting = max_starting or max(1, (os.cpu_count() or 2) // 2)
         self.skipped_starts = 0  # bounded starts not made because max_starting were starting
         self.evictions = 0  # warm instances stopped to make room for others
-        self._env = {**FUNCTION_BASE_ENV, **(env or {})}
+        # Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait
+        # passively, or idle OpenMP threads spin and starve the others.
+        self._env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
         self._lock = threading.RLock()
         self._instances: dict[str, list[LocalInstance]] = {}
         self._active_requests = 0  # while any request runs, no function is idle: the request may need it
@@ -207,15 +205,8 @@ class LocalFunctionPlatform:
         if self._launcher_instance is None:
             if self.runtime == "fork":
                 base_env = {**function_environment(), **self._env}
-                prestarted = take_prestarted(self.model_dir, base_env)
-                if prestarted is not None:
-                    log.info("runtime template: the one started at launch (pid %d)", prestarted.pid)
-                    self._launcher_instance = prestarted
-                else:
-                    log_path = self.run_dir / "template.log"
-                    self._launcher_instance = TemplateLauncher(
-                        self.model_dir, base_env, log_path, spares=TEMPLATE_SPARES
-                    )
+                log_path = self.run_dir / "template.log"
+                self._launcher_instance = TemplateLauncher(self.model_dir, base_env, log_path, spares=TEMPLATE_SPARES)
             else:
                 self._launcher_instance = PlainLauncher()
         return self._launcher_instance

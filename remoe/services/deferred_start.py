@@ -1,13 +1,11 @@
 """Import a service now, run it once its settings are known:
 
-    python -m remoe.services.deferred_start remoe.services.backbone SETTINGS.json [--template MODEL_DIR LOG]
+    python -m remoe.services.deferred_start remoe.services.backbone SETTINGS.json
 
 LocalCluster spawns the backbone and the gateway this way at launch, so their imports (seconds each) run while
 the services they need start, instead of after them; it writes SETTINGS.json (`{"env": {...}}`: the service's
 REMOE_* settings, with the addresses it talks to) once those services serve. The wait is a step of the
 service's startup record ("wait for the services it needs"). Exits if its starter is gone before that.
-With --template (a backbone that will deploy functions at start) it first starts the functions' runtime template,
-whose imports then overlap the backbone's; the backbone's platform takes it over (remoe/platform/launcher.py).
 """
 
 from __future__ import annotations
@@ -25,15 +23,10 @@ WAIT_STEP = "wait for the services it needs"
 
 
 def main() -> None:
-    if len(sys.argv) not in (3, 6) or (len(sys.argv) == 6 and sys.argv[3] != "--template"):
+    if len(sys.argv) != 3:
         raise SystemExit(__doc__)
     module_name, settings = sys.argv[1], Path(sys.argv[2])
     parent = os.getppid()
-    if len(sys.argv) == 6:
-        from remoe.platform.inherited_env import function_environment
-        from remoe.platform.launcher import FUNCTION_BASE_ENV, prestart_template
-
-        prestart_template(Path(sys.argv[4]), {**function_environment(), **FUNCTION_BASE_ENV}, Path(sys.argv[5]))
     service = importlib.import_module(module_name)  # the slow part: torch, transformers, grpc, ...
     startup.begin()
     with startup.step(WAIT_STEP):
