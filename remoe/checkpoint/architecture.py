@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from remoe.checkpoint.moe_layers import MoELayerLookup
 from remoe.errors import UnsupportedArchitectureError
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -39,7 +40,7 @@ class MoELayer:
 
 
 @dataclass
-class Architecture:
+class Architecture(MoELayerLookup):
     config: PretrainedConfig
     skeleton: PreTrainedModel  # on the meta device; routed-expert parameters are never materialised
     moe_layers: list[MoELayer]
@@ -78,26 +79,12 @@ class Architecture:
         return self.config.model_type
 
     @property
-    def num_experts(self) -> int:
-        return self.moe_layers[0].num_experts
-
-    @property
     def top_k(self) -> int:
         return int(self.config.num_experts_per_tok)
 
     @property
     def hidden_size(self) -> int:
         return int(self.config.hidden_size)
-
-    @property
-    def layer_indices(self) -> list[int]:
-        return [m.layer for m in self.moe_layers]
-
-    def moe_layer(self, layer: int) -> MoELayer:
-        for m in self.moe_layers:
-            if m.layer == layer:
-                return m
-        raise KeyError(f"layer {layer} has no routed experts (MoE layers: {self.layer_indices})")
 
     def experts_module(self, layer: int) -> torch.nn.Module:
         return self.skeleton.get_submodule(self.moe_layer(layer).path)

@@ -18,6 +18,7 @@ import torch
 from remoe.checkpoint.dtypes import SAFETENSORS_DTYPES
 from remoe.checkpoint.files import Checkpoint
 from remoe.checkpoint.manifest import MANIFEST_FILE, ExpertsMath, Manifest, split_expert_key
+from remoe.checkpoint.moe_layers import MoELayerLookup
 from remoe.errors import CheckpointError
 
 
@@ -29,27 +30,13 @@ class LeanMoELayer:
 
 
 @dataclass
-class LeanArchitecture:
+class LeanArchitecture(MoELayerLookup):
     """The part of Architecture a function uses, from the manifest."""
 
     experts_math: ExpertsMath  # the executor builds the layer kernels from this (no experts class)
     moe_layers: list[LeanMoELayer]
     hidden_size: int
     top_k: int
-
-    @property
-    def num_experts(self) -> int:
-        return self.moe_layers[0].num_experts
-
-    @property
-    def layer_indices(self) -> list[int]:
-        return [m.layer for m in self.moe_layers]
-
-    def moe_layer(self, layer: int) -> LeanMoELayer:
-        for m in self.moe_layers:
-            if m.layer == layer:
-                return m
-        raise KeyError(f"layer {layer} has no routed experts (MoE layers: {self.layer_indices})")
 
 
 @dataclass
