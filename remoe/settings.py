@@ -55,6 +55,11 @@ class GatewaySettings(ServerSettings):
     slo_ttft_ms: float = Field(0.0, ge=0, description="default TTFT SLO of plans, ms (0: none)")
     slo_tpot_ms: float = Field(0.0, ge=0, description="default TPOT SLO of plans, ms (0: none)")
     prewarm: bool = Field(True, description="warm the plan's functions when a request arrives")
+    warm_aware_plans: bool = Field(
+        True,
+        description="plans know which functions run: they price a new function's start and keep-alive and reuse "
+        "running ones where that is cheaper (off: the paper's plans, as if starts cost nothing)",
+    )
     max_requests: int = Field(
         64, ge=1, description="requests served at once; more are refused at once (RESOURCE_EXHAUSTED, retry hint)"
     )

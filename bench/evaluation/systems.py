@@ -62,6 +62,8 @@ class Run:
     timeline: list[tuple[float, int, int, int]] = field(default_factory=list)  # (s, service B, function B, warm)
     cold_starts: int = 0
     cold_fallbacks: int = 0  # batches computed on an expert service while their function started
+    held_gb_s: float = 0.0  # function memory held (instances starting or warm) while it ran
+    held_at_end_mb: int = 0  # function memory still held at its end (held one TTL more, unless reused)
 
     @property
     def hit_rate(self) -> float | None:
@@ -131,6 +133,13 @@ class Sampler(threading.Thread):
         self.counters: dict[str, tuple[int, int]] = {}  # destination -> (hits, loads), latest seen
         self.cold_starts: dict[str, int] = {}
         self.cold_fallbacks = 0
+        self.held_mb: list[tuple[float, int]] = []  # (s, MB held by function instances starting or warm)
+        self.functions_seen: set[str] = set()  # function names the backbone ever listed
+
+    def held_gb_s(self) -> float:
+        """GB-seconds of function memory held over the samples (trapezoids: what a platform holds, idle or not)."""
+        pts = self.held_mb
+        return sum((t1 - t0) * (a + b) / 2 for (t0, a), (t1, b) in zip(pts, pts[1:], strict=False)) / 1024
 
     def _function_stats(self, address: str):
         from remoe.proto import expert_pb2, expert_pb2_grpc
@@ -147,6 +156,8 @@ class Sampler(threading.Thread):
                 services += d.stats.resident_bytes
                 self.counters[d.address] = (d.stats.hits, d.stats.loads)
         functions, warm = 0, 0
+        self.held_mb.append((t, sum(f.memory_mb for f in backbone.functions if f.state in ("starting", "warm"))))
+        self.functions_seen.update(f.function for f in backbone.functions)
         for f in backbone.functions:
             self.cold_starts[f"{f.function}/{f.replica}"] = f.cold_starts
             if f.state != "warm" or not f.address:
@@ -261,6 +272,8 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
         sampler.timeline,
         cold_starts,
         sampler.cold_fallbacks - fallbacks0,
+        sampler.held_gb_s(),
+        sampler.held_mb[-1][1] if sampler.held_mb else 0,
     )
 
 

@@ -4,6 +4,7 @@ grpc.ServicerContext or a LocalCaller, the part of the caller the gateway needs 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ from remoe.transport.request_context import call_time_remaining
 
 PRIOR_SOURCE = "gateway-prior"  # Usage.forecast_source of a request planned from the prior (predictor down)
 WARM_TIMEOUT_S = 10.0
+RUNNING_TIMEOUT_S = 0.5  # which functions run, asked per planned request: a slow answer plans without it
+log = logging.getLogger(__name__)
 
 
 class GatewayCore:
@@ -71,7 +74,7 @@ class GatewayCore:
             PlanClient(planning.scheduler_address, shape.layers, shape.experts) if planning.scheduler_address else None
         )
         prior = self._open_prior(planning.prior_redis_url) if planning.prior_redis_url and scheduler else None
-        self.planner = RequestPlanner(shape, planning, predictor, scheduler, prior)
+        self.planner = RequestPlanner(shape, planning, predictor, scheduler, prior, self.running_functions)
         ledger = Ledger(planning.ledger_redis_url) if planning.ledger_redis_url else None
         self.metering = Metering(shape, planning.prices, ledger, self.metrics)
         self.learning = Learning(predictor, self.background)
@@ -180,6 +183,15 @@ class GatewayCore:
         self.background.hold(
             self.backbone.Warm.future(backbone_pb2.WarmRequest(), timeout=WARM_TIMEOUT_S, metadata=outgoing_metadata())
         )
+
+    def running_functions(self) -> backbone_pb2.RunningReply | None:
+        """The functions serving or starting now, for warm-aware plans; None (plan as before) when the backbone
+        cannot say in time."""
+        try:
+            return self.backbone.Running(backbone_pb2.RunningRequest(), timeout=RUNNING_TIMEOUT_S)
+        except grpc.RpcError as e:
+            log.warning("backbone Running: %s; planning without knowing which functions run", e.code().name)
+            return None
 
     def status(self) -> gateway_pb2.StatusReply:
         reply = gateway_pb2.StatusReply(

@@ -4,6 +4,9 @@ the scheduler's cheapest plan for it. Without a scheduler, or when planning fail
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -30,6 +33,7 @@ class PlanningConfig:
     slo_tpot_s: float = 0.0
     prices: Prices = field(default_factory=Prices)
     prior_redis_url: str | None = None  # the predictor's global prior: plans use it while the predictor is down
+    warm_aware: bool = True  # plans reuse the functions that run and price new ones' starts
 
 
 class RequestPlanner:
@@ -40,12 +44,16 @@ class RequestPlanner:
         predictor=None,  # a PredictorService stub, or None: no forecasts
         scheduler: PlanClient | None = None,  # None: no plans (the backbone's own placement)
         prior: GlobalPrior | None = None,
+        running=None,  # () -> the backbone's RunningReply, or None when it cannot say
     ) -> None:
         self.shape = shape
         self.config = config
         self.predictor = predictor
         self.scheduler = scheduler
         self.prior = prior
+        self.running = running
+        self._planned: deque[float] = deque()  # when recent requests were planned (monotonic s)
+        self._planned_lock = threading.Lock()
 
     def forecast(self, prompt: str, ids: list[int]):
         """The predictor's forecast (a PredictReply), or None: a forecast must never fail or stall a request."""
@@ -76,5 +84,19 @@ class RequestPlanner:
             int(request.sampling.max_new_tokens),
             request.slo_ttft_s or self.config.slo_ttft_s,
             request.slo_tpot_s or self.config.slo_tpot_s,
+            *self._running(),
         )
         return plan, plan is not None and forecast is None and frequency is not None
+
+    def _running(self) -> tuple:
+        """(the backbone's RunningReply or None, requests planned within its keep-alive, this one included): a
+        new function's keep-alive is shared by the requests that come while it is held."""
+        running = self.running() if self.config.warm_aware and self.running is not None else None
+        if running is None:
+            return None, 0
+        now = time.monotonic()
+        with self._planned_lock:
+            self._planned.append(now)
+            while self._planned and now - self._planned[0] > running.keep_alive_s:
+                self._planned.popleft()
+            return running, len(self._planned)

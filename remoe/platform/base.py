@@ -73,6 +73,10 @@ class ColdStartRecord:
 
 
 class FunctionPlatform(Protocol):
+    @property
+    def keep_alive_s(self) -> float:
+        """Idle seconds before a function scales to zero (what a start it was not reused for holds)."""
+
     def deploy(self, specs: list[FunctionSpec]) -> None:
         """Make these the platform's functions (create, update, delete as needed); start nothing yet."""
 

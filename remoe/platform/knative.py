@@ -264,6 +264,10 @@ class KnativeFunctionPlatform:
     def lease(self):
         return nullcontext()  # Knative scales on traffic; a request in flight is traffic
 
+    @property
+    def keep_alive_s(self) -> float:
+        return float(self.settings.idle_ttl_s)
+
     def running(self) -> list[FunctionSpec]:
         """Every Service this backbone created: reusing one (even scaled to zero) creates no new Service."""
         return list(self._specs.values())

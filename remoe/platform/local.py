@@ -121,6 +121,10 @@ class LocalFunctionPlatform:
         with self._lock:
             return [instances[0].spec for instances in self._instances.values()]
 
+    @property
+    def keep_alive_s(self) -> float:
+        return self.idle_ttl_s
+
     def running(self) -> list[FunctionSpec]:
         with self._lock:
             states = {name: {i.state for i in instances} for name, instances in self._instances.items()}

@@ -50,6 +50,11 @@ class BackboneServiceStub:
                 request_serializer=remoe_dot_v1_dot_backbone__pb2.WarmRequest.SerializeToString,
                 response_deserializer=remoe_dot_v1_dot_backbone__pb2.WarmReply.FromString,
                 _registered_method=True)
+        self.Running = channel.unary_unary(
+                '/remoe.v1.BackboneService/Running',
+                request_serializer=remoe_dot_v1_dot_backbone__pb2.RunningRequest.SerializeToString,
+                response_deserializer=remoe_dot_v1_dot_backbone__pb2.RunningReply.FromString,
+                _registered_method=True)
 
 
 class BackboneServiceServicer:
@@ -75,6 +80,13 @@ class BackboneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Running(self, request, context):
+        """The functions serving or starting now and what they host (cheap: no calls to the expert services).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BackboneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_BackboneServiceServicer_to_server(servicer, server):
                     servicer.Warm,
                     request_deserializer=remoe_dot_v1_dot_backbone__pb2.WarmRequest.FromString,
                     response_serializer=remoe_dot_v1_dot_backbone__pb2.WarmReply.SerializeToString,
+            ),
+            'Running': grpc.unary_unary_rpc_method_handler(
+                    servicer.Running,
+                    request_deserializer=remoe_dot_v1_dot_backbone__pb2.RunningRequest.FromString,
+                    response_serializer=remoe_dot_v1_dot_backbone__pb2.RunningReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +193,33 @@ class BackboneService:
             '/remoe.v1.BackboneService/Warm',
             remoe_dot_v1_dot_backbone__pb2.WarmRequest.SerializeToString,
             remoe_dot_v1_dot_backbone__pb2.WarmReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Running(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/remoe.v1.BackboneService/Running',
+            remoe_dot_v1_dot_backbone__pb2.RunningRequest.SerializeToString,
+            remoe_dot_v1_dot_backbone__pb2.RunningReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,14 @@ class PlanClient:
         self.failures = 0
 
     def plan(
-        self, frequency: np.ndarray | None, n_in: int, n_out_max: int, slo_ttft_s: float, slo_tpot_s: float
+        self,
+        frequency: np.ndarray | None,
+        n_in: int,
+        n_out_max: int,
+        slo_ttft_s: float,
+        slo_tpot_s: float,
+        running=None,  # the backbone's RunningReply: plans price new functions' starts and reuse these
+        recent_requests: int = 0,  # requests planned within the last keep-alive, this one included
     ) -> scheduler_pb2.PlanReply | None:
         """frequency [L, E] (None: every expert equally likely). None when the scheduler cannot answer."""
         if frequency is None:
@@ -37,6 +44,14 @@ class PlanClient:
             slo_ttft_s=slo_ttft_s,
             slo_tpot_s=slo_tpot_s,
         )
+        if running is not None:
+            request.price_starts = True
+            request.function_keep_alive_s = running.keep_alive_s
+            request.recent_requests = recent_requests
+            request.running.extend(
+                scheduler_pb2.RunningFunction(layers=f.layers, experts=f.experts, memory_mb=f.memory_mb)
+                for f in running.functions
+            )
         try:
             return self.stub.Plan(request, timeout=PLAN_TIMEOUT_S)
         except grpc.RpcError as e:

@@ -17,10 +17,12 @@ import numpy as np
 from google.protobuf import json_format
 
 from remoe.proto import scheduler_pb2
+from remoe.scheduler.estimate import LayerPlan
 from remoe.scheduler.planner import Plan, plan
 from remoe.scheduler.problem import Limits, Prices, Profile
 from remoe.scheduler.shape import ModelShape
 from remoe.scheduler.signature import PlanKey, plan_key
+from remoe.scheduler.warm_reuse import RunningFunction, prefer_running
 
 log = logging.getLogger(__name__)
 CACHE_PREFIX = "remoe:plan:"
@@ -114,18 +116,74 @@ class PlanService:
             prices.gpu_gb_s,
             request.confidence or 0.95,
         )
-        cached = self._get(key.signature)
-        if cached is not None:
-            cached.cached, cached.planning_ms = True, (time.perf_counter() - start) * 1e3
-            return cached
-        planning = self.shape.request(
+        running = self._running(request) if request.price_starts else []
+        reply = self._get(key.signature)
+        planning = None
+        if reply is not None:
+            reply.cached = True
+        else:
+            planning = self._request(key)
+            reply = reply_of(plan(planning, self.profile, prices, self.limits), key, self.moe_layers, prices)
+            self._put(key.signature, reply)
+        if (
+            request.price_starts
+        ):  # after the cache: what runs changes from one request to the next, the plan it starts from not
+            self._prefer_running(reply, planning or self._request(key), running, prices, request)
+        reply.planning_ms = (time.perf_counter() - start) * 1e3
+        return reply
+
+    def _request(self, key: PlanKey):
+        return self.shape.request(
             key.frequency, key.n_in, key.n_out, slo_ttft_s=key.slo_ttft_s, slo_tpot_s=key.slo_tpot_s,
             confidence=key.confidence,
         )  # fmt: skip
-        reply = reply_of(plan(planning, self.profile, prices, self.limits), key, self.moe_layers, prices)
-        self._put(key.signature, reply)
-        reply.planning_ms = (time.perf_counter() - start) * 1e3
-        return reply
+
+    def _running(self, request: scheduler_pb2.PlanRequest) -> list[RunningFunction]:
+        """The running functions of the request, per planned layer; ValueError names a malformed one."""
+        for name in ("function_keep_alive_s", "recent_requests"):
+            value = getattr(request, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        position = {layer: i for i, layer in enumerate(self.moe_layers)}
+        out = []
+        for n, f in enumerate(request.running):
+            if len(f.layers) != len(f.experts) or not f.experts or f.memory_mb == 0:
+                raise ValueError(f"running function {n}: needs as many layers as experts (>= 1) and memory_mb > 0")
+            by_layer: dict[int, list[int]] = {}
+            for layer, expert in zip(f.layers, f.experts, strict=True):
+                if layer not in position or not 0 <= expert < self.shape.experts:
+                    raise ValueError(f"running function {n}: expert ({layer}, {expert}) is not in the model")
+                by_layer.setdefault(position[layer], []).append(expert)
+            out += [RunningFunction(i, tuple(sorted(e)), f.memory_mb / 1024) for i, e in by_layer.items()]
+        return out
+
+    def _prefer_running(self, reply, planning, running: list[RunningFunction], prices: Prices, request):
+        """Rewrite `reply` (in place) as the plan that reuses running functions where that is cheaper."""
+        planned = [
+            LayerPlan(tuple(p.remote), p.memory_gb, tuple(tuple(r.experts) for r in p.replicas)) for p in reply.layers
+        ]
+        choice = prefer_running(
+            planning, planned, running, self.profile, prices, self.limits, request.function_keep_alive_s,
+            request.recent_requests or 1.0,
+        )  # fmt: skip
+        del reply.layers[:]
+        reply.layers.extend(
+            scheduler_pb2.PlannedLayer(
+                layer=layer, remote=list(p.remote), memory_gb=p.memory_gb,
+                replicas=[scheduler_pb2.PlannedReplica(experts=list(r)) for r in p.replicas],
+            )
+            for layer, p in zip(self.moe_layers, choice.layers, strict=True)
+        )  # fmt: skip
+        est = choice.estimate
+        reply.main_gpu_gb, reply.main_cpu_gb, reply.feasible = choice.main_gpu_gb, choice.main_cpu_gb, choice.feasible
+        reply.ttft_s, reply.tpot_s, reply.cost_main, reply.cost_remote = (
+            est.ttft_s,
+            est.tpot_s,
+            est.cost_main,
+            est.cost_remote,
+        )
+        reply.new_functions, reply.cost_starts = choice.new_functions, choice.start_cost
+        reply.reused_layers[:] = [self.moe_layers[i] for i in choice.reused_layers]
 
     def _redis_key(self, signature: str) -> str:
         return f"{CACHE_PREFIX}{self.model_id}:{signature}"

@@ -37,7 +37,13 @@ from remoe.model.step_cache import batching_unsupported
 from remoe.model.tokenizer import eos_token_ids
 from remoe.platform.base import FunctionStartError
 from remoe.platform.factory import platform_from_settings
-from remoe.platform.plan import functions_from_proto, load_plan_file, plan_with_functions, remote_ratio_functions
+from remoe.platform.plan import (
+    functions_from_proto,
+    functions_to_proto,
+    load_plan_file,
+    plan_with_functions,
+    remote_ratio_functions,
+)
 from remoe.ports import side_port_file
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, common_pb2, expert_pb2
 from remoe.server import startup
@@ -245,6 +251,14 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         except FunctionStartError as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return backbone_pb2.WarmReply(started=len(names))
+
+    def Running(self, request, context):
+        platform = self.executor.platform
+        if platform is None:
+            return backbone_pb2.RunningReply()
+        return backbone_pb2.RunningReply(
+            functions=functions_to_proto(platform.running()), keep_alive_s=platform.keep_alive_s
+        )
 
     def request_counts(self) -> tuple[int, int]:
         """(requests generating now, requests generated to the end), for the metrics."""

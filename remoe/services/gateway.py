@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
     server = Server("gateway", s.host, s.port, workers, workers, interceptors, credentials)
     planning = PlanningConfig(
-        s.scheduler, s.ledger_redis_url, s.slo_ttft_ms / 1e3, s.slo_tpot_ms / 1e3, prior_redis_url=s.prior_redis_url
+        s.scheduler,
+        s.ledger_redis_url,
+        s.slo_ttft_ms / 1e3,
+        s.slo_tpot_ms / 1e3,
+        prior_redis_url=s.prior_redis_url,
+        warm_aware=s.warm_aware_plans,
     )
     with startup.step("gateway core"):
         core = GatewayCore(
