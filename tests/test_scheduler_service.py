@@ -17,7 +17,7 @@ import torch
 from remoe.cluster import LocalCluster, free_port
 from remoe.constants import LEDGER_STREAM
 from remoe.model.tokenizer import load_tokenizer
-from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
+from remoe.proto import backbone_pb2, backbone_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler.ledger import Ledger, MeterRecord
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Profile
@@ -164,6 +164,13 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
                 )
                 warming += 1
                 time.sleep(0.2)
+            # What the gateway tells the scheduler runs: the warm functions, each with the experts it hosts.
+            backbone = next(s for s in cluster.services if s.name == "backbone")
+            with grpc.insecure_channel(backbone.address) as channel:
+                running = backbone_pb2_grpc.BackboneServiceStub(channel).Running(backbone_pb2.RunningRequest())
+            assert running.keep_alive_s > 0 and running.functions
+            assert {f.name for f in running.functions} == {f.function for f in client.status().backbone.functions}
+            assert all(len(f.layers) == len(f.experts) > 0 and f.memory_mb >= 1024 for f in running.functions)
             result = client.generate(token_ids=ids, max_new_tokens=12, request_id="req-2")
             assert result.token_ids == expected
             used = result.usage.function_seconds  # the SDK shows what the ledger bills

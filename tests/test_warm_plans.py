@@ -35,6 +35,10 @@ def _request(seed: int, slo_ttft_s: float = 10.0, layers: int = 3, experts: int 
     )  # fmt: skip
 
 
+def _free_starts() -> Profile:
+    return Profile(**{**{f: getattr(PROFILE, f) for f in Profile.__slots__}, "cold_start_s": 0.0})
+
+
 def _running_of(layers: list[LayerPlan]) -> list[RunningFunction]:
     return [RunningFunction(i, part, p.memory_gb) for i, p in enumerate(layers) for part in p.replicas if part]
 
@@ -65,7 +69,7 @@ def test_free_starts_keep_the_plan_and_the_slo_is_never_traded_for_a_saved_start
     running = _running_of(first.layers)
     second = _request(1)
     own = plan(second, PROFILE, Prices(), LIMITS)
-    free = Profile(**{**{f: getattr(PROFILE, f) for f in Profile.__slots__}, "cold_start_s": 0.0})
+    free = _free_starts()
     kept = prefer_running(second, own.layers, running, free, Prices(), LIMITS, keep_alive_s=0.0)
     assert kept.estimate.cost <= own.estimate.cost * (1 + 1e-9)  # nothing to save but what the plan saves itself
     # An SLO only the plan's own functions meet: the expensive start is paid, not the SLO.
@@ -75,6 +79,20 @@ def test_free_starts_keep_the_plan_and_the_slo_is_never_traded_for_a_saved_start
     forced = prefer_running(tight, own.layers, running, PROFILE, Prices(), LIMITS, keep_alive_s=1e6)
     assert forced.feasible and forced.estimate.ttft_s <= tight.slo_ttft_s
     assert not set(forced.reused_layers) & set(reused.reused_layers) and forced.new_functions > 0
+
+
+def test_a_plan_fits_the_platforms_memory_budget_before_anything_else():
+    """A plan whose functions cannot all run at once evicts its own functions batch after batch: with a budget the
+    plan is cut to what fits (layers local or packed in one replica), even at the SLO's expense."""
+    free = _free_starts()  # so that only the budget stands between the plan and its functions
+    own = plan(_request(1), free, Prices(), LIMITS)
+    held = sum(p.memory_gb * len(p.replicas) for p in own.layers)
+    budget = held / 2
+    cut = prefer_running(_request(1), own.layers, [], free, Prices(), LIMITS, budget_gb=budget)
+    assert cut.fits_budget and sum(p.memory_gb * len(p.replicas) for p in cut.layers) <= budget
+    assert any(p.remote for p in cut.layers)  # what fits still goes out
+    loose = prefer_running(_request(1), own.layers, [], free, Prices(), LIMITS, budget_gb=2 * held)
+    assert loose.fits_budget and loose.layers == own.layers
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -26,7 +26,7 @@ from remoe.proto import common_pb2 as remoe_dot_v1_dot_common__pb2
 from remoe.proto import expert_pb2 as remoe_dot_v1_dot_expert__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17remoe/v1/backbone.proto\x12\x08remoe.v1\x1a\x15remoe/v1/common.proto\x1a\x15remoe/v1/expert.proto\"\x10\n\x0eRunningRequest\"O\n\x0cRunningReply\x12)\n\tfunctions\x18\x01 \x03(\x0b\x32\x16.remoe.v1.PlanFunction\x12\x14\n\x0ckeep_alive_s\x18\x02 \x01(\x01\" \n\x0bWarmRequest\x12\x11\n\tfunctions\x18\x01 \x03(\t\"\x1c\n\tWarmReply\x12\x0f\n\x07started\x18\x01 \x01(\r\"\xb1\x01\n\x10\x46unctionInstance\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x11\n\tmemory_mb\x18\x05 \x01(\r\x12\x13\n\x0b\x63old_starts\x18\x06 \x01(\r\x12\r\n\x05\x63\x61lls\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x0f\n\x07\x63rashes\x18\t \x01(\r\"\x97\x01\n\x17\x42\x61\x63kboneGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.remoe.v1.SamplingParams\x12)\n\tfunctions\x18\x04 \x03(\x0b\x32\x16.remoe.v1.PlanFunction\"P\n\x0cPlanFunction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0f\n\x07\x65xperts\x18\x03 \x03(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\r\"X\n\rBackboneChunk\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1e\n\x05usage\x18\x03 \x01(\x0b\x32\x0f.remoe.v1.Usage\"\x17\n\x15\x42\x61\x63kboneStatusRequest\"i\n\x11\x44\x65stinationStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12#\n\x05stats\x18\x04 \x01(\x0b\x32\x14.remoe.v1.StatsReply\"\xed\x03\n\x13\x42\x61\x63kboneStatusReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63tive_requests\x18\x04 \x01(\r\x12\x17\n\x0fserved_requests\x18\x05 \x01(\x04\x12\x31\n\x0c\x64\x65stinations\x18\x06 \x03(\x0b\x32\x1b.remoe.v1.DestinationStatus\x12\x1a\n\x12recent_ttft_ms_p50\x18\x07 \x01(\x01\x12\x1a\n\x12recent_tpot_ms_p50\x18\x08 \x01(\x01\x12\x1c\n\x14recent_fanout_ms_p50\x18\t \x01(\x01\x12-\n\tfunctions\x18\n \x03(\x0b\x32\x1a.remoe.v1.FunctionInstance\x12\x18\n\x10\x66unction_retries\x18\x0b \x01(\x04\x12\x1a\n\x12\x66unction_fallbacks\x18\x0c \x01(\x04\x12\x1f\n\x17\x66unction_cold_fallbacks\x18\r \x01(\x04\x12\x1f\n\x17\x66unction_reused_experts\x18\x0e \x01(\x04\x12\x19\n\x11service_failovers\x18\x0f \x01(\x04\x12$\n\x05\x62\x61tch\x18\x10 \x01(\x0b\x32\x15.remoe.v1.BatchStatus\"\xe8\x01\n\x0b\x42\x61tchStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x14\n\x0cmax_requests\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65\x63oding\x18\x03 \x01(\r\x12\x12\n\nprefilling\x18\x04 \x01(\r\x12\x0f\n\x07waiting\x18\x05 \x01(\r\x12\r\n\x05steps\x18\x06 \x01(\x04\x12\x0e\n\x06\x62usy_s\x18\x07 \x01(\x01\x12!\n\x19recent_step_requests_mean\x18\x08 \x01(\x01\x12 \n\x18recent_queue_wait_ms_p50\x18\t \x01(\x01\x12\x17\n\x0f\x64isabled_reason\x18\n \x01(\t2\x96\x02\n\x0f\x42\x61\x63kboneService\x12H\n\x08Generate\x12!.remoe.v1.BackboneGenerateRequest\x1a\x17.remoe.v1.BackboneChunk0\x01\x12H\n\x06Status\x12\x1f.remoe.v1.BackboneStatusRequest\x1a\x1d.remoe.v1.BackboneStatusReply\x12\x32\n\x04Warm\x12\x15.remoe.v1.WarmRequest\x1a\x13.remoe.v1.WarmReply\x12;\n\x07Running\x12\x18.remoe.v1.RunningRequest\x1a\x16.remoe.v1.RunningReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17remoe/v1/backbone.proto\x12\x08remoe.v1\x1a\x15remoe/v1/common.proto\x1a\x15remoe/v1/expert.proto\"\x10\n\x0eRunningRequest\"i\n\x0cRunningReply\x12)\n\tfunctions\x18\x01 \x03(\x0b\x32\x16.remoe.v1.PlanFunction\x12\x14\n\x0ckeep_alive_s\x18\x02 \x01(\x01\x12\x18\n\x10memory_budget_mb\x18\x03 \x01(\x04\" \n\x0bWarmRequest\x12\x11\n\tfunctions\x18\x01 \x03(\t\"\x1c\n\tWarmReply\x12\x0f\n\x07started\x18\x01 \x01(\r\"\xb1\x01\n\x10\x46unctionInstance\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x11\n\tmemory_mb\x18\x05 \x01(\r\x12\x13\n\x0b\x63old_starts\x18\x06 \x01(\r\x12\r\n\x05\x63\x61lls\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x0f\n\x07\x63rashes\x18\t \x01(\r\"\x97\x01\n\x17\x42\x61\x63kboneGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.remoe.v1.SamplingParams\x12)\n\tfunctions\x18\x04 \x03(\x0b\x32\x16.remoe.v1.PlanFunction\"P\n\x0cPlanFunction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x03(\x05\x12\x0f\n\x07\x65xperts\x18\x03 \x03(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\r\"X\n\rBackboneChunk\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1e\n\x05usage\x18\x03 \x01(\x0b\x32\x0f.remoe.v1.Usage\"\x17\n\x15\x42\x61\x63kboneStatusRequest\"i\n\x11\x44\x65stinationStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12#\n\x05stats\x18\x04 \x01(\x0b\x32\x14.remoe.v1.StatsReply\"\xed\x03\n\x13\x42\x61\x63kboneStatusReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63tive_requests\x18\x04 \x01(\r\x12\x17\n\x0fserved_requests\x18\x05 \x01(\x04\x12\x31\n\x0c\x64\x65stinations\x18\x06 \x03(\x0b\x32\x1b.remoe.v1.DestinationStatus\x12\x1a\n\x12recent_ttft_ms_p50\x18\x07 \x01(\x01\x12\x1a\n\x12recent_tpot_ms_p50\x18\x08 \x01(\x01\x12\x1c\n\x14recent_fanout_ms_p50\x18\t \x01(\x01\x12-\n\tfunctions\x18\n \x03(\x0b\x32\x1a.remoe.v1.FunctionInstance\x12\x18\n\x10\x66unction_retries\x18\x0b \x01(\x04\x12\x1a\n\x12\x66unction_fallbacks\x18\x0c \x01(\x04\x12\x1f\n\x17\x66unction_cold_fallbacks\x18\r \x01(\x04\x12\x1f\n\x17\x66unction_reused_experts\x18\x0e \x01(\x04\x12\x19\n\x11service_failovers\x18\x0f \x01(\x04\x12$\n\x05\x62\x61tch\x18\x10 \x01(\x0b\x32\x15.remoe.v1.BatchStatus\"\xe8\x01\n\x0b\x42\x61tchStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x14\n\x0cmax_requests\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65\x63oding\x18\x03 \x01(\r\x12\x12\n\nprefilling\x18\x04 \x01(\r\x12\x0f\n\x07waiting\x18\x05 \x01(\r\x12\r\n\x05steps\x18\x06 \x01(\x04\x12\x0e\n\x06\x62usy_s\x18\x07 \x01(\x01\x12!\n\x19recent_step_requests_mean\x18\x08 \x01(\x01\x12 \n\x18recent_queue_wait_ms_p50\x18\t \x01(\x01\x12\x17\n\x0f\x64isabled_reason\x18\n \x01(\t2\x96\x02\n\x0f\x42\x61\x63kboneService\x12H\n\x08Generate\x12!.remoe.v1.BackboneGenerateRequest\x1a\x17.remoe.v1.BackboneChunk0\x01\x12H\n\x06Status\x12\x1f.remoe.v1.BackboneStatusRequest\x1a\x1d.remoe.v1.BackboneStatusReply\x12\x32\n\x04Warm\x12\x15.remoe.v1.WarmRequest\x1a\x13.remoe.v1.WarmReply\x12;\n\x07Running\x12\x18.remoe.v1.RunningRequest\x1a\x16.remoe.v1.RunningReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,27 +36,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNNINGREQUEST']._serialized_start=83
   _globals['_RUNNINGREQUEST']._serialized_end=99
   _globals['_RUNNINGREPLY']._serialized_start=101
-  _globals['_RUNNINGREPLY']._serialized_end=180
-  _globals['_WARMREQUEST']._serialized_start=182
-  _globals['_WARMREQUEST']._serialized_end=214
-  _globals['_WARMREPLY']._serialized_start=216
-  _globals['_WARMREPLY']._serialized_end=244
-  _globals['_FUNCTIONINSTANCE']._serialized_start=247
-  _globals['_FUNCTIONINSTANCE']._serialized_end=424
-  _globals['_BACKBONEGENERATEREQUEST']._serialized_start=427
-  _globals['_BACKBONEGENERATEREQUEST']._serialized_end=578
-  _globals['_PLANFUNCTION']._serialized_start=580
-  _globals['_PLANFUNCTION']._serialized_end=660
-  _globals['_BACKBONECHUNK']._serialized_start=662
-  _globals['_BACKBONECHUNK']._serialized_end=750
-  _globals['_BACKBONESTATUSREQUEST']._serialized_start=752
-  _globals['_BACKBONESTATUSREQUEST']._serialized_end=775
-  _globals['_DESTINATIONSTATUS']._serialized_start=777
-  _globals['_DESTINATIONSTATUS']._serialized_end=882
-  _globals['_BACKBONESTATUSREPLY']._serialized_start=885
-  _globals['_BACKBONESTATUSREPLY']._serialized_end=1378
-  _globals['_BATCHSTATUS']._serialized_start=1381
-  _globals['_BATCHSTATUS']._serialized_end=1613
-  _globals['_BACKBONESERVICE']._serialized_start=1616
-  _globals['_BACKBONESERVICE']._serialized_end=1894
+  _globals['_RUNNINGREPLY']._serialized_end=206
+  _globals['_WARMREQUEST']._serialized_start=208
+  _globals['_WARMREQUEST']._serialized_end=240
+  _globals['_WARMREPLY']._serialized_start=242
+  _globals['_WARMREPLY']._serialized_end=270
+  _globals['_FUNCTIONINSTANCE']._serialized_start=273
+  _globals['_FUNCTIONINSTANCE']._serialized_end=450
+  _globals['_BACKBONEGENERATEREQUEST']._serialized_start=453
+  _globals['_BACKBONEGENERATEREQUEST']._serialized_end=604
+  _globals['_PLANFUNCTION']._serialized_start=606
+  _globals['_PLANFUNCTION']._serialized_end=686
+  _globals['_BACKBONECHUNK']._serialized_start=688
+  _globals['_BACKBONECHUNK']._serialized_end=776
+  _globals['_BACKBONESTATUSREQUEST']._serialized_start=778
+  _globals['_BACKBONESTATUSREQUEST']._serialized_end=801
+  _globals['_DESTINATIONSTATUS']._serialized_start=803
+  _globals['_DESTINATIONSTATUS']._serialized_end=908
+  _globals['_BACKBONESTATUSREPLY']._serialized_start=911
+  _globals['_BACKBONESTATUSREPLY']._serialized_end=1404
+  _globals['_BATCHSTATUS']._serialized_start=1407
+  _globals['_BATCHSTATUS']._serialized_end=1639
+  _globals['_BACKBONESERVICE']._serialized_start=1642
+  _globals['_BACKBONESERVICE']._serialized_end=1920
 # @@protoc_insertion_point(module_scope)

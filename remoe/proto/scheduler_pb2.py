@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from remoe.proto import tensor_pb2 as remoe_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18remoe/v1/scheduler.proto\x12\x08remoe.v1\x1a\x15remoe/v1/tensor.proto\"\xad\x02\n\x0bPlanRequest\x12#\n\tfrequency\x18\x01 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\x0c\n\x04n_in\x18\x02 \x01(\r\x12\x11\n\tn_out_max\x18\x03 \x01(\r\x12\x12\n\nslo_ttft_s\x18\x04 \x01(\x01\x12\x12\n\nslo_tpot_s\x18\x05 \x01(\x01\x12\x10\n\x08\x63pu_gb_s\x18\x06 \x01(\x01\x12\x10\n\x08gpu_gb_s\x18\x07 \x01(\x01\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12\x14\n\x0cprice_starts\x18\x0b \x01(\x08\x12*\n\x07running\x18\t \x03(\x0b\x32\x19.remoe.v1.RunningFunction\x12\x1d\n\x15\x66unction_keep_alive_s\x18\n \x01(\x01\x12\x17\n\x0frecent_requests\x18\x0c \x01(\x01\"E\n\x0fRunningFunction\x12\x0e\n\x06layers\x18\x01 \x03(\x05\x12\x0f\n\x07\x65xperts\x18\x02 \x03(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\"!\n\x0ePlannedReplica\x12\x0f\n\x07\x65xperts\x18\x01 \x03(\x05\"l\n\x0cPlannedLayer\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0e\n\x06remote\x18\x02 \x03(\x05\x12\x11\n\tmemory_gb\x18\x03 \x01(\x01\x12*\n\x08replicas\x18\x04 \x03(\x0b\x32\x18.remoe.v1.PlannedReplica\"\xe7\x02\n\tPlanReply\x12&\n\x06layers\x18\x01 \x03(\x0b\x32\x16.remoe.v1.PlannedLayer\x12\x13\n\x0bmain_gpu_gb\x18\x02 \x01(\x01\x12\x13\n\x0bmain_cpu_gb\x18\x03 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x04 \x01(\x01\x12\x0e\n\x06tpot_s\x18\x05 \x01(\x01\x12\x11\n\tcost_main\x18\x06 \x01(\x01\x12\x13\n\x0b\x63ost_remote\x18\x07 \x01(\x01\x12\x10\n\x08\x66\x65\x61sible\x18\x08 \x01(\x08\x12\x0f\n\x07\x62inding\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x0b \x01(\x08\x12\x13\n\x0bplanning_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x63pu_gb_s\x18\r \x01(\x01\x12\x10\n\x08gpu_gb_s\x18\x0e \x01(\x01\x12\x15\n\rnew_functions\x18\x0f \x01(\r\x12\x15\n\rreused_layers\x18\x10 \x03(\x05\x12\x13\n\x0b\x63ost_starts\x18\x11 \x01(\x01\x32\x46\n\x10SchedulerService\x12\x32\n\x04Plan\x12\x15.remoe.v1.PlanRequest\x1a\x13.remoe.v1.PlanReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18remoe/v1/scheduler.proto\x12\x08remoe.v1\x1a\x15remoe/v1/tensor.proto\"\xd0\x02\n\x0bPlanRequest\x12#\n\tfrequency\x18\x01 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\x0c\n\x04n_in\x18\x02 \x01(\r\x12\x11\n\tn_out_max\x18\x03 \x01(\r\x12\x12\n\nslo_ttft_s\x18\x04 \x01(\x01\x12\x12\n\nslo_tpot_s\x18\x05 \x01(\x01\x12\x10\n\x08\x63pu_gb_s\x18\x06 \x01(\x01\x12\x10\n\x08gpu_gb_s\x18\x07 \x01(\x01\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12\x14\n\x0cprice_starts\x18\x0b \x01(\x08\x12*\n\x07running\x18\t \x03(\x0b\x32\x19.remoe.v1.RunningFunction\x12\x1d\n\x15\x66unction_keep_alive_s\x18\n \x01(\x01\x12\x17\n\x0frecent_requests\x18\x0c \x01(\x01\x12!\n\x19\x66unction_memory_budget_mb\x18\r \x01(\x04\"E\n\x0fRunningFunction\x12\x0e\n\x06layers\x18\x01 \x03(\x05\x12\x0f\n\x07\x65xperts\x18\x02 \x03(\x05\x12\x11\n\tmemory_mb\x18\x03 \x01(\r\"!\n\x0ePlannedReplica\x12\x0f\n\x07\x65xperts\x18\x01 \x03(\x05\"l\n\x0cPlannedLayer\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0e\n\x06remote\x18\x02 \x03(\x05\x12\x11\n\tmemory_gb\x18\x03 \x01(\x01\x12*\n\x08replicas\x18\x04 \x03(\x0b\x32\x18.remoe.v1.PlannedReplica\"\xe7\x02\n\tPlanReply\x12&\n\x06layers\x18\x01 \x03(\x0b\x32\x16.remoe.v1.PlannedLayer\x12\x13\n\x0bmain_gpu_gb\x18\x02 \x01(\x01\x12\x13\n\x0bmain_cpu_gb\x18\x03 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x04 \x01(\x01\x12\x0e\n\x06tpot_s\x18\x05 \x01(\x01\x12\x11\n\tcost_main\x18\x06 \x01(\x01\x12\x13\n\x0b\x63ost_remote\x18\x07 \x01(\x01\x12\x10\n\x08\x66\x65\x61sible\x18\x08 \x01(\x08\x12\x0f\n\x07\x62inding\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x0b \x01(\x08\x12\x13\n\x0bplanning_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x63pu_gb_s\x18\r \x01(\x01\x12\x10\n\x08gpu_gb_s\x18\x0e \x01(\x01\x12\x15\n\rnew_functions\x18\x0f \x01(\r\x12\x15\n\rreused_layers\x18\x10 \x03(\x05\x12\x13\n\x0b\x63ost_starts\x18\x11 \x01(\x01\x32\x46\n\x10SchedulerService\x12\x32\n\x04Plan\x12\x15.remoe.v1.PlanRequest\x1a\x13.remoe.v1.PlanReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'remoe.v1.scheduler_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PLANREQUEST']._serialized_start=62
-  _globals['_PLANREQUEST']._serialized_end=363
-  _globals['_RUNNINGFUNCTION']._serialized_start=365
-  _globals['_RUNNINGFUNCTION']._serialized_end=434
-  _globals['_PLANNEDREPLICA']._serialized_start=436
-  _globals['_PLANNEDREPLICA']._serialized_end=469
-  _globals['_PLANNEDLAYER']._serialized_start=471
-  _globals['_PLANNEDLAYER']._serialized_end=579
-  _globals['_PLANREPLY']._serialized_start=582
-  _globals['_PLANREPLY']._serialized_end=941
-  _globals['_SCHEDULERSERVICE']._serialized_start=943
-  _globals['_SCHEDULERSERVICE']._serialized_end=1013
+  _globals['_PLANREQUEST']._serialized_end=398
+  _globals['_RUNNINGFUNCTION']._serialized_start=400
+  _globals['_RUNNINGFUNCTION']._serialized_end=469
+  _globals['_PLANNEDREPLICA']._serialized_start=471
+  _globals['_PLANNEDREPLICA']._serialized_end=504
+  _globals['_PLANNEDLAYER']._serialized_start=506
+  _globals['_PLANNEDLAYER']._serialized_end=614
+  _globals['_PLANREPLY']._serialized_start=617
+  _globals['_PLANREPLY']._serialized_end=976
+  _globals['_SCHEDULERSERVICE']._serialized_start=978
+  _globals['_SCHEDULERSERVICE']._serialized_end=1048
 # @@protoc_insertion_point(module_scope)

@@ -48,6 +48,7 @@ class PlanClient:
             request.price_starts = True
             request.function_keep_alive_s = running.keep_alive_s
             request.recent_requests = recent_requests
+            request.function_memory_budget_mb = running.memory_budget_mb
             request.running.extend(
                 scheduler_pb2.RunningFunction(layers=f.layers, experts=f.experts, memory_mb=f.memory_mb)
                 for f in running.functions

@@ -164,7 +164,7 @@ class PlanService:
         ]
         choice = prefer_running(
             planning, planned, running, self.profile, prices, self.limits, request.function_keep_alive_s,
-            request.recent_requests or 1.0,
+            request.recent_requests or 1.0, request.function_memory_budget_mb / 1024 or None,
         )  # fmt: skip
         del reply.layers[:]
         reply.layers.extend(

@@ -6,9 +6,11 @@ its last call) at the CPU price: the keep-alive is shared by the requests that a
 gateway counts them; a function no later request reuses holds its memory that long for this request alone),
 while a running one is held anyway. Per layer the choices are: the plan's own remote set (each replica the
 running functions do not already cover is a new function, as the backbone routes it: plan_reuse.py), the
-experts the running functions of that layer host (no start), or every expert local (no start). A coordinate
-descent over the layers keeps the SLO and lowers the plan's cost plus its starts; the plan's main memory and
-estimate are recomputed for the result. L = MoE layers, E = experts per layer.
+experts the running functions of that layer host (no start), the plan's set in one replica (less memory held),
+or every expert local (no start). A coordinate descent over the layers first fits the plan's functions into the
+platform's memory budget (a plan that needs more than the platform holds at once keeps evicting its own
+functions: each batch then starts one), then keeps the SLO, then lowers the plan's cost plus its starts; the
+plan's main memory and estimate are recomputed for the result. L = MoE layers, E = experts per layer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from remoe.scheduler.estimate import Estimate, LayerPlan, Tokens, estimate, main_memory_gb
+from remoe.scheduler.estimate import GIB, Estimate, LayerPlan, Tokens, estimate, main_memory_gb, round_up
 from remoe.scheduler.problem import Limits, Prices, Profile, Request
 from remoe.scheduler.terms import PartStats, stats_array, terms
 
@@ -41,7 +43,8 @@ class WarmChoice:
     main_gpu_gb: float
     main_cpu_gb: float
     estimate: Estimate
-    feasible: bool
+    feasible: bool  # meets the SLO
+    fits_budget: bool  # its functions fit the platform's memory budget at once
     new_functions: int  # functions the plan starts (the backbone's routing: experts a running one hosts go there)
     reused_layers: list[int] = field(default_factory=list)  # layers moved onto the running functions
     start_cost: float = 0.0  # modelled $ of the new functions' starts and keep-alive
@@ -53,14 +56,33 @@ def start_cost(memory_gb: float, profile: Profile, prices: Prices, keep_alive_s:
     return prices.cpu_gb_s * memory_gb * (profile.cold_start_s + keep_alive_s / max(1.0, sharing))
 
 
-def new_functions(layer: int, plan: LayerPlan, running: list[RunningFunction]) -> int:
-    """Replicas of a planned layer that would start a function: not one a running function is (same experts, same
-    memory), and hosting an expert no running function of the layer hosts."""
+def layer_functions(layer: int, plan: LayerPlan, running: list[RunningFunction]) -> tuple[int, float]:
+    """(functions a planned layer starts, GB its functions hold) as the backbone routes it (plan_reuse.py): a
+    replica that is a running function (same experts, same memory) is that one; otherwise each of its experts a
+    running function hosts goes there, and the rest, if any, to one new function of the plan's memory."""
     here = [f for f in running if f.layer == layer]
     same = {(f.experts, round(f.memory_gb * 1024)) for f in here}
-    hosted = {e for f in here for e in f.experts}
+    host = {e: j for j, f in enumerate(here) for e in f.experts}
     memory_mb = round(plan.memory_gb * 1024)
-    return sum(1 for part in plan.replicas if part and (tuple(part), memory_mb) not in same and not set(part) <= hosted)
+    started, used = 0, set()
+    for part in plan.replicas:
+        if not part:
+            continue
+        if (tuple(part), memory_mb) in same:
+            used.add(
+                next(
+                    j for j, f in enumerate(here) if (f.experts, round(f.memory_gb * 1024)) == (tuple(part), memory_mb)
+                )
+            )
+            continue
+        used.update(host[e] for e in part if e in host)
+        started += any(e not in host for e in part)
+    return started, started * plan.memory_gb + sum(here[j].memory_gb for j in used)
+
+
+def new_functions(layer: int, plan: LayerPlan, running: list[RunningFunction]) -> int:
+    """Functions a planned layer starts, given what runs (layer_functions)."""
+    return layer_functions(layer, plan, running)[0]
 
 
 def running_layer(layer: int, running: list[RunningFunction]) -> LayerPlan | None:
@@ -77,25 +99,46 @@ def running_layer(layer: int, running: list[RunningFunction]) -> LayerPlan | Non
     return LayerPlan(remote, memory, parts)
 
 
+# What a function process holds besides its experts (interpreter, torch, buffers): a packed replica gets this on top.
+PROCESS_GB = 0.5
+
+
+def packed_layer(plan: LayerPlan, request: Request, limits: Limits) -> LayerPlan | None:
+    """The layer's remote experts in one replica of the least memory that holds them (less held than the plan's
+    replicas, and slower); None when that is what the plan has, or no function size holds them."""
+    if not plan.remote:
+        return None
+    need = round_up(len(plan.remote) * request.expert_bytes / GIB + PROCESS_GB, limits.memory_step_gb)
+    memory = max(limits.remote_memory_gb[0], need)
+    if len(plan.replicas) == 1 and memory >= plan.memory_gb:
+        return None
+    if memory > limits.remote_memory_gb[1]:
+        return None
+    return LayerPlan(plan.remote, memory, (plan.remote,))
+
+
 @dataclass(frozen=True, slots=True)
 class _Option:
-    kind: str  # "plan", "running" or "local"
+    kind: str  # "plan", "running", "packed" or "local"
     plan: LayerPlan
     remote_cost: float
     main_s: float
     prefill: float
     decode: float
     starts: float  # modelled $ of the functions it starts
+    held_gb: float  # memory of the functions it uses: the running ones it is routed to and the new ones
 
 
-def _option(kind, request, layer, plan, tokens, profile, prices, starts: float = 0.0) -> _Option:
+def _option(kind, request, layer, plan, tokens, profile, prices, running, start_one: float) -> _Option:
+    """`start_one`: the modelled $ of starting one function of the plan's memory."""
+    started, held = layer_functions(layer, plan, running)
     local = np.ones((1, request.experts), dtype=bool)
     local[0, list(plan.remote)] = False
     stats = stats_array([PartStats.of(layer, [list(p) for p in plan.replicas], tokens)])
     grid = np.array([plan.memory_gb if plan.remote else 0.0])
     t = terms(request, np.array([layer]), local, stats, tokens, profile, prices, grid)
     return _Option(kind, plan, float(t.remote_cost[0, 0]), float(t.main_s[0, 0]), float(t.prefill[0, 0]),
-                   float(t.decode[0, 0]), starts)  # fmt: skip
+                   float(t.decode[0, 0]), started * start_one, held)  # fmt: skip
 
 
 def prefer_running(
@@ -107,32 +150,43 @@ def prefer_running(
     limits: Limits,
     keep_alive_s: float = 0.0,
     sharing: float = 1.0,
+    budget_gb: float | None = None,
 ) -> WarmChoice:
-    """The plan with each layer on its own new functions, on the running ones, or local: whichever keeps the SLO
-    (or violates it least) and costs least with the starts priced."""
+    """The plan with each layer on its own new functions, on the running ones, in one replica, or local: whichever
+    fits `budget_gb` (the functions' memory at once; None: no limit), keeps the SLO (or violates it least) and
+    costs least with the starts priced."""
     tokens = Tokens.of(request)
     options: list[list[_Option]] = []
     for i, plan in enumerate(planned):
-        starts = new_functions(i, plan, running) * start_cost(plan.memory_gb, profile, prices, keep_alive_s, sharing)
-        layer_options = [_option("plan", request, i, plan, tokens, profile, prices, starts)]
-        warm = running_layer(i, running)
-        if warm is not None and warm != plan:
-            layer_options.append(_option("running", request, i, warm, tokens, profile, prices))
-        if plan.remote:
-            layer_options.append(_option("local", request, i, LayerPlan(), tokens, profile, prices))
+        candidates = [
+            ("plan", plan),
+            ("running", running_layer(i, running)),
+            ("packed", packed_layer(plan, request, limits)),
+        ]
+        candidates.append(("local", LayerPlan()))
+        layer_options: list[_Option] = []
+        for kind, candidate in candidates:
+            if candidate is None or any(o.plan == candidate for o in layer_options):
+                continue
+            start_one = start_cost(candidate.memory_gb, profile, prices, keep_alive_s, sharing)
+            layer_options.append(_option(kind, request, i, candidate, tokens, profile, prices, running, start_one))
         options.append(layer_options)
 
-    def score(choice: list[int]) -> tuple[bool, float]:
+    def score(choice: list[int]) -> tuple[bool, bool, float]:
+        """(fits the budget, meets the SLO, $ when both, else the SLO violation, else the memory held)."""
         picked = [options[i][c] for i, c in enumerate(choice)]
+        held = sum(o.held_gb for o in picked)
+        if budget_gb is not None and held > budget_gb + 1e-9:
+            return False, False, held
         gpu_gb, cpu_gb = main_memory_gb(request, [o.plan.remote for o in picked], limits)
         rate = prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb
         ttft, tpot = sum(o.prefill for o in picked), sum(o.decode for o in picked)
         if ttft <= request.slo_ttft_s and tpot <= request.slo_tpot_s:
-            return True, sum(o.remote_cost + o.starts for o in picked) + rate * sum(o.main_s for o in picked)
-        return False, ttft / request.slo_ttft_s + tpot / request.slo_tpot_s
+            return True, True, sum(o.remote_cost + o.starts for o in picked) + rate * sum(o.main_s for o in picked)
+        return True, False, ttft / request.slo_ttft_s + tpot / request.slo_tpot_s
 
-    def better(a: tuple[bool, float], b: tuple[bool, float]) -> bool:
-        return (a[0] and not b[0]) or (a[0] == b[0] and a[1] < b[1] * (1 - 1e-9))
+    def better(a: tuple[bool, bool, float], b: tuple[bool, bool, float]) -> bool:
+        return a[:2] > b[:2] or (a[:2] == b[:2] and a[2] < b[2] * (1 - 1e-9))
 
     choice = [0] * len(planned)
     best = score(choice)
@@ -155,6 +209,7 @@ def prefer_running(
         gpu_gb,
         cpu_gb,
         estimate(request, layers, profile, prices, limits, tokens),
+        best[1],
         best[0],
         sum(new_functions(i, p, running) for i, p in enumerate(layers)),
         [i for i, c in enumerate(choice) if options[i][c].kind == "running"],

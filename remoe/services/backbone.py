@@ -257,7 +257,9 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         if platform is None:
             return backbone_pb2.RunningReply()
         return backbone_pb2.RunningReply(
-            functions=functions_to_proto(platform.running()), keep_alive_s=platform.keep_alive_s
+            functions=functions_to_proto(platform.running()),
+            keep_alive_s=platform.keep_alive_s,
+            memory_budget_mb=getattr(platform, "memory_budget_mb", 0),  # the local platform's; Knative has none
         )
 
     def request_counts(self) -> tuple[int, int]:
