@@ -61,19 +61,16 @@ def layer_functions(layer: int, plan: LayerPlan, running: list[RunningFunction])
     replica that is a running function (same experts, same memory) is that one; otherwise each of its experts a
     running function hosts goes there, and the rest, if any, to one new function of the plan's memory."""
     here = [f for f in running if f.layer == layer]
-    same = {(f.experts, round(f.memory_gb * 1024)) for f in here}
-    host = {e: j for j, f in enumerate(here) for e in f.experts}
+    same = {(f.experts, round(f.memory_gb * 1024)): j for j, f in enumerate(here)}
+    host: dict[int, int] = {}
+    for j, f in enumerate(here):  # earlier (warm) functions win an expert two host, as in the backbone
+        for e in f.experts:
+            host.setdefault(e, j)
     memory_mb = round(plan.memory_gb * 1024)
     started, used = 0, set()
-    for part in plan.replicas:
-        if not part:
-            continue
+    for part in (p for p in plan.replicas if p):
         if (tuple(part), memory_mb) in same:
-            used.add(
-                next(
-                    j for j, f in enumerate(here) if (f.experts, round(f.memory_gb * 1024)) == (tuple(part), memory_mb)
-                )
-            )
+            used.add(same[(tuple(part), memory_mb)])
             continue
         used.update(host[e] for e in part if e in host)
         started += any(e not in host for e in part)
