@@ -144,7 +144,11 @@ def main() -> None:
         "model": model.name,
         "slo_ttft_s": setting.slo_ttft_s,
         "slo_tpot_s": setting.slo_tpot_s,
-        "slo_from": "given with --slo-ms (1.5x MIX's median in an earlier run)" if args.slo_ms else "1.5x MIX's median, 5 prompts, this run",
+        "slo_from": (
+            "given with --slo-ms (1.5x MIX's median in an earlier run)"
+            if args.slo_ms
+            else "1.5x MIX's median, 5 prompts, this run"
+        ),
         "profile_cold_start_s": setting.profile.cold_start_s,
         "rows": [asdict(r) | {"starts_per_50": r.starts_per_50} for r in rows],
     }
