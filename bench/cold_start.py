@@ -380,7 +380,8 @@ def report(results: dict) -> str:
         "process creation, its imports, its init steps). Every service is spawned at launch; the backbone and the",
         "gateway import meanwhile and wait for the services they talk to. The functions' runtime template starts",
         'when the backbone deploys them (its "start functions" step), so its own imports run after the backbone\'s:',
-        "with fork and overlap, that is what the functions add to the first token.",
+        "with fork and overlap, that is what the functions add to the first token. Through the experts record the",
+        'backbone writes (its "experts record" step) the template imports torch but not transformers.',
         "",
         *[f"- {r['setting']}:\n" + "\n".join(f"  - {line}" for line in r.get("startup", [])) for r in c],
     ]

@@ -41,6 +41,7 @@ class FunctionEnv:
     SPAWNED_AT = "REMOE_SPAWNED_AT"
     LOCAL_PLANE = "REMOE_LOCAL_PLANE"
     PARENT_PID = "REMOE_FUNCTION_PARENT_PID"  # the local platform's pid: the function exits when it is gone
+    EXPERTS_RECORD = "REMOE_FUNCTION_EXPERTS_RECORD"  # local platform: the backbone's experts record (lean open)
 
 
 # Set by `remoe up` (LocalCluster) on every service it starts: the service stops when that process is gone, so a

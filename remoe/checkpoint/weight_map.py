@@ -13,7 +13,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-import torch
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import (
     Concatenate,
@@ -25,50 +24,13 @@ from transformers.core_model_loading import (
 )
 
 from remoe.checkpoint.architecture import Architecture
+from remoe.checkpoint.expert_sources import ExpertSource, FusedSource, PerExpertSource
 from remoe.checkpoint.files import Checkpoint
 from remoe.errors import MissingWeightError, UnsupportedArchitectureError
 
 log = logging.getLogger(__name__)
 # Keys of quantized checkpoints (MXFP4 blocks/scales, FP8 scales): refuse rather than mis-load.
 _QUANTIZED_KEY = re.compile(r"(_blocks|_scales|weight_scale_inv|weight_scale)$")
-
-
-@dataclass(frozen=True, slots=True)
-class FusedSource:
-    """All experts in one [E, ...] tensor; expert e is row e."""
-
-    key: str
-
-    def read(self, ckpt: Checkpoint, expert: int) -> torch.Tensor:
-        return ckpt.read_row(self.key, expert)
-
-    def keys(self, expert: int) -> list[str]:
-        return [self.key]
-
-    def nbytes(self, ckpt: Checkpoint, expert: int) -> int:
-        info = ckpt.info(self.key)
-        return info.nbytes // info.shape[0]
-
-
-@dataclass(frozen=True, slots=True)
-class PerExpertSource:
-    """One tensor per expert and part; `templates` hold `{e}` where the expert index goes."""
-
-    templates: tuple[str, ...]
-    concat_dim: int | None  # per-expert dim along which the parts are concatenated (gate rows, then up)
-
-    def keys(self, expert: int) -> list[str]:
-        return [t.format(e=expert) for t in self.templates]
-
-    def nbytes(self, ckpt: Checkpoint, expert: int) -> int:
-        return sum(ckpt.info(k).nbytes for k in self.keys(expert))
-
-    def read(self, ckpt: Checkpoint, expert: int) -> torch.Tensor:
-        parts = [ckpt.read(k) for k in self.keys(expert)]
-        return parts[0] if self.concat_dim is None else torch.cat(parts, dim=self.concat_dim)
-
-
-ExpertSource = FusedSource | PerExpertSource
 
 
 @dataclass

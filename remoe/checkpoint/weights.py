@@ -16,6 +16,7 @@ from transformers import PretrainedConfig
 
 from remoe.checkpoint.architecture import Architecture
 from remoe.checkpoint.dtypes import SAFETENSORS_DTYPES
+from remoe.checkpoint.expert_sources import ExpertSource, split_expert_source
 from remoe.checkpoint.files import Checkpoint, load_config
 from remoe.checkpoint.manifest import MANIFEST_FILE, Manifest, split_expert_key
 from remoe.checkpoint.weight_map import WeightMap, build_weight_map
@@ -60,6 +61,10 @@ class ModelWeights(ABC):
     def expert_key(self, layer: int, expert: int) -> str:
         """A checkpoint key holding (part of) this expert, e.g. to learn its stored dtype."""
 
+    @abstractmethod
+    def expert_source(self, layer: int, param: str) -> ExpertSource:
+        """Where every expert's `param` of this layer lies on disk (a lean function reads it through this)."""
+
     def expert_nbytes_as(self, layer: int, expert: int, dtype: torch.dtype) -> int:
         """Bytes of one expert once loaded in `dtype`."""
         stored = SAFETENSORS_DTYPES.get(self.ckpt.info(self.expert_key(layer, expert)).dtype, dtype)
@@ -98,6 +103,9 @@ class CheckpointWeights(ModelWeights):
         param = next(iter(self.arch.moe_layer(layer).param_shapes))
         return self.wmap.experts[(layer, param)].keys(expert)[0]
 
+    def expert_source(self, layer: int, param: str) -> ExpertSource:
+        return self.wmap.experts[(layer, param)]
+
 
 @dataclass
 class SplitWeights(ModelWeights):
@@ -132,6 +140,9 @@ class SplitWeights(ModelWeights):
 
     def expert_key(self, layer: int, expert: int) -> str:
         return split_expert_key(layer, expert, next(iter(self.arch.moe_layer(layer).param_shapes)))
+
+    def expert_source(self, layer: int, param: str) -> ExpertSource:
+        return split_expert_source(layer, param)
 
 
 def open_weights(path: str | Path) -> ModelWeights:

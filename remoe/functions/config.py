@@ -17,6 +17,9 @@ REMOE_READY_FILE        local platform only: write the port here once serving
 REMOE_SPAWNED_AT        local platform only: time.time() at spawn, to measure process start
 REMOE_LOCAL_PLANE       local platform only: "1" serves Compute on a unix socket too (the co-located data plane,
                         remoe/transport/local_plane.py) for the backbone on the same host
+REMOE_FUNCTION_EXPERTS_RECORD
+                        local platform only: the experts record the backbone wrote for this checkpoint
+                        (remoe/functions/experts_record.py): the experts are read without importing transformers
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class FunctionConfig:
     ready_file: Path | None = None
     spawned_at: float | None = None
     local_plane: bool = False
+    experts_record: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FunctionConfig:
@@ -82,6 +86,7 @@ class FunctionConfig:
             ready_file=Path(env[FunctionEnv.READY_FILE]) if env.get(FunctionEnv.READY_FILE) else None,
             spawned_at=float(env[FunctionEnv.SPAWNED_AT]) if env.get(FunctionEnv.SPAWNED_AT) else None,
             local_plane=env.get(FunctionEnv.LOCAL_PLANE) == "1",
+            experts_record=Path(env[FunctionEnv.EXPERTS_RECORD]) if env.get(FunctionEnv.EXPERTS_RECORD) else None,
         )
 
     @property
@@ -107,4 +112,6 @@ class FunctionConfig:
             env[FunctionEnv.READY_FILE] = str(self.ready_file)
         if self.local_plane:
             env[FunctionEnv.LOCAL_PLANE] = "1"
+        if self.experts_record is not None:
+            env[FunctionEnv.EXPERTS_RECORD] = str(self.experts_record)
         return env

@@ -90,12 +90,13 @@ def main() -> None:
     run(_STARTED)
 
 
-def _open_weights(model_dir: str):
-    """(weights, how they were opened): the lean reader where the split records its experts' math (transformers is
-    never imported: seconds of a fresh process's cold start), else the full one. The template passes its own."""
+def open_function_weights(model_dir: str | Path, record: str | Path | None = None):
+    """(weights, how they were opened): the lean reader where an experts record (the backbone's, or a split's
+    manifest) tells the experts' math and where they lie (transformers is never imported: seconds of a fresh
+    process's cold start), else the full one. The runtime template opens its weights with this too."""
     from remoe.functions.lean_weights import open_lean
 
-    weights, why = open_lean(model_dir)
+    weights, why = open_lean(model_dir, record)
     if weights is not None:
         return weights, f"lean ({why})"
     from remoe.checkpoint.weights import open_weights
@@ -132,7 +133,8 @@ def run(started_at: float, weights=None) -> None:
 
     opened = "the runtime template's"
     if weights is None or Path(weights.path).resolve() != Path(config.model_dir).resolve():
-        weights, opened = _open_weights(config.model_dir)  # transformers' import, where needed, counts as imports
+        # transformers' import, where needed, counts as imports
+        weights, opened = open_function_weights(config.model_dir, config.experts_record)
     clock.imports_s = time.time() - t
 
     import torch

@@ -44,21 +44,23 @@ from pathlib import Path  # noqa: E402
 
 def preload(model_dir: Path):
     """Import what a function instance imports and open the checkpoint's index (no tensor read, no file left
-    open: safetensors handles open lazily, per instance)."""
+    open: safetensors handles open lazily, per instance). Through the backbone's experts record (in the
+    environment every instance shares) or a split's manifest, transformers is never imported: the instances
+    read their experts the lean way, and the template spends seconds less CPU beside the starting services."""
     import torch  # noqa: F401
-    import transformers  # noqa: F401
 
     from remoe.checkpoint.dtypes import resolve_dtype  # noqa: F401
-    from remoe.checkpoint.weights import open_weights
+    from remoe.constants import FunctionEnv
     from remoe.experts.executor import LocalExpertExecutor  # noqa: F401
     from remoe.experts.servicer import ExpertServicer  # noqa: F401
-    from remoe.functions import expert  # noqa: F401
+    from remoe.functions import expert
     from remoe.proto import expert_pb2, expert_pb2_grpc  # noqa: F401
     from remoe.server.common import Server, setup_logging  # noqa: F401
     from remoe.transport.local_plane import LocalPlaneServer  # noqa: F401
 
-    weights = open_weights(model_dir)
-    weights.arch  # noqa: B018  (the meta skeleton: built once here, shared by every instance)
+    weights, opened = expert.open_function_weights(model_dir, os.environ.get(FunctionEnv.EXPERTS_RECORD) or None)
+    print(f"runtime template: weights {opened}", file=sys.stderr, flush=True)
+    weights.arch  # noqa: B018  (a full open's meta skeleton: built once here, shared by every instance)
     return weights
 
 

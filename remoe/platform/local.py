@@ -61,9 +61,12 @@ class LocalFunctionPlatform:
         memory_budget_mb: int | None = None,
         max_starting: int | None = None,
         runtime: str = DEFAULT_RUNTIME,
+        experts_record: Path | None = None,
     ) -> None:
         """`runtime`: "fork" forks instances from a pre-imported runtime template (started with the first
-        function deployed); "process" starts each as a fresh interpreter."""
+        function deployed); "process" starts each as a fresh interpreter. `experts_record`: the backbone's record
+        of this checkpoint's experts (remoe/functions/experts_record.py), which lets the template and the
+        instances read them without importing transformers."""
         if runtime not in ("fork", "process"):
             raise ValueError(f"function runtime {runtime!r}: use 'fork' or 'process'")
         self.runtime = runtime
@@ -79,6 +82,8 @@ class LocalFunctionPlatform:
         # Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait
         # passively, or idle OpenMP threads spin and starve the others.
         self._env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+        if experts_record is not None:
+            self._env[FunctionEnv.EXPERTS_RECORD] = str(experts_record)
         self._lock = threading.RLock()
         self._instances: dict[str, list[LocalInstance]] = {}
         self._active_requests = 0  # while any request runs, no function is idle: the request may need it

@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     placement = plan_with_functions(arch.layer_indices, arch.num_experts, services, functions)
     # Always a platform: the scheduler's plans bring their own functions with each request.
     try:
-        platform = platform_from_settings(s)
+        with startup.step("experts record"):
+            platform = platform_from_settings(s, weights)
     except RemoeError as e:
         raise SystemExit(f"backbone: {e}") from None
     platform.deploy(functions)
