@@ -359,6 +359,11 @@ def report(results: dict) -> str:
         *entrypoint_report(results),
         "## A cold cluster's first request, and cold vs warm requests (`remoe up --remote-ratio 0.5`, tiny model)",
         "",
+        *(
+            [f"This section was rerun on its own (--clusters-only): commit {results['cluster_run']}.", ""]
+            if results.get("cluster_run")
+            else []
+        ),
         "From launching `remoe up` (gateway, backbone, two expert services, the predictor; functions for half of",
         "each layer's experts) to the first token of a request sent as soon as the gateway answers, under the",
         "`wait` policy (a request waits for its functions' cold starts). The functions start either with the",
@@ -426,12 +431,32 @@ def write(results: dict, out: Path) -> None:
     (out / "cold_start.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
+def _commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "remoe", "bench"], capture_output=True, text=True)
+    return (commit.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--report-only", action="store_true", help="rewrite cold_start.md from cold_start.json")
+    parser.add_argument(
+        "--clusters-only",
+        action="store_true",
+        help="rerun only the cold clusters through remoe up; the other sections stay as cold_start.json has them",
+    )
     args = parser.parse_args()
+    if args.clusters_only:
+        results = json.loads((args.out / "cold_start.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tiny = make_tiny_model(MODELS["tiny"], Path(tmp_name) / "tiny")
+            _log("cold clusters through remoe up ...")
+            results["cluster"] = [asdict(r) for r in bench_cluster(tiny, args.repeats)]
+        results["cluster_run"] = f"{_commit()}, {time.strftime('%Y-%m-%d')}, medians of {args.repeats}"
+        write(results, args.out)
+        return
     if args.report_only:
         write(json.loads((args.out / "cold_start.json").read_text()), args.out)
         return
@@ -451,12 +476,10 @@ def main() -> None:
         _log("cold clusters through remoe up ...")
         cluster_rows = bench_cluster(tiny, args.repeats)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "remoe", "bench"], capture_output=True, text=True)
     results = {
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
-        "commit": (commit.stdout.strip() or "unknown") + (" (uncommitted changes)" if dirty.stdout.strip() else ""),
+        "commit": _commit(),
         "repeats": args.repeats,
         "function": [asdict(r) for r in function_rows],
         "cluster": [asdict(r) for r in cluster_rows],
