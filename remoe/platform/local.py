@@ -5,11 +5,10 @@ for `idle_ttl_s` is stopped. Each replica is its own process with its own memory
 function, which refuses to start (exit 3, message on stderr) when its experts cannot fit. By default an
 instance is forked from a runtime template that has imported everything already (remoe/platform/launcher.py).
 
-The machine is not a cloud: running instances together hold at most `memory_budget_mb` of their sizes (default
-half the machine's memory). Starting one beyond it first stops the least recently used warm instances; when
-the instances still starting leave no room, the start fails (FunctionStartError) and the dispatcher computes
-that batch on an expert service, so tokens stay exact. (Measured without it: per-request plans that each bring
-new functions started 78 processes at once and the machine ran out of memory.)
+Running instances together hold at most `memory_budget_mb` (default half the machine's memory; without it, plans
+bringing new functions once started 78 processes and ran out of memory). Beyond it the least recently used warm
+instances stop first; when instances still starting leave no room, the start fails (FunctionStartError) and the
+dispatcher computes that batch on an expert service, so tokens stay exact.
 """
 
 from __future__ import annotations
@@ -63,10 +62,8 @@ class LocalFunctionPlatform:
         runtime: str = DEFAULT_RUNTIME,
         experts_record: Path | None = None,
     ) -> None:
-        """`runtime`: "fork" forks instances from a pre-imported runtime template (started with the first
-        function deployed); "process" starts each as a fresh interpreter. `experts_record`: the backbone's record
-        of this checkpoint's experts (remoe/functions/experts_record.py), which lets the template and the
-        instances read them without importing transformers."""
+        """`runtime`: "fork" forks instances from a pre-imported runtime template, "process" starts fresh
+        interpreters. `experts_record`: lets them read their experts without transformers (experts_record.py)."""
         if runtime not in ("fork", "process"):
             raise ValueError(f"function runtime {runtime!r}: use 'fork' or 'process'")
         self.runtime = runtime
@@ -82,8 +79,7 @@ class LocalFunctionPlatform:
         # Many small processes share the machine's cores: a function's threads (1 per GiB of memory) wait
         # passively, or idle OpenMP threads spin and starve the others.
         self._env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
-        if experts_record is not None:
-            self._env[FunctionEnv.EXPERTS_RECORD] = str(experts_record)
+        self._env |= {FunctionEnv.EXPERTS_RECORD: str(experts_record)} if experts_record else {}
         self._lock = threading.RLock()
         self._instances: dict[str, list[LocalInstance]] = {}
         self._active_requests = 0  # while any request runs, no function is idle: the request may need it
@@ -126,9 +122,7 @@ class LocalFunctionPlatform:
         with self._lock:
             return [instances[0].spec for instances in self._instances.values()]
 
-    @property
-    def keep_alive_s(self) -> float:
-        return self.idle_ttl_s
+    keep_alive_s = property(lambda self: self.idle_ttl_s)  # how long an idle instance stays warm
 
     def running(self) -> list[FunctionSpec]:
         with self._lock:
