@@ -99,8 +99,14 @@ def test_idle_functions_scale_to_zero_and_come_back_without_delaying_requests(fu
         assert time.monotonic() < deadline, "functions did not scale to zero after their TTL"
         time.sleep(0.5)
     cold_fallbacks = client.status().backbone.function_cold_fallbacks
+    calls = sum(f.calls for f in _functions(function_cluster))
     assert client.generate(token_ids=ids, max_new_tokens=8).token_ids == expected
-    assert client.status().backbone.function_cold_fallbacks > cold_fallbacks
+    # The gateway warms the plan's functions as the request arrives: a function forked from the template may be
+    # ready before the first MoE layer asks (its batches served there), else its batches went to an expert
+    # service (a cold fallback). Either way every batch was computed somewhere, and the functions started again.
+    woken_calls = sum(f.calls for f in _functions(function_cluster)) - calls
+    cold_fallbacks = client.status().backbone.function_cold_fallbacks - cold_fallbacks
+    assert cold_fallbacks > 0 or woken_calls > 0, "the woken request's function batches went nowhere"
     assert sum(f.cold_starts for f in _functions(function_cluster)) > cold_starts
     while not any(f.state == "warm" for f in _functions(function_cluster)):  # (the TTL is short: not all)
         assert time.monotonic() < deadline + 60, "functions did not come back after the request that woke them"
