@@ -75,14 +75,16 @@ def test_verify_passes_on_a_faithful_split_and_fails_on_a_tampered_one(tmp_path)
     assert remoe("tiny-model", "--arch", "mixtral", "--layers", "2", "--out", str(ckpt)).returncode == 0
     assert remoe("split", str(ckpt), "--out", str(split), "-q").returncode == 0
 
-    ok = remoe("verify", str(ckpt), "--split", str(split), "--max-new-tokens", "8")
+    ok = remoe("verify", str(ckpt), "--split", str(split))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.startswith("OK: 8 greedy tokens equal")
+    support, verdict = ok.stdout.splitlines()[:2]
+    assert support.startswith("support: mixtral is token-exact in the support survey")
+    assert verdict.startswith("OK: compared 32 greedy tokens (EOS ignored): all equal"), verdict  # the default
 
     shard = split / "experts" / "layer_001.safetensors"
     tensors = load_file(str(shard))
     tensors = {k: (t * 3 if ".experts." in k else t) for k, t in tensors.items()}
     save_file(tensors, str(shard), metadata={"format": "pt"})
-    bad = remoe("verify", str(ckpt), "--split", str(split), "--max-new-tokens", "8")
+    bad = remoe("verify", str(ckpt), "--split", str(split), "--tokens", "8")
     assert bad.returncode == 1
-    assert bad.stdout.startswith("MISMATCH")
+    assert bad.stdout.splitlines()[1].startswith("MISMATCH: compared 8 greedy tokens")

@@ -19,6 +19,8 @@ from remoe.errors import UnsupportedArchitectureError
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 # Attributes that transformers' `@use_experts_implementation` sets on every experts module it wraps.
+# The config field that says how many experts each token uses, by the names model types give it.
+_TOP_K_FIELDS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k_experts", "moe_k", "top_k")
 _EXPERTS_INTERFACE_ATTRS = ("has_gate", "has_bias", "is_transposed", "is_concatenated", "num_experts")
 
 
@@ -80,7 +82,13 @@ class Architecture(MoELayerLookup):
 
     @property
     def top_k(self) -> int:
-        return int(self.config.num_experts_per_tok)
+        for name in _TOP_K_FIELDS:
+            value = getattr(self.config.get_text_config(), name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        raise UnsupportedArchitectureError(
+            f"{self.model_type}: no experts-per-token field ({', '.join(_TOP_K_FIELDS)})"
+        )
 
     @property
     def hidden_size(self) -> int:

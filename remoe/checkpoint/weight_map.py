@@ -1,6 +1,7 @@
 """Map a checkpoint's on-disk keys to the model's parameters, using transformers' own conversion rules.
 
-Backbone keys only get renamed (e.g. Mixtral's `block_sparse_moe` -> `mlp`). Routed-expert parameters come
+Backbone keys get renamed (e.g. Mixtral's `block_sparse_moe` -> `mlp`), or converted by transformers' own
+`WeightConverter` where the mapping says so (remoe/checkpoint/backbone_conversion.py). Routed-expert parameters come
 in one of two layouts:
 - fused: `...experts.gate_up_proj [E, 2I, H]` on disk, read one expert with `get_slice(key)[e]`;
 - per expert: `...experts.{e}.w1.weight` etc., merged the way transformers' `WeightConverter` says
@@ -19,11 +20,11 @@ from transformers.core_model_loading import (
     MergeModulelist,
     WeightConverter,
     WeightRenaming,
-    apply_renamings,
     rename_source_key,
 )
 
 from remoe.checkpoint.architecture import Architecture
+from remoe.checkpoint.backbone_conversion import BackboneConversion
 from remoe.checkpoint.expert_sources import ExpertSource, FusedSource, PerExpertSource
 from remoe.checkpoint.files import Checkpoint
 from remoe.errors import MissingWeightError, UnsupportedArchitectureError
@@ -37,6 +38,10 @@ _QUANTIZED_KEY = re.compile(r"(_blocks|_scales|weight_scale_inv|weight_scale)$")
 class WeightMap:
     backbone: dict[str, str] = field(default_factory=dict)  # model parameter/buffer name -> checkpoint key
     experts: dict[tuple[int, str], ExpertSource] = field(default_factory=dict)  # (layer, param) -> source
+    converted: dict[str, BackboneConversion] = field(default_factory=dict)  # model name -> its conversion
+
+    def conversions(self) -> list[BackboneConversion]:
+        return list({id(c): c for c in self.converted.values()}.values())
 
 
 def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
@@ -49,7 +54,7 @@ def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
     path_to_layer = {m.path: m.layer for m in arch.moe_layers}
 
     wmap = WeightMap()
-    parts: dict[tuple[int, str], dict[int, str]] = {}  # (layer, param) -> part index -> template
+    parts: dict[tuple[int, str], dict[int, list[str]]] = {}  # (layer, param) -> part index -> its experts' keys
     converter_of: dict[tuple[int, str], WeightConverter] = {}
     for key in ckpt.keys():
         if _QUANTIZED_KEY.search(key):
@@ -63,9 +68,16 @@ def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
             log.warning("%s: ignoring tensor %r, which the model does not use", ckpt.file_of(key), key)
             continue
         if target not in expert_params:
-            if pattern is not None:
-                raise UnsupportedArchitectureError(f"{arch.model_type}: backbone tensor {key!r} needs a conversion")
-            wmap.backbone[target] = key
+            if pattern is None:
+                wmap.backbone[target] = key
+                continue
+            conversion = wmap.converted.get(target)
+            if conversion is None:
+                converter = next(c for c in converters if pattern in c.source_patterns)
+                conversion = BackboneConversion(converter, target)
+                for name in conversion.targets:
+                    wmap.converted[name] = conversion
+            conversion.sources.append((pattern, key))
             continue
         experts_path, _, param = target.rpartition(".")
         slot = (path_to_layer[experts_path], param)
@@ -74,26 +86,37 @@ def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
             continue
         converter = next(c for c in converters if pattern in c.source_patterns)
         part = converter.source_patterns.index(pattern)
-        parts.setdefault(slot, {})[part] = _expert_template(apply_renamings(key, renamings), key, pattern)
+        parts.setdefault(slot, {}).setdefault(part, []).append(key)
         converter_of[slot] = converter
 
     for slot, by_part in parts.items():
         converter = converter_of[slot]
         if sorted(by_part) != list(range(len(converter.source_patterns))):
             raise MissingWeightError(f"{ckpt.path}: layer {slot[0]} expert tensor {slot[1]!r} misses parts")
-        wmap.experts[slot] = PerExpertSource(tuple(by_part[i] for i in sorted(by_part)), _concat_dim(converter))
+        templates = tuple(_expert_template(by_part[i]) for i in sorted(by_part))
+        wmap.experts[slot] = PerExpertSource(templates, _concat_dim(converter))
     _check_complete(ckpt, arch, wmap, meta_state)
     return wmap
 
 
-def _expert_template(renamed_key: str, original_key: str, pattern: str) -> str:
-    """Turn `...experts.3.w1.weight` into `...experts.{e}.w1.weight` (in on-disk naming)."""
-    head, _, tail = pattern.partition("*")
-    match = re.search(re.escape(head) + r"(\d+)" + re.escape(tail) + "$", renamed_key)
-    if match is None or not original_key.endswith(match.group(1) + tail):
-        raise UnsupportedArchitectureError(f"cannot find the expert index in checkpoint key {original_key!r}")
-    cut = len(original_key) - len(match.group(1) + tail)
-    return original_key[:cut].replace("{", "{{").replace("}", "}}") + "{e}" + tail.replace("{", "{{").replace("}", "}}")
+def _expert_template(keys: list[str]) -> str:
+    """Turn the keys of one expert tensor of every expert (`...experts.0.w1.weight`, `...experts.1.w1.weight`, ...)
+    into `...experts.{e}.w1.weight`: the expert index is the one dotted name component that differs (a number) across
+    them, whatever pattern (glob or regular expression) the conversion mapping matched them with."""
+    split = [k.split(".") for k in keys]
+    width = len(split[0])
+    numeric = [
+        i
+        for i in range(width)
+        if all(len(s) == width and s[i].isdigit() for s in split)
+        and len({s[i] for s in split}) == len(keys)
+        and all(s[:i] + s[i + 1 :] == split[0][:i] + split[0][i + 1 :] for s in split)
+    ]
+    if not numeric:
+        raise UnsupportedArchitectureError(f"cannot find the expert index in checkpoint key {keys[0]!r}")
+    index = numeric[-1]  # one expert: the last component that is 0 (after the layer index)
+    escaped = [part.replace("{", "{{").replace("}", "}}") for part in split[0]]
+    return ".".join(escaped[:index] + ["{e}"] + escaped[index + 1 :])
 
 
 def _concat_dim(converter: WeightConverter) -> int | None:
@@ -111,7 +134,7 @@ def _check_complete(ckpt: Checkpoint, arch: Architecture, wmap: WeightMap, meta_
     tied = set(arch.skeleton.all_tied_weights_keys)
     expert_params = arch.expert_param_paths()
     persistent = {n for n in meta_state if n not in expert_params and n not in tied}
-    missing = sorted(persistent - set(wmap.backbone))
+    missing = sorted(persistent - set(wmap.backbone) - set(wmap.converted))
     if missing:
         raise MissingWeightError(
             f"{ckpt.path}: {arch.model_type} checkpoint lacks backbone tensor(s) {missing[:5]}"

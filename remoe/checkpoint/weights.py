@@ -86,10 +86,28 @@ class CheckpointWeights(ModelWeights):
         return cls(Path(path), ckpt.config, arch, ckpt, build_weight_map(ckpt, arch))
 
     def backbone_names(self) -> list[str]:
-        return list(self.wmap.backbone)
+        return list(self.wmap.backbone) + list(self.wmap.converted)
 
     def backbone_key(self, name: str) -> str:
+        if name in self.wmap.converted:
+            return self.wmap.converted[name].keys()[0]
         return self.wmap.backbone[name]
+
+    def read_backbone(self, name: str) -> torch.Tensor:
+        conversion = self.wmap.converted.get(name)
+        if conversion is None:
+            return self.ckpt.read(self.backbone_key(name))
+        return conversion.read(self.ckpt, self.arch.skeleton)[name]
+
+    def backbone_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.wmap.backbone:
+            yield name, self.read_backbone(name)
+        for conversion in self.wmap.conversions():  # each conversion once, for all its targets
+            yield from conversion.read(self.ckpt, self.arch.skeleton).items()
+
+    def backbone_nbytes(self) -> int:
+        plain = sum(self.ckpt.info(key).nbytes for key in self.wmap.backbone.values())
+        return plain + sum(self.ckpt.info(k).nbytes for c in self.wmap.conversions() for k in c.keys())
 
     def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
         moe = self.arch.moe_layer(layer)

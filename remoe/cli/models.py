@@ -43,27 +43,32 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from remoe.model.kernel_report import kernel_report
     from remoe.model.split import describe
     from remoe.model.step_cache import batching_report
+    from remoe.model.type_support import support_line
 
     weights = open_weights(args.model)
     print(describe(weights))
+    print(support_line(weights.config.model_type))
     print(kernel_report(weights, args.kernel))
     print(batching_report(weights.config))
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from remoe.model.type_support import support_line
     from remoe.model.verify import verify
 
     report = verify(
         args.checkpoint,
         remoe_model=args.split,
         prompt=args.prompt,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.tokens,
         expert_budget_bytes=args.expert_budget,
     )
     status = "OK" if report.ok else "MISMATCH"
+    print(support_line(report.model_type))
     print(
-        f"{status}: {len(report.remoe_tokens)} greedy tokens {'equal' if report.tokens_equal else 'DIFFER'}, "
+        f"{status}: compared {len(report.reference_tokens)} greedy tokens (EOS ignored): "
+        f"{'all equal' if report.tokens_equal else 'they DIFFER'}, "
         f"max prefill logit difference {report.max_logit_diff:.2e} (tolerance {report.tolerance:.0e})"
     )
     if not report.tokens_equal:
@@ -143,7 +148,14 @@ def add_verify(sub) -> None:
     p.add_argument("checkpoint", help="original Hugging Face checkpoint directory (the reference)")
     p.add_argument("--split", default=None, help="a `remoe split` of it to check instead of the checkpoint itself")
     p.add_argument("--prompt", default="The quick brown fox", help="prompt text")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens to compare (default 32)")
+    p.add_argument(
+        "--tokens",
+        "--max-new-tokens",
+        dest="tokens",
+        type=int,
+        default=32,
+        help="greedy tokens to compare, all of them: EOS ends neither side (default 32)",
+    )
     p.add_argument("--expert-budget", type=int, default=None, help="bytes of experts kept loaded (default: all)")
     p.set_defaults(func=_cmd_verify)
 

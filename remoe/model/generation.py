@@ -1,4 +1,4 @@
-"""Plain prefill / decode functions over a transformers causal LM with a DynamicCache.
+"""Plain prefill / decode functions over a transformers causal LM with the cache its `generate` would make.
 
 V = vocab size, T = prompt tokens.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
 
 
 @dataclass(slots=True)
@@ -31,20 +31,34 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def new_cache(model: PreTrainedModel) -> DynamicCache:
-    return DynamicCache(config=model.config)
+@dataclass
+class ModelOwnCache:
+    """For a model that makes a cache of its own (transformers' `generate` gives it none, e.g. MiniMax's
+    MiniMaxCache): empty until the first forward, then the cache that forward returned."""
+
+    cache: Cache | None = None
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache | ModelOwnCache:
+    """The cache transformers' `generate` would make for `model`."""
+    if not type(model)._supports_default_dynamic_cache():
+        return ModelOwnCache()
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
 
 
 def forward_logits(
     model: PreTrainedModel,
     device: torch.device,
     token_ids: list[int],
-    cache: DynamicCache,
+    cache: DynamicCache | ModelOwnCache,
     all_positions: bool = False,
 ) -> torch.Tensor:
     """Run `token_ids` after what `cache` holds; logits of the last position [V] (or of all, [T, V])."""
     input_ids = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, T]
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_positions else 1)
+    given = cache.cache if isinstance(cache, ModelOwnCache) else cache
+    out = model(input_ids=input_ids, cache=given, use_cache=True, logits_to_keep=0 if all_positions else 1)
+    if isinstance(cache, ModelOwnCache):
+        cache.cache = out.cache
     return out.logits[0] if all_positions else out.logits[0, -1]
 
 
