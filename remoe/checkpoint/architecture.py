@@ -18,9 +18,9 @@ from remoe.checkpoint.moe_layers import MoELayerLookup
 from remoe.errors import UnsupportedArchitectureError
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-# Attributes that transformers' `@use_experts_implementation` sets on every experts module it wraps.
 # The config field that says how many experts each token uses, by the names model types give it.
 _TOP_K_FIELDS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k_experts", "moe_k", "top_k")
+# Attributes that transformers' `@use_experts_implementation` sets on every experts module it wraps.
 _EXPERTS_INTERFACE_ATTRS = ("has_gate", "has_bias", "is_transposed", "is_concatenated", "num_experts")
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,6 +176,15 @@ def write_support(results: list[TypeResult], json_path: Path, table_path: Path) 
     counts = {s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)}
     lines += ["", "Totals: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."]
     table_path.write_text("\n".join(lines) + "\n")
+    # Beside the table, what docs/results/README.md reads for its provenance line.
+    provenance = {
+        "machine": f"{platform.processor() or platform.machine()} x {os.cpu_count()}, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "transformers": version,
+    }
+    table_path.with_suffix(".json").write_text(
+        json.dumps({**provenance, "results": [asdict(r) for r in results]}) + "\n"
+    )
 
 
 def main(argv: list[str]) -> None:
