@@ -172,12 +172,8 @@ def _shrink(values: dict[str, Any]) -> None:
         current = values.get(key)
         if isinstance(current, (list, dict)) or (current is None and key not in _SET_WHEN_NONE):
             continue
-        if isinstance(current, bool) or isinstance(size, bool):
-            values[key] = size
-        elif key in ("first_k_dense_replace",):
-            values[key] = min(current, size)
-        else:
-            values[key] = size
+        # (a model's fewer dense first layers stay fewer)
+        values[key] = min(current, size) if key == "first_k_dense_replace" else size
 
 
 def _shrink_layers(values: dict[str, Any]) -> None:
