@@ -257,6 +257,14 @@ def test_a_model_whose_cache_has_linear_attention_layers_is_served_unbatched():
     assert reason is not None and "layers" in reason
 
 
+def test_a_model_whose_layers_pair_linear_attention_with_a_window_is_served_unbatched():
+    """Inkling2's cache layers are key/value layers and linear-attention state at once: not stackable."""
+    from transformers import AutoConfig
+
+    reason = batching_unsupported(AutoConfig.for_model("inkling2_text", num_hidden_layers=2))
+    assert reason is not None and "LinearAttentionAnd" in reason
+
+
 def test_a_model_that_keeps_a_cache_of_its_own_is_served_unbatched():
     """MiniMax makes its own cache class (transformers' generate does not hand it a DynamicCache)."""
     from transformers import AutoConfig

@@ -21,9 +21,12 @@ class FusedSource:
     """All experts in one [E, ...] tensor; expert e is row e."""
 
     key: str
+    # transformers' Interleave on load (inkling2's w13 stores gate and up rows interleaved): the per-expert dim
+    deinterleave_dim: int | None = None
 
     def read(self, ckpt: Checkpoint, expert: int) -> torch.Tensor:
-        return ckpt.read_row(self.key, expert)
+        row = ckpt.read_row(self.key, expert)
+        return row if self.deinterleave_dim is None else deinterleave(row, self.deinterleave_dim)
 
     def keys(self, expert: int) -> list[str]:
         return [self.key]
@@ -33,7 +36,14 @@ class FusedSource:
         return info.nbytes // info.shape[0]
 
     def to_json(self) -> dict:
-        return {"key": self.key}
+        return {"key": self.key, "deinterleave_dim": self.deinterleave_dim}
+
+
+def deinterleave(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """transformers' `Interleave(dim)`: rows (0, 2, 4, ...) then (1, 3, 5, ...) along `dim`; [.., 2I, ..] kept."""
+    shape = list(tensor.shape)
+    shape[dim : dim + 1] = [shape[dim] // 2, 2]
+    return tensor.reshape(shape).transpose(dim, dim + 1).reshape(tensor.shape).contiguous()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +76,9 @@ def split_expert_source(layer: int, param: str) -> PerExpertSource:
 
 
 def source_from_json(raw: dict) -> ExpertSource:
-    if isinstance(raw.get("key"), str):
-        return FusedSource(raw["key"])
+    dim = raw.get("deinterleave_dim")
+    if isinstance(raw.get("key"), str) and (dim is None or isinstance(dim, int)):
+        return FusedSource(raw["key"], dim)
     templates = raw.get("templates")
     concat_dim = raw.get("concat_dim")
     if (

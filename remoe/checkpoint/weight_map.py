@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import (
     Concatenate,
+    Interleave,
     MergeModulelist,
     WeightConverter,
     WeightRenaming,
@@ -31,7 +32,9 @@ from remoe.errors import MissingWeightError, UnsupportedArchitectureError
 
 log = logging.getLogger(__name__)
 # Keys of quantized checkpoints (MXFP4 blocks/scales, FP8 scales): refuse rather than mis-load.
-_QUANTIZED_KEY = re.compile(r"(_blocks|_scales|weight_scale_inv|weight_scale)$")
+_QUANTIZED_KEY = re.compile(r"(_blocks|_scales|weight_scale_inv|weight_scale|_amax|_outer_scale_denominator)$")
+# Conversion operations that return a lone unquantized tensor unchanged (its scale sources are absent, and refused)
+_IDENTITY_ON_ONE_TENSOR = {"Inkling2LoopDequantizeExperts"}
 
 
 @dataclass
@@ -85,6 +88,9 @@ def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
             wmap.experts[slot] = FusedSource(key)
             continue
         converter = next(c for c in converters if pattern in c.source_patterns)
+        if not _merges_experts(converter):  # fused on disk, converted row by row
+            wmap.experts[slot] = FusedSource(key, _fused_deinterleave_dim(converter))
+            continue
         part = converter.source_patterns.index(pattern)
         parts.setdefault(slot, {}).setdefault(part, []).append(key)
         converter_of[slot] = converter
@@ -117,6 +123,22 @@ def _expert_template(keys: list[str]) -> str:
     index = numeric[-1]  # one expert: the last component that is 0 (after the layer index)
     escaped = [part.replace("{", "{{").replace("}", "}}") for part in split[0]]
     return ".".join(escaped[:index] + ["{e}"] + escaped[index + 1 :])
+
+
+def _merges_experts(converter: WeightConverter) -> bool:
+    return bool(converter.operations) and isinstance(converter.operations[0], MergeModulelist)
+
+
+def _fused_deinterleave_dim(converter: WeightConverter) -> int | None:
+    """The per-expert dim of an `Interleave` over a fused [E, ...] tensor (its other operations must be ones that
+    leave one unquantized tensor as it is: a dequantization given no scales), else refuse."""
+    dim = None
+    for op in converter.operations:
+        if isinstance(op, Interleave) and not op.inverse and op.dim >= 1 and dim is None:
+            dim = op.dim - 1
+        elif type(op).__name__ not in _IDENTITY_ON_ONE_TENSOR:
+            raise UnsupportedArchitectureError(f"fused expert tensor with conversion {converter.operations!r}")
+    return dim
 
 
 def _concat_dim(converter: WeightConverter) -> int | None:

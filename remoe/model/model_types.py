@@ -122,6 +122,8 @@ _SIZES: dict[str, Any] = dict(
     o_groups=2,
 )
 
+_VOCAB_PADDING = 64  # rows a padded-vocabulary model (inkling2) has past its real vocabulary
+
 # Set even where the default config has None (a None head_dim is one to derive, yet some models read it as is).
 _SET_WHEN_NONE = ("head_dim", "num_experts_per_tok")
 
@@ -130,10 +132,16 @@ _DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 _TYPE_OVERRIDES: dict[str, dict[str, Any]] = {
     "deepseek_v3": dict(rope_parameters=_DEFAULT_ROPE, head_dim=8),  # its rope runs over head_dim = qk_rope
     "axk1": dict(rope_parameters=_DEFAULT_ROPE, head_dim=8),
+    "dots1": dict(n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1),  # as dots.llm1 (None by default)
     "dots3_note_text": dict(head_dim=24),  # its sliding layers: qk_nope + qk_rope
     "glm4_moe_lite": dict(rope_parameters=_DEFAULT_ROPE),
     "gemma4_text": dict(enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=64),
     "granitemoehybrid": dict(layer_types=["mamba", "attention", "mamba"]),
+    "lfm2_moe": dict(num_dense_layers=1, layer_types=["conv", "full_attention", "conv"]),  # None by default
+    # its indexed-attention layers need an indexer (None by default)
+    "qwen4_exp_text": dict(
+        indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8, indexer_compress_ratio=4
+    ),
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
     "zaya": dict(num_experts_per_tok=1),  # the only value it supports
 }
@@ -157,6 +165,8 @@ def tiny_config(model_type: str, vocab_size: int, special_ids: dict[str, int | N
     _shrink(values)
     _shrink_layers(values)
     values.update(vocab_size=vocab_size, **special_ids)
+    if "unpadded_vocab_size" in values:  # the head's real rows; the embedding is padded past them
+        values.update(unpadded_vocab_size=vocab_size, vocab_size=vocab_size + _VOCAB_PADDING)
     values.update(_type_overrides(model_type))
     _one_kv_head_per_head(values)
     return AutoConfig.for_model(model_type, **values)
@@ -170,7 +180,7 @@ def _one_kv_head_per_head(values: dict[str, Any]) -> None:
 def _shrink(values: dict[str, Any]) -> None:
     for key, size in _SIZES.items():
         current = values.get(key)
-        if isinstance(current, (list, dict)) or (current is None and key not in _SET_WHEN_NONE):
+        if key not in values or isinstance(current, (list, dict)) or (current is None and key not in _SET_WHEN_NONE):
             continue
         # (a model's fewer dense first layers stay fewer)
         values[key] = min(current, size) if key == "first_k_dense_replace" else size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from transformers import Cache, DynamicCache, PretrainedConfig
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 
@@ -158,16 +158,20 @@ def _padding_mask(lengths: list[int], dtype: torch.dtype, device: torch.device) 
 
 def batching_unsupported(config: PretrainedConfig) -> str | None:
     """Why this model's decode steps cannot be batched over requests' own caches (None: they can). They can
-    when its cache is a DynamicCache of attention layers (full or sliding window): linear-attention and
-    recurrent state layers, or a cache class of the model's own, are not stacked by StepCache."""
+    when every layer of its cache is one StepCache stacks: a plain key/value layer, full or sliding window.
+    Linear-attention and recurrent state, sparse-attention indexer keys (DSA: an indexer would rank the padding
+    too), compressed caches of a model's own layer kinds, or a cache class of the model's own are not stacked."""
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     if model_class is not None and not model_class._supports_default_dynamic_cache():
         return f"{model_class.__name__} keeps a cache of its own (generate does not give it a DynamicCache)"
     cache = DynamicCache(config=config)
-    other = sorted({type(layer).__name__ for layer in cache.layers if not isinstance(layer, CacheLayerMixin)})
+    other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in _STACKED_LAYERS})
     if other:
-        return f"its cache has {', '.join(other)} layers, which are not key/value attention layers"
+        return f"its cache has {', '.join(other)} layers, which are not plain key/value attention layers"
     return None
+
+
+_STACKED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)  # exactly these: a subclass may keep more state
 
 
 def batching_report(config: PretrainedConfig) -> str:

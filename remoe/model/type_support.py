@@ -33,3 +33,44 @@ def support_line(model_type: str) -> str:
     if result["status"] == "transformers":
         return f"support: transformers itself could not run the tiny {model_type} on CPU in {where}: {result['reason']}"
     return f"support: {model_type} is NOT supported in {where}: {result['reason']}"
+
+
+README_BEGIN = "<!-- model types: written by `python -m remoe.model.type_survey --all` -->"
+README_END = "<!-- model types: end -->"
+
+
+def readme_summary(survey: dict) -> str:
+    """The README's paragraph of supported model types, from the survey's results (between its markers)."""
+    import textwrap
+
+    results = survey.get("results", {})
+    by_status: dict[str, list[str]] = {}
+    for model_type, result in sorted(results.items()):
+        by_status.setdefault(result["status"], []).append(model_type)
+    exact = by_status.get("exact", [])
+    text_types = [t for t, r in results.items() if r["status"] != "composite"]
+    served_up = [t for t in exact if "remoe up" in results[t]["checks"]]
+    unbatched = [t for t in exact if results[t].get("unbatched")]
+    parts = [
+        f"**{len(exact)} of the {len(text_types)} text model types of transformers {survey.get('transformers', '?')}"
+        f" are token-exact** ({len(by_status.get('composite', []))} multimodal types are checked through their "
+        f"text models): {', '.join(exact)}."
+    ]
+    others = {s: ts for s, ts in by_status.items() if s not in ("exact", "composite")}
+    for status, types in others.items():
+        parts.append(f"Not exact ({status}, see the table for each reason): {', '.join(types)}.")
+    parts.append(
+        f"Through `remoe up` (two expert services and functions): {', '.join(served_up)}. "
+        f"Served one request at a time, since their caches hold linear-attention or recurrent state, sparse-attention "
+        f"indexer keys or compressed layers, or are a class of the model's own ({len(unbatched)}): "
+        f"{', '.join(unbatched)}; the others share decode steps."
+    )
+    return "\n".join(textwrap.fill(p, width=110, break_on_hyphens=False) for p in parts)
+
+
+def replace_readme_block(readme: str, summary: str) -> str:
+    """`readme` with the text between its model-type markers replaced by `summary` (unchanged without markers)."""
+    start, end = readme.find(README_BEGIN), readme.find(README_END)
+    if start < 0 or end < start:
+        return readme
+    return readme[: start + len(README_BEGIN)] + "\n" + summary + "\n" + readme[end:]

@@ -10,6 +10,7 @@ a class with its own twist) runs through its class.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -60,9 +61,16 @@ def inspect_gated(template: nn.Module) -> GatedFamily | str:
     act = getattr(template, "act_fn", None)
     if not isinstance(act, nn.Module):
         return "no act_fn module"
+    if _required_args(act.forward) != 1:  # e.g. inkling2's act(gate, up): its own twist on the math
+        return f"its act_fn {type(act).__name__} does not take one tensor"
     family = GatedFamily(hidden, two_i // 2, act, _is_silu(act))
     mismatch = _probe(template, family)
     return mismatch if mismatch else family
+
+
+def _required_args(fn) -> int:
+    params = inspect.signature(fn).parameters.values()
+    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _is_silu(act: nn.Module) -> bool:
