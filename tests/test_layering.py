@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"functions", "metrics"},  # the serverless expert function (expert code + wire + transport only)
     {"platform", "model"},  # where functions run; the backbone, generation, batching, LocalEngine
     {"dispatch", "predictor", "cluster"},  # the backbone's fan-out; SPS; `remoe up`'s processes
-    {"scheduler", "corpus"},
+    {"scheduler", "corpus", "survey"},  # survey: every model type checked, through remoe up too
     {"gateway", "profiling"},  # GatewayCore (admission, planning, metering, learning); `remoe profile`
     {"openai_api"},  # the HTTP API over GatewayCore
     {"services"},  # runnable servers: thin layers over everything below, imported by nothing but the CLI

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from remoe.model.model_types import moe_model_types
-from remoe.model.type_serving_checks import CLUSTER_TYPES
 from remoe.model.type_support import survey_results
-from remoe.model.type_survey import EXACT, survey
+from remoe.survey.serving_checks import CLUSTER_TYPES
+from remoe.survey.type_survey import EXACT, survey
 
 LOCAL_CHECKS = ["checkpoint", "one-expert budget", "split"]
 

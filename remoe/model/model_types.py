@@ -1,5 +1,5 @@
 """Every MoE model type the pinned transformers has, found by inspecting transformers, and a seeded tiny config
-for each: what the support survey (remoe/model/type_survey.py) builds and checks.
+for each: what the support survey (remoe/survey/type_survey.py) builds and checks.
 
 A model type counts when transformers maps it to a causal-LM class whose modeling module routes its experts
 through `@use_experts_implementation` (the experts interface Remoe places experts through). A composite

@@ -1,5 +1,5 @@
 """What the support survey found for a model type (remoe/model/data/model_type_support.json, written by
-`python -m remoe.model.type_survey --all`): the line `remoe inspect` and `remoe verify` print."""
+`python -m remoe.survey.type_survey --all`): the line `remoe inspect` and `remoe verify` print."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def support_line(model_type: str) -> str:
     return f"support: {model_type} is NOT supported in {where}: {result['reason']}"
 
 
-README_BEGIN = "<!-- model types: written by `python -m remoe.model.type_survey --all` -->"
+README_BEGIN = "<!-- model types: written by `python -m remoe.survey.type_survey --all` -->"
 README_END = "<!-- model types: end -->"
 
 

@@ -1,7 +1,7 @@
 """The support survey: for one MoE model type, a seeded tiny checkpoint as transformers saves it, checked
 against transformers' own `generate` through LocalEngine (the checkpoint, a one-expert budget, a split).
 
-`python -m remoe.model.type_survey TYPE OUT_DIR` prints one JSON line (a TypeResult), so `--all` runs every type
+`python -m remoe.survey.type_survey TYPE OUT_DIR` prints one JSON line (a TypeResult), so `--all` runs every type
 in its own process, several at once: a type that crashes or hangs takes only its own process down.
 """
 
@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from remoe.model.type_support import SUPPORT_FILE
 
 # Outcomes: "exact" (every check equal), "mismatch" (a check differs: a Remoe bug), "remoe" (Remoe cannot load or
 # run it: the reason), "transformers" (transformers itself cannot build or run the tiny model on CPU: the reason).
@@ -49,8 +51,8 @@ def survey(model_type: str, out_dir: Path, tokens: int = SURVEY_TOKENS, cluster:
     from remoe.model.split import split_checkpoint
     from remoe.model.step_cache import batching_unsupported
     from remoe.model.tiny import build_tokenizer
-    from remoe.model.type_serving_checks import batched_tokens, cluster_tokens
     from remoe.model.verify import reference_tokens
+    from remoe.survey.serving_checks import batched_tokens, cluster_tokens
 
     checkpoint = out_dir / "checkpoint"
     try:
@@ -136,7 +138,7 @@ def survey_all(out_dir: Path, jobs: int = 2, timeout_s: float = 600.0) -> list[T
     from tqdm import tqdm
 
     from remoe.model.model_types import moe_model_types
-    from remoe.model.type_serving_checks import CLUSTER_TYPES
+    from remoe.survey.serving_checks import CLUSTER_TYPES
 
     types = moe_model_types()
     text_types = {t.model_type for t in types if not t.composite}
@@ -144,7 +146,7 @@ def survey_all(out_dir: Path, jobs: int = 2, timeout_s: float = 600.0) -> list[T
     def one(model_type: str) -> TypeResult:
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "remoe.model.type_survey", model_type, str(out_dir / model_type)]
+                [sys.executable, "-m", "remoe.survey.type_survey", model_type, str(out_dir / model_type)]
                 + (["--cluster"] if model_type in CLUSTER_TYPES else []),
                 capture_output=True,
                 text=True,
@@ -176,8 +178,8 @@ def write_support(results: list[TypeResult], json_path: Path, table_path: Path, 
     import transformers
 
     from remoe.machine import machine_description
-    from remoe.model.type_serving_checks import CLUSTER_TYPES
     from remoe.model.type_support import readme_summary, replace_readme_block
+    from remoe.survey.serving_checks import CLUSTER_TYPES
 
     version = transformers.__version__
     survey = {"transformers": version, "results": {r.model_type: asdict(r) for r in results}}
@@ -194,7 +196,7 @@ def write_support(results: list[TypeResult], json_path: Path, table_path: Path, 
         "sharing decode steps in the backbone's BatchEngine, for every type whose cache can be batched (the others",
         "are served one request at a time, for the reason given); and (remoe up) a representative subset through a",
         "real local cluster: two expert services, half of each MoE layer's experts in serverless functions, one",
-        'request and then two at once. Written by `python -m remoe.model.type_survey --all`. "transformers" would',
+        'request and then two at once. Written by `python -m remoe.survey.type_survey --all`. "transformers" would',
         "mean transformers raised on the survey's tiny config (building or running it) before Remoe was tried.",
         "",
         "| model type | result | checks passed | max logit diff | concurrent requests | reason |",
@@ -226,7 +228,7 @@ def write_support(results: list[TypeResult], json_path: Path, table_path: Path, 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m remoe.model.type_survey",
+        prog="python -m remoe.survey.type_survey",
         description="Check MoE model types against transformers on seeded tiny checkpoints.",
     )
     parser.add_argument("model_type", nargs="?", help="one model type (prints its result as one JSON line)")
@@ -234,7 +236,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--all", action="store_true", help="every MoE model type, each in its own process")
     parser.add_argument("--cluster", action="store_true", help="one model type: also through `remoe up`")
     parser.add_argument("--jobs", type=int, default=2, help="processes at once with --all (default 2)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "data" / "model_type_support.json")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parents[1] / "model" / "data" / SUPPORT_FILE)
     parser.add_argument("--table", type=Path, default=Path("docs/results/model_types.md"))
     parser.add_argument("--readme", type=Path, default=Path("README.md"), help="whose model-types paragraph to rewrite")
     args = parser.parse_args(argv)
