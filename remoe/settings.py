@@ -77,6 +77,9 @@ class GatewaySettings(ServerSettings):
         description="port of the OpenAI-compatible HTTP API and /metrics (0: any free port)",
     )
     http: bool = Field(True, description="serve the HTTP API (/v1/completions, /v1/chat/completions, /metrics)")
+    http_max_choices: int = Field(
+        32, ge=1, description="(prompt, choice) pairs one /v1/completions request may ask for (prompts x n)"
+    )
     served_model_name: str | None = Field(
         None, description="the model's name in the HTTP API (unset: the model directory's name)"
     )

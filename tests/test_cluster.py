@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import grpc
+import httpx
 import pytest
 import torch
 
@@ -23,7 +24,7 @@ from remoe.constants import MAX_PROMPT_CHARS
 from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk import AsyncClient, Client, DeadlineExceeded, InvalidArgument, Unavailable
-from tests.conftest import ARCHS, PROMPT, reference_generate, warm_functions
+from tests.conftest import ARCHS, PROMPT, reference_generate, reference_logits, warm_functions
 
 pytestmark = pytest.mark.processes  # starts services, clusters, functions or the CLI
 
@@ -59,6 +60,7 @@ def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_
         warm_functions(client)
         result = client.generate(token_ids=ids, max_new_tokens=32)
         functions = list(client.status().backbone.functions)
+        _logprobs_over_sdk_and_http_equal_transformers(client, cluster, path, ids, reference(arch))
         _eight_staggered_requests_with_a_cancel_and_a_deadline(client, path, reference(arch))
     assert result.token_ids == expected
     plan = json.loads(result.usage.plan)
@@ -76,6 +78,22 @@ def test_every_architecture_through_the_cluster_matches_transformers(arch, tiny_
     assert all(n > 0 for n in calls.values()), f"every function should have been called: {calls}"
     assert result.usage.prompt_tokens == len(ids)
     assert (result.usage.prefill_activations.sum(axis=1) == len(ids) * reference(arch).config.num_experts_per_tok).all()
+
+
+def _logprobs_over_sdk_and_http_equal_transformers(client: Client, cluster, path, ids, model) -> None:
+    """echo + logprobs: every prompt token's (the second on) and each generated token's log-probability equal
+    transformers' own float32 log-softmax (1e-4), through the SDK and the HTTP API alike."""
+    sdk = client.generate(token_ids=ids, max_new_tokens=4, logprobs=2, echo=True)
+    sequence = ids + sdk.token_ids
+    logp = torch.log_softmax(reference_logits(model, sequence), dim=-1)
+    want = logp[torch.arange(len(sequence) - 1), torch.tensor(sequence[1:])]  # [T + 3]: token t + 1 under row t
+    got = torch.tensor([p.logprob for p in sdk.prompt_logprobs + sdk.logprobs])
+    assert torch.allclose(got, want, atol=1e-4, rtol=0)
+    body = {"model": path.name, "prompt": ids, "max_tokens": 4, "logprobs": 2, "echo": True, "temperature": 0}
+    reply = httpx.post(f"{cluster.http_url}/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    http = reply.json()["choices"][0]["logprobs"]["token_logprobs"]
+    assert http[0] is None and torch.allclose(torch.tensor(http[1:]), want, atol=1e-4, rtol=0)
 
 
 def _eight_staggered_requests_with_a_cancel_and_a_deadline(client: Client, path, model) -> None:

@@ -130,10 +130,12 @@ class GatewayCore:
         first_token_s = None
         ttft_s = 0.0
         n_out = 0
+        echo = request.sampling.echo
         try:
             for chunk in call:
                 delta = text.push(chunk.token_id)
                 n_out += 1
+                scores = _scores(chunk, ids if echo and n_out == 1 else None)
                 if first_token_s is None:
                     first_token_s = time.perf_counter() - started
                     ttft_s = time.perf_counter() - arrived
@@ -150,6 +152,7 @@ class GatewayCore:
                         finish_reason="stop",
                         usage=usage,
                         request_id=request_id,
+                        **scores,
                     )
                     break
                 if chunk.finish_reason:
@@ -166,6 +169,7 @@ class GatewayCore:
                     finish_reason=chunk.finish_reason,
                     usage=chunk.usage if chunk.finish_reason else None,
                     request_id=request_id,
+                    **scores,
                 )
             self.admission.count_served()
         except grpc.RpcError as e:
@@ -216,3 +220,11 @@ class GatewayCore:
         except grpc.RpcError as e:
             return f"backbone unreachable: {e.code().name}"
         return None if reply.status == health_pb2.HealthCheckResponse.SERVING else "backbone is not serving"
+
+
+def _scores(chunk: backbone_pb2.BackboneChunk, prompt: list[int] | None) -> dict:
+    """A backbone chunk's log-probabilities as GenerateChunk fields; `prompt`: its ids, on an echo's first chunk."""
+    fields: dict = {"logprobs": [chunk.logprob]} if chunk.HasField("logprob") else {}
+    if prompt is not None:
+        fields.update(prompt_token_ids=prompt, prompt_logprobs=chunk.prompt_logprobs)
+    return fields

@@ -6,6 +6,7 @@ import grpc
 
 from remoe.constants import MAX_PROMPT_CHARS
 from remoe.gateway.refused import Refused
+from remoe.model.logprobs import MAX_LOGPROBS
 from remoe.proto import gateway_pb2
 
 
@@ -40,6 +41,8 @@ def check_limits(request: gateway_pb2.GenerateRequest, tokenizer) -> list[str]:
     """Refuses a request whose limits cannot be served; returns its stop strings."""
     if request.sampling.max_new_tokens == 0:
         raise _bad("max_new_tokens must be >= 1")
+    if request.sampling.HasField("logprobs") and request.sampling.logprobs > MAX_LOGPROBS:
+        raise _bad(f"logprobs must be in [0, {MAX_LOGPROBS}], got {request.sampling.logprobs}")
     for name in ("slo_ttft_s", "slo_tpot_s"):
         value = getattr(request, name)
         if not value >= 0 or value == float("inf"):  # NaN fails the first test

@@ -18,6 +18,7 @@ shares), so the requests' `backbone_s` add up to the engine's busy time (`busy_s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from remoe.model.batch_request import (
     past_tokens,
 )
 from remoe.model.generation import make_generator, new_cache, sample_next
+from remoe.model.logprobs import TokenLogprob, keep_top, token_logprobs
 from remoe.model.step_cache import (
     PACKABLE_TYPES,
     PackedStepCache,
@@ -255,9 +257,12 @@ class BatchEngine:
             self.step_requests.append(len(requests))
             self._emit(requests, logits)
 
-    def _alone(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
-        """One request's tokens [1, T] on its own cache, exactly as unbatched: its last position's logits [1, V]."""
-        return self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    def _alone(self, input_ids: torch.Tensor, cache, every_position: bool = False) -> torch.Tensor:
+        """One request's tokens [1, T] on its own cache, exactly as unbatched: its last position's logits [1, V]
+        (every position's, [T, V], for a prompt whose log-probabilities were asked for)."""
+        keep = 0 if every_position else 1
+        logits = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=keep).logits
+        return logits[0] if every_position else logits[:, -1]
 
     def _iterate(self) -> None:
         """One step: every decoding request's next token and this step's prefill chunks, in one packed forward
@@ -292,30 +297,36 @@ class BatchEngine:
         return queries * keys <= MAX_PACKED_SCORES
 
     def _packed(self, decoding: list[BatchRequest], chunks: list[tuple[BatchRequest, int]]) -> None:
-        """Decode tokens and prefill chunks as one sequence [1, N] (a lone chunk: a plain forward on its cache)."""
+        """Decode tokens and prefill chunks as one sequence [1, N] (a lone chunk: a plain forward on its cache).
+        Each request's last position gives its next token; a prompt with echo keeps every position's logits."""
         requests = [*decoding, *(r for r, _ in chunks)]
         tokens = [[r.trace.tokens[-1]] for r in decoding]
         tokens += [r.prompt[r._prefilled : r._prefilled + n] for r, n in chunks]
         pasts = [past_tokens(r) for r in decoding] + [r._prefilled for r, _ in chunks]
         lengths = [len(t) for t in tokens]
         caches = [r._cache for r in requests]
+        every = [not r.decoding and r.params.echo for r in requests]  # rows of all positions
+        keep: list[int] = []  # the packed positions whose logits are needed, in request order
+        last: list[int] = []  # each request's last row among them
+        for start, n, all_ in zip(itertools.accumulate(lengths, initial=0), lengths, every, strict=False):
+            keep += range(start, start + n) if all_ else [start + n - 1]
+            last.append(len(keep) - 1)
 
         def run() -> torch.Tensor:
             input_ids = torch.tensor([[t for seq in tokens for t in seq]], dtype=torch.long, device=self.device)
             if len(requests) == 1:
-                return self._alone(input_ids, caches[0])
+                return self._alone(input_ids, caches[0], every[0])
             positions = torch.cat([p + torch.arange(n) for p, n in zip(pasts, lengths, strict=True)])  # [N]
             mask = packed_masks(caches, lengths, pasts, self._types, self._mask_dtype, self.device)
-            last = torch.tensor(lengths).cumsum(0) - 1  # [S] each request's last token
             out = self.model(
                 input_ids=input_ids,
                 position_ids=positions[None].to(self.device),
                 attention_mask=mask,
                 cache=PackedStepCache(caches, lengths),
                 use_cache=True,
-                logits_to_keep=last.to(self.device),
+                logits_to_keep=torch.tensor(keep, device=self.device),
             )
-            return out.logits[0]  # [S, V]
+            return out.logits[0]  # [len(keep), V]
 
         name = "prefill" if not decoding else "mixed_step"
         logits = self._forward(requests, lengths, run, name)
@@ -323,6 +334,11 @@ class BatchEngine:
             return
         ready = list(range(len(decoding)))
         for i, (request, n) in enumerate(chunks, start=len(decoding)):
+            if every[i]:  # row j predicts prompt token prefilled + j + 1 (the prompt's last row: the first new one)
+                scored = request.prompt[request._prefilled + 1 : request._prefilled + n + 1]
+                request.trace.prompt_logprobs += token_logprobs(
+                    logits[last[i] - n + 1 : last[i] - n + 1 + len(scored)], scored, request.params.logprobs or 0
+                )
             request._prefilled += n
             if request.decoding:  # its prompt is done: this row's logits give its first token
                 if request.recorder is not None:
@@ -333,7 +349,17 @@ class BatchEngine:
         if len(requests) > 1:
             self.packed_steps += 1
         if ready:
-            self._emit([requests[i] for i in ready], logits[ready])
+            self._emit([requests[i] for i in ready], logits[[last[i] for i in ready]])
+
+    @staticmethod
+    def _scores(requests: list[BatchRequest], logits: torch.Tensor, tokens: list[int]) -> dict[int, TokenLogprob]:
+        """The chosen tokens' log-probabilities of the rows that asked for them: one log-softmax for all."""
+        rows = [i for i, r in enumerate(requests) if r.params.logprobs is not None]
+        if not rows:
+            return {}
+        top = max(requests[i].params.logprobs for i in rows)
+        scores = token_logprobs(logits[rows], [tokens[i] for i in rows], top)
+        return {i: keep_top(s, requests[i].params.logprobs) for i, s in zip(rows, scores, strict=True)}
 
     def _emit(self, requests: list[BatchRequest], logits: torch.Tensor) -> None:
         """Sample each request's next token from its logits row [V]; hand it out; end finished requests."""
@@ -341,11 +367,18 @@ class BatchEngine:
         picks: dict[int, int] = {}
         if greedy:  # one argmax (one device sync) for every greedy row
             picks = dict(zip(greedy, torch.argmax(logits[greedy], dim=-1).tolist(), strict=True))
+        tokens = [picks.get(i) for i in range(len(requests))]
+        for i, request in enumerate(requests):
+            if tokens[i] is None:
+                tokens[i] = sample_next(logits[i], request.params, request._generator)
+        scores = self._scores(requests, logits, tokens)
         now = time.perf_counter()
         with self._wake:
             for i, request in enumerate(requests):
-                token = picks[i] if i in picks else sample_next(logits[i], request.params, request._generator)
+                token = tokens[i]
                 trace = request.trace
+                if i in scores:
+                    trace.logprobs.append(scores[i])
                 trace.tokens.append(token)
                 trace.end = now
                 if len(trace.tokens) == 1:

@@ -17,6 +17,7 @@ from remoe.experts.executor import ExpertExecutor, LocalExpertExecutor
 from remoe.model.activations import ActivationRecord, ActivationRecorder, current_recorder
 from remoe.model.backbone import Backbone
 from remoe.model.generation import GenerationTrace, SamplingParams, forward_logits, generate_tokens, new_cache
+from remoe.model.logprobs import TokenLogprob
 from remoe.model.tokenizer import eos_token_ids, load_tokenizer
 
 
@@ -30,6 +31,8 @@ class GenerationResult:
     tpot_s: float  # mean time per output token after the first
     activations: ActivationRecord
     timings: dict[str, float] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with logprobs=N: one per generated token
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # with echo=True: prompt tokens 2..T's
 
 
 class LocalEngine:
@@ -129,5 +132,7 @@ class LocalEngine:
                 tpot_s=trace.tpot_s,
                 activations=record,
                 timings={"total_s": trace.end - trace.start},
+                logprobs=trace.logprobs,
+                prompt_logprobs=trace.prompt_logprobs,
             )
         )

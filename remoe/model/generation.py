@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Cache, DynamicCache, PreTrainedModel
 
+from remoe.model.logprobs import MAX_LOGPROBS, TokenLogprob, prompt_logprobs, token_logprobs
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -21,8 +23,12 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_on_eos: bool = True
+    logprobs: int | None = None  # each new token's log-probability and this many alternatives (None: none)
+    echo: bool = False  # also the prompt tokens' log-probabilities (from the second on)
 
     def __post_init__(self) -> None:
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.temperature < math.inf:  # NaN fails too (it would poison sampling)
@@ -93,6 +99,8 @@ class GenerationTrace:
     """What one generation did: filled in as `generate_tokens` runs."""
 
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token, when asked for
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # prompt tokens 2..T's, with echo
     finish_reason: str = ""  # "stop" (EOS) or "length"; "" while running
     start: float = 0.0
     first_token_at: float = 0.0
@@ -124,11 +132,16 @@ def generate_tokens(
     trace.start = time.perf_counter()
     cache = new_cache(model)
     with torch.inference_mode():
-        logits = forward_logits(model, device, prompt_ids, cache)
+        logits = forward_logits(model, device, prompt_ids, cache, all_positions=params.echo)
+        if params.echo:  # [T, V]: every prompt position's logits, the last one's for the first new token
+            trace.prompt_logprobs = prompt_logprobs(logits, prompt_ids, params.logprobs or 0)
+            logits = logits[-1]
     if on_decode is not None:
         on_decode()
     while True:
         next_id = sample_next(logits, params, generator)
+        if params.logprobs is not None:
+            trace.logprobs.extend(token_logprobs(logits[None], [next_id], params.logprobs))
         trace.tokens.append(next_id)
         trace.end = time.perf_counter()
         if len(trace.tokens) == 1:

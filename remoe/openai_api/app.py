@@ -22,15 +22,19 @@ from remoe.checkpoint.files import load_config
 from remoe.gateway.core import GatewayCore
 from remoe.gateway.refused import Refused
 from remoe.openai_api.chunks import ChunkStream, Completion, collect
+from remoe.openai_api.completions import answer_completions
 from remoe.openai_api.errors import APIError, from_refused
+from remoe.openai_api.logprob_bodies import TokenText, chat_logprobs
 from remoe.openai_api.schema import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from remoe.openai_api.sse import chat_events, completion_events
+from remoe.openai_api.tokenizer_routes import add_tokenizer_routes
 from remoe.proto import common_pb2, gateway_pb2
 from remoe.server.bearer import bearer_problem
 
 log = logging.getLogger(__name__)
 CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's chat default is "until the context ends"; a bound is kinder here
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+MAX_CHOICES = 32  # (prompt, choice) pairs per completion request, unless configured
 HEALTH_TIMEOUT_S = 2.0
 DISCONNECT_POLL_S = 0.25
 # For tokenizers without a chat template (base models): a plain transcript, one "Role: text" line per message.
@@ -53,14 +57,22 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 class OpenAIFrontEnd:
     """The routes' state: the gateway core, the served model's name, the optional bearer token."""
 
-    def __init__(self, core: GatewayCore, model_name: str, token: str | None = None) -> None:
+    def __init__(
+        self, core: GatewayCore, model_name: str, token: str | None = None, max_choices: int = MAX_CHOICES
+    ) -> None:
         self.core = core
         self.model_name = model_name
         self.token = token
         self.created = int(core.model_dir.stat().st_mtime)
         config = load_config(core.model_dir).get_text_config()
         self.context_len = int(getattr(config, "max_position_embeddings", 0) or 0)
+        self.max_choices = max_choices
+        self.token_text = TokenText(core.tokenizer)
         self._limiter: anyio.CapacityLimiter | None = None
+
+    def decode(self, token_ids: list[int]) -> str:
+        tokenizer = self.core.tokenizer
+        return "".join(map(self.token_text, token_ids)) if tokenizer is None else tokenizer.decode(token_ids)
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -86,10 +98,24 @@ class OpenAIFrontEnd:
                 code="model_not_found",
             )
 
-    def generate_request(self, body: SamplingRequest, max_tokens: int, prompt=None, token_ids=None):
-        sampling = common_pb2.SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p)
+    def generate_request(
+        self,
+        body: SamplingRequest,
+        max_tokens: int,
+        prompt=None,
+        token_ids=None,
+        choice: int = 0,
+        logprobs: int | None = None,
+        echo: bool = False,
+    ):
+        """The gateway request of one choice: choice j of a seeded request draws with seed + j."""
+        sampling = common_pb2.SamplingParams(
+            max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, echo=echo
+        )
         if body.seed is not None:
-            sampling.seed = body.seed
+            sampling.seed = (body.seed + choice) % 2**64
+        if logprobs is not None:
+            sampling.logprobs = logprobs
         request = gateway_pb2.GenerateRequest(sampling=sampling, stop=body.stops)
         if token_ids is not None:
             request.token_ids.ids.extend(token_ids)
@@ -129,9 +155,12 @@ async def _first(stream: ChunkStream):
         raise
 
 
-def create_app(core: GatewayCore, model_name: str, token: str | None = None, registry=None) -> FastAPI:
-    """The HTTP API over `core`. `registry`: what /metrics serves (default: the gateway's)."""
-    front = OpenAIFrontEnd(core, model_name, token)
+def create_app(
+    core: GatewayCore, model_name: str, token: str | None = None, registry=None, max_choices: int = MAX_CHOICES
+) -> FastAPI:
+    """The HTTP API over `core`. `registry`: what /metrics serves (default: the gateway's); `max_choices`: the
+    (prompt, choice) pairs one completion request may ask for."""
+    front = OpenAIFrontEnd(core, model_name, token, max_choices)
     registry = registry if registry is not None else core.metrics.registry
     http_requests = Counter(
         "remoe_http_requests", "HTTP API requests by route and status", ["route", "status"], registry=registry
@@ -179,6 +208,8 @@ def create_app(core: GatewayCore, model_name: str, token: str | None = None, reg
     def model_card() -> dict:
         return {"id": front.model_name, "object": "model", "created": front.created, "owned_by": "remoe"}
 
+    add_tokenizer_routes(app, front, authorized)
+
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
@@ -192,12 +223,31 @@ def create_app(core: GatewayCore, model_name: str, token: str | None = None, reg
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: CompletionRequest, http: Request):
         front.check_model(body)
-        max_tokens = body.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
-        if isinstance(body.prompt, str):
-            request = front.generate_request(body, max_tokens, prompt=body.prompt)
-        else:
-            request = front.generate_request(body, max_tokens, token_ids=body.prompt)
-        return await _answer(front, body, request, "text_completion", http)
+        max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETION_DEFAULT_MAX_TOKENS
+        prompts = body.prompts
+        if len(prompts) * body.n > front.max_choices:
+            raise APIError(
+                400,
+                f"prompt: {len(prompts)} prompt(s) x n={body.n} is over this server's limit of {front.max_choices} "
+                "choices per request (REMOE_GATEWAY_HTTP_MAX_CHOICES)",
+                param="prompt",
+            )
+        requests = [
+            front.generate_request(
+                body,
+                max(1, max_tokens),  # max_tokens 0 (echo): the prefill makes one token anyway, left out below
+                prompt=p if isinstance(p, str) else None,
+                token_ids=None if isinstance(p, str) else p,
+                choice=j,
+                logprobs=body.logprobs,
+                echo=body.echo,
+            )
+            for p in prompts
+            for j in range(body.n)
+        ]
+        if body.stream:
+            return await _answer(front, body, requests[0], "text_completion", http, body.logprobs is not None)
+        return JSONResponse(await answer_completions(front, body, requests, http))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(body: ChatCompletionRequest, http: Request):
@@ -207,8 +257,8 @@ def create_app(core: GatewayCore, model_name: str, token: str | None = None, reg
         if limit is None:  # the default stops at the model's context rather than run past it
             room = front.context_len - len(ids) if front.context_len else CHAT_DEFAULT_MAX_TOKENS
             limit = max(1, min(CHAT_DEFAULT_MAX_TOKENS, room))
-        request = front.generate_request(body, limit, token_ids=ids)
-        return await _answer(front, body, request, "chat.completion", http)
+        request = front.generate_request(body, limit, token_ids=ids, logprobs=body.logprob_alternatives)
+        return await _answer(front, body, request, "chat.completion", http, body.logprobs)
 
     return app
 
@@ -239,14 +289,18 @@ class RequestCounter:
             self.counter.labels(getattr(route, "path", "other"), str(status[0])).inc()
 
 
-async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: str, http: Request):
+async def _answer(
+    front: OpenAIFrontEnd, body: SamplingRequest, request, kind: str, http: Request, logprobs: bool = False
+):
+    """One choice: streamed, or whole (a chat completion's)."""
     stream = front.stream(request)
     first = await _first(stream)
     created = int(time.time())
+    text_of = front.token_text if logprobs else None
     if body.stream:
         events = chat_events if kind == "chat.completion" else completion_events
         return StreamingResponse(
-            _sse(events(stream, first, front.model_name, created, body.include_usage)),
+            _sse(events(stream, first, front.model_name, created, body.include_usage, text_of)),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -259,7 +313,8 @@ async def _answer(front: OpenAIFrontEnd, body: SamplingRequest, request, kind: s
         raise from_refused(e) from None
     finally:
         stream.close()
-    return JSONResponse(done.body(kind, front.model_name, created))
+    scores = chat_logprobs(text_of, done.logprobs) if text_of is not None else None
+    return JSONResponse(done.body(kind, front.model_name, created, scores))
 
 
 async def _cancel_when_gone(http: Request, stream: ChunkStream) -> None:

@@ -3,7 +3,7 @@ gathered from it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -49,32 +49,41 @@ class ChunkStream:
 
 @dataclass
 class Completion:
+    """One choice as the gateway made it: its text, tokens and (when asked) their log-probabilities."""
+
     request_id: str
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list = field(default_factory=list)  # common_pb2.TokenLogprob per token (with logprobs)
+    prompt_token_ids: list[int] = field(default_factory=list)  # with echo
+    prompt_logprobs: list = field(default_factory=list)  # prompt tokens 2..T's (with echo)
 
     def usage(self) -> dict:
         return usage_body(self.prompt_tokens, self.completion_tokens)
 
-    def body(self, kind: str, model: str, created: int) -> dict:
+    def body(self, kind: str, model: str, created: int, logprobs: dict | None = None) -> dict:
         if kind == "chat.completion":
             choice = {"index": 0, "message": {"role": "assistant", "content": self.text}}
-            prefix = "chatcmpl"
         else:
             choice = {"index": 0, "text": self.text}
-            prefix = "cmpl"
-        choice.update(logprobs=None, finish_reason=self.finish_reason)
-        return {
-            "id": f"{prefix}-{self.request_id}",
-            "object": kind,
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [choice],
-            "usage": self.usage(),
-        }
+        choice.update(logprobs=logprobs, finish_reason=self.finish_reason)
+        return response_body(kind, model, created, self.request_id, [choice], self.usage())
+
+
+def response_body(kind: str, model: str, created: int, request_id: str, choices: list[dict], usage: dict) -> dict:
+    prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
+    return {
+        "id": f"{prefix}-{request_id}",
+        "object": kind,
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -96,4 +105,8 @@ async def collect(stream: ChunkStream, first: gateway_pb2.GenerateChunk | None) 
         finish_reason=last.finish_reason or "stop",
         prompt_tokens=last.usage.prompt_tokens,
         completion_tokens=last.usage.completion_tokens,
+        token_ids=[t for c in chunks for t in c.token_ids],
+        logprobs=[lp for c in chunks for lp in c.logprobs],
+        prompt_token_ids=list(chunks[0].prompt_token_ids),
+        prompt_logprobs=list(chunks[0].prompt_logprobs),
     )

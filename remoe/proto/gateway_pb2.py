@@ -26,7 +26,7 @@ from remoe.proto import common_pb2 as remoe_dot_v1_dot_common__pb2
 from remoe.proto import backbone_pb2 as remoe_dot_v1_dot_backbone__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16remoe/v1/gateway.proto\x12\x08remoe.v1\x1a\x15remoe/v1/common.proto\x1a\x17remoe/v1/backbone.proto\"\xcb\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x12.remoe.v1.TokenIdsH\x00\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.remoe.v1.SamplingParams\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nslo_ttft_s\x18\x06 \x01(\x01\x12\x12\n\nslo_tpot_s\x18\x07 \x01(\x01\x42\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\x81\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x12\n\ntext_delta\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.remoe.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x0f\n\rStatusRequest\"\xc7\x01\n\x0bStatusReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_requests\x18\x02 \x01(\r\x12\x17\n\x0fserved_requests\x18\x03 \x01(\x04\x12/\n\x08\x62\x61\x63kbone\x18\x04 \x01(\x0b\x32\x1d.remoe.v1.BackboneStatusReply\x12\x16\n\x0e\x62\x61\x63kbone_error\x18\x05 \x01(\t\x12\x18\n\x10refused_requests\x18\x06 \x01(\x04\x12\x14\n\x0cmax_requests\x18\x07 \x01(\r2\x8c\x01\n\x0eGatewayService\x12@\n\x08Generate\x12\x19.remoe.v1.GenerateRequest\x1a\x17.remoe.v1.GenerateChunk0\x01\x12\x38\n\x06Status\x12\x17.remoe.v1.StatusRequest\x1a\x15.remoe.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16remoe/v1/gateway.proto\x12\x08remoe.v1\x1a\x15remoe/v1/common.proto\x1a\x17remoe/v1/backbone.proto\"\xcb\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12\'\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x12.remoe.v1.TokenIdsH\x00\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.remoe.v1.SamplingParams\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nslo_ttft_s\x18\x06 \x01(\x01\x12\x12\n\nslo_tpot_s\x18\x07 \x01(\x01\x42\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xf6\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x12\n\ntext_delta\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.remoe.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12(\n\x08logprobs\x18\x06 \x03(\x0b\x32\x16.remoe.v1.TokenLogprob\x12\x18\n\x10prompt_token_ids\x18\x07 \x03(\x03\x12/\n\x0fprompt_logprobs\x18\x08 \x03(\x0b\x32\x16.remoe.v1.TokenLogprob\"\x0f\n\rStatusRequest\"\xc7\x01\n\x0bStatusReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_requests\x18\x02 \x01(\r\x12\x17\n\x0fserved_requests\x18\x03 \x01(\x04\x12/\n\x08\x62\x61\x63kbone\x18\x04 \x01(\x0b\x32\x1d.remoe.v1.BackboneStatusReply\x12\x16\n\x0e\x62\x61\x63kbone_error\x18\x05 \x01(\t\x12\x18\n\x10refused_requests\x18\x06 \x01(\x04\x12\x14\n\x0cmax_requests\x18\x07 \x01(\r2\x8c\x01\n\x0eGatewayService\x12@\n\x08Generate\x12\x19.remoe.v1.GenerateRequest\x1a\x17.remoe.v1.GenerateChunk0\x01\x12\x38\n\x06Status\x12\x17.remoe.v1.StatusRequest\x1a\x15.remoe.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,11 +38,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=290
   _globals['_TOKENIDS']._serialized_end=313
   _globals['_GENERATECHUNK']._serialized_start=316
-  _globals['_GENERATECHUNK']._serialized_end=445
-  _globals['_STATUSREQUEST']._serialized_start=447
-  _globals['_STATUSREQUEST']._serialized_end=462
-  _globals['_STATUSREPLY']._serialized_start=465
-  _globals['_STATUSREPLY']._serialized_end=664
-  _globals['_GATEWAYSERVICE']._serialized_start=667
-  _globals['_GATEWAYSERVICE']._serialized_end=807
+  _globals['_GENERATECHUNK']._serialized_end=562
+  _globals['_STATUSREQUEST']._serialized_start=564
+  _globals['_STATUSREQUEST']._serialized_end=579
+  _globals['_STATUSREPLY']._serialized_start=582
+  _globals['_STATUSREPLY']._serialized_end=781
+  _globals['_GATEWAYSERVICE']._serialized_start=784
+  _globals['_GATEWAYSERVICE']._serialized_end=924
 # @@protoc_insertion_point(module_scope)

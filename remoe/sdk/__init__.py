@@ -10,6 +10,7 @@ from remoe.sdk.errors import (
     Unauthenticated,
     Unavailable,
 )
+from remoe.sdk.scores import Score, TokenLogprob
 
 __all__ = [
     "AsyncClient",
@@ -22,6 +23,8 @@ __all__ = [
     "RemoeRpcError",
     "ResourceExhausted",
     "Result",
+    "Score",
+    "TokenLogprob",
     "Unauthenticated",
     "Unavailable",
     "Usage",

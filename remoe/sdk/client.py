@@ -17,6 +17,7 @@ import numpy as np
 from remoe.ports import DEFAULT_PORTS
 from remoe.proto import common_pb2, gateway_pb2, gateway_pb2_grpc
 from remoe.sdk.errors import from_rpc_error
+from remoe.sdk.scores import Score, TokenLogprob
 from remoe.transport.channel import CLIENT_CHANNEL_OPTIONS
 
 
@@ -61,6 +62,9 @@ class Chunk:
     text: str
     finish_reason: str = ""
     usage: Usage | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with logprobs=N: one per token id
+    prompt_token_ids: list[int] = field(default_factory=list)  # with echo=True, on the first chunk
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # prompt tokens 2..T's (echo, first chunk)
 
 
 @dataclass(slots=True)
@@ -70,6 +74,9 @@ class Result:
     finish_reason: str
     usage: Usage
     request_id: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with logprobs=N: one per generated token
+    prompt_token_ids: list[int] = field(default_factory=list)  # with echo=True
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # with echo=True: prompt tokens 2..T's
 
 
 def build_request(
@@ -85,9 +92,12 @@ def build_request(
     request_id: str = "",
     slo_ttft_s: float = 0.0,
     slo_tpot_s: float = 0.0,
+    logprobs: int | None = None,
+    echo: bool = False,
 ) -> gateway_pb2.GenerateRequest:
     """The GenerateRequest for these options (the keyword arguments of Client.generate/stream). The SLOs (0 = the
-    cluster's default) are what the scheduler plans this request for."""
+    cluster's default) are what the scheduler plans this request for. `logprobs=N` (0-20): each generated token's
+    log-probability and its N most likely alternatives; `echo`: the prompt tokens' too."""
     if (prompt is None) == (token_ids is None):
         raise ValueError("pass exactly one of prompt and token_ids")
     sampling = common_pb2.SamplingParams(
@@ -95,6 +105,9 @@ def build_request(
     )
     if seed is not None:
         sampling.seed = seed
+    if logprobs is not None:
+        sampling.logprobs = logprobs
+    sampling.echo = echo
     request = gateway_pb2.GenerateRequest(
         sampling=sampling, stop=stop or [], request_id=request_id, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s
     )
@@ -107,17 +120,38 @@ def build_request(
 
 def _chunk(msg: gateway_pb2.GenerateChunk) -> Chunk:
     usage = Usage.from_proto(msg.usage) if msg.HasField("usage") else None
-    return Chunk(list(msg.token_ids), msg.text_delta, msg.finish_reason, usage)
+    return Chunk(
+        list(msg.token_ids),
+        msg.text_delta,
+        msg.finish_reason,
+        usage,
+        [TokenLogprob.from_proto(m) for m in msg.logprobs],
+        list(msg.prompt_token_ids),
+        [TokenLogprob.from_proto(m) for m in msg.prompt_logprobs],
+    )
 
 
 def _collect(chunks, request_id: str = "") -> Result:
-    ids, text, finish, usage = [], [], "", None
+    result = Result([], "", "", Usage(), request_id)
+    text = []
     for chunk in chunks:
-        ids += chunk.token_ids
+        result.token_ids += chunk.token_ids
+        result.logprobs += chunk.logprobs
+        result.prompt_token_ids += chunk.prompt_token_ids
+        result.prompt_logprobs += chunk.prompt_logprobs
         text.append(chunk.text)
-        finish = chunk.finish_reason or finish
-        usage = chunk.usage or usage
-    return Result(ids, "".join(text), finish, usage or Usage(), request_id)
+        result.finish_reason = chunk.finish_reason or result.finish_reason
+        result.usage = chunk.usage or result.usage
+    result.text = "".join(text)
+    return result
+
+
+def _score_options(options: dict) -> dict:
+    """Client.score's generate options: the prompt's own log-probabilities, one token made (and dropped)."""
+    unknown = set(options) - {"logprobs", "request_id", "timeout"}
+    if unknown:
+        raise TypeError(f"score() takes logprobs, request_id and timeout, not {sorted(unknown)}")
+    return {"logprobs": 0, **options, "echo": True, "max_new_tokens": 1, "ignore_eos": True}
 
 
 @dataclass(frozen=True)
@@ -187,6 +221,13 @@ class Client:
     def generate(self, prompt: str | None = None, token_ids: list[int] | None = None, **kwargs) -> Result:
         return _collect(self.stream(prompt=prompt, token_ids=token_ids, **kwargs), kwargs.get("request_id", ""))
 
+    def score(self, prompt: str | None = None, token_ids: list[int] | None = None, **options) -> Score:
+        """The log-probability of every prompt token from the second on (`logprobs=N` adds N alternatives each):
+        one prefill on the backbone. `score(token_ids=context + continuation).total(len(context))` is the
+        continuation's log-likelihood."""
+        result = self.generate(prompt=prompt, token_ids=token_ids, **_score_options(options))
+        return Score(result.prompt_token_ids, result.prompt_logprobs)
+
     def status(self, timeout: float = 10.0) -> gateway_pb2.StatusReply:
         try:
             return self._stub.Status(gateway_pb2.StatusRequest(), timeout=timeout, metadata=self._connection.metadata)
@@ -239,6 +280,10 @@ class AsyncClient:
     async def generate(self, prompt: str | None = None, token_ids: list[int] | None = None, **kwargs) -> Result:
         chunks = [c async for c in self.stream(prompt=prompt, token_ids=token_ids, **kwargs)]
         return _collect(chunks, kwargs.get("request_id", ""))
+
+    async def score(self, prompt: str | None = None, token_ids: list[int] | None = None, **options) -> Score:
+        result = await self.generate(prompt=prompt, token_ids=token_ids, **_score_options(options))
+        return Score(result.prompt_token_ids, result.prompt_logprobs)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -32,7 +32,7 @@ from remoe.model.backbone import Backbone
 from remoe.model.batch_engine import BatchEngine
 from remoe.model.batch_request import BatchRequest, BatchSettings, DeadlinePassed, RequestCancelled
 from remoe.model.generation import GenerationTrace, SamplingParams, generate_tokens
-from remoe.model.messages import activation_summary, add_batch_usage, sampling_from_proto
+from remoe.model.messages import activation_summary, add_batch_usage, sampling_from_proto, token_chunk
 from remoe.model.step_cache import batching_unsupported
 from remoe.model.tokenizer import eos_token_ids
 from remoe.platform.base import FunctionStartError
@@ -152,11 +152,12 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                 else:
                     trace = GenerationTrace()
                     steps = self._unbatched(ids, params, trace, recorder, request_id, deadline, routing, billed)
-                for token in steps:
+                for n, token in enumerate(steps):
                     if not context.is_active():
                         return  # the client cancelled or its deadline passed: stop computing
+                    chunk = token_chunk(token, n, trace, params)
                     if not trace.finish_reason:
-                        yield backbone_pb2.BackboneChunk(token_id=token)
+                        yield chunk
                         continue
                     record = recorder.record
                     record.n_in, record.n_out = len(ids), len(trace.tokens)
@@ -176,7 +177,9 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         self._served += 1
                         self._ttft_ms.append(trace.ttft_s * 1e3)
                         self._tpot_ms.append(trace.tpot_s * 1e3)
-                    yield backbone_pb2.BackboneChunk(token_id=token, finish_reason=trace.finish_reason, usage=usage)
+                    chunk.finish_reason = trace.finish_reason
+                    chunk.usage.CopyFrom(usage)
+                    yield chunk
         except RemoteExpertError as e:
             context.abort(e.code, str(e))
         except DeadlinePassed as e:

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     if s.http:  # before the gRPC server writes its ready file: ready means both serve
         from remoe.openai_api import HttpServer, create_app
 
-        app = create_app(core, s.served_model_name or Path(s.model).resolve().name, s.auth_token)
+        app = create_app(
+            core, s.served_model_name or Path(s.model).resolve().name, s.auth_token, max_choices=s.http_max_choices
+        )
         http = HttpServer(app, s.host, s.http_port, s.tls_cert, s.tls_key)
         port = http.start()
         if s.ready_file is not None:
