@@ -1,0 +1,238 @@
+"""Issue 24's first measurement: which CPU kernel a quantized expert could use, at DeepSeek-V2-Lite's expert shape
+(hidden 2048, intermediate 1408), against the read bandwidth measured in the same run.
+
+Candidates, each an expert FFN `down(silu(x gate^T) * (x up^T))` over 16 experts (so their weights do not sit in
+the cache between calls), 1, 4 and 8 tokens each:
+- bf16: `F.linear` on bf16 weights, and on weights reordered once for oneDNN (Remoe's `onednn` expert kernel,
+  the fast bf16 path of docs/results/hardware_limit.md): the baselines;
+- int8 (symmetric per output channel): torch's `_weight_int8pack_mm`, and dequantize-then-`F.linear`;
+- int4 (asymmetric, group 128 and 32): torch's `_weight_int4pack_mm_for_cpu` on weights packed by
+  `_convert_weight_to_int4pack_for_cpu`.
+Each candidate's output is checked against float32 math on the same dequantized weights first. Candidates and
+the bandwidth ceiling run in rounds (each round runs every one once) and the best of the rounds is kept, so the
+machine's noise falls on all alike. GB/s counts the bytes a candidate reads: its packed weights and scales.
+
+Usage: python bench/quantized_kernels.py [--rounds 7] [--out docs/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hardware_limit import Ceilings  # noqa: E402
+
+from remoe.machine import machine_description  # noqa: E402
+
+HIDDEN, INTERMEDIATE = 2048, 1408  # DeepSeek-V2-Lite's routed expert
+EXPERTS = 16
+TOKENS = [1, 4, 8]
+GB = 1e9
+
+
+def _int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: w [N, K] -> (q [N, K] int8, scale [N] bf16)."""
+    scale = (w.float().abs().amax(dim=1) / 127).clamp(min=1e-8)
+    q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale.to(torch.bfloat16)
+
+
+def _int4(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise uint4 as torch's int4 kernel reads it: w = (q - 8) * scale + zero per group of
+    `group` input columns. Returns (q [N, K] int32, scales_and_zeros [K/group, N, 2] bf16, dequantized [N, K])."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // group, group)
+    lo, hi = g.amin(dim=2), g.amax(dim=2)
+    scale = ((hi - lo) / 15).clamp(min=1e-8)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15)
+    zero = lo + 8 * scale  # so that (q - 8) * scale + zero = lo + q * scale
+    sz = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)  # [K/group, N, 2]
+    s = sz[..., 0].float().transpose(0, 1)[..., None]
+    z = sz[..., 1].float().transpose(0, 1)[..., None]
+    dequantized = ((q - 8) * s + z).reshape(n, k)
+    return q.reshape(n, k).to(torch.int32), sz, dequantized
+
+
+class Candidate:
+    """One kernel over EXPERTS experts: `run(x)` computes every expert on x [T, H]; `nbytes` what it reads."""
+
+    def __init__(self, name: str, experts: list, expert_fn: Callable, nbytes: int, reference: list) -> None:
+        self.name, self.experts, self.expert_fn, self.nbytes = name, experts, expert_fn, nbytes
+        self.reference = reference  # per expert: float32 (gate, up, down) of the weights it computes with
+
+    def run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.expert_fn(x, *e) for e in self.experts]
+
+    def max_rel_error(self, x: torch.Tensor) -> float:
+        got = self.run(x)
+        worst = 0.0
+        for out, (gate, up, down) in zip(got, self.reference, strict=True):
+            xf = x.float()
+            want = F.linear(F.silu(F.linear(xf, gate)) * F.linear(xf, up), down)
+            worst = max(worst, float((out.float() - want).abs().max() / want.abs().max()))
+        return worst
+
+
+def _ffn(linear: Callable) -> Callable:
+    def expert(x, gate, up, down):
+        return linear(F.silu(linear(x, gate)) * linear(x, up), down)
+
+    return expert
+
+
+def candidates(weights: list[list[torch.Tensor]]) -> list[Candidate]:
+    """weights: per expert [gate [I, H], up [I, H], down [H, I]] in bf16."""
+    out = []
+    ref = [[m.float() for m in e] for e in weights]
+    nbytes = sum(m.numel() * 2 for e in weights for m in e)
+    out.append(Candidate("bf16 F.linear", weights, _ffn(F.linear), nbytes, ref))
+    reorder, onednn = torch.ops.mkldnn._reorder_linear_weight, torch.ops.mkldnn._linear_pointwise
+    prepacked = [[reorder(m.contiguous()) for m in e] for e in weights]
+    out.append(
+        Candidate(
+            "bf16 oneDNN prepacked", prepacked, _ffn(lambda x, w: onednn(x, w, None, "none", [], "")), nbytes, ref
+        )
+    )
+
+    int8 = [[_int8(m) for m in e] for e in weights]
+    ref8 = [[q.float() * s.float()[:, None] for q, s in e] for e in int8]
+    bytes8 = sum(q.numel() + s.numel() * 2 for e in int8 for q, s in e)
+    out.append(
+        Candidate(
+            "int8 _weight_int8pack_mm",
+            int8,
+            _ffn(lambda x, qs: torch._weight_int8pack_mm(x, qs[0], qs[1])),
+            bytes8,
+            ref8,
+        )
+    )
+    out.append(
+        Candidate(
+            "int8 dequantize + F.linear",
+            int8,
+            _ffn(lambda x, qs: F.linear(x, qs[0].to(torch.bfloat16) * qs[1][:, None])),
+            bytes8,
+            ref8,
+        )
+    )
+    for group in (128, 32):
+        int4 = [[_int4(m, group) for m in e] for e in weights]
+        packed = [[(torch._convert_weight_to_int4pack_for_cpu(q, 2), sz) for q, sz, _ in e] for e in int4]
+        ref4 = [[d for _, _, d in e] for e in int4]
+        bytes4 = sum(p.numel() * p.element_size() + sz.numel() * 2 for e in packed for p, sz in e)
+        out.append(
+            Candidate(
+                f"int4 g{group} _weight_int4pack_mm_for_cpu",
+                packed,
+                _ffn(lambda x, p, group=group: torch._weight_int4pack_mm_for_cpu(x, p[0], group, p[1])),
+                bytes4,
+                ref4,
+            )
+        )
+    return out
+
+
+def measure(rounds: int) -> dict:
+    torch.manual_seed(0)
+    weights = [
+        [
+            torch.randn(INTERMEDIATE, HIDDEN, dtype=torch.bfloat16) / HIDDEN**0.5,
+            torch.randn(INTERMEDIATE, HIDDEN, dtype=torch.bfloat16) / HIDDEN**0.5,
+            torch.randn(HIDDEN, INTERMEDIATE, dtype=torch.bfloat16) / INTERMEDIATE**0.5,
+        ]
+        for _ in range(EXPERTS)
+    ]
+    cands = candidates(weights)
+    inputs = {t: torch.randn(t, HIDDEN, dtype=torch.bfloat16) for t in TOKENS}
+    errors = {c.name: c.max_rel_error(inputs[4]) for c in cands}
+    best = {(c.name, t): float("inf") for c in cands for t in TOKENS}
+    ceilings = Ceilings()
+    with torch.inference_mode():
+        for c in cands:  # warm-up
+            for t in TOKENS:
+                c.run(inputs[t])
+        for _ in range(rounds):
+            ceilings.round()
+            for c in cands:
+                for t in TOKENS:
+                    start = time.perf_counter()
+                    c.run(inputs[t])
+                    best[c.name, t] = min(best[c.name, t], time.perf_counter() - start)
+    bandwidth, _ = ceilings.result()
+    rows = []
+    for c in cands:
+        for t in TOKENS:
+            seconds = best[c.name, t]
+            gb_s = c.nbytes / seconds / GB
+            rows.append(
+                {
+                    "kernel": c.name,
+                    "tokens": t,
+                    "ms": seconds * 1e3,
+                    "mb_read": c.nbytes / 1e6,
+                    "gb_s": gb_s,
+                    "of_read_bandwidth": gb_s / bandwidth["read_gb_s"],
+                    "speedup_vs_bf16": best["bf16 F.linear", t] / seconds,
+                    "speedup_vs_onednn_bf16": best["bf16 oneDNN prepacked", t] / seconds,
+                    "max_rel_error": errors[c.name],
+                }
+            )
+    return {
+        "machine": machine_description(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "shape": {"hidden": HIDDEN, "intermediate": INTERMEDIATE, "experts": EXPERTS},
+        "rounds": rounds,
+        "bandwidth": bandwidth,
+        "rows": rows,
+    }
+
+
+def write_markdown(r: dict, path: Path) -> None:
+    bw = r["bandwidth"]
+    lines = [
+        "# Quantized expert kernels on the CPU (issue 24, first measurement)",
+        "",
+        f"Machine: {r['machine']}. Date: {r['date']}. Written by `python bench/quantized_kernels.py`.",
+        "",
+        f"{r['shape']['experts']} experts of DeepSeek-V2-Lite's shape (hidden {r['shape']['hidden']}, intermediate "
+        f"{r['shape']['intermediate']}: gate, up, down), each token set through all of them, best of {r['rounds']} "
+        f"rounds. Read bandwidth in the same run: {bw['read_gb_s']:.1f} GB/s ({bw['threads']} threads). GB/s "
+        "counts what each kernel reads (packed weights and scales); `max rel error` is against float32 math on the "
+        "same dequantized weights (bf16 activations and accumulation in the kernels). int8: symmetric per output "
+        "channel; int4: asymmetric per group of input columns.",
+        "",
+        "| kernel | tokens | ms | MB read | GB/s | of read bw | vs bf16 F.linear | vs bf16 oneDNN | max rel error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['kernel']} | {row['tokens']} | {row['ms']:.2f} | {row['mb_read']:.1f} | {row['gb_s']:.1f} | "
+            f"{row['of_read_bandwidth']:.0%} | {row['speedup_vs_bf16']:.2f}x | {row['speedup_vs_onednn_bf16']:.2f}x | "
+            f"{row['max_rel_error']:.1e} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of every candidate (the best is kept)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    args = parser.parse_args()
+    result = measure(args.rounds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quantized_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_markdown(result, args.out / "quantized_kernels.md")
+    print((args.out / "quantized_kernels.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
