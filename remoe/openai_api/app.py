@@ -30,11 +30,12 @@ from remoe.openai_api.sse import chat_events, completion_events
 from remoe.openai_api.tokenizer_routes import add_tokenizer_routes
 from remoe.proto import common_pb2, gateway_pb2
 from remoe.server.bearer import bearer_problem
+from remoe.settings import GatewaySettings, default_of
 
 log = logging.getLogger(__name__)
 CHAT_DEFAULT_MAX_TOKENS = 256  # OpenAI's chat default is "until the context ends"; a bound is kinder here
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
-MAX_CHOICES = 32  # (prompt, choice) pairs per completion request, unless configured
+MAX_CHOICES = default_of(GatewaySettings, "http_max_choices")  # (prompt, choice) pairs per completion request
 HEALTH_TIMEOUT_S = 2.0
 DISCONNECT_POLL_S = 0.25
 # For tokenizers without a chat template (base models): a plain transcript, one "Role: text" line per message.

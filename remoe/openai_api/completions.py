@@ -65,6 +65,8 @@ async def _cancel_when_gone(http: Request, streams: list[ChunkStream]) -> None:
 
 
 def _body(front, body: CompletionRequest, done: list[Completion]) -> dict:
+    if not done:
+        raise APIError(500, "the gateway answered no choice")
     score_only = body.max_tokens == 0
     prompts = body.prompts
     choices, prompt_tokens, completion_tokens = [], 0, 0
@@ -85,7 +87,5 @@ def _body(front, body: CompletionRequest, done: list[Completion]) -> dict:
         logprobs = completion_logprobs(front.token_text, tokens, scores) if body.logprobs is not None else None
         finish = "length" if score_only else completion.finish_reason
         choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
-    if not done:
-        raise APIError(500, "the gateway answered no choice")
     usage = usage_body(prompt_tokens, completion_tokens)
     return response_body("text_completion", front.model_name, int(time.time()), done[0].request_id, choices, usage)

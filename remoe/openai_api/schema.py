@@ -9,8 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from remoe.model.logprobs import MAX_LOGPROBS
+
 MAX_STOP_STRINGS = 4  # OpenAI's own limit
-MAX_LOGPROBS = 20  # OpenAI's own limit (the backbone's too: remoe/model/logprobs.py)
 MAX_N = 16  # choices per prompt
 
 
