@@ -133,7 +133,7 @@ def test_the_budget_counts_the_prepared_bytes(kernel, tiny_model):
 def test_native_packs_weights_into_fresh_memory_with_padding(tiny_model):
     """Rows are padded to whole 16-row blocks, and the packed copy shares nothing with the file's pages."""
     w = torch.arange(20 * 3, dtype=torch.float32).view(20, 3)
-    packed = native.pack(w)
+    packed = native.pack(w).weight
     assert packed.numel() == 32 * 3 and packed.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()
     blocks = packed.view(2, 3, 16)  # [N/16, K, 16]
     assert torch.equal(blocks[0].T, w[:16]) and torch.equal(blocks[1].T[:4], w[16:])

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from remoe.checkpoint.quantized import ExpertFormat
 from remoe.errors import CheckpointError
 
 MANIFEST_FILE = "manifest.json"
@@ -41,13 +42,14 @@ class Manifest:
     num_experts: int
     top_k: int
     hidden_size: int
-    dtype: str  # dtype of the stored expert weights, e.g. "float32"
+    dtype: str  # the checkpoint's expert dtype, e.g. "float32" (what `expert_format` was made from)
     backbone_file: str
     backbone_bytes: int  # exact tensor-data bytes of the backbone (tied weights once)
     kv_cache_bytes_per_token: int
     layers: list[LayerExperts] = field(default_factory=list)
     format: str = FORMAT
     experts_math: ExpertsMath | None = None  # None: the experts need their class (or a split made before it)
+    expert_format: ExpertFormat | None = None  # None: experts as the checkpoint stores them (exact)
 
     def __post_init__(self) -> None:
         if self.format != FORMAT:
@@ -74,6 +76,14 @@ class Manifest:
         (directory / MANIFEST_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
+    def expert_format_label(cls, directory: Path) -> str:
+        """ "" for an original checkpoint or an exact split; else how the split stores its experts."""
+        if not (Path(directory) / MANIFEST_FILE).is_file():
+            return ""
+        fmt = cls.load(Path(directory)).expert_format
+        return fmt.label() if fmt is not None else ""
+
+    @classmethod
     def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST_FILE
         try:
@@ -81,6 +91,8 @@ class Manifest:
             raw["layers"] = [LayerExperts(**entry) for entry in raw["layers"]]
             if raw.get("experts_math") is not None:
                 raw["experts_math"] = ExpertsMath(**raw["experts_math"])
+            if raw.get("expert_format") is not None:
+                raw["expert_format"] = ExpertFormat(**raw["expert_format"])
             return cls(**raw)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: not found (is {directory} a `remoe split` output?)") from None

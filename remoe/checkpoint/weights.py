@@ -19,6 +19,7 @@ from remoe.checkpoint.dtypes import SAFETENSORS_DTYPES
 from remoe.checkpoint.expert_sources import ExpertSource, split_expert_source
 from remoe.checkpoint.files import Checkpoint, load_config
 from remoe.checkpoint.manifest import MANIFEST_FILE, Manifest, split_expert_key
+from remoe.checkpoint.quantized import ExpertFormat, QuantizedWeight, read_stored
 from remoe.checkpoint.weight_map import WeightMap, build_weight_map
 
 __all__ = ["ModelWeights", "CheckpointWeights", "SplitWeights", "open_weights", "split_expert_key"]
@@ -31,6 +32,7 @@ class ModelWeights(ABC):
     config: PretrainedConfig
     arch: Architecture  # float32 meta skeleton, for names and shapes only
     ckpt: Checkpoint
+    expert_format: ExpertFormat | None = None  # a split's reduced expert format; None: as the checkpoint has them
 
     @abstractmethod
     def backbone_names(self) -> list[str]: ...
@@ -50,8 +52,9 @@ class ModelWeights(ABC):
         return sum(self.ckpt.info(self.backbone_key(n)).nbytes for n in self.backbone_names())
 
     @abstractmethod
-    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
-        """One expert's tensors by experts-module parameter name, per-expert shape (no E dim)."""
+    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor | QuantizedWeight]:
+        """One expert's tensors by experts-module parameter name, per-expert shape (no E dim); a quantized split
+        gives its matrices as QuantizedWeight."""
 
     @abstractmethod
     def expert_nbytes(self, layer: int, expert: int) -> int:
@@ -66,7 +69,9 @@ class ModelWeights(ABC):
         """Where every expert's `param` of this layer lies on disk (a lean function reads it through this)."""
 
     def expert_nbytes_as(self, layer: int, expert: int, dtype: torch.dtype) -> int:
-        """Bytes of one expert once loaded in `dtype`."""
+        """Bytes of one expert once loaded in `dtype` (a reduced format is held as stored)."""
+        if self.expert_format is not None:
+            return self.expert_nbytes(layer, expert)
         stored = SAFETENSORS_DTYPES.get(self.ckpt.info(self.expert_key(layer, expert)).dtype, dtype)
         return self.expert_nbytes(layer, expert) * dtype.itemsize // stored.itemsize
 
@@ -149,15 +154,21 @@ class SplitWeights(ModelWeights):
     def backbone_key(self, name: str) -> str:
         return name
 
-    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
+    @property
+    def expert_format(self) -> ExpertFormat | None:  # type: ignore[override]  (the manifest's)
+        return self.manifest.expert_format
+
+    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor | QuantizedWeight]:
         moe = self.arch.moe_layer(layer)
-        return {p: self.ckpt.read(split_expert_key(layer, expert, p)) for p in moe.param_shapes}
+        fmt = self.manifest.expert_format
+        return {p: read_stored(self.ckpt.read, split_expert_key(layer, expert, p), fmt) for p in moe.param_shapes}
 
     def expert_nbytes(self, layer: int, expert: int) -> int:
         return self.manifest.layer(layer).expert_bytes[expert]
 
     def expert_key(self, layer: int, expert: int) -> str:
-        return split_expert_key(layer, expert, next(iter(self.arch.moe_layer(layer).param_shapes)))
+        key = split_expert_key(layer, expert, next(iter(self.arch.moe_layer(layer).param_shapes)))
+        return f"{key}.qweight" if self.expert_format is not None and self.expert_format.quantized else key
 
     def expert_source(self, layer: int, param: str) -> ExpertSource:
         return split_expert_source(layer, param)

@@ -25,11 +25,17 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 def _cmd_split(args: argparse.Namespace) -> int:
     from remoe.model.split import split_checkpoint
 
-    manifest = split_checkpoint(args.checkpoint, args.out, progress=not args.quiet)
+    manifest = split_checkpoint(
+        args.checkpoint, args.out, progress=not args.quiet, expert_dtype=args.expert_dtype, group_size=args.group_size
+    )
     print(
         f"split {manifest.architecture} into {args.out}: backbone {manifest.backbone_bytes} bytes, "
         f"{len(manifest.layers)} MoE layers x {manifest.num_experts} experts ({manifest.experts_bytes} bytes)"
     )
+    if manifest.expert_format is not None:
+        print(f"routed experts stored {manifest.expert_format.label()}")
+    elif args.expert_dtype != "same":
+        print(f"routed experts already {manifest.dtype}: stored as they are (exact)")
     if manifest.experts_math is not None:
         family = manifest.experts_math.family
         print(f"experts math recorded ({family}): functions serve this split without importing transformers")
@@ -125,6 +131,20 @@ def add_split(sub) -> None:
     p = sub.add_parser("split", help="split a checkpoint into backbone, per-layer expert shards and manifest.json")
     p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json + *.safetensors)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument(
+        "--expert-dtype",
+        default="same",
+        choices=("same", "bf16", "int8", "int4"),
+        help="how the routed experts are stored: same (as the checkpoint, exact; the default), bf16, or weight-only "
+        "int8 (per output channel) / int4 (per group of input columns). Quantized experts are NOT exact: see "
+        "docs/results/quantization.md for what they cost in quality. The backbone is never changed",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=128,
+        help="int4: input columns per scale and minimum (even; a matrix with fewer columns uses all). Default 128",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_split)
 

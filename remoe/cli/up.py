@@ -74,6 +74,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"remoe up: {args.model} (logs in {cluster.run_dir})", flush=True)
+    from pathlib import Path
+
+    from remoe.checkpoint.manifest import Manifest
+
+    if fmt := Manifest.expert_format_label(Path(args.model)):
+        print(f"routed experts stored {fmt}: answers are not exactly the checkpoint's", flush=True)
     try:
         cluster.start(report=lambda line: print(f"  {line}", flush=True))
         print(f"cold start, {time.time() - cluster.launched_at:.1f} s from launch to serving:", flush=True)

@@ -13,6 +13,7 @@ import torch
 from remoe.errors import CheckpointError, RemoeError
 from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
 from remoe.experts.kernels import ExpertKernel, choose_kernel, kernel_for_family
+from remoe.experts.kernels.select import for_stored_format
 from remoe.experts.modules import DEFAULT_IMPLEMENTATION
 from remoe.experts.recorded_math import recorded_family
 
@@ -44,6 +45,8 @@ class LocalExpertExecutor:
     Each MoE layer has one kernel (remoe.experts.kernels), chosen from its experts module: an expert is
     prepared for it once at load (layout, dtype, anonymous memory; the budget counts those bytes), and a
     batch's experts in a layer are computed in one kernel call. `kernel` asks for one (default auto).
+    Experts a split stores in a reduced format (`remoe split --expert-dtype`) stay in it where the native kernel
+    serves the layer, and are widened at load otherwise.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class LocalExpertExecutor:
         self.hosted: frozenset[ExpertId] = frozenset(
             hosted if hosted is not None else ((m.layer, e) for m in arch.moe_layers for e in range(m.num_experts))
         )
+        self.stored_format = getattr(weights, "expert_format", None)  # None: as the checkpoint stores them
         self.kernels: dict[int, ExpertKernel] = {}
         self.kernel_reasons: dict[int, str] = {}  # layer -> which kernel and why (remoe inspect, logs)
         recorded = getattr(arch, "experts_math", None)  # a lean function's weights: the split's record, no class
@@ -76,6 +80,8 @@ class LocalExpertExecutor:
                 chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, kernel, implementation)
             else:  # an accelerator computes through the class (the CPU kernels do not apply)
                 chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, "class", implementation)
+            if self.stored_format is not None:
+                chosen, why = for_stored_format(chosen, why, self.stored_format, dtype, self.device)
             self.kernels[m.layer], self.kernel_reasons[m.layer] = chosen, why
         self.cache: ExpertCache = ExpertCache(self._load, budget_bytes)
 
@@ -98,7 +104,8 @@ class LocalExpertExecutor:
                     f"{self.weights.path}: layer {layer} expert {index} {name} has shape {tuple(t.shape)}, "
                     f"the config implies {shapes[name]}"
                 )
-            tensors[name] = t.to(device=self.device, dtype=self.dtype)
+            # a reduced format stays as stored: its kernel packs or widens it
+            tensors[name] = t if self.stored_format is not None else t.to(device=self.device, dtype=self.dtype)
         return self.kernels[layer].prepare(tensors)
 
     def preload(self, layer: int, expert: int) -> None:

@@ -89,6 +89,8 @@ def build_record(weights: ModelWeights) -> tuple[ExpertsRecord | None, str]:
     """The record of opened weights, or None with the reason their experts need their class."""
     from remoe.experts.recorded_math import record_experts_math
 
+    if weights.expert_format is not None:  # its quantized parts are not the record's per-param sources
+        return None, "a split with its experts stored in a reduced format: functions read its manifest instead"
     arch = weights.arch
     math, why = record_experts_math(arch)
     if math is None:

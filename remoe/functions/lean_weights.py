@@ -23,6 +23,7 @@ from remoe.checkpoint.expert_sources import ExpertSource, split_expert_source
 from remoe.checkpoint.files import Checkpoint
 from remoe.checkpoint.manifest import MANIFEST_FILE, ExpertsMath, Manifest
 from remoe.checkpoint.moe_layers import MoELayerLookup
+from remoe.checkpoint.quantized import ExpertFormat, QuantizedWeight, read_stored
 from remoe.errors import CheckpointError
 from remoe.functions.experts_record import ExpertsRecord
 
@@ -51,17 +52,29 @@ class LeanWeights:
     arch: LeanArchitecture
     ckpt: Checkpoint
     sources: dict[tuple[int, str], ExpertSource]  # (layer, param) -> where every expert's tensor lies
+    expert_format: ExpertFormat | None = None  # a split's reduced expert format (its manifest's)
+    manifest_bytes: dict[int, list[int]] | None = None  # a split's exact bytes per layer and expert
 
-    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
-        return {p: self.sources[(layer, p)].read(self.ckpt, expert) for p in self.arch.moe_layer(layer).param_shapes}
+    def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor | QuantizedWeight]:
+        params = self.arch.moe_layer(layer).param_shapes
+        if self.expert_format is None:
+            return {p: self.sources[(layer, p)].read(self.ckpt, expert) for p in params}
+        # only a split has a format, and a split's source is one key per expert and param
+        return {
+            p: read_stored(self.ckpt.read, self.sources[(layer, p)].keys(expert)[0], self.expert_format) for p in params
+        }
 
     def expert_nbytes(self, layer: int, expert: int) -> int:
+        if self.expert_format is not None:
+            return self.manifest_bytes[layer][expert]
         return sum(self.sources[(layer, p)].nbytes(self.ckpt, expert) for p in self.arch.moe_layer(layer).param_shapes)
 
     def expert_key(self, layer: int, expert: int) -> str:
         return self.sources[(layer, next(iter(self.arch.moe_layer(layer).param_shapes)))].keys(expert)[0]
 
     def expert_nbytes_as(self, layer: int, expert: int, dtype: torch.dtype) -> int:
+        if self.expert_format is not None:  # held as stored
+            return self.expert_nbytes(layer, expert)
         stored = SAFETENSORS_DTYPES.get(self.ckpt.info(self.expert_key(layer, expert)).dtype, dtype)
         return self.expert_nbytes(layer, expert) * dtype.itemsize // stored.itemsize
 
@@ -103,7 +116,9 @@ def _from_split(path: Path) -> tuple[LeanWeights | None, str]:
     files = [path / entry.file for entry in manifest.layers]  # the backbone's file is not a function's business
     ckpt = Checkpoint.from_files(path, None, files)
     sources = {(m.layer, p): split_expert_source(m.layer, p) for m in layers for p in shapes}
-    return LeanWeights(path, _config(path), arch, ckpt, sources), "split with a recorded experts math"
+    exact = {entry.layer: entry.expert_bytes for entry in manifest.layers}
+    lean = LeanWeights(path, _config(path), arch, ckpt, sources, manifest.expert_format, exact)
+    return lean, "split with a recorded experts math"
 
 
 def open_lean(path: str | Path, record: str | Path | None = None) -> tuple[LeanWeights | None, str]:

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from remoe.checkpoint.files import load_config
+from remoe.checkpoint.manifest import Manifest
 from remoe.checkpoint.weights import open_weights
 from remoe.gateway.admission import Admission
 from remoe.gateway.background import BackgroundCalls
@@ -59,6 +60,7 @@ class GatewayCore:
         self.model_dir = Path(model_dir)
         self.prewarm = prewarm
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.expert_format = Manifest.expert_format_label(self.model_dir)  # said in every usage
         self.vocab_size = int(load_config(self.model_dir).get_text_config().vocab_size)
         self.backbone_channel = insecure_channel(backbone_address)
         self.backbone = backbone or backbone_pb2_grpc.BackboneServiceStub(self.backbone_channel)
@@ -141,7 +143,9 @@ class GatewayCore:
                     ttft_s = time.perf_counter() - arrived
                 if text.stopped:
                     call.cancel()
-                    usage = common_pb2.Usage(prompt_tokens=len(ids), completion_tokens=len(text.tokens))
+                    usage = common_pb2.Usage(
+                        prompt_tokens=len(ids), completion_tokens=len(text.tokens), expert_format=self.expert_format
+                    )
                     # The backbone's usage never comes: time it here (function seconds unknown, metered as 0).
                     usage.ttft_s = first_token_s
                     usage.tpot_s = time_per_output_token(first_token_s, time.perf_counter() - started, len(text.tokens))

@@ -73,6 +73,8 @@ class Backbone:
         self.dtype = dtype
         self.arch = Architecture.from_config(weights.config, dtype, experts_implementation=EXPERTS_IMPLEMENTATION)
         self.model: PreTrainedModel = self.arch.skeleton
+        fmt = weights.expert_format
+        self.expert_format = fmt.label() if fmt is not None else ""  # "": experts exact, as the checkpoint has them
         _load_backbone_weights(self.model, weights, self.arch, self.device, dtype)
         self.bind(executor)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from remoe.checkpoint.dtypes import resolve_dtype
 from remoe.checkpoint.weights import ModelWeights
-from remoe.experts.kernels.select import choose_kernel
+from remoe.experts.kernels.select import choose_kernel, for_stored_format
 
 
 def kernel_report(weights: ModelWeights, requested: str = "auto") -> str:
@@ -12,7 +14,9 @@ def kernel_report(weights: ModelWeights, requested: str = "auto") -> str:
     dtype = resolve_dtype(weights.config, None)
     by_reason: dict[str, list[int]] = {}
     for m in arch.moe_layers:
-        _, why = choose_kernel(arch.experts_module(m.layer), dtype, requested)
+        chosen, why = choose_kernel(arch.experts_module(m.layer), dtype, requested)
+        if weights.expert_format is not None:
+            _, why = for_stored_format(chosen, why, weights.expert_format, dtype, torch.device("cpu"))
         by_reason.setdefault(why, []).append(m.layer)
     lines = [f"expert kernels on this CPU ({str(dtype).removeprefix('torch.')}, asked for {requested}):"]
     for why, layers in by_reason.items():

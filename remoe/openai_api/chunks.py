@@ -60,9 +60,10 @@ class Completion:
     logprobs: list = field(default_factory=list)  # common_pb2.TokenLogprob per token (with logprobs)
     prompt_token_ids: list[int] = field(default_factory=list)  # with echo
     prompt_logprobs: list = field(default_factory=list)  # prompt tokens 2..T's (with echo)
+    expert_format: str = ""  # "" when the experts are exact
 
     def usage(self) -> dict:
-        return usage_body(self.prompt_tokens, self.completion_tokens)
+        return usage_body(self.prompt_tokens, self.completion_tokens, self.expert_format)
 
     def body(self, kind: str, model: str, created: int, logprobs: dict | None = None) -> dict:
         if kind == "chat.completion":
@@ -86,12 +87,16 @@ def response_body(kind: str, model: str, created: int, request_id: str, choices:
     }
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
+def usage_body(prompt_tokens: int, completion_tokens: int, expert_format: str = "") -> dict:
+    """OpenAI's usage, plus `expert_format` when the model's experts are quantized (so no answer hides it)."""
+    body = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if expert_format:
+        body["expert_format"] = expert_format
+    return body
 
 
 async def collect(stream: ChunkStream, first: gateway_pb2.GenerateChunk | None) -> Completion:
@@ -109,4 +114,5 @@ async def collect(stream: ChunkStream, first: gateway_pb2.GenerateChunk | None) 
         logprobs=[lp for c in chunks for lp in c.logprobs],
         prompt_token_ids=list(chunks[0].prompt_token_ids),
         prompt_logprobs=list(chunks[0].prompt_logprobs),
+        expert_format=last.usage.expert_format,
     )

@@ -87,5 +87,5 @@ def _body(front, body: CompletionRequest, done: list[Completion]) -> dict:
         logprobs = completion_logprobs(front.token_text, tokens, scores) if body.logprobs is not None else None
         finish = "length" if score_only else completion.finish_reason
         choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
-    usage = usage_body(prompt_tokens, completion_tokens)
+    usage = usage_body(prompt_tokens, completion_tokens, done[0].expert_format)
     return response_body("text_completion", front.model_name, int(time.time()), done[0].request_id, choices, usage)

@@ -62,7 +62,7 @@ async def _events(
             else:
                 choice = {"index": 0, "text": chunk.text_delta, "logprobs": scores, "finish_reason": finish}
             if finish:
-                usage = usage_body(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                usage = usage_body(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, chunk.usage.expert_format)
             if chunk.text_delta or finish or scores:  # a token that completes no character (and no logprobs): none
                 yield event(choice)
     except Refused as e:  # after the 200 went out: the error becomes the stream's last event

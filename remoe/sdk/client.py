@@ -35,6 +35,7 @@ class Usage:
     forecast_js: float = 0.0  # its mean JS divergence from the actual prefill activation
     function_seconds: dict[str, float] = field(default_factory=dict)  # function -> instance-seconds it billed
     function_memory_mb: dict[str, int] = field(default_factory=dict)  # function -> its memory size
+    expert_format: str = ""  # "" when the experts are exact; else how a quantized split stores them
 
     @classmethod
     def from_proto(cls, msg: common_pb2.Usage) -> Usage:
@@ -53,6 +54,7 @@ class Usage:
             forecast_js=msg.forecast_js,
             function_seconds=dict(msg.function_seconds),
             function_memory_mb=dict(msg.function_memory_mb),
+            expert_format=msg.expert_format,
         )
 
 

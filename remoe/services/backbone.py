@@ -170,6 +170,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         plan=(routing or self.executor.default).placement.summary(),
                         function_seconds=billed,
                         function_memory_mb=(routing or self.executor.default).memory_mb,
+                        expert_format=self.backbone.expert_format,
                     )
                     if self.engine is not None:
                         add_batch_usage(usage, job)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from remoe.checkpoint.quantized import BF16, INT4, INT8, QuantizedWeight
 from remoe.experts.kernels import native
 from remoe.experts.kernels.family import GatedFamily, gated_math
 from remoe.experts.modules import ExpertModuleFactory, run_expert
@@ -103,17 +104,24 @@ class OneDnnKernel(AtenKernel):
 
 class NativeKernel:
     """The gated-SiLU family in gated_mlp.c: all of a batch's experts in one call, float32 arithmetic; for
-    bf16 weights it rounds where the eager bf16 module stores a result, so it stays as close to the class."""
+    bf16 weights it rounds where the eager bf16 module stores a result, so it stays as close to the class.
+
+    `stored` names a split's reduced expert format (bfloat16, int8, int4; remoe/checkpoint/quantized.py): the
+    weights are packed as stored, never widened, and the arithmetic is float32 (with bf16 rounding only where
+    the executor itself runs in bf16)."""
 
     name = "native"
 
-    def __init__(self, family: GatedFamily, dtype: torch.dtype) -> None:
+    def __init__(self, family: GatedFamily, dtype: torch.dtype, stored: str | None = None) -> None:
         self.family = family
         self.dtype = dtype
-        self.shape = native.GatedShape(family.hidden, family.intermediate, dtype, dtype == torch.bfloat16)
+        self.stored = stored
+        types = {None: native.WEIGHT_TYPES.get(dtype), BF16: 1, INT8: native.INT8_TYPE, INT4: native.INT4_TYPE}
+        rounds = dtype == torch.bfloat16 and stored in (None, BF16)
+        self.shape = native.GatedShape(family.hidden, family.intermediate, types[stored], rounds)
 
-    def prepare(self, tensors: dict[str, torch.Tensor]) -> tuple[GatedWeights, int]:
-        w = GatedWeights(native.pack(tensors["gate_up_proj"]), native.pack(tensors["down_proj"]))
+    def prepare(self, tensors: dict[str, torch.Tensor | QuantizedWeight]) -> tuple[GatedWeights, int]:
+        w = GatedWeights(_pack(tensors["gate_up_proj"]), _pack(tensors["down_proj"]))
         return w, w.nbytes
 
     def compute(self, experts: dict[int, GatedWeights], hidden, index, weights) -> torch.Tensor:
@@ -128,3 +136,34 @@ class NativeKernel:
             num_experts,
         )
         return out.to(hidden.dtype)
+
+
+def _pack(t: torch.Tensor | QuantizedWeight) -> native.PackedMatrix:
+    if not isinstance(t, QuantizedWeight):
+        return native.pack(t)
+    if t.dtype == INT8:
+        return native.pack_int8(t.qweight, t.scale)
+    return native.pack_int4(t.qweight, t.scale, t.min)
+
+
+def widen(t: torch.Tensor | QuantizedWeight, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A stored expert tensor as the executor's dtype: int8/int4 dequantized, bf16 cast."""
+    full = t.dequantize() if isinstance(t, QuantizedWeight) else t
+    return full.to(device=device, dtype=dtype)
+
+
+class WidenedKernel:
+    """Any kernel over a split's reduced experts widened at load to the executor's dtype: where the native kernel
+    does not serve (no AVX-512, an activation other than SiLU, an accelerator). Same numbers as the quantized
+    kernel up to float32 rounding, but the experts then hold the widened bytes (the budget counts those)."""
+
+    def __init__(self, inner, dtype: torch.dtype, device: torch.device) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._dtype, self._device = dtype, device
+
+    def prepare(self, tensors: dict[str, torch.Tensor | QuantizedWeight]) -> tuple[Any, int]:
+        return self.inner.prepare({n: widen(t, self._dtype, self._device) for n, t in tensors.items()})
+
+    def compute(self, experts: dict[int, Any], hidden, index, weights) -> torch.Tensor:
+        return self.inner.compute(experts, hidden, index, weights)

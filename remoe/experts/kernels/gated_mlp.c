@@ -4,6 +4,18 @@
  * arithmetic is float32 (bf16 weights are widened in registers), so at 1-8 rows the kernel is bound by
  * memory bandwidth, not by the machine's bf16 support.
  *
+ * Quantized weights (a `remoe split --expert-dtype` split) take their own packings, the same idea at fewer bytes:
+ *   int8: [N/16][K][16] int8, one float32 scale per output row (symmetric: w = q * s);
+ *   int4: [N/16][K/2][16] bytes, each holding columns 2c (low nibble) and 2c + 1 (high nibble) of one row, with a
+ *         float16 scale and minimum per row and group of G input columns, [N/16][K/G][16] each (w = q * s + m).
+ * They widen to float32 in registers too (int4 through a 16-entry table), so the arithmetic stays float32.
+ * Where the CPU has AVX512-VNNI and a matrix's input size is a multiple of 32 (int4: its group too), quantized
+ * weights take the VNNI packings instead, and the activations are quantized on the fly to int8 in groups of 32
+ * columns (symmetric, one float scale per row and group, as llama.cpp's Q8_0): one vpdpbusd then multiplies 64
+ * weight bytes by 4 activations each, so the kernel stays bound by memory, not by converting weights to float:
+ *   int8 VNNI: [N/16][K/4][16][4] bytes, q + 128 (unsigned; the offset is taken out per activation group);
+ *   int4 VNNI: [N/16][K/8][16][4] bytes, byte i of a lane holding columns 8o + i (low nibble) and 8o + 4 + i.
+ *
  * T = rows of one expert, H = hidden size, I = expert intermediate size, K = top-k slots per row.
  * Built at first use by remoe/experts/kernels/native.py with the host's compiler (-O3 -march=native -fopenmp);
  * called through ctypes, which releases the GIL for the call.
@@ -20,7 +32,8 @@
 #define TMAX 8     /* rows per pass of the weight stream */
 #define SERIAL_BELOW (1 << 18) /* weights per matrix under which one thread computes it (1 MB of fp32) */
 
-enum { W_F32 = 0, W_BF16 = 1 };
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2, W_I4 = 3 };
+#define TQ 4 /* rows per pass over a block pair of quantized weights (their accumulators fill the registers) */
 
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t bits = (uint32_t)v << 16;
@@ -49,6 +62,75 @@ void remoe_pack(const void *w, int wtype, int64_t n, int64_t k, void *out) {
         for (int64_t c = 0; c < k; c++) {
             size_t dst = (size_t)((b * k + c) * NB + j) * item, src = (size_t)(r * k + c) * item;
             memcpy((char *)out + dst, (const char *)w + src, item);
+        }
+    }
+}
+
+/* The same packing for any item size (int8 and int4 weights, float16 scales): [N][K] -> [ceil(N/16)][K][16]. */
+void remoe_pack_items(const void *w, int64_t item, int64_t n, int64_t k, void *out) {
+    int64_t blocks = (n + NB - 1) / NB;
+    memset(out, 0, (size_t)(blocks * k * NB * item));
+    for (int64_t r = 0; r < n; r++) {
+        int64_t b = r / NB, j = r % NB;
+        for (int64_t c = 0; c < k; c++)
+            memcpy((char *)out + (size_t)(((b * k + c) * NB + j) * item), (const char *)w + (size_t)((r * k + c) * item),
+                   (size_t)item);
+    }
+}
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    if (exp == 0x1fu) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf, NaN */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        do {
+            e++;
+            man <<= 1;
+        } while (!(man & 0x400u));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* A matrix in the kernel's layout: packed weights and, for int8 and int4, their scales (and int4's minimums). */
+typedef struct {
+    const void *w;
+    const void *scale; /* int8: float32 [nb*16]; int4: float16 [nb][K/G][16] */
+    const void *mins;  /* int4: float16 [nb][K/G][16] */
+    int64_t group;     /* int4: G input columns per scale */
+    int64_t vnni;      /* int8/int4: 1 = the VNNI packing (activations quantized to int8), 0 = the float one */
+} Packed;
+
+#define AG 32 /* activation columns per int8 scale in the VNNI kernels */
+
+/* int8 q [N][K] -> the VNNI packing [nb][K/4][16][4] of q + 128 (K a multiple of 4; rows past N zero). */
+void remoe_pack_i8_vnni(const int8_t *q, int64_t n, int64_t k, uint8_t *out) {
+    int64_t blocks = (n + NB - 1) / NB;
+    memset(out, 0, (size_t)(blocks * k * NB));
+    for (int64_t r = 0; r < n; r++) {
+        int64_t b = r / NB, j = r % NB;
+        for (int64_t c = 0; c < k; c++)
+            out[((b * (k / 4) + c / 4) * NB + j) * 4 + c % 4] = (uint8_t)((int)q[r * k + c] + 128);
+    }
+}
+
+/* int4 q [N][K/2] (column 2c low nibble, 2c + 1 high) -> the VNNI packing [nb][K/8][16][4] (K a multiple of 8). */
+void remoe_pack_i4_vnni(const uint8_t *q, int64_t n, int64_t k, uint8_t *out) {
+    int64_t blocks = (n + NB - 1) / NB;
+    memset(out, 0, (size_t)(blocks * (k / 2) * NB));
+    for (int64_t r = 0; r < n; r++) {
+        int64_t b = r / NB, j = r % NB;
+        for (int64_t c = 0; c < k; c++) {
+            uint8_t byte = q[r * (k / 2) + c / 2], v = c % 2 ? byte >> 4 : byte & 15;
+            int64_t o = c / 8, i = c % 8;
+            out[((b * (k / 8) + o) * NB + j) * 4 + i % 4] |= (uint8_t)(i < 4 ? v : v << 4);
         }
     }
 }
@@ -110,6 +192,251 @@ PAIR_T(7)
 PAIR_T(8)
 typedef void (*pairs_fn)(const float *, int64_t, const char *, int, int64_t, float *, int64_t, int64_t, int);
 static const pairs_fn PAIRS[TMAX + 1] = {0, pairs_1, pairs_2, pairs_3, pairs_4, pairs_5, pairs_6, pairs_7, pairs_8};
+
+static inline void store_pair(int T, const __m512 r[][2], float *y, int64_t ystride, int64_t n0, int64_t n) {
+    int64_t m = n - n0 < 2 * NB ? n - n0 : 2 * NB;
+    for (int t = 0; t < T; t++) {
+        float tmp[2 * NB];
+        _mm512_storeu_ps(tmp, r[t][0]);
+        _mm512_storeu_ps(tmp + NB, r[t][1]);
+        memcpy(y + t * ystride + n0, tmp, (size_t)m * 4);
+    }
+}
+
+static inline __m512 widen_i8(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* int8, T <= TQ rows over blocks b, b+1: even and odd columns accumulate apart (two FMA chains per block). */
+static inline __attribute__((always_inline)) void pair_i8(const float *x, int T, int64_t K, const int8_t *w0, int two,
+                                                           const float *s0, float *y, int64_t ystride, int64_t n0,
+                                                           int64_t n) {
+    const int8_t *w1 = w0 + (size_t)K * NB;
+    __m512 a[TQ][4];
+    for (int t = 0; t < TQ; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 1 < K; c += 2) {
+        __m512 v00 = widen_i8(w0 + c * NB), v01 = widen_i8(w0 + (c + 1) * NB);
+        __m512 v10 = two ? widen_i8(w1 + c * NB) : _mm512_setzero_ps();
+        __m512 v11 = two ? widen_i8(w1 + (c + 1) * NB) : _mm512_setzero_ps();
+        for (int t = 0; t < T; t++) {
+            __m512 xa = _mm512_set1_ps(x[t * K + c]), xb = _mm512_set1_ps(x[t * K + c + 1]);
+            a[t][0] = _mm512_fmadd_ps(v00, xa, a[t][0]);
+            a[t][1] = _mm512_fmadd_ps(v01, xb, a[t][1]);
+            a[t][2] = _mm512_fmadd_ps(v10, xa, a[t][2]);
+            a[t][3] = _mm512_fmadd_ps(v11, xb, a[t][3]);
+        }
+    }
+    if (c < K) {
+        __m512 v0 = widen_i8(w0 + c * NB), v1 = two ? widen_i8(w1 + c * NB) : _mm512_setzero_ps();
+        for (int t = 0; t < T; t++) {
+            __m512 xa = _mm512_set1_ps(x[t * K + c]);
+            a[t][0] = _mm512_fmadd_ps(v0, xa, a[t][0]);
+            a[t][2] = _mm512_fmadd_ps(v1, xa, a[t][2]);
+        }
+    }
+    __m512 sc0 = _mm512_loadu_ps(s0), sc1 = two ? _mm512_loadu_ps(s0 + NB) : _mm512_setzero_ps();
+    __m512 r[TQ][2];
+    for (int t = 0; t < T; t++) {
+        r[t][0] = _mm512_mul_ps(_mm512_add_ps(a[t][0], a[t][1]), sc0);
+        r[t][1] = _mm512_mul_ps(_mm512_add_ps(a[t][2], a[t][3]), sc1);
+    }
+    store_pair(T, r, y, ystride, n0, n);
+}
+
+static inline __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* int4, T <= TQ rows over blocks b, b+1. A byte's low nibble indexes the table directly (vpermps reads the
+ * low 4 bits of each lane), its high nibble after a shift. Per group: sum_c x q, times the group's scale, plus
+ * its minimum times the row's sum of x over the group (xsum [T][K/G]). */
+static inline __attribute__((always_inline)) void pair_i4(const float *x, const float *xsum, int T, int64_t K,
+                                                           int64_t G, const uint8_t *w0, int two, const uint16_t *sc,
+                                                           const uint16_t *mn, float *y, int64_t ystride, int64_t n0,
+                                                           int64_t n) {
+    const int64_t half = K / 2, ng = K / G;
+    const uint8_t *w1 = w0 + (size_t)half * NB;
+    const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 a[TQ][2];
+    for (int t = 0; t < TQ; t++) a[t][0] = a[t][1] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512 e[TQ][4];
+        for (int t = 0; t < TQ; t++) e[t][0] = e[t][1] = e[t][2] = e[t][3] = _mm512_setzero_ps();
+        for (int64_t c2 = g * G / 2; c2 < (g + 1) * G / 2; c2++) {
+            __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w0 + c2 * NB)));
+            __m512i b1 = two ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w1 + c2 * NB)))
+                             : _mm512_setzero_si512();
+            __m512 lo0 = _mm512_permutexvar_ps(b0, table), hi0 = _mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), table);
+            __m512 lo1 = _mm512_permutexvar_ps(b1, table), hi1 = _mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), table);
+            for (int t = 0; t < T; t++) {
+                __m512 xa = _mm512_set1_ps(x[t * K + 2 * c2]), xb = _mm512_set1_ps(x[t * K + 2 * c2 + 1]);
+                e[t][0] = _mm512_fmadd_ps(lo0, xa, e[t][0]);
+                e[t][1] = _mm512_fmadd_ps(hi0, xb, e[t][1]);
+                e[t][2] = _mm512_fmadd_ps(lo1, xa, e[t][2]);
+                e[t][3] = _mm512_fmadd_ps(hi1, xb, e[t][3]);
+            }
+        }
+        __m512 s0 = load_f16(sc + g * NB), m0 = load_f16(mn + g * NB);
+        __m512 s1 = two ? load_f16(sc + (ng + g) * NB) : _mm512_setzero_ps();
+        __m512 m1 = two ? load_f16(mn + (ng + g) * NB) : _mm512_setzero_ps();
+        for (int t = 0; t < T; t++) {
+            __m512 xs = _mm512_set1_ps(xsum[t * ng + g]);
+            a[t][0] = _mm512_fmadd_ps(m0, xs, _mm512_fmadd_ps(_mm512_add_ps(e[t][0], e[t][1]), s0, a[t][0]));
+            a[t][1] = _mm512_fmadd_ps(m1, xs, _mm512_fmadd_ps(_mm512_add_ps(e[t][2], e[t][3]), s1, a[t][1]));
+        }
+    }
+    store_pair(T, a, y, ystride, n0, n);
+}
+
+#define QPAIR_T(TT)                                                                                              \
+    static void qpair_##TT(const float *x, const float *xsum, int64_t K, const Packed *m, int wtype, int64_t b,  \
+                           int64_t nb, float *y, int64_t ystride, int64_t n) {                                   \
+        int two = b + 1 < nb;                                                                                    \
+        if (wtype == W_I8)                                                                                       \
+            pair_i8(x, TT, K, (const int8_t *)m->w + (size_t)b * K * NB, two, (const float *)m->scale + b * NB, \
+                    y, ystride, b * NB, n);                                                                      \
+        else                                                                                                     \
+            pair_i4(x, xsum, TT, K, m->group, (const uint8_t *)m->w + (size_t)b * (K / 2) * NB, two,             \
+                    (const uint16_t *)m->scale + (size_t)b * (K / m->group) * NB,                                \
+                    (const uint16_t *)m->mins + (size_t)b * (K / m->group) * NB, y, ystride, b * NB, n);         \
+    }
+QPAIR_T(1)
+QPAIR_T(2)
+QPAIR_T(3)
+QPAIR_T(4)
+typedef void (*qpair_fn)(const float *, const float *, int64_t, const Packed *, int, int64_t, int64_t, float *,
+                         int64_t, int64_t);
+static const qpair_fn QPAIRS[TQ + 1] = {0, qpair_1, qpair_2, qpair_3, qpair_4};
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define HAVE_VNNI 1
+static inline __m512i bcast4(const int8_t *p) { /* 4 int8 activations in every 32-bit lane */
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* int8 weights (VNNI packing), T <= TQ rows over blocks b, b+1: per activation group, an exact int32 dot of q + 128
+ * with the group's int8 activations, less 128 x their sum, times the group's scale. xq [T][K], sx/xqs [T][K/AG]. */
+static inline __attribute__((always_inline)) void pair_i8v(const int8_t *xq, const float *sx, const int32_t *xqs,
+                                                            int T, int64_t K, const uint8_t *w0, int two,
+                                                            const float *s0, float *y, int64_t ystride, int64_t n0,
+                                                            int64_t n) {
+    const uint8_t *w1 = w0 + (size_t)K * NB;
+    const int64_t ng = K / AG;
+    __m512 f[TQ][2];
+    for (int t = 0; t < TQ; t++) f[t][0] = f[t][1] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i a[TQ][4];
+        for (int t = 0; t < TQ; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_si512();
+        for (int64_t o = g * AG / 4; o < (g + 1) * AG / 4; o += 2) { /* two column quads: two chains a block */
+            __m512i v00 = _mm512_loadu_si512(w0 + o * 64), v01 = _mm512_loadu_si512(w0 + (o + 1) * 64);
+            __m512i v10 = two ? _mm512_loadu_si512(w1 + o * 64) : _mm512_setzero_si512();
+            __m512i v11 = two ? _mm512_loadu_si512(w1 + (o + 1) * 64) : _mm512_setzero_si512();
+            for (int t = 0; t < T; t++) {
+                __m512i xa = bcast4(xq + t * K + 4 * o), xb = bcast4(xq + t * K + 4 * o + 4);
+                a[t][0] = _mm512_dpbusd_epi32(a[t][0], v00, xa);
+                a[t][1] = _mm512_dpbusd_epi32(a[t][1], v01, xb);
+                a[t][2] = _mm512_dpbusd_epi32(a[t][2], v10, xa);
+                a[t][3] = _mm512_dpbusd_epi32(a[t][3], v11, xb);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            __m512i off = _mm512_set1_epi32(128 * xqs[t * ng + g]);
+            __m512 sc = _mm512_set1_ps(sx[t * ng + g]);
+            __m512i d0 = _mm512_sub_epi32(_mm512_add_epi32(a[t][0], a[t][1]), off);
+            __m512i d1 = _mm512_sub_epi32(_mm512_add_epi32(a[t][2], a[t][3]), off);
+            f[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), sc, f[t][0]);
+            f[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), sc, f[t][1]);
+        }
+    }
+    __m512 sc0 = _mm512_loadu_ps(s0), sc1 = two ? _mm512_loadu_ps(s0 + NB) : _mm512_setzero_ps();
+    __m512 r[TQ][2];
+    for (int t = 0; t < T; t++) {
+        r[t][0] = _mm512_mul_ps(f[t][0], sc0);
+        r[t][1] = _mm512_mul_ps(f[t][1], sc1);
+    }
+    store_pair(T, r, y, ystride, n0, n);
+}
+
+/* int4 weights (VNNI packing), T <= TQ rows over blocks b, b+1: per activation group an exact int32 dot of the
+ * nibbles with the int8 activations, times (activation scale x the weight group's scale); per weight group its
+ * minimum times the row's sum of (dequantized) activations over the group (xsum [T][K/G]). */
+static inline __attribute__((always_inline)) void pair_i4v(const int8_t *xq, const float *sx, const float *xsum, int T,
+                                                            int64_t K, int64_t G, const uint8_t *w0, int two,
+                                                            const uint16_t *sc, const uint16_t *mn, float *y,
+                                                            int64_t ystride, int64_t n0, int64_t n) {
+    const uint8_t *w1 = w0 + (size_t)(K / 8) * 64;
+    const int64_t nw = K / G, na = K / AG;
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    __m512 f[TQ][2];
+    for (int t = 0; t < TQ; t++) f[t][0] = f[t][1] = _mm512_setzero_ps();
+    for (int64_t wg = 0; wg < nw; wg++) {
+        __m512 s0 = load_f16(sc + wg * NB), s1 = two ? load_f16(sc + (nw + wg) * NB) : _mm512_setzero_ps();
+        for (int64_t ag = wg * G / AG; ag < (wg + 1) * G / AG; ag++) {
+            __m512i a[TQ][4];
+            for (int t = 0; t < TQ; t++) a[t][0] = a[t][1] = a[t][2] = a[t][3] = _mm512_setzero_si512();
+            for (int64_t o = ag * AG / 8; o < (ag + 1) * AG / 8; o++) { /* a column octet: 8 columns, 16 rows */
+                __m512i v0 = _mm512_loadu_si512(w0 + o * 64);
+                __m512i v1 = two ? _mm512_loadu_si512(w1 + o * 64) : _mm512_setzero_si512();
+                __m512i lo0 = _mm512_and_si512(v0, low), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), low);
+                __m512i lo1 = _mm512_and_si512(v1, low), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), low);
+                for (int t = 0; t < T; t++) {
+                    __m512i xa = bcast4(xq + t * K + 8 * o), xb = bcast4(xq + t * K + 8 * o + 4);
+                    a[t][0] = _mm512_dpbusd_epi32(a[t][0], lo0, xa);
+                    a[t][1] = _mm512_dpbusd_epi32(a[t][1], hi0, xb);
+                    a[t][2] = _mm512_dpbusd_epi32(a[t][2], lo1, xa);
+                    a[t][3] = _mm512_dpbusd_epi32(a[t][3], hi1, xb);
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                __m512 xs = _mm512_set1_ps(sx[t * na + ag]);
+                __m512 d0 = _mm512_cvtepi32_ps(_mm512_add_epi32(a[t][0], a[t][1]));
+                __m512 d1 = _mm512_cvtepi32_ps(_mm512_add_epi32(a[t][2], a[t][3]));
+                f[t][0] = _mm512_fmadd_ps(d0, _mm512_mul_ps(xs, s0), f[t][0]);
+                f[t][1] = _mm512_fmadd_ps(d1, _mm512_mul_ps(xs, s1), f[t][1]);
+            }
+        }
+        __m512 m0 = load_f16(mn + wg * NB), m1 = two ? load_f16(mn + (nw + wg) * NB) : _mm512_setzero_ps();
+        for (int t = 0; t < T; t++) {
+            __m512 xs = _mm512_set1_ps(xsum[t * nw + wg]);
+            f[t][0] = _mm512_fmadd_ps(m0, xs, f[t][0]);
+            f[t][1] = _mm512_fmadd_ps(m1, xs, f[t][1]);
+        }
+    }
+    store_pair(T, f, y, ystride, n0, n);
+}
+
+/* The activations of one VNNI call: int8 in groups of AG with their scales and sums. */
+typedef struct {
+    const int8_t *xq;   /* [T][K] */
+    const float *sx;    /* [T][K/AG] */
+    const int32_t *xqs; /* [T][K/AG] */
+    const float *xsum;  /* int4: [T][K/G], the dequantized activations' sums per weight group */
+} QuantX;
+
+#define VPAIR_T(TT)                                                                                               \
+    static void vpair_##TT(const QuantX *q, int64_t t0, int64_t K, const Packed *m, int wtype, int64_t b,         \
+                           int64_t nb, float *y, int64_t ystride, int64_t n) {                                    \
+        int two = b + 1 < nb;                                                                                     \
+        int64_t na = K / AG;                                                                                      \
+        if (wtype == W_I8)                                                                                        \
+            pair_i8v(q->xq + t0 * K, q->sx + t0 * na, q->xqs + t0 * na, TT, K,                                    \
+                     (const uint8_t *)m->w + (size_t)b * K * NB, two, (const float *)m->scale + b * NB, y,        \
+                     ystride, b * NB, n);                                                                         \
+        else                                                                                                      \
+            pair_i4v(q->xq + t0 * K, q->sx + t0 * na, q->xsum + t0 * (K / m->group), TT, K, m->group,             \
+                     (const uint8_t *)m->w + (size_t)b * (K / 2) * NB, two,                                       \
+                     (const uint16_t *)m->scale + (size_t)b * (K / m->group) * NB,                                \
+                     (const uint16_t *)m->mins + (size_t)b * (K / m->group) * NB, y, ystride, b * NB, n);         \
+    }
+VPAIR_T(1)
+VPAIR_T(2)
+VPAIR_T(3)
+VPAIR_T(4)
+typedef void (*vpair_fn)(const QuantX *, int64_t, int64_t, const Packed *, int, int64_t, int64_t, float *, int64_t,
+                         int64_t);
+static const vpair_fn VPAIRS[TQ + 1] = {0, vpair_1, vpair_2, vpair_3, vpair_4};
+#endif
 #endif
 
 /* y[T][n] = x[T][K] . W^T for packed W (n output rows). */
@@ -144,18 +471,169 @@ static void matmul_packed(const float *x, int64_t T, int64_t K, const void *w, i
 #endif
 }
 
+/* y[T][n] = x[T][K] . W^T for quantized packed W; the rows' passes of TQ run inside each block pair, so a pair
+ * is read from memory once and from the cache by later passes. Returns -2 when memory ran out. */
+static int matmul_quant(const float *x, int64_t T, int64_t K, const Packed *m, int wtype, int64_t n, float *y, int nt) {
+    int64_t ng = wtype == W_I4 ? K / m->group : 0;
+    if (n * K < SERIAL_BELOW) nt = 1;
+    float *xsum = NULL;
+    if (wtype == W_I4) { /* each row's sum of x over each group: the minimums' term */
+        xsum = (float *)malloc((size_t)(T * ng) * sizeof(float));
+        if (!xsum) return -2;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t g = 0; g < ng; g++) {
+                float acc = 0;
+                for (int64_t c = g * m->group; c < (g + 1) * m->group; c++) acc += x[t * K + c];
+                xsum[t * ng + g] = acc;
+            }
+    }
+#ifdef __AVX512F__
+    int64_t nb = (n + NB - 1) / NB, pairs = (nb + 1) / 2;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t p = 0; p < pairs; p++) {
+        for (int64_t t0 = 0; t0 < T; t0 += TQ) {
+            int64_t tt = T - t0 < TQ ? T - t0 : TQ;
+            QPAIRS[tt](x + t0 * K, xsum ? xsum + t0 * ng : NULL, K, m, wtype, 2 * p, nb, y + t0 * n, n, n);
+        }
+    }
+#else /* the plain loops (the library is loaded only where AVX-512 is, but it builds everywhere) */
+    (void)nt;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t b = r / NB, j = r % NB;
+        for (int64_t t = 0; t < T; t++) {
+            float acc = 0;
+            for (int64_t c = 0; c < K; c++) {
+                float wv;
+                if (wtype == W_I8) {
+                    wv = ((const int8_t *)m->w)[(b * K + c) * NB + j] * ((const float *)m->scale)[r];
+                } else {
+                    uint8_t byte = ((const uint8_t *)m->w)[(b * (K / 2) + c / 2) * NB + j];
+                    size_t at = (size_t)((b * ng + c / m->group) * NB + j);
+                    wv = (float)(c % 2 ? byte >> 4 : byte & 15) * f16_to_f32(((const uint16_t *)m->scale)[at]) +
+                         f16_to_f32(((const uint16_t *)m->mins)[at]);
+                }
+                acc += wv * x[t * K + c];
+            }
+            y[t * n + r] = acc;
+        }
+    }
+#endif
+    free(xsum);
+    return 0;
+}
+
+/* 1 when this build has the VNNI kernels (the loader packs VNNI layouts only then). */
+int remoe_has_vnni(void) {
+#ifdef HAVE_VNNI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef HAVE_VNNI
+/* Room for T rows of K activations quantized per AG columns (and, for int4, sums per weight group of G). */
+typedef struct {
+    char *mem;
+    QuantX q;
+} QuantBuf;
+
+static int quant_alloc(QuantBuf *b, int64_t T, int64_t K, int64_t G) {
+    int64_t na = K / AG, nw = G ? K / G : 0;
+    size_t bytes = (size_t)(T * na) * (sizeof(float) + sizeof(int32_t)) + (size_t)(T * nw) * 4 + (size_t)(T * K);
+    b->mem = (char *)malloc(bytes);
+    if (!b->mem) return -2;
+    float *sx = (float *)b->mem;
+    int32_t *xqs = (int32_t *)(sx + T * na);
+    float *xsum = (float *)(xqs + T * na);
+    b->q = (QuantX){(int8_t *)(xsum + T * nw), sx, xqs, xsum};
+    return 0;
+}
+
+/* Row t of x [K] -> int8 per group of AG (round to nearest even, scale = max |x| / 127), the groups' scales and
+ * sums, and (G > 0) the dequantized activations' sums per weight group. */
+static void quantize_row(const float *x, int64_t K, int64_t G, int8_t *xq, float *sx, int32_t *xqs, float *xsum) {
+    int64_t na = K / AG;
+    for (int64_t g = 0; g < na; g++) {
+        __m512 a = _mm512_loadu_ps(x + g * AG), b = _mm512_loadu_ps(x + g * AG + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+        __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
+        _mm_storeu_si128((__m128i *)(xq + g * AG), _mm512_cvtsepi32_epi8(qa)); /* |q| <= 127 by construction */
+        _mm_storeu_si128((__m128i *)(xq + g * AG + 16), _mm512_cvtsepi32_epi8(qb));
+        sx[g] = amax / 127.0f;
+        xqs[g] = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    }
+    for (int64_t w = 0; G && w < K / G; w++) {
+        float acc = 0;
+        for (int64_t g = w * G / AG; g < (w + 1) * G / AG; g++) acc += sx[g] * (float)xqs[g];
+        xsum[w] = acc;
+    }
+}
+
+static void quantize_rows(const float *x, int64_t T, int64_t K, int64_t G, const QuantX *q) {
+    int64_t na = K / AG, nw = G ? K / G : 0;
+    for (int64_t t = 0; t < T; t++)
+        quantize_row(x + t * K, K, G, (int8_t *)q->xq + t * K, (float *)q->sx + t * na, (int32_t *)q->xqs + t * na,
+                     (float *)q->xsum + t * nw);
+}
+
+/* Row `from` of `src` to row `to` of `dst` (both laid out for K columns and group G). */
+static void copy_quant_row(const QuantX *src, int64_t from, const QuantX *dst, int64_t to, int64_t K, int64_t G) {
+    int64_t na = K / AG, nw = G ? K / G : 0;
+    memcpy((int8_t *)dst->xq + to * K, src->xq + from * K, (size_t)K);
+    memcpy((float *)dst->sx + to * na, src->sx + from * na, (size_t)na * 4);
+    memcpy((int32_t *)dst->xqs + to * na, src->xqs + from * na, (size_t)na * 4);
+    if (nw) memcpy((float *)dst->xsum + to * nw, src->xsum + from * nw, (size_t)nw * 4);
+}
+
+/* y[T][n] = x[T][K] . W^T for VNNI-packed int8/int4 W, over activations already quantized. */
+static void vnni_run(const QuantX *q, int64_t T, int64_t K, const Packed *m, int wtype, int64_t n, float *y, int nt) {
+    int64_t nb = (n + NB - 1) / NB, pairs = (nb + 1) / 2;
+    if (n * K < SERIAL_BELOW) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t p = 0; p < pairs; p++) {
+        for (int64_t t0 = 0; t0 < T; t0 += TQ) {
+            int64_t tt = T - t0 < TQ ? T - t0 : TQ;
+            VPAIRS[tt](q, t0, K, m, wtype, 2 * p, nb, y + t0 * n, n, n);
+        }
+    }
+}
+
+/* y[T][n] = x[T][K] . W^T for VNNI-packed W: x quantized here first. Returns -2 when memory ran out. */
+static int matmul_vnni(const float *x, int64_t T, int64_t K, const Packed *m, int wtype, int64_t n, float *y, int nt) {
+    QuantBuf b;
+    int64_t G = wtype == W_I4 ? m->group : 0;
+    if (quant_alloc(&b, T, K, G)) return -2;
+    quantize_rows(x, T, K, G, &b.q);
+    vnni_run(&b.q, T, K, m, wtype, n, y, nt);
+    free(b.mem);
+    return 0;
+}
+#endif
+
+static int matmul_any(const float *x, int64_t T, int64_t K, const Packed *m, int wtype, int64_t n, float *y, int nt) {
+#ifdef HAVE_VNNI
+    if ((wtype == W_I8 || wtype == W_I4) && m->vnni) return matmul_vnni(x, T, K, m, wtype, n, y, nt);
+#endif
+    if (wtype == W_I8 || wtype == W_I4) return matmul_quant(x, T, K, m, wtype, n, y, nt);
+    matmul_packed(x, T, K, m->w, wtype, n, y, nt);
+    return 0;
+}
+
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 /* One layer's hosted experts for T rows:
  *   out[t] = sum over slots s with index[t][s] = e >= 0 of weight[t][s] * down_e(silu(gate_e(x_t)) * up_e(x_t)).
- * gate_up[e] packs [2I][H] (gate rows first, then up), down[e] packs [H][I]; an index of -1 is skipped.
+ * gate_up[e] packs [2I][H] (gate rows first, then up), down[e] packs [H][I] (an expert not here has w NULL);
+ * an index of -1 is skipped.
  * round_bf16 != 0 rounds every intermediate to bfloat16 where the eager bf16 module stores one, so bf16
  * results stay as close to the architecture's class as float32 results are.
  * scratch holds at least T * (H + 2I + I + H) floats. Returns 0, 1 + the first routed expert with no weights,
- * or -2 when memory for the row lists ran out. */
+ * or -2 when memory for the row lists or int4's sums ran out. */
 int64_t remoe_gated_experts(int64_t T, int64_t H, int64_t I, int64_t K, const float *x, const int64_t *index,
-                            const float *weight, int64_t E, const void *const *gate_up, const void *const *down,
-                            int wtype, int round, float *out, float *scratch, int nt) {
+                            const float *weight, int64_t E, const Packed *gate_up, const Packed *down, int wtype,
+                            int round, float *out, float *scratch, int nt) {
     float *xs = scratch;                 /* [T][H] gathered rows */
     float *h = xs + T * H;               /* [T][2I] */
     float *a = h + T * 2 * I;            /* [T][I] */
@@ -164,6 +642,11 @@ int64_t remoe_gated_experts(int64_t T, int64_t H, int64_t I, int64_t K, const fl
     int64_t *rows = (int64_t *)malloc((size_t)T * K * 2 * sizeof(int64_t));
     if (!rows) return -2;
     int64_t *slots = rows + T * K;
+#ifdef HAVE_VNNI
+    /* VNNI gate_up: every row of x is quantized once for the layer, and each expert gathers its rows' codes */
+    QuantBuf xall = {0}, xgot = {0};
+    int64_t gu_group = 0;
+#endif
     for (int64_t e = 0; e < E; e++) {
         int64_t pairs = 0;
         for (int64_t t = 0; t < T; t++)
@@ -173,15 +656,39 @@ int64_t remoe_gated_experts(int64_t T, int64_t H, int64_t I, int64_t K, const fl
                     slots[pairs++] = s;
                 }
         if (pairs == 0) continue;
-        if (!gate_up[e] || !down[e]) {
+        if (!gate_up[e].w || !down[e].w) {
             free(rows);
             return e + 1;
         }
         for (int64_t p0 = 0; p0 < pairs; p0 += T) { /* scratch holds T rows */
             int64_t n = pairs - p0 < T ? pairs - p0 : T;
             const int64_t *rw = rows + p0, *sl = slots + p0;
-            for (int64_t r = 0; r < n; r++) memcpy(xs + r * H, x + rw[r] * H, (size_t)H * 4);
-            matmul_packed(xs, n, H, gate_up[e], wtype, 2 * I, h, nt);
+            int failed = 0;
+#ifdef HAVE_VNNI
+            if ((wtype == W_I8 || wtype == W_I4) && gate_up[e].vnni) {
+                if (!xall.mem) {
+                    gu_group = wtype == W_I4 ? gate_up[e].group : 0;
+                    failed = quant_alloc(&xall, T, H, gu_group) || quant_alloc(&xgot, T, H, gu_group);
+                    if (!failed) quantize_rows(x, T, H, gu_group, &xall.q);
+                }
+                if (!failed) {
+                    for (int64_t r = 0; r < n; r++) copy_quant_row(&xall.q, rw[r], &xgot.q, r, H, gu_group);
+                    vnni_run(&xgot.q, n, H, &gate_up[e], wtype, 2 * I, h, nt);
+                }
+            } else
+#endif
+            {
+                for (int64_t r = 0; r < n; r++) memcpy(xs + r * H, x + rw[r] * H, (size_t)H * 4);
+                failed = matmul_any(xs, n, H, &gate_up[e], wtype, 2 * I, h, nt);
+            }
+            if (failed) {
+#ifdef HAVE_VNNI
+                free(xall.mem);
+                free(xgot.mem);
+#endif
+                free(rows);
+                return -2;
+            }
             for (int64_t r = 0; r < n; r++) {
                 const float *g = h + r * 2 * I, *u = g + I;
                 float *ar = a + r * I;
@@ -194,7 +701,14 @@ int64_t remoe_gated_experts(int64_t T, int64_t H, int64_t I, int64_t K, const fl
                     }
                 }
             }
-            matmul_packed(a, n, I, down[e], wtype, H, y, nt);
+            if (matmul_any(a, n, I, &down[e], wtype, H, y, nt)) {
+#ifdef HAVE_VNNI
+                free(xall.mem);
+                free(xgot.mem);
+#endif
+                free(rows);
+                return -2;
+            }
             for (int64_t r = 0; r < n; r++) {
                 float wt = weight[rw[r] * K + sl[r]];
                 float *o = out + rw[r] * H;
@@ -207,6 +721,10 @@ int64_t remoe_gated_experts(int64_t T, int64_t H, int64_t I, int64_t K, const fl
             }
         }
     }
+#ifdef HAVE_VNNI
+    free(xall.mem);
+    free(xgot.mem);
+#endif
     free(rows);
     return 0;
 }

@@ -31,6 +31,7 @@ SOURCE = "gated_mlp.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 BLOCK_ROWS = 16  # rows per packed block (NB in the C source)
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1}
+INT8_TYPE, INT4_TYPE = 2, 3  # W_I8, W_I4 in the C source
 CACHE_ENV = "REMOE_KERNEL_CACHE"
 
 _lock = threading.Lock()
@@ -106,10 +107,30 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
+class _Packed(ctypes.Structure):
+    """`Packed` in the C source: one matrix in the kernel's layout."""
+
+    _fields_ = [
+        ("w", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("mins", ctypes.c_void_p),
+        ("group", ctypes.c_int64),
+        ("vnni", ctypes.c_int64),
+    ]
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.remoe_pack.argtypes = [ptr, cint, i64, i64, ptr]
     lib.remoe_pack.restype = None
+    lib.remoe_pack_items.argtypes = [ptr, i64, i64, i64, ptr]
+    lib.remoe_pack_items.restype = None
+    lib.remoe_pack_i8_vnni.argtypes = [ptr, i64, i64, ptr]
+    lib.remoe_pack_i8_vnni.restype = None
+    lib.remoe_pack_i4_vnni.argtypes = [ptr, i64, i64, ptr]
+    lib.remoe_pack_i4_vnni.restype = None
+    lib.remoe_has_vnni.argtypes = []
+    lib.remoe_has_vnni.restype = cint
     lib.remoe_gated_experts.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, cint, cint, ptr, ptr, cint]
     lib.remoe_gated_experts.restype = i64
 
@@ -118,22 +139,96 @@ def packed_numel(rows: int, cols: int) -> int:
     return -(-rows // BLOCK_ROWS) * BLOCK_ROWS * cols
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """W [N, K] -> the kernel's layout [ceil(N/16), K, 16] (flat), in fresh anonymous memory."""
+@dataclass(frozen=True, slots=True)
+class PackedMatrix:
+    """One matrix in the kernel's layout: packed weights, and the scales (and minimums) of int8 and int4."""
+
+    weight: torch.Tensor  # flat, [ceil(N/16), K, 16] (int4: [ceil(N/16), K/2, 16] bytes)
+    scale: torch.Tensor | None = None  # int8: float32 [ceil(N/16)*16]; int4: float16 [ceil(N/16), K/G, 16]
+    mins: torch.Tensor | None = None  # int4: float16 [ceil(N/16), K/G, 16]
+    group: int = 0  # int4: G
+    vnni: bool = False  # int8/int4 in the VNNI packing: activations quantized to int8 per 32 columns
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (self.weight, self.scale, self.mins) if t is not None)
+
+    def as_struct(self) -> _Packed:
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        return _Packed(self.weight.data_ptr(), ptr(self.scale), ptr(self.mins), self.group, int(self.vnni))
+
+
+def _pack_items(t: torch.Tensor) -> torch.Tensor:
+    """[N, K] of any item size -> [ceil(N/16), K, 16] (flat), zero rows past N."""
+    lib = load()
+    assert lib is not None, "packing needs the native kernel"
+    t = t.contiguous()
+    rows, cols = t.shape
+    out = torch.empty(packed_numel(rows, cols), dtype=t.dtype)
+    lib.remoe_pack_items(t.data_ptr(), t.element_size(), rows, cols, out.data_ptr())
+    return out
+
+
+def pack(weight: torch.Tensor) -> PackedMatrix:
+    """W [N, K] float32 or bf16 -> the kernel's layout, in fresh anonymous memory."""
     lib = load()
     assert lib is not None, "pack() needs the native kernel"
     w = weight.contiguous()
     rows, cols = w.shape
     out = torch.empty(packed_numel(rows, cols), dtype=w.dtype)
     lib.remoe_pack(w.data_ptr(), WEIGHT_TYPES[w.dtype], rows, cols, out.data_ptr())
-    return out
+    return PackedMatrix(out)
+
+
+VNNI_GROUP = 32  # activation columns per int8 scale in the VNNI kernels (AG in the C source)
+
+
+def vnni_fits(columns: int, group: int | None = None) -> bool:
+    """Whether a quantized matrix with `columns` input columns (int4: `group` per scale) takes the VNNI kernels
+    here: the CPU has AVX512-VNNI and the sizes divide into 32-column activation groups."""
+    lib = load()
+    if lib is None or not lib.remoe_has_vnni() or columns % VNNI_GROUP:
+        return False
+    return group is None or group % VNNI_GROUP == 0
+
+
+def pack_int8(qweight: torch.Tensor, scale: torch.Tensor, vnni: bool | None = None) -> PackedMatrix:
+    """int8 q [N, K] and float32 scale [N] -> the kernel's int8 layout (scales padded to whole blocks); the VNNI
+    packing where it fits (`vnni` None) or as asked."""
+    lib = load()
+    assert lib is not None, "packing needs the native kernel"
+    rows, columns = qweight.shape
+    padded = torch.zeros(-(-rows // BLOCK_ROWS) * BLOCK_ROWS, dtype=torch.float32)
+    padded[:rows] = scale
+    if not (vnni_fits(columns) if vnni is None else vnni):
+        return PackedMatrix(_pack_items(qweight), padded)
+    q = qweight.contiguous()
+    out = torch.empty(packed_numel(rows, columns), dtype=torch.uint8)
+    lib.remoe_pack_i8_vnni(q.data_ptr(), rows, columns, out.data_ptr())
+    return PackedMatrix(out, padded, vnni=True)
+
+
+def pack_int4(qweight: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor, vnni: bool | None = None) -> PackedMatrix:
+    """uint8 q [N, K/2] (two columns a byte) and float16 scale, min [N, K/G] -> the kernel's int4 layout; the
+    VNNI packing where it fits (`vnni` None) or as asked."""
+    lib = load()
+    assert lib is not None, "packing needs the native kernel"
+    rows, columns = qweight.shape[0], 2 * qweight.shape[1]
+    group = columns // scale.shape[1]
+    scales, minimums = _pack_items(scale), _pack_items(mins)
+    if not (vnni_fits(columns, group) if vnni is None else vnni):
+        return PackedMatrix(_pack_items(qweight), scales, minimums, group)
+    q = qweight.contiguous()
+    out = torch.empty(packed_numel(rows, columns // 2), dtype=torch.uint8)
+    lib.remoe_pack_i4_vnni(q.data_ptr(), rows, columns, out.data_ptr())
+    return PackedMatrix(out, scales, minimums, group, vnni=True)
 
 
 @dataclass(frozen=True, slots=True)
 class GatedShape:
     hidden: int  # H
     intermediate: int  # I
-    dtype: torch.dtype  # of the packed weights
+    weight_type: int  # of the packed weights: WEIGHT_TYPES[dtype], INT8_TYPE or INT4_TYPE
     round_bf16: bool  # round intermediates to bf16 where the eager bf16 module stores them
 
 
@@ -142,8 +237,8 @@ def gated_experts(
     hidden: torch.Tensor,
     index: torch.Tensor,
     weights: torch.Tensor,
-    gate_up: dict[int, torch.Tensor],
-    down: dict[int, torch.Tensor],
+    gate_up: dict[int, PackedMatrix],
+    down: dict[int, PackedMatrix],
     num_experts: int,
 ) -> torch.Tensor:
     """hidden [T, H] float32, index [T, K] int64 (-1: not here), weights [T, K] float32, packed weights of
@@ -152,11 +247,11 @@ def gated_experts(
     assert lib is not None, "gated_experts() needs the native kernel"
     tokens, top_k = index.shape
     h, i = shape.hidden, shape.intermediate
-    pointers = (ctypes.c_void_p * num_experts)()
-    down_pointers = (ctypes.c_void_p * num_experts)()
+    packed_gate_up = (_Packed * num_experts)()  # zeroed: an expert not here has w NULL
+    packed_down = (_Packed * num_experts)()
     for e, w in gate_up.items():
-        pointers[e] = w.data_ptr()
-        down_pointers[e] = down[e].data_ptr()
+        packed_gate_up[e] = w.as_struct()
+        packed_down[e] = down[e].as_struct()
     out = torch.zeros(tokens, h)
     scratch = torch.empty(tokens * (2 * h + 3 * i))
     missing = lib.remoe_gated_experts(
@@ -168,16 +263,16 @@ def gated_experts(
         index.data_ptr(),
         weights.data_ptr(),
         num_experts,
-        pointers,
-        down_pointers,
-        WEIGHT_TYPES[shape.dtype],
+        packed_gate_up,
+        packed_down,
+        shape.weight_type,
         int(shape.round_bf16),
         out.data_ptr(),
         scratch.data_ptr(),
         torch.get_num_threads(),
     )
     if missing == -2:
-        raise MemoryError("native kernel: no memory for the row lists")
+        raise MemoryError("native kernel: no memory for its row lists or int4 sums")
     if missing:
         raise RuntimeError(f"native kernel: expert {missing - 1} was routed here without weights")
     return out

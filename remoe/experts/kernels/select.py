@@ -8,8 +8,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from remoe.checkpoint.quantized import ExpertFormat
 from remoe.experts.kernels import native
-from remoe.experts.kernels.backends import AtenKernel, ClassKernel, NativeKernel, OneDnnKernel
+from remoe.experts.kernels.backends import AtenKernel, ClassKernel, NativeKernel, OneDnnKernel, WidenedKernel
 from remoe.experts.kernels.family import GatedFamily, inspect_gated
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,30 @@ def kernel_for_family(family: GatedFamily, dtype: torch.dtype, requested: str = 
             return OneDnnKernel(family), f"onednn gated-MLP ({_dtype_name(dtype)} weights reordered)"
         log.warning("onednn expert kernel not used: oneDNN does not take %s here", dtype)
     return AtenKernel(family), "aten gated-MLP"
+
+
+def for_stored_format(
+    chosen: ExpertKernel, why: str, fmt: ExpertFormat, dtype: torch.dtype, device: torch.device
+) -> tuple[ExpertKernel, str]:
+    """The layer's kernel for a split whose experts are stored as `fmt`: the native kernel computes on them as
+    stored; any other kernel gets them widened to `dtype` at load (the reason says so)."""
+    if isinstance(chosen, NativeKernel):
+        kernel = NativeKernel(chosen.family, dtype, fmt.dtype)
+        return kernel, f"native gated-SiLU ({fmt.label()}, packed as stored{_vnni_note(chosen.family, fmt)})"
+    return WidenedKernel(chosen, dtype, device), f"{why}; experts {fmt.label()} widened to {_dtype_name(dtype)} at load"
+
+
+def _vnni_note(family: GatedFamily, fmt: ExpertFormat) -> str:
+    """Whether the layer's matrices take the VNNI kernels (and so int8 activations), for inspect and the logs."""
+    if not fmt.quantized:
+        return ""
+    fits = [
+        native.vnni_fits(k, None if fmt.group_size is None else min(fmt.group_size, k))
+        for k in (family.hidden, family.intermediate)
+    ]
+    if all(fits):
+        return "; AVX512-VNNI with activations quantized to int8 per 32 columns"
+    return "; float32 arithmetic" + ("" if not any(fits) else " for the matrices VNNI does not fit")
 
 
 def _native_refusal(family: GatedFamily, dtype: torch.dtype) -> str | None:
