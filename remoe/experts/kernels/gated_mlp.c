@@ -644,108 +644,179 @@ static int matmul_any(const float *x, int64_t T, int64_t K, const Packed *m, int
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
+/* One expert's chunk of n <= T (row, slot) pairs: y [n][H] = down_e(silu(gate_e(x_row)) * up_e(x_row)), unweighted.
+ * xs [T][H], h [T][2I] and a [T][I] are this caller's scratch; xq (VNNI gate_up) the layer's quantized rows. */
+static int expert_rows(int64_t n, const int64_t *rw, int64_t H, int64_t I, const float *x, const Packed *gate_up,
+                       const Packed *down, int wtype, int round, float *xs, float *h, float *a, float *y, int nt,
+                       const void *xq_all, void *xq_got) {
+    int failed = 0;
+#ifdef HAVE_VNNI
+    if (xq_all) {
+        const QuantBuf *all = (const QuantBuf *)xq_all;
+        QuantBuf *got = (QuantBuf *)xq_got;
+        int64_t group = wtype == W_I4 ? gate_up->group : 0;
+        for (int64_t r = 0; r < n; r++) copy_quant_row(&all->q, rw[r], &got->q, r, H, group);
+        vnni_run(&got->q, n, H, gate_up, wtype, 2 * I, h, nt);
+    } else
+#endif
+    {
+        (void)xq_all;
+        (void)xq_got;
+        for (int64_t r = 0; r < n; r++) memcpy(xs + r * H, x + rw[r] * H, (size_t)H * 4);
+        failed = matmul_any(xs, n, H, gate_up, wtype, 2 * I, h, nt);
+    }
+    if (failed) return failed;
+    for (int64_t r = 0; r < n; r++) {
+        const float *g = h + r * 2 * I, *u = g + I;
+        float *ar = a + r * I;
+        for (int64_t j = 0; j < I; j++) {
+            if (round) {
+                float gv = round_bf16(g[j]), uv = round_bf16(u[j]);
+                ar[j] = round_bf16(round_bf16(silu(gv)) * uv);
+            } else {
+                ar[j] = silu(g[j]) * u[j];
+            }
+        }
+    }
+    return matmul_any(a, n, I, down, wtype, H, y, nt);
+}
+
 /* One layer's hosted experts for T rows:
  *   out[t] = sum over slots s with index[t][s] = e >= 0 of weight[t][s] * down_e(silu(gate_e(x_t)) * up_e(x_t)).
  * gate_up[e] packs [2I][H] (gate rows first, then up), down[e] packs [H][I] (an expert not here has w NULL);
  * an index of -1 is skipped.
  * round_bf16 != 0 rounds every intermediate to bfloat16 where the eager bf16 module stores one, so bf16
  * results stay as close to the architecture's class as float32 results are.
- * scratch holds at least T * (H + 2I + I + H) floats. Returns 0, 1 + the first routed expert with no weights,
- * or -2 when memory for the row lists or int4's sums ran out. */
+ * Where a batch names at least two experts per thread, the threads take whole experts (no barrier between an
+ * expert's matrices: a stolen vCPU delays one expert, not every matrix), else they split each matrix's rows. Each
+ * expert's output goes to its own rows of a buffer and is added into `out` afterwards in expert order, one thread,
+ * so the result is bit for bit the same either way. Returns 0, 1 + the first routed expert with no weights, or -2
+ * when memory ran out. */
 int64_t remoe_gated_experts(int64_t T, int64_t H, int64_t I, int64_t K, const float *x, const int64_t *index,
                             const float *weight, int64_t E, const Packed *gate_up, const Packed *down, int wtype,
-                            int round, float *out, float *scratch, int nt) {
-    float *xs = scratch;                 /* [T][H] gathered rows */
-    float *h = xs + T * H;               /* [T][2I] */
-    float *a = h + T * 2 * I;            /* [T][I] */
-    float *y = a + T * I;                /* [T][H] */
-    /* A row may name one expert in several slots (a caller's filler id): up to T * K (row, slot) pairs. */
-    int64_t *rows = (int64_t *)malloc((size_t)T * K * 2 * sizeof(int64_t));
-    if (!rows) return -2;
+                            int round, float *out, int nt) {
+    /* (row, slot) pairs grouped by expert in ascending order, (row, slot) order within one (a row may name one
+     * expert in several slots: a caller's filler id) */
+    int64_t *count = (int64_t *)calloc((size_t)E + 1, sizeof(int64_t));
+    int64_t *rows = (int64_t *)malloc((size_t)T * K * 2 * sizeof(int64_t) + 1);
+    if (!count || !rows) {
+        free(count);
+        free(rows);
+        return -2;
+    }
     int64_t *slots = rows + T * K;
-#ifdef HAVE_VNNI
-    /* VNNI gate_up: every row of x is quantized once for the layer, and each expert gathers its rows' codes */
-    QuantBuf xall = {0}, xgot = {0};
-    int64_t gu_group = 0;
-#endif
-    for (int64_t e = 0; e < E; e++) {
-        int64_t pairs = 0;
+    for (int64_t i = 0; i < T * K; i++)
+        if (index[i] >= 0 && index[i] < E) count[index[i] + 1]++;
+    for (int64_t e = 0; e < E; e++) count[e + 1] += count[e]; /* count[e] = first pair of expert e */
+    int64_t total = count[E];
+    {
+        int64_t *fill = (int64_t *)malloc((size_t)E * sizeof(int64_t) + 1);
+        if (!fill) {
+            free(count);
+            free(rows);
+            return -2;
+        }
+        memcpy(fill, count, (size_t)E * sizeof(int64_t));
         for (int64_t t = 0; t < T; t++)
-            for (int64_t s = 0; s < K; s++)
-                if (index[t * K + s] == e) {
-                    rows[pairs] = t;
-                    slots[pairs++] = s;
-                }
-        if (pairs == 0) continue;
-        if (!gate_up[e].w || !down[e].w) {
+            for (int64_t s = 0; s < K; s++) {
+                int64_t e = index[t * K + s];
+                if (e < 0 || e >= E) continue;
+                rows[fill[e]] = t;
+                slots[fill[e]++] = s;
+            }
+        free(fill);
+    }
+    for (int64_t e = 0; e < E; e++)
+        if (count[e + 1] > count[e] && (!gate_up[e].w || !down[e].w)) {
+            free(count);
             free(rows);
             return e + 1;
         }
-        for (int64_t p0 = 0; p0 < pairs; p0 += T) { /* scratch holds T rows */
-            int64_t n = pairs - p0 < T ? pairs - p0 : T;
-            const int64_t *rw = rows + p0, *sl = slots + p0;
-            int failed = 0;
+    /* work items: an expert's pairs in chunks of at most T (a thread's scratch holds T rows) */
+    int64_t items = 0;
+    for (int64_t e = 0; e < E; e++) items += (count[e + 1] - count[e] + T - 1) / T;
+    int64_t *item_p0 = (int64_t *)malloc((size_t)items * 3 * sizeof(int64_t) + 1);
+    float *ybuf = (float *)malloc((size_t)total * H * sizeof(float) + 1); /* [pairs][H], pair order */
+    int failed = !item_p0 || !ybuf;
+    int64_t *item_n = item_p0 + items, *item_e = item_n + items;
+    if (!failed) {
+        int64_t it = 0;
+        for (int64_t e = 0; e < E; e++)
+            for (int64_t p0 = count[e]; p0 < count[e + 1]; p0 += T) {
+                item_p0[it] = p0;
+                item_n[it] = count[e + 1] - p0 < T ? count[e + 1] - p0 : T;
+                item_e[it++] = e;
+            }
+    }
+    void *xall = NULL; /* VNNI gate_up: every row of x quantized once for the layer */
 #ifdef HAVE_VNNI
+    QuantBuf xall_buf = {0};
+    int64_t gu_group = 0;
+    for (int64_t e = 0; !failed && e < E; e++)
+        if (count[e + 1] > count[e]) {
             if ((wtype == W_I8 || wtype == W_I4) && gate_up[e].vnni) {
-                if (!xall.mem) {
-                    gu_group = wtype == W_I4 ? gate_up[e].group : 0;
-                    failed = quant_alloc(&xall, T, H, gu_group) || quant_alloc(&xgot, T, H, gu_group);
-                    if (!failed) quantize_rows(x, T, H, gu_group, &xall.q);
-                }
+                gu_group = wtype == W_I4 ? gate_up[e].group : 0;
+                failed = quant_alloc(&xall_buf, T, H, gu_group) != 0;
                 if (!failed) {
-                    for (int64_t r = 0; r < n; r++) copy_quant_row(&xall.q, rw[r], &xgot.q, r, H, gu_group);
-                    vnni_run(&xgot.q, n, H, &gate_up[e], wtype, 2 * I, h, nt);
+                    quantize_rows(x, T, H, gu_group, &xall_buf.q);
+                    xall = &xall_buf;
                 }
-            } else
-#endif
-            {
-                for (int64_t r = 0; r < n; r++) memcpy(xs + r * H, x + rw[r] * H, (size_t)H * 4);
-                failed = matmul_any(xs, n, H, &gate_up[e], wtype, 2 * I, h, nt);
             }
-            if (failed) {
+            break; /* every expert of a layer has the same packing */
+        }
+#endif
+    int by_expert = nt > 1 && items >= 2 * nt;
+    int threads = by_expert ? nt : 1, inner = by_expert ? 1 : nt;
+    if (!failed) {
+#pragma omp parallel num_threads(threads) if (threads > 1)
+        {
+            float *mine = (float *)malloc((size_t)T * (H + 3 * I) * sizeof(float));
+            int bad = mine == NULL;
 #ifdef HAVE_VNNI
-                free(xall.mem);
-                free(xgot.mem);
+            QuantBuf got = {0};
+            if (!bad && xall) bad = quant_alloc(&got, T, H, gu_group) != 0;
+            void *gotp = &got;
+#else
+            void *gotp = NULL;
 #endif
-                free(rows);
-                return -2;
-            }
-            for (int64_t r = 0; r < n; r++) {
-                const float *g = h + r * 2 * I, *u = g + I;
-                float *ar = a + r * I;
-                for (int64_t j = 0; j < I; j++) {
-                    if (round) {
-                        float gv = round_bf16(g[j]), uv = round_bf16(u[j]);
-                        ar[j] = round_bf16(round_bf16(silu(gv)) * uv);
-                    } else {
-                        ar[j] = silu(g[j]) * u[j];
+            if (bad) {
+#pragma omp atomic write
+                failed = 1;
+            } else {
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t it = 0; it < items; it++) {
+                    int64_t e = item_e[it], p0 = item_p0[it];
+                    float *xs = mine, *h = xs + T * H, *a = h + T * 2 * I;
+                    if (expert_rows(item_n[it], rows + p0, H, I, x, &gate_up[e], &down[e], wtype, round, xs, h, a,
+                                    ybuf + p0 * H, inner, xall, gotp)) {
+#pragma omp atomic write
+                        failed = 1;
                     }
                 }
             }
-            if (matmul_any(a, n, I, &down[e], wtype, H, y, nt)) {
 #ifdef HAVE_VNNI
-                free(xall.mem);
-                free(xgot.mem);
+            free(got.mem);
 #endif
-                free(rows);
-                return -2;
-            }
-            for (int64_t r = 0; r < n; r++) {
-                float wt = weight[rw[r] * K + sl[r]];
-                float *o = out + rw[r] * H;
-                const float *yr = y + r * H;
-                if (round) {
-                    for (int64_t j = 0; j < H; j++) o[j] = round_bf16(o[j] + round_bf16(round_bf16(yr[j]) * wt));
-                } else {
-                    for (int64_t j = 0; j < H; j++) o[j] += yr[j] * wt;
-                }
-            }
+            free(mine);
         }
     }
+    if (!failed) /* in expert order, one thread: the sums round the same however the experts were shared out */
+        for (int64_t p = 0; p < total; p++) {
+            float wt = weight[rows[p] * K + slots[p]];
+            float *o = out + rows[p] * H;
+            const float *yr = ybuf + p * H;
+            if (round) {
+                for (int64_t j = 0; j < H; j++) o[j] = round_bf16(o[j] + round_bf16(round_bf16(yr[j]) * wt));
+            } else {
+                for (int64_t j = 0; j < H; j++) o[j] += yr[j] * wt;
+            }
+        }
 #ifdef HAVE_VNNI
-    free(xall.mem);
-    free(xgot.mem);
+    free(xall_buf.mem);
 #endif
+    free(item_p0);
+    free(ybuf);
+    free(count);
     free(rows);
-    return 0;
+    return failed ? -2 : 0;
 }

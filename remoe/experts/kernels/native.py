@@ -131,7 +131,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.remoe_pack_i4_vnni.restype = None
     lib.remoe_has_vnni.argtypes = []
     lib.remoe_has_vnni.restype = cint
-    lib.remoe_gated_experts.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, cint, cint, ptr, ptr, cint]
+    lib.remoe_gated_experts.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, cint, cint, ptr, cint]
     lib.remoe_gated_experts.restype = i64
 
 
@@ -253,7 +253,6 @@ def gated_experts(
         packed_gate_up[e] = w.as_struct()
         packed_down[e] = down[e].as_struct()
     out = torch.zeros(tokens, h)
-    scratch = torch.empty(tokens * (2 * h + 3 * i))
     missing = lib.remoe_gated_experts(
         tokens,
         h,
@@ -268,11 +267,10 @@ def gated_experts(
         shape.weight_type,
         int(shape.round_bf16),
         out.data_ptr(),
-        scratch.data_ptr(),
         torch.get_num_threads(),
     )
     if missing == -2:
-        raise MemoryError("native kernel: no memory for its row lists or int4 sums")
+        raise MemoryError("native kernel: out of memory for its row lists and buffers")
     if missing:
         raise RuntimeError(f"native kernel: expert {missing - 1} was routed here without weights")
     return out
