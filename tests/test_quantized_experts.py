@@ -205,6 +205,31 @@ def test_the_float_packing_computes_what_the_vnni_packing_approximates(expert_dt
         assert _relative(kernel.compute(experts, x, index, routing), want) < tolerance
 
 
+@needs_native
+@pytest.mark.parametrize("expert_dtype", ["int8", "int4"])
+def test_an_odd_number_of_row_blocks_and_mixed_packings_compute_alike(expert_dtype):
+    """gate_up [48, 64] takes the VNNI packing with a padding block (3 blocks of 16 rows); down [64, 24] cannot
+    (24 columns) and takes the float one; one expert, both packings."""
+    from torch import nn
+
+    from remoe.experts.kernels.backends import NativeKernel
+    from remoe.experts.kernels.family import GatedFamily
+
+    g = torch.Generator().manual_seed(4)
+    h, i = 64, 24
+    kernel = NativeKernel(GatedFamily(h, i, nn.SiLU(), True), torch.float32, expert_dtype)
+    gate_up = quantize(torch.randn(2 * i, h, generator=g) / 8, expert_dtype, 32)
+    down = quantize(torch.randn(h, i, generator=g) / 8, expert_dtype, 8)
+    prepared, _ = kernel.prepare({"gate_up_proj": gate_up, "down_proj": down})
+    assert prepared.gate_up.vnni == native.vnni_fits(h, 32) and not prepared.down.vnni
+    x = torch.randn(3, h, generator=g)
+    got = kernel.compute({0: prepared}, x, torch.zeros(3, 1, dtype=torch.long), torch.ones(3, 1))
+    first = _int8_activations(x) if prepared.gate_up.vnni else x.double()
+    gate, up = F.linear(first, gate_up.dequantize().double()).chunk(2, dim=-1)
+    want = F.linear(F.silu(gate) * up, down.dequantize().double())
+    assert _relative(got, want) < SAME_MATH_TOLERANCE
+
+
 @pytest.mark.parametrize("kernel", ["aten", "class"])
 def test_other_kernels_widen_the_stored_weights_at_load_and_say_so(kernel, quantized_split):
     weights = open_weights(quantized_split("mixtral", "int4"))

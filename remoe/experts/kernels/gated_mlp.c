@@ -13,8 +13,9 @@
  * weights take the VNNI packings instead, and the activations are quantized on the fly to int8 in groups of 32
  * columns (symmetric, one float scale per row and group, as llama.cpp's Q8_0): one vpdpbusd then multiplies 64
  * weight bytes by 4 activations each, so the kernel stays bound by memory, not by converting weights to float:
- *   int8 VNNI: [N/16][K/4][16][4] bytes, q + 128 (unsigned; the offset is taken out per activation group);
- *   int4 VNNI: [N/16][K/8][16][4] bytes, byte i of a lane holding columns 8o + i (low nibble) and 8o + 4 + i.
+ *   int8 VNNI: [N/32][K/4][2][16][4] bytes, q + 128 (unsigned; the offset is taken out per activation group);
+ *   int4 VNNI: [N/32][K/8][2][16][4] bytes, byte i of a lane holding columns 8o + i (low nibble) and 8o + 4 + i;
+ * the two 16-row blocks a pass reads are interleaved, so a thread reads one sequential stream.
  *
  * T = rows of one expert, H = hidden size, I = expert intermediate size, K = top-k slots per row.
  * Built at first use by remoe/experts/kernels/native.py with the host's compiler (-O3 -march=native -fopenmp);
@@ -110,27 +111,28 @@ typedef struct {
 
 #define AG 32 /* activation columns per int8 scale in the VNNI kernels */
 
-/* int8 q [N][K] -> the VNNI packing [nb][K/4][16][4] of q + 128 (K a multiple of 4; rows past N zero). */
+/* int8 q [N][K] -> the VNNI packing [N/32][K/4][2][16][4] of q + 128 (K a multiple of 4; rows past N zero). */
 void remoe_pack_i8_vnni(const int8_t *q, int64_t n, int64_t k, uint8_t *out) {
-    int64_t blocks = (n + NB - 1) / NB;
-    memset(out, 0, (size_t)(blocks * k * NB));
+    int64_t pairs = (n + 2 * NB - 1) / (2 * NB);
+    memset(out, 0, (size_t)(pairs * 2 * k * NB));
     for (int64_t r = 0; r < n; r++) {
         int64_t b = r / NB, j = r % NB;
         for (int64_t c = 0; c < k; c++)
-            out[((b * (k / 4) + c / 4) * NB + j) * 4 + c % 4] = (uint8_t)((int)q[r * k + c] + 128);
+            out[(((b / 2) * (k / 4) + c / 4) * 2 + b % 2) * 64 + j * 4 + c % 4] = (uint8_t)((int)q[r * k + c] + 128);
     }
 }
 
-/* int4 q [N][K/2] (column 2c low nibble, 2c + 1 high) -> the VNNI packing [nb][K/8][16][4] (K a multiple of 8). */
+/* int4 q [N][K/2] (column 2c low nibble, 2c + 1 high) -> the VNNI packing [N/32][K/8][2][16][4] (K a multiple of
+ * 8; rows past N zero). */
 void remoe_pack_i4_vnni(const uint8_t *q, int64_t n, int64_t k, uint8_t *out) {
-    int64_t blocks = (n + NB - 1) / NB;
-    memset(out, 0, (size_t)(blocks * (k / 2) * NB));
+    int64_t pairs = (n + 2 * NB - 1) / (2 * NB);
+    memset(out, 0, (size_t)(pairs * 2 * (k / 2) * NB));
     for (int64_t r = 0; r < n; r++) {
         int64_t b = r / NB, j = r % NB;
         for (int64_t c = 0; c < k; c++) {
             uint8_t byte = q[r * (k / 2) + c / 2], v = c % 2 ? byte >> 4 : byte & 15;
             int64_t o = c / 8, i = c % 8;
-            out[((b * (k / 8) + o) * NB + j) * 4 + i % 4] |= (uint8_t)(i < 4 ? v : v << 4);
+            out[(((b / 2) * (k / 8) + o) * 2 + b % 2) * 64 + j * 4 + i % 4] |= (uint8_t)(i < 4 ? v : v << 4);
         }
     }
 }
@@ -326,7 +328,6 @@ static inline __attribute__((always_inline)) void pair_i8v(const int8_t *xq, con
                                                             int T, int64_t K, const uint8_t *w0, int two,
                                                             const float *s0, float *y, int64_t ystride, int64_t n0,
                                                             int64_t n) {
-    const uint8_t *w1 = w0 + (size_t)K * NB;
     const int64_t ng = K / AG;
     const int odd = T == 1; /* the odd quads' own chain */
     __m512 f[TQ][2];
@@ -335,13 +336,13 @@ static inline __attribute__((always_inline)) void pair_i8v(const int8_t *xq, con
         __m512i a[TQ][2], b[TQ][2];
         for (int t = 0; t < TQ; t++) a[t][0] = a[t][1] = b[t][0] = b[t][1] = _mm512_setzero_si512();
         for (int64_t o = g * AG / 4; o < (g + 1) * AG / 4; o += 2) { /* two column quads */
-            _mm_prefetch((const char *)(w0 + o * 64 + AHEAD), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w0 + o * 64 + 64 + AHEAD), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + o * 64 + AHEAD), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + o * 64 + 64 + AHEAD), _MM_HINT_T0);
-            __m512i v00 = _mm512_loadu_si512(w0 + o * 64), v01 = _mm512_loadu_si512(w0 + (o + 1) * 64);
-            __m512i v10 = two ? _mm512_loadu_si512(w1 + o * 64) : _mm512_setzero_si512();
-            __m512i v11 = two ? _mm512_loadu_si512(w1 + (o + 1) * 64) : _mm512_setzero_si512();
+            const uint8_t *w = w0 + o * 128; /* quads o, o + 1 of both blocks: 256 bytes in a row */
+            _mm_prefetch((const char *)(w + AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 64 + AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 128 + AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 192 + AHEAD), _MM_HINT_T0);
+            __m512i v00 = _mm512_loadu_si512(w), v10 = _mm512_loadu_si512(w + 64); /* the padding block is zeros */
+            __m512i v01 = _mm512_loadu_si512(w + 128), v11 = _mm512_loadu_si512(w + 192);
             for (int t = 0; t < T; t++) {
                 __m512i xa = bcast4(xq + t * K + 4 * o), xb = bcast4(xq + t * K + 4 * o + 4);
                 a[t][0] = _mm512_dpbusd_epi32(a[t][0], v00, xa);
@@ -382,7 +383,6 @@ static inline __attribute__((always_inline)) void pair_i4v(const int8_t *xq, con
                                                             int64_t K, int64_t G, const uint8_t *w0, int two,
                                                             const uint16_t *sc, const uint16_t *mn, float *y,
                                                             int64_t ystride, int64_t n0, int64_t n) {
-    const uint8_t *w1 = w0 + (size_t)(K / 8) * 64;
     const int64_t nw = K / G, na = K / AG;
     const __m512i low = _mm512_set1_epi8(0x0f), high = _mm512_set1_epi8((char)0xf0);
     const __m512 sixteenth = _mm512_set1_ps(1.0f / 16);
@@ -395,10 +395,10 @@ static inline __attribute__((always_inline)) void pair_i4v(const int8_t *xq, con
             __m512i lo[TQ][2], hi[TQ][2];
             for (int t = 0; t < TQ; t++) lo[t][0] = lo[t][1] = hi[t][0] = hi[t][1] = _mm512_setzero_si512();
             for (int64_t o = ag * AG / 8; o < (ag + 1) * AG / 8; o++) { /* a column octet: 8 columns, 16 rows */
-                _mm_prefetch((const char *)(w0 + o * 64 + AHEAD), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w1 + o * 64 + AHEAD), _MM_HINT_T0);
-                __m512i v0 = _mm512_loadu_si512(w0 + o * 64);
-                __m512i v1 = two ? _mm512_loadu_si512(w1 + o * 64) : _mm512_setzero_si512();
+                const uint8_t *w = w0 + o * 128; /* octet o of both blocks: 128 bytes in a row */
+                _mm_prefetch((const char *)(w + AHEAD), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 64 + AHEAD), _MM_HINT_T0);
+                __m512i v0 = _mm512_loadu_si512(w), v1 = _mm512_loadu_si512(w + 64); /* the padding block: zeros */
                 __m512i l0 = _mm512_and_si512(v0, low), h0 = _mm512_and_si512(v0, high);
                 __m512i l1 = _mm512_and_si512(v1, low), h1 = _mm512_and_si512(v1, high);
                 for (int t = 0; t < T; t++) {

@@ -183,6 +183,11 @@ def pack(weight: torch.Tensor) -> PackedMatrix:
 VNNI_GROUP = 32  # activation columns per int8 scale in the VNNI kernels (AG in the C source)
 
 
+def _pair_numel(rows: int, cols: int) -> int:
+    """The VNNI packings interleave pairs of 16-row blocks: rows padded to whole pairs."""
+    return -(-rows // (2 * BLOCK_ROWS)) * 2 * BLOCK_ROWS * cols
+
+
 def vnni_fits(columns: int, group: int | None = None) -> bool:
     """Whether a quantized matrix with `columns` input columns (int4: `group` per scale) takes the VNNI kernels
     here: the CPU has AVX512-VNNI and the sizes divide into 32-column activation groups."""
@@ -203,7 +208,7 @@ def pack_int8(qweight: torch.Tensor, scale: torch.Tensor, vnni: bool | None = No
     if not (vnni_fits(columns) if vnni is None else vnni):
         return PackedMatrix(_pack_items(qweight), padded)
     q = qweight.contiguous()
-    out = torch.empty(packed_numel(rows, columns), dtype=torch.uint8)
+    out = torch.empty(_pair_numel(rows, columns), dtype=torch.uint8)
     lib.remoe_pack_i8_vnni(q.data_ptr(), rows, columns, out.data_ptr())
     return PackedMatrix(out, padded, vnni=True)
 
@@ -219,7 +224,7 @@ def pack_int4(qweight: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor, vn
     if not (vnni_fits(columns, group) if vnni is None else vnni):
         return PackedMatrix(_pack_items(qweight), scales, minimums, group)
     q = qweight.contiguous()
-    out = torch.empty(packed_numel(rows, columns // 2), dtype=torch.uint8)
+    out = torch.empty(_pair_numel(rows, columns // 2), dtype=torch.uint8)
     lib.remoe_pack_i4_vnni(q.data_ptr(), rows, columns, out.data_ptr())
     return PackedMatrix(out, scales, minimums, group, vnni=True)
 
