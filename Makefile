@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= .cache/demo
 
 .PHONY: install system-deps test test-unit lint demo protos bench-engine bench-dispatch bench-cold-start bench-predictor bench-scheduler \
-	bench bench-quick bench-quantized-kernels bench-evaluation bench-hardware bench-load bench-http images images-cuda compose-up compose-down kind-up kind-down clean help
+	bench bench-quick bench-quantized-kernels bench-quantization bench-evaluation bench-hardware bench-load bench-http images images-cuda compose-up compose-down kind-up kind-down clean help
 
 help:
 	@echo "make install       create .venv and install remoe with dev extras (idempotent)"
@@ -22,7 +22,8 @@ help:
 	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
 	@echo "make bench-load    concurrent clients with a function killed mid-run: exact tokens, errors, ledger"
 	@echo "make bench-http    the HTTP API's cost: the openai client vs the gRPC SDK on the same cluster"
-	@echo "make bench-quantized-kernels  int8/int4 CPU expert kernels vs bf16 at DeepSeek-V2-Lite's shape (issue 24)"
+	@echo "make bench-quantized-kernels  int8/int4 CPU expert kernels vs bf16 at DeepSeek-V2-Lite's shape"
+	@echo "make bench-quantization   int8/int4 experts: greedy agreement, KL, perplexity, lm-eval accuracy, speed"
 	@echo "make bench-quick   the headline comparison on the tiny model + hardware limits + docs/results/README.md (<10 min)"
 	@echo "make bench         every bench, then docs/results/README.md (about two hours on 2 cores)"
 	@echo "make images        build the remoe/* container images (needs a Docker engine); images-cuda: the CUDA backbone"
@@ -63,6 +64,11 @@ protos: $(STAMP)
 
 bench-quantized-kernels: $(STAMP)
 	$(BIN)/python bench/quantized_kernels.py
+
+# int8/int4 experts' quality (agreement, KL, perplexity, lm-eval accuracy), bytes and speed; needs the trained
+# tiny model (make bench-predictor builds it); about 20 minutes.
+bench-quantization: $(STAMP)
+	$(BIN)/python bench/quantization.py
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine.py
