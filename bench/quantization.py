@@ -71,52 +71,53 @@ def _kl(exact_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def agreement(engines: dict, prompts: list[list[int]], tokens: int) -> dict[str, dict]:
     exact = engines["same"]
-    continuations = [
-        exact.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False).token_ids
-        for ids in tqdm(prompts, desc="exact greedy", leave=False)
-    ]
-    out = {}
-    for fmt, engine in engines.items():
-        agree = kl = positions = identical = 0.0
-        first = []
-        for ids, cont in tqdm(list(zip(prompts, continuations, strict=True)), desc=f"{fmt} agreement", leave=False):
-            sequence = ids + cont
-            rows = torch.arange(len(ids) - 1, len(sequence) - 1)  # the positions predicting cont
-            ref = exact.prefill_logits(sequence)[rows]
+    totals = {fmt: {"agree": 0.0, "kl": 0.0, "identical": 0, "first": []} for fmt in engines}
+    positions = 0
+    for ids in tqdm(prompts, desc="agreement", leave=False):
+        cont = exact.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False).token_ids
+        sequence = ids + cont
+        rows = torch.arange(len(ids) - 1, len(sequence) - 1)  # the positions predicting cont
+        ref = exact.prefill_logits(sequence)[rows]  # once per prompt, for every format
+        positions += len(cont)
+        for fmt, engine in engines.items():
             got = ref if engine is exact else engine.prefill_logits(sequence)[rows]
-            agree += float((got.argmax(dim=-1) == torch.tensor(cont)).sum())
-            kl += float(_kl(ref, got).sum())
-            positions += len(cont)
             own = cont
             if engine is not exact:
                 own = engine.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False).token_ids
             diff = next((i for i, (a, b) in enumerate(zip(own, cont, strict=True)) if a != b), tokens)
-            first.append(diff)
-            identical += diff == tokens
-        out[fmt] = {
-            "top1_agreement": agree / positions,
-            "kl": kl / positions,
-            "identical": identical / len(prompts),
-            "first_difference": statistics.mean(first),
+            t = totals[fmt]
+            t["agree"] += float((got.argmax(dim=-1) == torch.tensor(cont)).sum())
+            t["kl"] += float(_kl(ref, got).sum())
+            t["first"].append(diff)
+            t["identical"] += diff == tokens
+    return {
+        fmt: {
+            "top1_agreement": t["agree"] / positions,
+            "kl": t["kl"] / positions,
+            "identical": t["identical"] / len(prompts),
+            "first_difference": statistics.mean(t["first"]),
         }
-    return out
+        for fmt, t in totals.items()
+    }
 
 
 def perplexity(engines: dict, texts: list[list[int]]) -> dict[str, dict]:
-    out = {}
     exact = engines["same"]
-    for fmt, engine in engines.items():
-        nll = kl = n = 0.0
-        for ids in tqdm(texts, desc=f"{fmt} perplexity", leave=False):
-            target = torch.tensor(ids[1:])
-            logits = engine.prefill_logits(ids)[:-1]  # [T-1, V]
+    totals = {fmt: {"nll": 0.0, "kl": 0.0} for fmt in engines}
+    n = 0
+    for ids in tqdm(texts, desc="perplexity", leave=False):
+        target = torch.tensor(ids[1:])
+        ref = exact.prefill_logits(ids)[:-1]  # [T-1, V], once per text
+        n += len(target)
+        for fmt, engine in engines.items():
+            logits = ref if engine is exact else engine.prefill_logits(ids)[:-1]
             logp = torch.log_softmax(logits.double(), dim=-1)
-            nll -= float(logp[torch.arange(len(target)), target].sum())
-            if engine is not exact:
-                kl += float(_kl(exact.prefill_logits(ids)[:-1], logits).sum())
-            n += len(target)
-        out[fmt] = {"perplexity": math.exp(nll / n), "heldout_kl": kl / n, "heldout_tokens": int(n)}
-    return out
+            totals[fmt]["nll"] -= float(logp[torch.arange(len(target)), target].sum())
+            totals[fmt]["kl"] += float(_kl(ref, logits).sum())
+    return {
+        fmt: {"perplexity": math.exp(t["nll"] / n), "heldout_kl": t["kl"] / n, "heldout_tokens": n}
+        for fmt, t in totals.items()
+    }
 
 
 def decode_speed(engines: dict, prompts: list[list[int]], rounds: int = 3, tokens: int = 32) -> dict[str, float]:

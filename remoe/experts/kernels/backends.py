@@ -116,7 +116,12 @@ class NativeKernel:
         self.family = family
         self.dtype = dtype
         self.stored = stored
-        types = {None: native.WEIGHT_TYPES.get(dtype), BF16: 1, INT8: native.INT8_TYPE, INT4: native.INT4_TYPE}
+        types = {
+            None: native.WEIGHT_TYPES.get(dtype),
+            BF16: native.WEIGHT_TYPES[torch.bfloat16],
+            INT8: native.INT8_TYPE,
+            INT4: native.INT4_TYPE,
+        }
         rounds = dtype == torch.bfloat16 and stored in (None, BF16)
         self.shape = native.GatedShape(family.hidden, family.intermediate, types[stored], rounds)
 
