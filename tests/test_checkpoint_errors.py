@@ -98,12 +98,12 @@ def test_unknown_model_type_is_named(tiny_model, tmp_path):
         open_weights(ckpt)
 
 
-def test_quantized_checkpoint_is_refused(tiny_model, tmp_path):
+def test_a_quantization_config_over_unquantized_tensors_is_refused(tiny_model, tmp_path):
     ckpt = _copy(tiny_model, tmp_path, arch="gpt_oss")
     config = json.loads((ckpt / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "mxfp4"}
     (ckpt / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedArchitectureError, match="quantized"):
+    with pytest.raises(CheckpointError, match="declares quant_method 'mxfp4' but no tensor is stored so"):
         open_weights(ckpt)
 
 

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from remoe.checkpoint.moe_layers import MoELayerLookup
+from remoe.checkpoint.shipped_quantization import ShippedQuantization
 from remoe.errors import UnsupportedArchitectureError
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -51,12 +52,12 @@ class Architecture(MoELayerLookup):
     def from_config(
         cls, config: PretrainedConfig, dtype: torch.dtype = torch.float32, experts_implementation: str | None = None
     ) -> Architecture:
-        if getattr(config, "quantization_config", None) is not None:
-            raise UnsupportedArchitectureError(
-                f"{config.model_type}: quantized checkpoints ({config.quantization_config.get('quant_method', '?')}) "
-                "are not supported; use an unquantized (bf16/fp16/fp32) checkpoint"
-            )
+        ShippedQuantization.from_config(config)  # a quantization Remoe cannot read is refused here, named
         config = copy.deepcopy(config)  # from_config writes dtype (and we the implementation) into it
+        if getattr(config, "quantization_config", None) is not None:
+            # the checkpoint's tensors are read dequantized (remoe/checkpoint/shipped_quantization.py): the
+            # skeleton is the model they make, with no quantized modules in it
+            del config.quantization_config
         if experts_implementation is not None:
             config._experts_implementation = experts_implementation
         try:

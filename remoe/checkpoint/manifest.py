@@ -50,6 +50,8 @@ class Manifest:
     format: str = FORMAT
     experts_math: ExpertsMath | None = None  # None: the experts need their class (or a split made before it)
     expert_format: ExpertFormat | None = None  # None: experts as the checkpoint stores them (exact)
+    # the original checkpoint's own quantization (ShippedQuantization.label()), stored here dequantized
+    shipped_quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.format != FORMAT:

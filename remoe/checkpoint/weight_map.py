@@ -31,7 +31,8 @@ from remoe.checkpoint.files import Checkpoint
 from remoe.errors import MissingWeightError, UnsupportedArchitectureError
 
 log = logging.getLogger(__name__)
-# Keys of quantized checkpoints (MXFP4 blocks/scales, FP8 scales): refuse rather than mis-load.
+# Keys of quantized checkpoints (MXFP4 blocks/scales, FP8 scales) left after the dequantizing view
+# (remoe/checkpoint/shipped_quantization.py) took those of the config's quantization: refuse rather than mis-load.
 _QUANTIZED_KEY = re.compile(r"(_blocks|_scales|weight_scale_inv|weight_scale|_amax|_outer_scale_denominator)$")
 # Conversion operations that return a lone unquantized tensor unchanged (its scale sources are absent, and refused)
 _IDENTITY_ON_ONE_TENSOR = {"Inkling2LoopDequantizeExperts"}
@@ -62,7 +63,8 @@ def build_weight_map(ckpt: Checkpoint, arch: Architecture) -> WeightMap:
     for key in ckpt.keys():
         if _QUANTIZED_KEY.search(key):
             raise UnsupportedArchitectureError(
-                f"{ckpt.file_of(key)}: {key!r} is a quantized tensor; Remoe reads unquantized checkpoints only"
+                f"{ckpt.file_of(key)}: {key!r} is a quantized tensor that config.json's quantization_config does "
+                "not describe; Remoe reads unquantized checkpoints and mxfp4 / block-fp8 ones as the hub ships them"
             )
         target, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta_state)
         if target not in meta_state and key in meta_state:

@@ -20,6 +20,7 @@ from remoe.checkpoint.expert_sources import ExpertSource, split_expert_source
 from remoe.checkpoint.files import Checkpoint, load_config
 from remoe.checkpoint.manifest import MANIFEST_FILE, Manifest, split_expert_key
 from remoe.checkpoint.quantized import ExpertFormat, QuantizedWeight, read_stored
+from remoe.checkpoint.shipped_quantization import ShippedQuantization, open_dequantizing
 from remoe.checkpoint.weight_map import WeightMap, build_weight_map
 
 __all__ = ["ModelWeights", "CheckpointWeights", "SplitWeights", "open_weights", "split_expert_key"]
@@ -33,6 +34,12 @@ class ModelWeights(ABC):
     arch: Architecture  # float32 meta skeleton, for names and shapes only
     ckpt: Checkpoint
     expert_format: ExpertFormat | None = None  # a split's reduced expert format; None: as the checkpoint has them
+    shipped: ShippedQuantization | None = None  # an original checkpoint's own quantization, read dequantized
+
+    @property
+    def shipped_label(self) -> str | None:
+        """The original checkpoint's own quantization where it shipped quantized (read, or split, dequantized)."""
+        return self.shipped.label() if self.shipped is not None else None
 
     @abstractmethod
     def backbone_names(self) -> list[str]: ...
@@ -83,12 +90,13 @@ class CheckpointWeights(ModelWeights):
     arch: Architecture
     ckpt: Checkpoint
     wmap: WeightMap
+    shipped: ShippedQuantization | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> CheckpointWeights:
-        ckpt = Checkpoint.open(path)
+        ckpt, shipped = open_dequantizing(Checkpoint.open(path))
         arch = Architecture.from_config(ckpt.config)
-        return cls(Path(path), ckpt.config, arch, ckpt, build_weight_map(ckpt, arch))
+        return cls(Path(path), ckpt.config, arch, ckpt, build_weight_map(ckpt, arch), shipped)
 
     def backbone_names(self) -> list[str]:
         return list(self.wmap.backbone) + list(self.wmap.converted)
@@ -157,6 +165,10 @@ class SplitWeights(ModelWeights):
     @property
     def expert_format(self) -> ExpertFormat | None:  # type: ignore[override]  (the manifest's)
         return self.manifest.expert_format
+
+    @property
+    def shipped_label(self) -> str | None:
+        return self.manifest.shipped_quantization
 
     def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor | QuantizedWeight]:
         moe = self.arch.moe_layer(layer)

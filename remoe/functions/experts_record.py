@@ -91,6 +91,8 @@ def build_record(weights: ModelWeights) -> tuple[ExpertsRecord | None, str]:
 
     if weights.expert_format is not None:  # its quantized parts are not the record's per-param sources
         return None, "a split with its experts stored in a reduced format: functions read its manifest instead"
+    if weights.shipped is not None:  # a lean function reads files as stored; these dequantize on read
+        return None, f"a checkpoint shipped quantized ({weights.shipped.label()}): `remoe split` it for lean functions"
     arch = weights.arch
     math, why = record_experts_math(arch)
     if math is None:

@@ -11,6 +11,7 @@ Layout of the output directory:
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool, fm
     for name in _COPIED:
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
+    if weights.shipped is not None:  # the split stores the dequantized tensors: its config declares none
+        config = json.loads((src / "config.json").read_text())
+        config.pop("quantization_config", None)
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     arch = weights.arch
     steps = 1 + len(arch.moe_layers)
@@ -156,6 +161,7 @@ def _write_split(weights: ModelWeights, src: Path, out: Path, progress: bool, fm
         layers=layers,
         experts_math=experts_math,
         expert_format=fmt,
+        shipped_quantization=weights.shipped.label() if weights.shipped is not None else None,
     )
     manifest.save(out)
     return manifest
@@ -166,6 +172,8 @@ def describe(weights: ModelWeights) -> str:
     expert_bytes = sum(weights.expert_nbytes(m.layer, e) for m in arch.moe_layers for e in range(m.num_experts))
     fmt = weights.expert_format
     stored = f" stored {fmt.label()}" if fmt is not None else ""
+    if weights.shipped_label:
+        stored += f"; checkpoint shipped {weights.shipped_label}"
     return (
         f"{type(arch.skeleton).__name__}: {len(arch.moe_layers)} MoE layers x {arch.num_experts} experts, "
         f"top-{arch.top_k}, hidden {arch.hidden_size}; backbone {weights.backbone_nbytes() / 2**20:.1f} MiB, "
