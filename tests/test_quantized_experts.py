@@ -261,14 +261,17 @@ def test_a_quantized_model_generates_and_says_what_it_is(quantized_split, tiny_m
     from remoe.cli import main
 
     split = quantized_split("qwen3_moe", "int8")
-    exact = LocalEngine(tiny_model("qwen3_moe"), device="cpu").generate(prompt=PROMPT, max_new_tokens=8)
-    quantized = LocalEngine(split, device="cpu").generate(prompt=PROMPT, max_new_tokens=8)
-    # int8 experts (and activations) move the logits by little: this tiny model's greedy tokens stay the same
-    assert quantized.token_ids == exact.token_ids
+    exact, quantized = LocalEngine(tiny_model("qwen3_moe"), device="cpu"), LocalEngine(split, device="cpu")
+    ids = exact.encode(PROMPT)
+    want, got = exact.prefill_logits(ids), quantized.prefill_logits(ids)  # [T, V]
+    # int8 experts (with or without int8 activations, as the CPU's kernel has it) move the logits by little
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+    assert len(quantized.generate(token_ids=ids, max_new_tokens=8).token_ids) == 8
     assert main(["inspect", str(split)]) == 0
     out = capsys.readouterr().out
     assert "stored int8 (per channel; quantized from float32, not exact)" in out
-    assert "packed as stored" in out
+    assert ("packed as stored" if native.load() is not None else "widened to float32 at load") in out
 
 
 def test_bad_quantization_requests_are_refused_before_anything_is_written(tiny_model, tmp_path):
