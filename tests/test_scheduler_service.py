@@ -173,6 +173,11 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             assert all(len(f.layers) == len(f.experts) > 0 and f.memory_mb >= 1024 for f in running.functions)
             result = client.generate(token_ids=ids, max_new_tokens=12, request_id="req-2")
             assert result.token_ids == expected
+            # the gateway's planning happens before the backbone's clock starts: usage says how long it took, and
+            # the TTFT this client saw includes it
+            assert result.usage.plan_s > 0 and result.usage.predict_s >= 0
+            assert result.client_ttft_s > result.usage.ttft_s + result.usage.plan_s + result.usage.predict_s
+            assert result.client_tpot_s > 0
             used = result.usage.function_seconds  # the SDK shows what the ledger bills
             assert used and all(v > 0 for v in used.values()) and result.usage.function_memory_mb.keys() == used.keys()
             with pytest.raises(InvalidArgument, match="slo_tpot_s"):

@@ -128,6 +128,7 @@ def evaluate(
         "profile": json.loads(profile_path.read_text()),
         "slo_ttft_s": setting.slo_ttft_s,
         "slo_tpot_s": setting.slo_tpot_s,
+        "latency_at": "client",  # TTFT/TPOT as the SDK saw them (results before this key: the backbone's clock)
         "idle_gap_s": idle_s,
         "burst_starts": workloads.burst_starts(loads[-1], idle_s) if loads[-1].name == "bursty" else [],
         "runs": [

@@ -116,10 +116,13 @@ class GatewayCore:
         stops = check_limits(request, self.tokenizer)
         request_id = request.request_id or uuid.uuid4().hex
         text_prompt = prompt_text(request, ids, self.tokenizer)
+        t0 = time.perf_counter()
         forecast = self.planner.forecast(text_prompt, ids)
+        t1 = time.perf_counter()
         plan, from_prior = self.planner.plan(request, forecast, len(ids))
         functions = functions_to_proto(functions_of_reply(plan)) if plan is not None else []
         started = time.perf_counter()
+        gateway_times = {"predict_s": t1 - t0, "plan_s": started - t1}  # before the backbone's clock starts
         call = self.backbone.Generate(
             backbone_pb2.BackboneGenerateRequest(
                 request_id=request_id, token_ids=ids, sampling=request.sampling, functions=functions
@@ -144,7 +147,10 @@ class GatewayCore:
                 if text.stopped:
                     call.cancel()
                     usage = common_pb2.Usage(
-                        prompt_tokens=len(ids), completion_tokens=len(text.tokens), expert_format=self.expert_format
+                        prompt_tokens=len(ids),
+                        completion_tokens=len(text.tokens),
+                        expert_format=self.expert_format,
+                        **gateway_times,
                     )
                     # The backbone's usage never comes: time it here (function seconds unknown, metered as 0).
                     usage.ttft_s = first_token_s
@@ -161,6 +167,7 @@ class GatewayCore:
                     break
                 if chunk.finish_reason:
                     delta += text.finish()
+                    chunk.usage.predict_s, chunk.usage.plan_s = gateway_times["predict_s"], gateway_times["plan_s"]
                     self.learning.learn(text_prompt, ids, chunk.usage, forecast)
                     if from_prior:
                         chunk.usage.forecast_source = PRIOR_SOURCE

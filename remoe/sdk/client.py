@@ -7,6 +7,7 @@ result.token_ids, result.text, result.usage.ttft_s
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ class Usage:
     function_seconds: dict[str, float] = field(default_factory=dict)  # function -> instance-seconds it billed
     function_memory_mb: dict[str, int] = field(default_factory=dict)  # function -> its memory size
     expert_format: str = ""  # "" when the experts are exact; else how a quantized split stores them
+    predict_s: float = 0.0  # the gateway's forecast before the backbone started (ttft_s leaves it out)
+    plan_s: float = 0.0  # the gateway's plan from the scheduler, likewise
 
     @classmethod
     def from_proto(cls, msg: common_pb2.Usage) -> Usage:
@@ -55,6 +58,8 @@ class Usage:
             function_seconds=dict(msg.function_seconds),
             function_memory_mb=dict(msg.function_memory_mb),
             expert_format=msg.expert_format,
+            predict_s=msg.predict_s,
+            plan_s=msg.plan_s,
         )
 
 
@@ -79,6 +84,10 @@ class Result:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # with logprobs=N: one per generated token
     prompt_token_ids: list[int] = field(default_factory=list)  # with echo=True
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # with echo=True: prompt tokens 2..T's
+    # As this client saw them: the call to the first token (the gateway's predict and plan included, unlike
+    # usage.ttft_s), and the mean gap between the tokens after it.
+    client_ttft_s: float = 0.0
+    client_tpot_s: float = 0.0
 
 
 def build_request(
@@ -133,10 +142,20 @@ def _chunk(msg: gateway_pb2.GenerateChunk) -> Chunk:
     )
 
 
-def _collect(chunks, request_id: str = "") -> Result:
+def _timed(chunks: Iterator[Chunk]) -> Iterator[tuple[float, Chunk]]:
+    for chunk in chunks:
+        yield time.perf_counter(), chunk
+
+
+def _collect(timed: Iterator[tuple[float, Chunk]], start: float, request_id: str = "") -> Result:
+    """The chunks, each with when it arrived, as one Result; `start` is when the call was made."""
     result = Result([], "", "", Usage(), request_id)
     text = []
-    for chunk in chunks:
+    first = last = None
+    for arrived, chunk in timed:
+        if chunk.token_ids:
+            first = arrived if first is None else first
+            last = arrived
         result.token_ids += chunk.token_ids
         result.logprobs += chunk.logprobs
         result.prompt_token_ids += chunk.prompt_token_ids
@@ -145,6 +164,9 @@ def _collect(chunks, request_id: str = "") -> Result:
         result.finish_reason = chunk.finish_reason or result.finish_reason
         result.usage = chunk.usage or result.usage
     result.text = "".join(text)
+    if first is not None:
+        result.client_ttft_s = first - start
+        result.client_tpot_s = (last - first) / (len(result.token_ids) - 1) if len(result.token_ids) > 1 else 0.0
     return result
 
 
@@ -221,7 +243,9 @@ class Client:
             call.cancel()  # a consumer that stops early releases the server's work
 
     def generate(self, prompt: str | None = None, token_ids: list[int] | None = None, **kwargs) -> Result:
-        return _collect(self.stream(prompt=prompt, token_ids=token_ids, **kwargs), kwargs.get("request_id", ""))
+        start = time.perf_counter()  # the stream makes its call on the first next()
+        chunks = self.stream(prompt=prompt, token_ids=token_ids, **kwargs)
+        return _collect(_timed(chunks), start, kwargs.get("request_id", ""))
 
     def score(self, prompt: str | None = None, token_ids: list[int] | None = None, **options) -> Score:
         """The log-probability of every prompt token from the second on (`logprobs=N` adds N alternatives each):
@@ -280,8 +304,9 @@ class AsyncClient:
             call.cancel()
 
     async def generate(self, prompt: str | None = None, token_ids: list[int] | None = None, **kwargs) -> Result:
-        chunks = [c async for c in self.stream(prompt=prompt, token_ids=token_ids, **kwargs)]
-        return _collect(chunks, kwargs.get("request_id", ""))
+        start = time.perf_counter()
+        timed = [(time.perf_counter(), c) async for c in self.stream(prompt=prompt, token_ids=token_ids, **kwargs)]
+        return _collect(iter(timed), start, kwargs.get("request_id", ""))
 
     async def score(self, prompt: str | None = None, token_ids: list[int] | None = None, **options) -> Score:
         result = await self.generate(prompt=prompt, token_ids=token_ids, **_score_options(options))
