@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.evaluation import models, report, systems, workloads
+from bench.evaluation.resident import HeldMemory
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description
 from remoe.profiling.profile import profile_model
@@ -166,6 +167,10 @@ def reprice(model: dict, prices: Prices) -> None:
             for r in run["results"]:
                 busy = r["ttft_s"] + max(0, r["n_out"] - 1) * r["tpot_s"]
                 r["cost"] = systems.modelled_cost(setting, run["system"], None, r["n_in"], r["n_out"], busy)
+        if run.get("resident") and run["results"]:
+            raw = run["resident"]
+            held = HeldMemory({k: (v[0], v[1]) for k, v in raw["gb_s"].items()}, raw["peak_gb"], raw["seconds"])
+            run["held_cost"] = systems.held_cost(run["system"], held, len(run["results"]), prices)
 
 
 def commit() -> str:

@@ -42,8 +42,17 @@ def summary(run: dict, slo_ttft: float, slo_tpot: float, burst_starts: list[int]
         "cold_starts": run["cold_starts"],
         "cold_fallbacks": run.get("cold_fallbacks"),  # absent in results from before the fallback existed
         "function_s": float(np.mean([r["function_s"] for r in rs])),
+        "held_cost": run.get("held_cost"),  # absent in results from before memory was sampled
+        "held_gb": _held_gb(run.get("resident")),
         "modelled": any(r["modelled"] for r in rs),
     }
+
+
+def _held_gb(resident: dict | None) -> dict[str, tuple[float, float]] | None:
+    """role -> mean (anonymous, file-backed) GB held over the run."""
+    if not resident or not resident["seconds"]:
+        return None
+    return {role: (a / resident["seconds"], f / resident["seconds"]) for role, (a, f) in resident["gb_s"].items()}
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
@@ -109,20 +118,36 @@ def write(results: dict, out: Path, stem: str) -> None:
             f"### Paper workload: {plan['requests']} corpus prompts (first 500 characters), {plan['new_tokens']} "
             "output tokens, batch 1",
             "",
-            f"| system | $ per request | vs Remoe | TTFT p50 (ms) | {tail} | TPOT p50 (ms) | SLO met | "
-            "gateway predict + plan p50 (ms) | expert cache hits | forecast JS |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "Two costs per request: *billed* is what the plan's sizes bill (Remoe: the metering ledger) or, for CPU, "
+            "GPU and MIX, busy time x the main memory of the scheduler's model; *held* is the resident memory every "
+            "process of the system held while the workload ran (sampled from /proc, anonymous + file-backed), "
+            "the backbone process at the GPU's price and the rest at the CPU's, over the workload's requests.",
+            "",
+            f"| system | $ per request, billed | vs Remoe | $ per request, held | vs Remoe | TTFT p50 (ms) | {tail} | "
+            "TPOT p50 (ms) | SLO met | gateway predict + plan p50 (ms) | expert cache hits | forecast JS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         remoe = paper["Remoe"]["cost"]
+        remoe_held = paper["Remoe"]["held_cost"]
         client = model.get("latency_at") == "client"
         for system in ORDER:
             s = paper[system]
             gateway = f"{s['gateway_p50'] * 1e3:.2f}" if client and system not in ("CPU", "Fetch") else "-"
+            held, held_ratio = "-", "-"
+            if s["held_cost"] is not None and remoe_held:
+                held, held_ratio = f"{s['held_cost']:.3g}", f"{s['held_cost'] / remoe_held:.2f}x"
             lines.append(
                 f"| {system}{' (modelled)' if s['modelled'] else ''} | {s['cost']:.3g} | {s['cost'] / remoe:.2f}x | "
-                f"{s['ttft_p50'] * 1e3:.1f} | {s['ttft_p99'] * 1e3:.1f} | {s['tpot_p50'] * 1e3:.2f} | "
-                f"{s['slo']:.0%} | {gateway} | {_fmt(s['hit_rate'], '.1%')} | {_fmt(s['js'], '.3f')} |"
+                f"{held} | {held_ratio} | {s['ttft_p50'] * 1e3:.1f} | {s['ttft_p99'] * 1e3:.1f} | "
+                f"{s['tpot_p50'] * 1e3:.2f} | {s['slo']:.0%} | {gateway} | {_fmt(s['hit_rate'], '.1%')} | "
+                f"{_fmt(s['js'], '.3f')} |"
             )
+        where = [(system, paper[system]["held_gb"]) for system in ORDER if paper[system]["held_gb"]]
+        if where:
+            lines += ["", "Memory held on the paper workload, mean GB (anonymous + file-backed) per process:", ""]
+            for system, roles in where:
+                parts = ", ".join(f"{role} {a:.2f} + {f:.2f}" for role, (a, f) in sorted(roles.items()))
+                lines.append(f"- {system}: {parts}")
         lines.append("")
         sweep = {w: v for w, v in t.items() if w.startswith("sweep-")}
         if sweep:

@@ -10,6 +10,7 @@ table: Remoe's from its metering ledger, the others by the same formula from the
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.evaluation.resident import HeldMemory, ResidentSampler
 from bench.evaluation.workloads import Workload
 from remoe.cluster import LocalCluster
 from remoe.scheduler.baselines import SYSTEMS as MODELLED
@@ -66,6 +68,19 @@ class Run:
     cold_fallbacks: int = 0  # batches computed on an expert service while their function started
     held_gb_s: float = 0.0  # function memory held (instances starting or warm) while it ran
     held_at_end_mb: int = 0  # function memory still held at its end (held one TTL more, unless reused)
+    resident: HeldMemory | None = None  # what every process of the system held, sampled from /proc
+    held_cost: float | None = None  # per request: resident GB-s at each memory's price over the requests
+
+    def price_resident(self, prices: Prices) -> None:
+        if self.resident is not None and self.results:
+            self.held_cost = held_cost(self.system, self.resident, len(self.results), prices)
+
+
+def held_cost(system: str, held: HeldMemory, requests: int, prices: Prices) -> float:
+    """Per request: what the system's processes held over the workload at each memory's price. The backbone
+    process is the GPU part wherever there is one (GPU, MIX, Remoe); the rest is CPU memory."""
+    gpu = {"backbone"} if system != "CPU" else set()
+    return held.cost(gpu, prices.cpu_gb_s, prices.gpu_gb_s) / requests
 
     @property
     def hit_rate(self) -> float | None:
@@ -111,6 +126,9 @@ def cpu(setting: Setting, workload: Workload, engine) -> Run:
     """The whole model in this process, requests one after another (a CPU function serves one at a time)."""
     before = engine.executor.stats
     hits0, loads0 = before.hits, before.loads
+    sampler = ResidentSampler({"bench process (LocalEngine)": os.getpid()})  # the bench's own bytes included
+    sampler.sample(0.0)
+    sampler.start()
     results, start = [], time.monotonic()
     for i, r in enumerate(workload.requests):
         if workload.concurrent and r.arrival_s is not None:
@@ -121,7 +139,9 @@ def cpu(setting: Setting, workload: Workload, engine) -> Run:
         cost = modelled_cost(setting, "CPU", None, out.prompt_tokens, n_out, out.ttft_s + (n_out - 1) * out.tpot_s)
         results.append(Result("CPU", workload.name, i, out.prompt_tokens, n_out, out.ttft_s, out.tpot_s, cost, sent))
     stats = engine.executor.stats
-    return Run("CPU", workload.name, results, stats.hits - hits0, stats.loads - loads0)
+    run = Run("CPU", workload.name, results, stats.hits - hits0, stats.loads - loads0, resident=sampler.finish())
+    run.price_resident(setting.prices)
+    return run
 
 
 class Sampler(threading.Thread):
@@ -214,8 +234,9 @@ def serve(system: str, setting: Setting, workloads: list[Workload], oracle_addre
             # Not measured: the predictor's history (training prompts, prefill only) and the first-use loads.
             for j, prompt in enumerate(setting.warm_prompts):
                 client.generate(prompt=prompt, max_new_tokens=1, request_id=f"warm-{system}-{j}")
+            roots = {s.name: s.process.pid for s in cluster.services if s.process is not None}
             for workload in workloads:
-                runs.append(_serve_workload(system, setting, workload, client))
+                runs.append(_serve_workload(system, setting, workload, client, roots))
         if system.startswith("Remoe"):  # planned: the gateway metered every request into the ledger
             if not cluster.redis_url:
                 raise RuntimeError("the metering ledger needs redis-server (apt-get install redis-server)")
@@ -230,9 +251,12 @@ def serve(system: str, setting: Setting, workloads: list[Workload], oracle_addre
     return runs
 
 
-def _serve_workload(system: str, setting: Setting, workload: Workload, client: Client) -> Run:
+def _serve_workload(system: str, setting: Setting, workload: Workload, client: Client, roots: dict[str, int]) -> Run:
     sampler = Sampler(client)
     sampler.sample(0.0)
+    resident = ResidentSampler(roots)
+    resident.sample(0.0)
+    resident.start()
     hits0, loads0 = sampler.totals()
     cold0, fallbacks0 = sum(sampler.cold_starts.values()), sampler.cold_fallbacks
     sampler.start()
@@ -266,9 +290,10 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
     sampler.stop_event.set()
     sampler.join()
     sampler.sample(time.monotonic() - start)
+    held = resident.finish()
     hits, loads = sampler.totals()
     cold_starts = sum(sampler.cold_starts.values()) - cold0
-    return Run(
+    run = Run(
         system,
         workload.name,
         results,
@@ -279,7 +304,10 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
         sampler.cold_fallbacks - fallbacks0,
         sampler.held_gb_s(),
         sampler.held_mb[-1][1] if sampler.held_mb else 0,
+        held,
     )
+    run.price_resident(setting.prices)
+    return run
 
 
 class OraclePredictor:
