@@ -71,6 +71,10 @@ class Run:
     resident: HeldMemory | None = None  # what every process of the system held, sampled from /proc
     held_cost: float | None = None  # per request: resident GB-s at each memory's price over the requests
 
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / (self.hits + self.loads) if self.hits + self.loads else None
+
     def price_resident(self, prices: Prices) -> None:
         if self.resident is not None and self.results:
             self.held_cost = held_cost(self.system, self.resident, len(self.results), prices)
@@ -81,10 +85,6 @@ def held_cost(system: str, held: HeldMemory, requests: int, prices: Prices) -> f
     process is the GPU part wherever there is one (GPU, MIX, Remoe); the rest is CPU memory."""
     gpu = {"backbone"} if system != "CPU" else set()
     return held.cost(gpu, prices.cpu_gb_s, prices.gpu_gb_s) / requests
-
-    @property
-    def hit_rate(self) -> float | None:
-        return self.hits / (self.hits + self.loads) if self.hits + self.loads else None
 
 
 @dataclass
