@@ -44,7 +44,7 @@ def corpus() -> Path:
 def tiny(minutes: float) -> ModelCase:
     if (TRAINED / "config.json").is_file():
         return ModelCase("tiny (trained)", TRAINED, "qwen3_moe 4 layers x 8 experts top-2, trained on the corpus")
-    out = CACHE / "trained"
+    out = CACHE / f"trained-{minutes:g}min"  # by training time: a quick run's model is not the full run's
     if not (out / "config.json").is_file():
         steps = str(int(120 * minutes))
         _run("train-tiny", "--corpus", str(corpus() / "train.jsonl"), "--out", str(out), "--steps", steps,
