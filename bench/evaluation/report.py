@@ -99,11 +99,10 @@ def write(results: dict, out: Path, stem: str) -> None:
     for name, model in results["models"].items():
         t = tables(model)
         plan = model["plan"]
-        provenance = (
-            f" Measured {model['date']} at commit {model['commit']}."
-            if model.get("commit", results["commit"]) != results["commit"]
-            else ""
-        )
+        provenance = ""
+        if model.get("commit", results["commit"]) != results["commit"] or model.get("machine") != results["machine"]:
+            # a model kept from an earlier run: its own machine, date and commit, not the header's
+            provenance = f" Measured {model['date']} at commit {model['commit']} on {model.get('machine', '?')}."
         paper = t["paper"]
         n = paper["Remoe"]["n"]
         tail = "TTFT p99 (ms)" if n >= 100 else f"TTFT max of {n} (ms)"  # a p99 of fewer is their maximum
