@@ -29,9 +29,7 @@ def test_a_process_and_its_children_are_sampled_apart_and_integrated():
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)  # the child allocates
-        sampler = ResidentSampler({"service": proc.pid}, period_s=0.1)
-        sampler.sample(0.0)
-        sampler.start()
+        sampler = ResidentSampler({"service": proc.pid}, period_s=0.1).begin()
         time.sleep(1.0)
         held = sampler.finish()
     finally:

@@ -95,6 +95,12 @@ class ResidentSampler(threading.Thread):
                     held[name] = (anon, backed)
         self.samples.append((t, held))
 
+    def begin(self) -> ResidentSampler:
+        """A first sample now, then one every period in the background."""
+        self.sample(0.0)
+        self.start()
+        return self
+
     def run(self) -> None:
         start = time.monotonic()
         while not self.stop_event.is_set():

@@ -126,9 +126,7 @@ def cpu(setting: Setting, workload: Workload, engine) -> Run:
     """The whole model in this process, requests one after another (a CPU function serves one at a time)."""
     before = engine.executor.stats
     hits0, loads0 = before.hits, before.loads
-    sampler = ResidentSampler({"bench process (LocalEngine)": os.getpid()})  # the bench's own bytes included
-    sampler.sample(0.0)
-    sampler.start()
+    sampler = ResidentSampler({"bench process (LocalEngine)": os.getpid()}).begin()  # the bench's bytes included
     results, start = [], time.monotonic()
     for i, r in enumerate(workload.requests):
         if workload.concurrent and r.arrival_s is not None:
@@ -254,9 +252,7 @@ def serve(system: str, setting: Setting, workloads: list[Workload], oracle_addre
 def _serve_workload(system: str, setting: Setting, workload: Workload, client: Client, roots: dict[str, int]) -> Run:
     sampler = Sampler(client)
     sampler.sample(0.0)
-    resident = ResidentSampler(roots)
-    resident.sample(0.0)
-    resident.start()
+    resident = ResidentSampler(roots).begin()
     hits0, loads0 = sampler.totals()
     cold0, fallbacks0 = sum(sampler.cold_starts.values()), sampler.cold_fallbacks
     sampler.start()

@@ -180,12 +180,9 @@ def _find_parts(stored: dict[str, TensorInfo], q: ShippedQuantization) -> dict[s
         if scale not in stored:
             raise CheckpointError(f"{stored[key].file}: {key!r} has no {scale!r} beside it")
         parts[logical] = _Parts(key, scale)
-    orphans = [
-        k
-        for k in stored
-        if (k.endswith(_MX_SCALES) if q.method == MXFP4 else k.endswith(_FP8_SCALE))
-        and k not in {p.scale for p in parts.values()}
-    ]
+    scales = {p.scale for p in parts.values()}  # once: a DeepSeek-V3 checkpoint has ~90k tensors
+    suffix = _MX_SCALES if q.method == MXFP4 else _FP8_SCALE
+    orphans = [k for k in stored if k.endswith(suffix) and k not in scales]
     if orphans:
         raise CheckpointError(f"{stored[orphans[0]].file}: scale tensor {orphans[0]!r} has no quantized tensor")
     if q.method == FP8 and any(k.endswith(".activation_scale") or k.endswith(".input_scale") for k in stored):
