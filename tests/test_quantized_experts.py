@@ -206,6 +206,21 @@ def test_the_float_packing_computes_what_the_vnni_packing_approximates(expert_dt
 
 
 @needs_native
+def test_the_quantized_kernels_vectorised_silu_is_within_float_rounding_of_silu():
+    """The quantized kernels' SiLU (a polynomial exp, 16 lanes) against float64 silu over the float range that
+    matters, its edges and a length that leaves a scalar tail; the exact path's expf the same way."""
+    g = torch.cat([torch.linspace(-90, 90, 200_003), torch.tensor([0.0, -0.0, 1e-30, -1e-30, -150.0, 150.0])])
+    up = torch.randn(g.numel(), generator=torch.Generator().manual_seed(5))
+    want = F.silu(g.double()) * up.double()
+    for fast in (True, False):
+        got = native.silu_mul(g, up, fast).double()
+        assert torch.isfinite(got).all()
+        error = (got - want).abs() / want.abs().clamp_min(1e-30)
+        assert float(error[want.abs() > 1e-30].max()) < 1e-6, f"fast={fast}"
+        assert float((got - want).abs().max()) < 1e-30 + 1e-6 * float(want.abs().max())
+
+
+@needs_native
 @pytest.mark.parametrize("expert_dtype", ["int8", "int4"])
 def test_an_odd_number_of_row_blocks_and_mixed_packings_compute_alike(expert_dtype):
     """gate_up [48, 64] takes the VNNI packing with a padding block (3 blocks of 16 rows); down [64, 24] cannot

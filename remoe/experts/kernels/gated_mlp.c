@@ -311,6 +311,9 @@ static const qpair_fn QPAIRS[TQ + 1] = {0, qpair_1, qpair_2, qpair_3, qpair_4};
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define HAVE_VNNI 1
+#ifndef AHEAD4
+#define AHEAD4 8192 /* int4 spends twice the instructions per byte: prefetched twice as far (measured: +4-5% at 1 row) */
+#endif
 #ifndef AHEAD
 #define AHEAD 4096 /* bytes ahead in each weight stream: without it a core computes and waits on memory in turn (measured: up to 1.5x at 1 row) */
 #endif
@@ -396,8 +399,8 @@ static inline __attribute__((always_inline)) void pair_i4v(const int8_t *xq, con
             for (int t = 0; t < TQ; t++) lo[t][0] = lo[t][1] = hi[t][0] = hi[t][1] = _mm512_setzero_si512();
             for (int64_t o = ag * AG / 8; o < (ag + 1) * AG / 8; o++) { /* a column octet: 8 columns, 16 rows */
                 const uint8_t *w = w0 + o * 128; /* octet o of both blocks: 128 bytes in a row */
-                _mm_prefetch((const char *)(w + AHEAD), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w + 64 + AHEAD), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + AHEAD4), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 64 + AHEAD4), _MM_HINT_T0);
                 __m512i v0 = _mm512_loadu_si512(w), v1 = _mm512_loadu_si512(w + 64); /* the padding block: zeros */
                 __m512i l0 = _mm512_and_si512(v0, low), h0 = _mm512_and_si512(v0, high);
                 __m512i l1 = _mm512_and_si512(v1, low), h1 = _mm512_and_si512(v1, high);
@@ -644,6 +647,52 @@ static int matmul_any(const float *x, int64_t T, int64_t K, const Packed *m, int
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
+#ifdef __AVX512F__
+/* silu over 16 lanes, exp(-g) from a degree-6 polynomial after range reduction: within 5 ulp (4e-7 relative) of
+ * the expf one over |g| < 87. For the quantized kernels only, whose activations are already rounded to int8; the
+ * exact paths keep expf (measured: the scalar loop was 3-7% of an int4 layer's time at 1-4 rows). */
+static inline __m512 silu16(__m512 g) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2hi = _mm512_set1_ps(0.693145752f),
+                 ln2lo = _mm512_set1_ps(1.42860677e-6f), one = _mm512_set1_ps(1.0f);
+    __m512 x = _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), g), _mm512_set1_ps(104.0f)),
+                             _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2lo, _mm512_fnmadd_ps(n, ln2hi, x));
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, one);
+    p = _mm512_fmadd_ps(p, r, one);
+    __m512 e = _mm512_scalef_ps(p, n);
+    return _mm512_div_ps(g, _mm512_add_ps(one, e));
+}
+#endif
+
+/* a [I] = silu(g) * u, rounded to bf16 where the eager bf16 module stores a result (round); `fast`: silu16. */
+static void gated_act(const float *g, const float *u, float *a, int64_t I, int round, int fast) {
+    int64_t j0 = 0;
+#ifdef __AVX512F__
+    if (fast && !round)
+        for (; j0 + 16 <= I; j0 += 16)
+            _mm512_storeu_ps(a + j0, _mm512_mul_ps(silu16(_mm512_loadu_ps(g + j0)), _mm512_loadu_ps(u + j0)));
+#else
+    (void)fast;
+#endif
+    for (int64_t j = j0; j < I; j++) {
+        if (round) {
+            float gv = round_bf16(g[j]), uv = round_bf16(u[j]);
+            a[j] = round_bf16(round_bf16(silu(gv)) * uv);
+        } else {
+            a[j] = silu(g[j]) * u[j];
+        }
+    }
+}
+
+/* The activation alone, for tests: a [n] = silu(g) * u, the quantized kernels' way (fast) or the exact one. */
+void remoe_silu_mul(const float *g, const float *u, float *a, int64_t n, int fast) { gated_act(g, u, a, n, 0, fast); }
+
 /* One expert's chunk of n <= T (row, slot) pairs: y [n][H] = down_e(silu(gate_e(x_row)) * up_e(x_row)), unweighted.
  * xs [T][H], h [T][2I] and a [T][I] are this caller's scratch; xq (VNNI gate_up) the layer's quantized rows. */
 static int expert_rows(int64_t n, const int64_t *rw, int64_t H, int64_t I, const float *x, const Packed *gate_up,
@@ -666,18 +715,8 @@ static int expert_rows(int64_t n, const int64_t *rw, int64_t H, int64_t I, const
         failed = matmul_any(xs, n, H, gate_up, wtype, 2 * I, h, nt);
     }
     if (failed) return failed;
-    for (int64_t r = 0; r < n; r++) {
-        const float *g = h + r * 2 * I, *u = g + I;
-        float *ar = a + r * I;
-        for (int64_t j = 0; j < I; j++) {
-            if (round) {
-                float gv = round_bf16(g[j]), uv = round_bf16(u[j]);
-                ar[j] = round_bf16(round_bf16(silu(gv)) * uv);
-            } else {
-                ar[j] = silu(g[j]) * u[j];
-            }
-        }
-    }
+    int fast = wtype == W_I8 || wtype == W_I4;
+    for (int64_t r = 0; r < n; r++) gated_act(h + r * 2 * I, h + r * 2 * I + I, a + r * I, I, round, fast);
     return matmul_any(a, n, I, down, wtype, H, y, nt);
 }
 

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -133,6 +133,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.remoe_has_vnni.restype = cint
     lib.remoe_gated_experts.argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, cint, cint, ptr, cint]
     lib.remoe_gated_experts.restype = i64
+    lib.remoe_silu_mul.argtypes = [ptr, ptr, ptr, i64, cint]
+    lib.remoe_silu_mul.restype = None
 
 
 def packed_numel(rows: int, cols: int) -> int:
@@ -148,14 +150,17 @@ class PackedMatrix:
     mins: torch.Tensor | None = None  # int4: float16 [ceil(N/16), K/G, 16]
     group: int = 0  # int4: G
     vnni: bool = False  # int8/int4 in the VNNI packing: activations quantized to int8 per 32 columns
+    struct: _Packed = field(init=False, repr=False, compare=False)  # `Packed` for the C call, built once
+
+    def __post_init__(self) -> None:
+        # built here, not per call: a layer call names every hosted expert, ~1 us each through ctypes
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        packed = _Packed(self.weight.data_ptr(), ptr(self.scale), ptr(self.mins), self.group, int(self.vnni))
+        object.__setattr__(self, "struct", packed)
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in (self.weight, self.scale, self.mins) if t is not None)
-
-    def as_struct(self) -> _Packed:
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-        return _Packed(self.weight.data_ptr(), ptr(self.scale), ptr(self.mins), self.group, int(self.vnni))
 
 
 def _pack_items(t: torch.Tensor) -> torch.Tensor:
@@ -255,8 +260,8 @@ def gated_experts(
     packed_gate_up = (_Packed * num_experts)()  # zeroed: an expert not here has w NULL
     packed_down = (_Packed * num_experts)()
     for e, w in gate_up.items():
-        packed_gate_up[e] = w.as_struct()
-        packed_down[e] = down[e].as_struct()
+        packed_gate_up[e] = w.struct
+        packed_down[e] = down[e].struct
     out = torch.zeros(tokens, h)
     missing = lib.remoe_gated_experts(
         tokens,
@@ -278,4 +283,15 @@ def gated_experts(
         raise MemoryError("native kernel: out of memory for its row lists and buffers")
     if missing:
         raise RuntimeError(f"native kernel: expert {missing - 1} was routed here without weights")
+    return out
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, fast: bool) -> torch.Tensor:
+    """silu(gate) * up [n] float32 as the kernel computes it between an expert's matrices: `fast` the quantized
+    kernels' vectorised SiLU, else the exact path's expf (for tests)."""
+    lib = load()
+    assert lib is not None, "silu_mul() needs the native kernel"
+    g, u = gate.float().contiguous(), up.float().contiguous()
+    out = torch.empty_like(g)
+    lib.remoe_silu_mul(g.data_ptr(), u.data_ptr(), out.data_ptr(), g.numel(), int(fast))
     return out
