@@ -61,8 +61,10 @@ class Ceilings:
             dt: (torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)) for dt in (torch.bfloat16, torch.float32)
         }
         self.best = {"sum_s": float("inf"), "copy_s": float("inf"), "bf16_s": float("inf"), "fp32_s": float("inf")}
+        self.read_gb_s_by_round: list[float] = []  # this round's read bandwidth: the machine's moves during a run
 
     def round(self) -> None:
+        seconds = {}
         for key, fn in (
             ("sum_s", lambda: self.src.sum()),
             ("copy_s", lambda: self.dst.copy_(self.src)),
@@ -71,7 +73,9 @@ class Ceilings:
         ):
             t = time.perf_counter()
             fn()
-            self.best[key] = min(self.best[key], time.perf_counter() - t)
+            seconds[key] = time.perf_counter() - t
+            self.best[key] = min(self.best[key], seconds[key])
+        self.read_gb_s_by_round.append(max(self.nbytes / seconds["sum_s"], self.nbytes / seconds["copy_s"]) / GB)
 
     def result(self) -> tuple[dict, dict]:
         b = self.best
