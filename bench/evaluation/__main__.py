@@ -6,8 +6,10 @@ and set the SLO to 1.5x MIX's median TTFT and TPOT, then run every system on the
 prefill/decode ratio sweep and a bursty trace (tiny model: idle gaps longer than the function TTL). Writes
 docs/results/evaluation.json, evaluation.md and PNG plots.
 
-Usage: python -m bench.evaluation [--quick] [--models NAME ...] [--report-only] [--out docs/results]
+Usage: python -m bench.evaluation [--quick] [--models NAME ...] [--expert-dtype int4] [--report-only]
+                                  [--out docs/results]
   --quick: the tiny model only, 8 requests x 32 tokens, a 2x2 sweep, 2 bursts (under 10 minutes here)
+  --expert-dtype: the paper workload again from a split with int8/int4 experts, at the same SLO, same run
   --report-only: recompute the formula-priced costs from the measured times and rewrite the report
 """
 
@@ -59,7 +61,7 @@ FULL = {
     "tiny": Plan(50, 200, (64, 400, 900), (16, 64, 192), 2, 5, 32, 5.0, 25.0, 200),
     "medium": Plan(20, 100, warm_prompts=50),
     "gpt2-moe": Plan(10, 64, warm_prompts=30),
-    "deepseek-v2-lite": Plan(5, 32, warm_prompts=10),
+    "deepseek-v2-lite": Plan(10, 32, warm_prompts=10),
 }
 
 
@@ -77,19 +79,18 @@ def case(name: str, quick: bool) -> models.ModelCase:
 
 
 def evaluate(
-    model: models.ModelCase, plan: Plan, texts: list[str], train: list[str], work: Path, slack: float = SLO_SLACK
+    model: models.ModelCase,
+    plan: Plan,
+    texts: list[str],
+    train: list[str],
+    work: Path,
+    slack: float = SLO_SLACK,
+    expert_dtype: str | None = None,
 ) -> dict:
     from remoe.model.engine import LocalEngine
 
-    shape = shape_of_model(model.path)
-    profile_path = work / "profile.json"
-    log(f"{model.name}: remoe profile (quick)")
-    profile_model(model.path, quick=True, progress=False, run_dir=work / "profile").save(profile_path)
-    profile: Profile = load_profile(profile_path)
-    setting = systems.Setting(
-        model.path, shape, profile, profile_path, Prices(), function_ttl_s=plan.function_ttl_s, run_dir=work
-    )
-    setting.warm_prompts = [t[: workloads.PROMPT_CHARS] for t in train[: plan.warm_prompts]]
+    setting = profiled_setting(model, plan, train, work)
+    shape, profile_path = setting.shape, setting.profile_path
     loads = [workloads.paper(texts, plan.requests, plan.new_tokens)]
     if plan.sweep_per_cell:
         loads += workloads.ratio_sweep(texts, list(plan.sweep_chars), list(plan.sweep_outputs), plan.sweep_per_cell)
@@ -120,6 +121,9 @@ def evaluate(
     log(f"{model.name}: CPU (whole model in one process)")
     runs += [systems.cpu(setting, w, engine) for w in loads]
     runs += [systems.fetch(setting, w, frequencies, [n_in[p] for p in w.prompts]) for w in loads]
+    quantized = None
+    if expert_dtype:
+        quantized = evaluate_quantized(model, expert_dtype, plan, setting, loads[0], train, work)
     return {
         "model": model.name,
         "path": str(model.path),
@@ -132,14 +136,80 @@ def evaluate(
         "latency_at": "client",  # TTFT/TPOT as the SDK saw them (results before this key: the backbone's clock)
         "idle_gap_s": idle_s,
         "burst_starts": workloads.burst_starts(loads[-1], idle_s) if loads[-1].name == "bursty" else [],
-        "runs": [
-            {
-                **{k: v for k, v in asdict(run).items() if k != "results"},
-                "hit_rate": run.hit_rate,
-                "results": [asdict(r) for r in run.results],
-            }
-            for run in runs
-        ],  # fmt: skip
+        "runs": [run_payload(run) for run in runs],
+        "quantized": quantized,
+    }
+
+
+def profiled_setting(model: models.ModelCase, plan: Plan, train: list[str], work: Path) -> systems.Setting:
+    """`remoe profile --quick` of the model, and the setting every system of it shares (SLO unset)."""
+    work.mkdir(parents=True, exist_ok=True)
+    profile_path = work / "profile.json"
+    log(f"{model.name}: remoe profile (quick)")
+    profile_model(model.path, quick=True, progress=False, run_dir=work / "profile").save(profile_path)
+    profile: Profile = load_profile(profile_path)
+    setting = systems.Setting(
+        model.path,
+        shape_of_model(model.path),
+        profile,
+        profile_path,
+        Prices(),
+        function_ttl_s=plan.function_ttl_s,
+        run_dir=work,
+    )
+    setting.warm_prompts = [t[: workloads.PROMPT_CHARS] for t in train[: plan.warm_prompts]]
+    return setting
+
+
+QUANTIZED_SYSTEMS = ("MIX", "Remoe", "Remoe-oracle")  # served from the quantized split; CPU below, in process
+
+
+def run_payload(run: systems.Run) -> dict:
+    return {
+        **{k: v for k, v in asdict(run).items() if k != "results"},
+        "hit_rate": run.hit_rate,
+        "results": [asdict(r) for r in run.results],
+    }
+
+
+def evaluate_quantized(
+    model: models.ModelCase,
+    expert_dtype: str,
+    plan: Plan,
+    exact: systems.Setting,
+    paper: workloads.Workload,
+    train: list[str],
+    work: Path,
+) -> dict:
+    """The paper workload again with the model's experts split to `expert_dtype`, at the exact model's SLO: CPU,
+    MIX, Remoe and Remoe-oracle (GPU keeps the checkpoint's dtype on its device; Fetch is modelled), each
+    measured as the exact runs are, so a request's cost is side by side with the exact experts'."""
+    from remoe.model.engine import LocalEngine
+
+    case = models.quantized(model, expert_dtype)
+    setting = profiled_setting(case, plan, train, work / expert_dtype)
+    setting.slo_ttft_s, setting.slo_tpot_s = exact.slo_ttft_s, exact.slo_tpot_s
+    log(f"{case.name}: actual prefill activations (oracle)")
+    engine = LocalEngine(case.path)
+    frequencies, _ = systems.prefill_frequencies(engine, paper.prompts)
+    runs: list[systems.Run] = []
+    oracle_server, oracle_address = systems.start_oracle(case.path, frequencies)
+    try:
+        for system in QUANTIZED_SYSTEMS:
+            log(f"{case.name}: {system}")
+            runs += systems.serve(system, setting, [paper], oracle_address)
+    finally:
+        oracle_server.server.stop(0)
+    log(f"{case.name}: CPU (whole model in one process)")
+    runs.append(systems.cpu(setting, paper, engine))
+    return {
+        "expert_dtype": expert_dtype,
+        "group_size": models.QUANTIZED_GROUP if expert_dtype == "int4" else None,
+        "model": case.name,
+        "path": str(case.path),
+        "shape": setting.shape.as_dict(),
+        "profile": json.loads(setting.profile_path.read_text()),
+        "runs": [run_payload(run) for run in runs],
     }
 
 
@@ -154,6 +224,13 @@ def fit_context(workload: workloads.Workload, n_in: dict[str, int], context: int
 def reprice(model: dict, prices: Prices) -> None:
     """Recompute the cost of the systems priced by formula (CPU, GPU, MIX) from their measured busy times, with
     the memory model as it is now: a report can follow a fix to the formula without measuring again."""
+    _reprice_runs(model, prices)
+    if model.get("quantized"):
+        _reprice_runs(model["quantized"], prices)
+
+
+def _reprice_runs(model: dict, prices: Prices) -> None:
+    """`model`: a model's results or their quantized part (shape, profile, path and runs each)."""
     import tempfile
 
     shape = ModelShape(**model["shape"])
@@ -191,6 +268,12 @@ def main() -> None:
         default=SLO_SLACK,
         help=f"SLO = this x MIX's median TTFT and TPOT (default {SLO_SLACK}); another value writes its own files",
     )
+    parser.add_argument(
+        "--expert-dtype",
+        choices=["int8", "int4"],
+        help="also serve each model from a split with its experts in this format (int4: group 128), at the same "
+        "SLO, in the same run: CPU, MIX, Remoe and Remoe-oracle on the paper workload, side by side",
+    )
     args = parser.parse_args()
     if not args.slo_slack > 0:
         parser.error("--slo-slack must be > 0")
@@ -225,7 +308,9 @@ def main() -> None:
     for name in names:
         work = models.CACHE / "runs" / name
         work.mkdir(parents=True, exist_ok=True)
-        results["models"][name] = evaluate(case(name, args.quick), plans[name], texts, train, work, args.slo_slack)
+        results["models"][name] = evaluate(
+            case(name, args.quick), plans[name], texts, train, work, args.slo_slack, args.expert_dtype
+        )
         results["models"][name].update({k: results[k] for k in PROVENANCE})
         path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
     report.write(results, args.out, stem)

@@ -77,3 +77,18 @@ def paper_shape(name: str, layers: int, tokenizer_from: Path) -> ModelCase:
             shutil.copy(tokenizer_from / f, out / f)
     what = {"deepseek-v2-lite": "DeepSeek-V2-Lite", "gpt2-moe": "GPT2-moe"}[name]
     return ModelCase(f"{what} ({layers} layers)", out, f"{what}'s shape, {layers} of its layers, random init")
+
+
+QUANTIZED_GROUP = 128  # input columns per int4 scale, as `remoe split --expert-dtype int4` defaults
+
+
+def quantized(case: ModelCase, expert_dtype: str) -> ModelCase:
+    """The model split with its routed experts stored as `expert_dtype` (int8 or int4; the backbone unchanged),
+    kept beside the checkpoint under .cache/bench/."""
+    from remoe.model.split import split_checkpoint
+
+    out = CACHE / f"{case.path.name}-{expert_dtype}"
+    if not (out / "manifest.json").is_file():
+        split_checkpoint(case.path, out, progress=False, expert_dtype=expert_dtype, group_size=QUANTIZED_GROUP)
+    group = f", group {QUANTIZED_GROUP}" if expert_dtype == "int4" else ""
+    return ModelCase(f"{case.name}, {expert_dtype} experts", out, f"{case.note}; experts {expert_dtype}{group}")

@@ -82,6 +82,49 @@ def tables(model: dict) -> dict[str, dict[str, dict]]:
     return out
 
 
+QUANTIZED_ORDER = ["CPU", "MIX", "Remoe", "Remoe-oracle"]
+
+
+def _held_total(s: dict) -> str:
+    return "-" if not s["held_gb"] else f"{sum(a + f for a, f in s['held_gb'].values()):.2f}"
+
+
+def quantized_table(model: dict, paper: dict[str, dict]) -> list[str]:
+    """The paper workload with the experts quantized, beside the same systems with exact experts (same SLO)."""
+    q = model["quantized"]
+    fmt = q["expert_dtype"] + (f" (group {q['group_size']})" if q.get("group_size") else "")
+    qsum = {
+        run["system"]: summary(run, model["slo_ttft_s"], model["slo_tpot_s"], [])
+        for run in q["runs"]
+        if run["workload"] == "paper"
+    }
+    exact_mb = model["shape"]["expert_bytes"] * model["shape"]["layers"] * model["shape"]["experts"] / 2**20
+    quant_mb = q["shape"]["expert_bytes"] * q["shape"]["layers"] * q["shape"]["experts"] / 2**20
+    lines = [
+        f"### Paper workload with {fmt} experts, same SLO",
+        "",
+        f"The same requests served from `remoe split --expert-dtype {q['expert_dtype']}` of this checkpoint (routed "
+        f"experts {quant_mb:.0f} MiB instead of {exact_mb:.0f} MiB; the backbone unchanged), measured in the same "
+        "run as the table above. GPU keeps the checkpoint's experts on its device, Fetch is modelled: both left "
+        "out. Quantized experts change the tokens (docs/results/quantization.md has the quality cost).",
+        "",
+        "| system | experts | $ per request, billed | $ per request, held | held vs exact | TTFT p50 (ms) | "
+        "TPOT p50 (ms) | SLO met | GB held (all processes, mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for system in QUANTIZED_ORDER:
+        if system not in qsum:
+            continue
+        for label, s in (("exact", paper[system]), (q["expert_dtype"], qsum[system])):
+            exact_held = paper[system]["held_cost"]
+            ratio = f"{s['held_cost'] / exact_held:.2f}x" if s["held_cost"] is not None and exact_held else "-"
+            lines.append(
+                f"| {system} | {label} | {s['cost']:.3g} | {_fmt(s['held_cost'], '.3g')} | {ratio} | "
+                f"{s['ttft_p50'] * 1e3:.1f} | {s['tpot_p50'] * 1e3:.2f} | {s['slo']:.0%} | {_held_total(s)} |"
+            )
+    return [*lines, ""]
+
+
 def write(results: dict, out: Path, stem: str) -> None:
     lines = [
         "# Evaluation: CPU, GPU, MIX, Fetch, Remoe and Remoe with an oracle forecast, side by side",
@@ -148,6 +191,8 @@ def write(results: dict, out: Path, stem: str) -> None:
                 parts = ", ".join(f"{role} {a:.2f} + {f:.2f}" for role, (a, f) in sorted(roles.items()))
                 lines.append(f"- {system}: {parts}")
         lines.append("")
+        if model.get("quantized"):
+            lines += quantized_table(model, paper)
         sweep = {w: v for w, v in t.items() if w.startswith("sweep-")}
         if sweep:
             lines += [
