@@ -43,6 +43,17 @@ def test_a_process_and_its_children_are_sampled_apart_and_integrated():
     assert held.gb_s["service"][0] > held.gb_s["service"][1]  # a bytearray is anonymous memory
 
 
+def test_a_run_shorter_than_the_sampling_period_is_held_to_its_end():
+    """A workload that ends before the second sample still bills the memory over its whole length."""
+    import os
+
+    sampler = ResidentSampler({"bench": os.getpid()}, period_s=30.0).begin()
+    time.sleep(0.3)
+    held = sampler.finish()
+    assert 0.3 <= held.seconds < 5.0
+    assert held.total_gb_s("bench") >= 0.3 * held.peak_gb["bench"] * 0.5
+
+
 def test_each_role_is_priced_as_its_memory():
     held = HeldMemory({"backbone": (2.0, 1.0), "expert-0": (4.0, 0.0)}, {}, 1.0)
     assert held.cost({"backbone"}, cpu_gb_s=1.0, gpu_gb_s=10.0) == pytest.approx(3.0 * 10.0 + 4.0 * 1.0)

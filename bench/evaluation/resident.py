@@ -80,6 +80,7 @@ class ResidentSampler(threading.Thread):
         self.roots, self.period_s = roots, period_s
         self.stop_event = threading.Event()
         self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
+        self.t0 = time.monotonic()
 
     def sample(self, t: float) -> None:
         children = _children()
@@ -97,20 +98,21 @@ class ResidentSampler(threading.Thread):
 
     def begin(self) -> ResidentSampler:
         """A first sample now, then one every period in the background."""
+        self.t0 = time.monotonic()
         self.sample(0.0)
         self.start()
         return self
 
     def run(self) -> None:
-        start = time.monotonic()
-        while not self.stop_event.is_set():
-            self.sample(time.monotonic() - start)
-            self.stop_event.wait(self.period_s)
+        while not self.stop_event.wait(self.period_s):
+            self.sample(time.monotonic() - self.t0)
 
     def finish(self) -> HeldMemory:
+        """The last sample now (a run shorter than a period is still covered to its end), then the integral."""
         self.stop_event.set()
         if self.is_alive():
             self.join()
+        self.sample(time.monotonic() - self.t0)
         out = HeldMemory(seconds=self.samples[-1][0] - self.samples[0][0] if len(self.samples) > 1 else 0.0)
         roles = {r for _, held in self.samples for r in held}
         for role in sorted(roles):
