@@ -1,7 +1,8 @@
 """What quantized experts cost in quality, and what they buy in bytes and speed: `remoe split --expert-dtype int8`
 and `int4` (group 128) against the exact split of the same checkpoint, in one run.
 
-Models: the trained tiny MoE (data/models/trained-qwen3, `make bench-predictor` trains it) and the evaluation's
+Models: the trained tiny MoE (data/models/trained-qwen3 from `make bench-predictor`, else the evaluation's 8-minute
+training run, cached) and the evaluation's
 medium random-init qwen3_moe (6 layers x 32 experts, hidden 512). Prompts: the corpus's held-out split
 (data/corpus/test.jsonl). For each model and format, through LocalEngine on the CPU (the native kernels):
 - greedy agreement: the exact model's greedy continuation of each prompt (200 tokens, EOS ignored) is fed to the
@@ -15,6 +16,8 @@ medium random-init qwen3_moe (6 layers x 32 experts, hidden 512). Prompts: the c
 - multiple-choice accuracy: a 4-way task made from held-out prompts (their first 60% of words; the true rest, or
   the rest of three other prompts), run by lm-evaluation-harness against `remoe up`'s OpenAI API;
 - decode time per token (LocalEngine, formats alternated in rounds, median) and the experts' bytes as stored.
+First, while the machine is otherwise idle, the expert kernels at DeepSeek-V2-Lite's shape against the read
+bandwidth (bench/quantized_kernels.py, which also writes its own files): the speed side of the same run.
 
 The medium model decodes ~10x slower here, so it gets fewer prompts and tokens (--medium-*; said in the table).
 
@@ -38,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.evaluation.models import TRAINED, ModelCase, corpus, medium  # noqa: E402
+from bench import quantized_kernels  # noqa: E402
+from bench.evaluation.models import ModelCase, corpus, medium, tiny  # noqa: E402
 from remoe.checkpoint.manifest import Manifest  # noqa: E402
 from remoe.corpus.build import read_prompts  # noqa: E402
 from remoe.machine import machine_description  # noqa: E402
@@ -224,6 +228,8 @@ def measure_model(case: ModelCase, limits: dict, texts: list[str]) -> dict:
 
 
 def write_markdown(r: dict, path: Path) -> None:
+    if "kernels" not in r:  # results from before the kernels were measured in this run
+        r = {**r, "kernels": {"bandwidth": {"read_gb_s": float("nan")}, "rows": []}}
     lines = [
         "# Quantized experts: quality, bytes and speed",
         "",
@@ -236,6 +242,11 @@ def write_markdown(r: dict, path: Path) -> None:
         "multiple-choice accuracy by lm-evaluation-harness through `remoe up` (4 choices: chance is 25%); decode "
         "time per token through LocalEngine (median of alternated rounds; on models this small the experts are a "
         "small part of a token's time, see docs/results/quantized_kernels.md for the expert kernels alone).",
+        "",
+        "The expert kernels, same run (docs/results/quantized_kernels.md has every candidate; read bandwidth "
+        f"{r['kernels']['bandwidth']['read_gb_s']:.1f} GB/s at best):",
+        "",
+        *quantized_kernels.headline(r["kernels"]),
         "",
         "| model | experts | expert MiB | top-1 agreement | identical | first difference | KL | perplexity | "
         "ppl vs exact | MC accuracy | TPOT ms |",
@@ -275,6 +286,7 @@ def main() -> None:
     parser.add_argument("--medium-ppl-prompts", type=int, default=40, help="the medium model's perplexity prompts")
     parser.add_argument("--medium-mc", type=int, default=40, help="the medium model's multiple-choice items")
     parser.add_argument("--quick", action="store_true", help="10 prompts, 32 tokens, 20 perplexity prompts, 20 items")
+    parser.add_argument("--kernel-rounds", type=int, default=11, help="rounds of bench/quantized_kernels.py")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
     if args.quick:
@@ -291,19 +303,21 @@ def main() -> None:
     cases = []
     for name in args.models.split(","):
         if name == "tiny":
-            if not (TRAINED / "config.json").is_file():
-                sys.exit(f"{TRAINED} is missing: `make bench-predictor` trains it (about 20 minutes)")
-            cases.append((ModelCase("tiny (trained)", TRAINED, "qwen3_moe 4 layers x 8 experts top-2, trained"), full))
+            cases.append((tiny(minutes=8), full))
         elif name == "medium":
             cases.append((medium(), reduced))
         else:
             sys.exit(f"--models: unknown model {name!r} (tiny, medium)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print("expert kernels (bench/quantized_kernels.py) ...", file=sys.stderr)
+    kernels = quantized_kernels.measure(args.kernel_rounds)
+    quantized_kernels.write(kernels, args.out)
     result = {
         "machine": machine_description(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "commit": commit,
         "group_size": GROUP,
+        "kernels": kernels,
         "models": [measure_model(case, limits, texts) for case, limits in cases],
     }
     args.out.mkdir(parents=True, exist_ok=True)

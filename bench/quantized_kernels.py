@@ -266,7 +266,7 @@ def measure(rounds: int) -> dict:
     }
 
 
-def _headline(r: dict) -> list[str]:
+def headline(r: dict) -> list[str]:
     """The issue's targets read off this run: each quantized native kernel at 1 token, bandwidth and speed-up."""
     rows = {(row["kernel"], row["tokens"]): row for row in r["rows"]}
     lines = []
@@ -306,7 +306,7 @@ def write_markdown(r: dict, path: Path) -> None:
         "output channel; int4: asymmetric per group of input columns. `vs fast bf16` is against "
         f"`{r['fast_bf16']}`, Remoe's bf16 path.",
         "",
-        *_headline(r),
+        *headline(r),
         "",
         "| kernel | tokens | ms | MB read | GB/s | of read bw | of round bw | vs bf16 F.linear | vs fast bf16 | "
         "max rel error |",
@@ -333,11 +333,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds of every candidate (the best is kept)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
-    result = measure(args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quantized_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_markdown(result, args.out / "quantized_kernels.md")
+    write(measure(args.rounds), args.out)
     print((args.out / "quantized_kernels.md").read_text())
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quantized_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_markdown(result, out / "quantized_kernels.md")
 
 
 if __name__ == "__main__":
