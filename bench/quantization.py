@@ -228,8 +228,6 @@ def measure_model(case: ModelCase, limits: dict, texts: list[str]) -> dict:
 
 
 def write_markdown(r: dict, path: Path) -> None:
-    if "kernels" not in r:  # results from before the kernels were measured in this run
-        r = {**r, "kernels": {"bandwidth": {"read_gb_s": float("nan")}, "rows": []}}
     lines = [
         "# Quantized experts: quality, bytes and speed",
         "",
