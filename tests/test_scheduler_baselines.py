@@ -11,11 +11,16 @@ from remoe.scheduler.problem import Limits, Prices, Profile, Request
 # A GPU 10x faster than the CPU for both the backbone and the experts.
 PROFILE = Profile(
     local_expert_s_per_token=4e-4,
+    cpu_expert_s_per_token=4e-4,
     gpu_expert_s_per_token=4e-5,
     cpu_backbone_prefill_s_per_token=2e-4,
+    cpu_backbone_prefill_layer_s=3e-3,
     backbone_prefill_s_per_token=2e-5,
+    gpu_backbone_prefill_s_per_token=2e-5,
+    gpu_backbone_prefill_layer_s=3e-4,
     cpu_backbone_decode_s=1e-3,
     backbone_decode_s=1e-4,
+    gpu_backbone_decode_s=1e-4,
     remote_fit=(4e-3, 2.44, 2e-4),
 )
 LIMITS = Limits(remote_memory_gb=(0.5, 3.0), main_memory_gb=(0.1, 40.0))
@@ -51,9 +56,29 @@ def test_mix_costs_what_the_paper_s_formulas_give_with_every_expert_local():
     gpu_gb, cpu_gb = 1.0, 6.3  # the 1 GiB backbone; 32 experts x 200 MiB = 6.25 GB, billed in 0.1 GB steps
     assert (mix.gpu_gb, mix.cpu_gb) == (gpu_gb, cpu_gb)
     assert mix.tpot_s == pytest.approx(layers * decode)
-    main_s = layers * prefill + 200 * layers * decode
+    main_s = layers * prefill + 199 * layers * decode  # the prefill yields the first of the 200 tokens
     assert mix.cost == pytest.approx(main_s * (prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb))
     assert systems["Remoe"].cost <= mix.cost * (1 + 1e-9)  # MIX is one of the planner's candidates
+
+
+def test_the_one_device_systems_cost_what_their_formulas_give_with_the_fixed_prefill_cost_per_layer():
+    """CPU and GPU written out: per MoE layer a fixed prefill cost, n_in tokens through the backbone and n_in * k
+    expert tokens; each of the n_out - 1 decode steps the backbone and k experts per layer; memory x busy time."""
+    request = Request(np.full((4, 8), 1 / 8), n_in=128, n_out=200, top_k=2, expert_bytes=200 * 2**20,
+                      hidden_bytes_per_token=4096, backbone_bytes=2**30)  # fmt: skip
+    prices, p, layers, n_in, k = Prices(), PROFILE, 4, 128, 2
+    systems = compare(request, p, prices, LIMITS)
+    for name, (fixed, per_token, decode, expert, price, memory) in {
+        "CPU": (p.cpu_backbone_prefill_layer_s, p.cpu_backbone_prefill_s_per_token, p.cpu_backbone_decode_s,
+                p.cpu_expert_s_per_token, prices.cpu_gb_s, systems["CPU"].cpu_gb),
+        "GPU": (p.gpu_backbone_prefill_layer_s, p.gpu_backbone_prefill_s_per_token, p.gpu_backbone_decode_s,
+                p.gpu_expert_s_per_token, prices.gpu_gb_s, systems["GPU"].gpu_gb),
+    }.items():  # fmt: skip
+        tpot = layers * (decode + k * expert)
+        busy = layers * (fixed + n_in * (per_token + k * expert)) + 199 * tpot
+        assert systems[name].tpot_s == pytest.approx(tpot)
+        assert systems[name].cost == pytest.approx(busy * price * memory)
+    assert systems["CPU"].ttft_s > layers * (p.cpu_backbone_prefill_layer_s + n_in * p.cpu_backbone_prefill_s_per_token)
 
 
 def test_fetch_holds_less_gpu_memory_than_gpu_at_the_same_speed_and_cpu_is_slowest():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from remoe.platform.plan import load_plan_file
+from remoe.profiling.profile import one_device_speeds
 from remoe.scheduler.profile_file import fit_remote, load_profile
 from remoe.scheduler.shape import deepseek_v2_lite, gpt2_moe, shape_of_model
 
@@ -30,6 +32,14 @@ def test_the_remote_time_fit_recovers_a_known_curve():
     assert th2 == pytest.approx(2.44, rel=0.05) and th3 == pytest.approx(2e-4, rel=0.05)
     with pytest.raises(ValueError, match="at least 3"):
         fit_remote([1.0, 2.0], [1.0, 0.5])
+
+
+def test_one_device_speeds_recover_the_per_layer_terms_of_known_latencies():
+    layers, k, expert = 4, 2, 1e-4
+    fixed, per_token, decode = 2e-3, 3e-4, 1.5e-3  # per MoE layer
+    rows = {n: {"ttft_s": layers * (fixed + n * (per_token + k * expert)), "tpot_s": layers * (decode + k * expert)}
+            for n in (16, 64, 128, 256)}  # fmt: skip
+    assert one_device_speeds(rows, layers, k, expert) == pytest.approx((fixed, per_token, decode))
 
 
 def test_shapes_have_the_published_sizes():
@@ -56,6 +66,12 @@ def test_profile_measures_writes_json_and_plot_and_plan_uses_it(tiny_model, tmp_
     # process start, a server start and a first load: more than a warm call, and more than 5 ms on any machine.
     assert 0.005 < profile.cold_start_s < 2.0 and profile.cold_start_s > profile.invoke_s
     assert all(v >= 0 for v in profile.remote_fit)
+    # The one-device systems are priced at their own measured speed: the CPU system's modelled TPOT is the TPOT
+    # the whole model gave in one process.
+    shape, measured = raw["samples"]["shape"], raw["samples"]["in_process"]
+    tpot = statistics.median(row["tpot_s"] for row in measured.values())
+    modelled = shape["layers"] * (profile.cpu_backbone_decode_s + shape["top_k"] * profile.cpu_expert_s_per_token)
+    assert modelled == pytest.approx(tpot, rel=1e-6) and raw["samples"]["end_to_end_in_backbone"]
     # The plan command takes the profile and writes a plan file that `remoe up --plan` loads.
     plan_file = tmp_path / "plan.json"
     result = remoe(

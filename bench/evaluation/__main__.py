@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.evaluation import models, report, systems, workloads
+from bench.evaluation import model_check, models, report, systems, workloads
 from bench.evaluation.resident import HeldMemory
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description
@@ -239,6 +239,7 @@ def _reprice_runs(model: dict, prices: Prices) -> None:
         f.flush()
         profile = load_profile(f.name)
     setting = systems.Setting(Path(model["path"]), shape, profile, Path(f.name), prices)
+    model_check.add_predictions(model["runs"], shape, profile, prices)
     for run in model["runs"]:
         if run["system"] in ("CPU", "GPU", "MIX"):
             for r in run["results"]:

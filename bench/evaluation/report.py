@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.evaluation import model_check, price_table
+
 ORDER = ["CPU", "GPU", "MIX", "Fetch", "Remoe", "Remoe-oracle"]
 HOW = {
     "CPU": "whole model in one process (LocalEngine), priced as CPU memory",
@@ -191,6 +193,8 @@ def write(results: dict, out: Path, stem: str) -> None:
                 parts = ", ".join(f"{role} {a:.2f} + {f:.2f}" for role, (a, f) in sorted(roles.items()))
                 lines.append(f"- {system}: {parts}")
         lines.append("")
+        lines += model_check.table(model_check.checks(model["runs"], ORDER))
+        lines += price_table.table(model["runs"], ORDER)
         if model.get("quantized"):
             lines += quantized_table(model, paper)
         sweep = {w: v for w, v in t.items() if w.startswith("sweep-")}

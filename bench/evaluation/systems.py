@@ -48,6 +48,7 @@ class Result:
     modelled: bool = False
     predict_s: float = 0.0  # the gateway's forecast and plan before the backbone started (inside ttft_s)
     plan_s: float = 0.0
+    predicted_cost: float | None = None  # the cost model's $ (Remoe: the plan's, from the ledger)
 
     @property
     def busy_s(self) -> float:
@@ -246,6 +247,7 @@ def serve(system: str, setting: Setting, workloads: list[Workload], oracle_addre
                     if record is None:
                         raise RuntimeError(f"{system}: request {res.index} of {run.workload} was not metered")
                     res.cost = record.cost
+                    res.predicted_cost = record.predicted_cost
     return runs
 
 

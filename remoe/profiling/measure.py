@@ -160,9 +160,11 @@ def measure_end_to_end(
     remote: int = 0,
     replicas: int = 1,
     memory_mb: int = 1024,
+    expert_services: int | None = None,
 ) -> dict:
-    """TTFT per prompt length and TPOT through `remoe up`: every expert on the expert services, or the last
-    `remote` experts of every layer in functions, split over `replicas` functions per layer."""
+    """TTFT per prompt length and TPOT through `remoe up`, as the SDK client sees them: every expert on the
+    expert services, or the last `remote` experts of every layer in functions, split over `replicas` functions
+    per layer; `expert_services=0`: every expert in the backbone process (the one-device system)."""
     from remoe.checkpoint.weights import open_weights
     from remoe.cluster import LocalCluster
     from remoe.platform.base import FunctionSpec, functions_to_json
@@ -182,7 +184,8 @@ def measure_end_to_end(
         plan_file = run_dir / "plan.json"
         plan_file.write_text(json.dumps(functions_to_json(specs)))
     rows = {}
-    with LocalCluster(model_dir, port=0, predictor=False, run_dir=run_dir, plan_file=plan_file) as cluster:
+    services = {} if expert_services is None else {"expert_services": expert_services}
+    with LocalCluster(model_dir, port=0, predictor=False, run_dir=run_dir, plan_file=plan_file, **services) as cluster:
         with Client(cluster.address) as client:
             warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
             for _ in range(2):  # every code path, the functions started and (very likely) every expert loaded
@@ -192,9 +195,31 @@ def measure_end_to_end(
                 runs = [
                     client.generate(token_ids=ids, max_new_tokens=new_tokens, ignore_eos=True) for _ in range(repeats)
                 ]
+                # At the client, as the evaluation and the SLO time a request (the gateway and stream included).
                 rows[n] = {
-                    "ttft_s": statistics.median(r.usage.ttft_s for r in runs),
-                    "tpot_s": statistics.median(r.usage.tpot_s for r in runs),
+                    "ttft_s": statistics.median(r.client_ttft_s for r in runs),
+                    "tpot_s": statistics.median(r.client_tpot_s for r in runs),
                 }
-                progress(f"end to end, {replicas if remote else 0} function(s) per layer, {n} prompt tokens")
+                where = "in the backbone" if expert_services == 0 else f"{replicas if remote else 0} function(s)"
+                progress(f"end to end, {where} per layer, {n} prompt tokens")
+    return rows
+
+
+def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress) -> dict:
+    """TTFT per prompt length and TPOT of the whole model in this process (LocalEngine, the CPU system)."""
+    from remoe.model.engine import LocalEngine
+
+    engine = LocalEngine(model_dir)
+    warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
+    for _ in range(2):  # every expert loaded
+        engine.generate(token_ids=warm, max_new_tokens=4, stop_on_eos=False)
+    rows = {}
+    for n in PROMPT_LENGTHS:
+        ids = [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)]
+        runs = [engine.generate(token_ids=ids, max_new_tokens=new_tokens, stop_on_eos=False) for _ in range(repeats)]
+        rows[n] = {
+            "ttft_s": statistics.median(r.ttft_s for r in runs),
+            "tpot_s": statistics.median(r.tpot_s for r in runs),
+        }
+        progress(f"in process, {n} prompt tokens")
     return rows

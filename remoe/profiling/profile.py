@@ -7,9 +7,11 @@
    cold start to the first answer, warm invocation overhead (t_rem, a one-token batch) and the remote
    seconds per token T(y) (the slope between a one-token and a large batch, less the transfer), fitted to
    T(y) = th1 exp(-th2 y) + th3.
-4. The backbone end to end through `remoe up` with every expert on the expert services: TTFT at three
-   prompt lengths and TPOT give the backbone's per-layer prefill (fixed + per token) and decode times,
-   the expert compute and transfer subtracted.
+4. The backbone end to end through `remoe up` with every expert on the expert services: TTFT at the
+   prompt lengths and TPOT, as the SDK client sees them, give the backbone's per-layer prefill (fixed + per
+   token) and decode times, the expert compute and transfer subtracted.
+5. The one-device systems the same way: the whole model in this process (LocalEngine: the CPU system) and
+   `remoe up` with every expert in the backbone process (the GPU system; on a CPU-only machine, its cores).
 Everything measured is kept in the report's samples; the fit's points are plotted.
 """
 
@@ -31,6 +33,7 @@ from remoe.profiling.measure import (
     measure_end_to_end,
     measure_experts,
     measure_functions,
+    measure_in_process,
 )
 from remoe.scheduler.problem import Profile
 from remoe.scheduler.profile_file import ProfileReport, fit_remote
@@ -51,7 +54,7 @@ def profile_model(
     shape = shape_of_model(model_dir)
     repeats = 5 if quick else 11
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="remoe-profile-"))
-    steps = 3 + (3 if quick else len(MEMORY_SIZES_GB)) + 3 * len(PROMPT_LENGTHS)
+    steps = 3 + (3 if quick else len(MEMORY_SIZES_GB)) + 5 * len(PROMPT_LENGTHS)
     bar = tqdm(total=steps, disable=not progress, desc="profile")
 
     def step(what: str) -> None:
@@ -82,6 +85,13 @@ def profile_model(
     half = shape.experts // 2
     one = measure_end_to_end(model_dir, run_dir / "cluster-one", new_tokens, e2e_repeats, step, half)
     two = measure_end_to_end(model_dir, run_dir / "cluster-two", new_tokens, e2e_repeats, step, half, replicas=2)
+    in_backbone = measure_end_to_end(
+        model_dir, run_dir / "cluster-in-backbone", new_tokens, e2e_repeats, step, expert_services=0
+    )
+    in_process = measure_in_process(model_dir, new_tokens, e2e_repeats, step)
+    # In one process the experts compute with every core.
+    _, t_all = line_fit(*zip(*experts[max(experts)], strict=True))
+    t_all = max(t_all, 1e-9)
     layers, k = shape.layers, shape.top_k
     swap = shape.hidden_bytes_per_token / bandwidth
     # All local: TTFT = L (a + n_in (b + 2 tau + k t_loc)), a and b from the line through the prompt lengths;
@@ -101,6 +111,8 @@ def profile_model(
         per_layer = statistics.median(rows[n]["tpot_s"] for n in lengths) / layers
         return per_layer - decode - 2 * swap - min(k, half // z) * (t_remote_1gb + expert_call) - d_over_b
 
+    cpu_layer, cpu_token, cpu_decode = one_device_speeds(in_process, layers, k, t_all)
+    gpu_layer, gpu_token, gpu_decode = one_device_speeds(in_backbone, layers, k, t_all)
     x1, x2 = extra(one, 1), extra(two, 2)
     dispatch = min(max(x2 - x1, 0.0), max(x1, 0.0))
     invoke = max(x1 - dispatch, 0.0)
@@ -118,9 +130,14 @@ def profile_model(
         bandwidth_bytes_s=bandwidth,
         cold_start_s=cold,
         remote_fit=fit,
-        cpu_backbone_prefill_s_per_token=prefill_token,
-        cpu_backbone_decode_s=decode,
-        gpu_expert_s_per_token=t_loc,
+        cpu_backbone_prefill_s_per_token=cpu_token,
+        cpu_backbone_prefill_layer_s=cpu_layer,
+        cpu_backbone_decode_s=cpu_decode,
+        cpu_expert_s_per_token=t_all,
+        gpu_backbone_prefill_s_per_token=gpu_token,
+        gpu_backbone_prefill_layer_s=gpu_layer,
+        gpu_backbone_decode_s=gpu_decode,
+        gpu_expert_s_per_token=t_all,
         device="cpu",
     )
     samples = {
@@ -132,12 +149,16 @@ def profile_model(
         "end_to_end": {str(n): v for n, v in e2e.items()},
         "end_to_end_one_function": {"remote_per_layer": half, **{str(n): v for n, v in one.items()}},
         "end_to_end_two_functions": {"remote_per_layer": half, **{str(n): v for n, v in two.items()}},
+        "end_to_end_in_backbone": {str(n): v for n, v in in_backbone.items()},
+        "in_process": {str(n): v for n, v in in_process.items()},
         "function_round_trip_s": rtt,
     }
     notes = [
-        "backbone_* include the fan-out to the expert services (one gRPC round trip per layer) and Python "
-        "overheads: the backbone ran on this machine's CPU",
-        "cpu_backbone_* and gpu_expert_s_per_token equal the CPU measurements: there is no GPU here",
+        "backbone_* include the fan-out to the expert services (one gRPC round trip per layer), the gateway, the "
+        "stream to the client and Python overheads: the backbone ran on this machine's CPU",
+        "cpu_backbone_*: the whole model in one process (LocalEngine); gpu_backbone_*: remoe up with every expert "
+        "in the backbone process. Both per MoE layer, with the experts at every core's rate (*_expert_s_per_token); "
+        f"{'the backbone ran on the GPU' if profile.device != 'cpu' else 'there is no GPU here: both ran on the CPU'}",
         f"functions: 1 GiB buys one thread, capped at {os.cpu_count()} cores, so T(y) is flat above that",
     ]
     return ProfileReport(
@@ -148,6 +169,15 @@ def profile_model(
         samples,
         notes,
     )
+
+
+def one_device_speeds(rows: dict, layers: int, top_k: int, expert_s: float) -> tuple[float, float, float]:
+    """(fixed prefill s, prefill s per token, decode s), each per MoE layer, of a system with every expert beside
+    the backbone: TTFT = L (a + n_in (b + k t)) through the prompt lengths, TPOT = L (decode + k t)."""
+    lengths = sorted(rows)
+    intercept, slope = line_fit(lengths, [rows[n]["ttft_s"] / layers for n in lengths])
+    decode = statistics.median(rows[n]["tpot_s"] for n in lengths) / layers - top_k * expert_s
+    return max(intercept, 0.0), max(slope - top_k * expert_s, 0.0), max(decode, 0.0)
 
 
 def plot_profile(report: ProfileReport, path: str | Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remoe.scheduler.estimate import GIB, LayerPlan, Tokens, estimate, main_memory_gb, round_up
+from remoe.scheduler.estimate import GIB, LayerPlan, Tokens, decode_steps, estimate, main_memory_gb, round_up
 from remoe.scheduler.planner import plan
 from remoe.scheduler.problem import Limits, Prices, Profile, Request
 
@@ -40,14 +40,15 @@ def _kv_gb(request: Request) -> float:
 
 
 def _one_device(
-    request: Request, tokens: Tokens, prefill_token_s: float, decode_s: float, expert_s: float
+    request: Request, tokens: Tokens, prefill_layer_s: float, prefill_token_s: float, decode_s: float, expert_s: float
 ) -> tuple[float, float, float]:
-    """(TTFT, TPOT, expected busy seconds) with the backbone and every expert on one device, run in turn."""
+    """(TTFT, TPOT, expected busy seconds) with the backbone and every expert on one device, run in turn: per
+    MoE layer a fixed prefill cost, the prompt's tokens through the backbone and its expert-token pairs."""
     worst, expected = tokens.worst.sum(1), tokens.expected.sum(1)  # [L] expert-token pairs per layer
-    ttft = float((request.n_in * prefill_token_s + worst * expert_s).sum())
+    ttft = float((prefill_layer_s + request.n_in * prefill_token_s + worst * expert_s).sum())
     tpot = request.layers * (decode_s + request.top_k * expert_s)
-    busy = float((request.n_in * prefill_token_s + expected * expert_s).sum()) + request.n_out * tpot
-    return ttft, tpot, busy
+    prefill = float((prefill_layer_s + request.n_in * prefill_token_s + expected * expert_s).sum())
+    return ttft, tpot, prefill + decode_steps(request) * tpot
 
 
 def _meets(request: Request, ttft: float, tpot: float) -> bool:
@@ -57,26 +58,32 @@ def _meets(request: Request, ttft: float, tpot: float) -> bool:
 def _on_one_device(request: Request, profile: Profile, tokens: Tokens, gpu: bool) -> tuple[float, float, float]:
     """(TTFT, TPOT, busy seconds) with the whole model on the GPU (gpu=True) or on the CPU."""
     if gpu:
-        speeds = profile.backbone_prefill_s_per_token, profile.backbone_decode_s, profile.gpu_expert_s_per_token
+        speeds = (
+            profile.gpu_backbone_prefill_layer_s,
+            profile.gpu_backbone_prefill_s_per_token,
+            profile.gpu_backbone_decode_s,
+            profile.gpu_expert_s_per_token,
+        )
     else:
         speeds = (
+            profile.cpu_backbone_prefill_layer_s,
             profile.cpu_backbone_prefill_s_per_token,
             profile.cpu_backbone_decode_s,
-            profile.local_expert_s_per_token,
+            profile.cpu_expert_s_per_token,
         )
     return _one_device(request, tokens, *speeds)
 
 
 def _memory_gb(request: Request, limits: Limits, experts: int) -> float:
-    """Backbone + KV cache + this many experts' weights, rounded up to the memory step."""
+    """Backbone + KV cache + this many experts' weights, rounded up to the memory step, at least the smallest
+    main-model size (as MIX's and Remoe's main model, on the GPU and the CPU alike)."""
     gb = request.backbone_bytes / GIB + _kv_gb(request) + experts * request.expert_bytes / GIB
-    return round_up(gb, limits.memory_step_gb)
+    return max(limits.main_memory_gb[0], round_up(gb, limits.memory_step_gb))
 
 
 def cpu_only(request: Request, profile: Profile, prices: Prices, limits: Limits, tokens: Tokens) -> SystemCost:
     ttft, tpot, busy = _on_one_device(request, profile, tokens, gpu=False)
-    # A CPU function holding the model: at least the smallest main-model CPU size, as MIX's and Remoe's is.
-    memory = max(limits.main_memory_gb[0], _memory_gb(request, limits, request.layers * request.experts))
+    memory = _memory_gb(request, limits, request.layers * request.experts)
     return SystemCost("CPU", ttft, tpot, prices.cpu_gb_s * memory * busy, 0.0, memory, 0.0, _meets(request, ttft, tpot))
 
 

@@ -9,7 +9,7 @@ own serial work per replica it calls (z_l of them in prefill, min(k, z_l) per de
 fixed cost per expert it computes in a batch (t_call, added per routed expert to ZT_lj and per remote expert
 of a decode token). TTFT = sum PT_l,
 TPOT = sum GT_l. Constraints use worst-case token counts (mmp.py); cost uses expected ones:
-main = (prefill + n_out * decode) * (c_g * GPU GB + c_c * CPU GB); each remote replica bills c_c * y_l for
+main = (prefill + (n_out - 1) * decode) * (c_g * GPU GB + c_c * CPU GB); each remote replica bills c_c * y_l for
 the time it computes. L = MoE layers, E = experts per layer.
 """
 
@@ -63,13 +63,19 @@ class Tokens:
         )
 
 
+def decode_steps(request: Request) -> int:
+    """Forward steps after the prefill: the prefill yields the first of the n_out tokens."""
+    return max(request.n_out - 1, 0)
+
+
 def main_memory_gb(request: Request, remote: list[tuple[int, ...]], limits: Limits) -> tuple[float, float]:
-    """(GPU GB, CPU GB) of the main model: backbone + KV cache on the GPU, local experts on the CPU."""
+    """(GPU GB, CPU GB) of the main model: backbone + KV cache on the GPU, local experts on the CPU; each at
+    least the smallest main-model size (one minimum for every memory kind)."""
     gpu = (request.backbone_bytes + request.kv_bytes_per_token * (request.n_in + request.n_out)) / GIB
     local_experts = sum(request.experts - len(r) for r in remote)
     cpu = local_experts * request.expert_bytes / GIB
     low, high = limits.main_memory_gb
-    return round_up(gpu, limits.memory_step_gb), min(high, max(low, round_up(cpu, limits.memory_step_gb)))
+    return max(low, round_up(gpu, limits.memory_step_gb)), min(high, max(low, round_up(cpu, limits.memory_step_gb)))
 
 
 def layer_prefill_s(
@@ -124,7 +130,7 @@ def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, p
     for part in plan.replicas:
         hit = float(sum(route[e] for e in part))  # expected experts of this replica one token uses
         busy += hit * (per_token + profile.expert_call_s) + min(1.0, hit) * profile.invoke_s
-    return request.n_out * busy
+    return decode_steps(request) * busy
 
 
 def estimate(
@@ -148,6 +154,6 @@ def estimate(
         remote_cost += (
             prices.cpu_gb_s * p.memory_gb * (sum(busy) + remote_decode_busy_s(p, tokens.route[i], request, profile))
         )
-    main_s = expected_prefill + request.n_out * tpot
+    main_s = expected_prefill + decode_steps(request) * tpot
     main_cost = main_s * (prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb)
     return Estimate(ttft, tpot, main_cost, remote_cost)

@@ -49,9 +49,16 @@ class Profile:
     cold_start_s: float = 3.5  # a function's cold start (overlapped with the main model's when pre-warmed)
     # Remote time per expert per token on a function with y GB: T(y) = th1 * exp(-th2 * y) + th3.
     remote_fit: tuple[float, float, float] = (2e-3, 2.44, 2e-4)
-    # For the baselines: the whole model on a CPU (backbone there too) or on the GPU (experts there too).
+    # For the baselines: the whole model on a CPU (backbone there too) or on the GPU (experts there too), each
+    # per MoE layer like the backbone's (the CPU's measured in one process, the GPU's with every expert in the
+    # backbone process; on a CPU-only machine both run on its cores).
     cpu_backbone_prefill_s_per_token: float = 2e-4
+    cpu_backbone_prefill_layer_s: float = 0.0
     cpu_backbone_decode_s: float = 1e-3
+    cpu_expert_s_per_token: float = 2e-4  # one expert, one token, with every core (a profile without it: t_loc)
+    gpu_backbone_prefill_s_per_token: float = 2e-4  # (a profile without the gpu_backbone_* ones: the backbone's)
+    gpu_backbone_prefill_layer_s: float = 0.0
+    gpu_backbone_decode_s: float = 1e-3
     gpu_expert_s_per_token: float = 2e-4
     device: str = "cpu"  # where backbone_* were measured: on a CPU-only machine the "GPU" numbers are the CPU's
 

@@ -41,6 +41,14 @@ def write_profile(profile: Profile, path: str | Path) -> None:
     Path(path).write_text(json.dumps({"profile": {f.name: getattr(profile, f.name) for f in fields(Profile)}}) + "\n")
 
 
+# A profile from before the one-device systems were measured on their own: the speeds they were priced at.
+FALLBACKS = {
+    "cpu_expert_s_per_token": "local_expert_s_per_token",
+    "gpu_backbone_prefill_s_per_token": "backbone_prefill_s_per_token",
+    "gpu_backbone_decode_s": "backbone_decode_s",
+}
+
+
 def load_profile(path: str | Path) -> Profile:
     """The Profile of a `remoe profile` JSON file; unknown keys are refused, missing ones keep defaults."""
     path = Path(path)
@@ -56,6 +64,9 @@ def load_profile(path: str | Path) -> Profile:
         raise ValueError(f"profile {path}: unknown fields {sorted(unknown)}")
     if "remote_fit" in raw:
         raw["remote_fit"] = tuple(raw["remote_fit"])
+    for new, old in FALLBACKS.items():
+        if new not in raw and old in raw:
+            raw[new] = raw[old]
     return Profile(**raw)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remoe.scheduler.estimate import Tokens
+from remoe.scheduler.estimate import Tokens, decode_steps
 from remoe.scheduler.problem import Prices, Profile, Request
 
 
@@ -76,7 +76,7 @@ class Terms:
     """Per row over the grid, shapes [L, G]. A row's objective is remote_cost + main rate * main_s."""
 
     remote_cost: np.ndarray  # $ of the layer's function replicas (expected busy time x memory)
-    main_s: np.ndarray  # seconds the layer keeps the main model busy: expected prefill + n_out decode steps
+    main_s: np.ndarray  # seconds the layer keeps the main model busy: expected prefill + n_out - 1 decode steps
     prefill: np.ndarray  # worst-case prefill seconds (the TTFT constraint)
     decode: np.ndarray  # worst-case seconds per decode token (the TPOT constraint)
 
@@ -122,6 +122,6 @@ def terms(
         decode_base + decode_dispatch + np.maximum(np.minimum(k, n_local) * t_loc, np.where(remote, remote_decode, 0.0))
     )
     busy = x_sum * per_token + replicas * t_inv + call * experts_sum
-    busy = busy + request.n_out * (hits * (per_token + call) + invocations * t_inv)
+    busy = busy + decode_steps(request) * (hits * (per_token + call) + invocations * t_inv)
     remote_cost = np.where(remote, prices.cpu_gb_s * grid[None, :] * busy, 0.0)
-    return Terms(remote_cost, expected_prefill + request.n_out * decode, prefill, decode)
+    return Terms(remote_cost, expected_prefill + decode_steps(request) * decode, prefill, decode)

@@ -1,0 +1,72 @@
+"""The evaluation's cost checks: a run's measured memory under every published price set, where Remoe breaks even,
+and the cost model's prediction beside the measured cost (bench/evaluation/price_table.py, model_check.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.evaluation import model_check, price_table
+from remoe.scheduler.price_sets import PRICE_SETS, PriceSet
+from remoe.scheduler.problem import Prices, Profile
+from remoe.scheduler.shape import ModelShape
+
+ORDER = ["CPU", "GPU", "MIX", "Remoe"]
+
+
+def _run(system: str, gb_s: dict[str, float], seconds: float, requests: int = 2, **result) -> dict:
+    results = [{"n_in": 40, "n_out": 100, "cost": 1e-5, **result} for _ in range(requests)]
+    resident = {"gb_s": {role: [v, 0.0] for role, v in gb_s.items()}, "peak_gb": {}, "seconds": seconds}
+    return {"system": system, "workload": "paper", "results": results, "resident": resident}
+
+
+def test_held_memory_splits_into_the_backbones_gpu_side_and_everything_else_per_request():
+    remoe = price_table.split(_run("Remoe", {"backbone": 4.0, "expert-service-0": 6.0, "functions": 2.0}, 10.0))
+    assert (remoe.gpu_gb_s, remoe.cpu_gb_s, remoe.gpu_seconds) == (2.0, 4.0, 5.0)
+    cpu = price_table.split(_run("CPU", {"backbone": 8.0}, 10.0))  # one process, all of it CPU memory
+    assert (cpu.gpu_gb_s, cpu.cpu_gb_s, cpu.gpu_seconds) == (0.0, 4.0, 0.0)
+    assert price_table.split({**_run("MIX", {}, 0.0), "resident": None}) is None
+
+
+def test_a_whole_gpu_price_bills_the_instance_for_the_seconds_held_whatever_it_holds():
+    per_gb = PriceSet("per GB", Prices(1e-5, 3e-5), "test")
+    whole = PriceSet("whole", Prices(1e-5, 3e-5), "test", whole_gpu_s=1e-3)
+    small, big = price_table.HeldSplit("A", 1.0, 2.0, 5.0), price_table.HeldSplit("B", 9.0, 2.0, 5.0)
+    assert small.cost(per_gb) == pytest.approx(3e-5 * 1.0 + 1e-5 * 2.0)
+    assert small.cost(whole) == big.cost(whole) == pytest.approx(1e-3 * 5.0 + 1e-5 * 2.0)
+
+
+def test_the_break_even_ratio_is_where_the_two_held_costs_are_equal():
+    remoe, gpu = price_table.HeldSplit("Remoe", 1.0, 6.0, 1.0), price_table.HeldSplit("GPU", 3.0, 2.0, 1.0)
+    assert price_table.break_even(remoe, gpu) == "cheaper above c_g / c_c = 2.00"  # 1 c_g + 6 c_c = 3 c_g + 2 c_c
+    assert price_table.break_even(price_table.HeldSplit("Remoe", 1.0, 1.0, 1.0), gpu) == "cheaper at every ratio"
+    cpu = price_table.HeldSplit("CPU", 0.0, 3.0, 0.0)
+    assert price_table.break_even(remoe, cpu) == "dearer at every ratio"
+    lean = price_table.HeldSplit("Remoe", 1.0, 1.0, 1.0)
+    assert price_table.break_even(lean, cpu) == "cheaper below c_g / c_c = 2.00"
+
+
+def test_the_price_table_prices_every_system_under_every_published_set_with_its_source():
+    runs = [
+        _run("CPU", {"backbone": 8.0}, 10.0),
+        _run("GPU", {"backbone": 6.0}, 10.0),
+        _run("Remoe", {"backbone": 2.0, "functions": 4.0}, 10.0),
+    ]
+    lines = price_table.table(runs, ORDER)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| price set")]
+    assert len(rows) == len(PRICE_SETS) and all(p.name in "\n".join(lines) and p.source for p in PRICE_SETS)
+    assert "- vs GPU: cheaper above c_g / c_c = 1.00" in lines  # Remoe: 1 c_g + 2 c_c; GPU: 3 c_g
+    assert price_table.table(runs[:2], ORDER) == []  # nothing to compare Remoe with without Remoe
+
+
+def test_the_cost_model_check_sets_predictions_from_the_profile_and_compares_them_with_the_bill():
+    shape = ModelShape("m", layers=2, experts=4, top_k=2, expert_bytes=2**20, hidden_bytes_per_token=512,
+                       backbone_bytes=2**24, kv_bytes_per_token=256)  # fmt: skip
+    runs = [_run("MIX", {"backbone": 1.0}, 1.0), _run("Remoe", {"backbone": 1.0}, 1.0, predicted_cost=2e-5)]
+    model_check.add_predictions(runs, shape, Profile(), Prices())
+    want = model_check.predict(shape, Profile(), Prices(), "MIX", 40, 100)
+    assert [r["predicted_cost"] for r in runs[0]["results"]] == [want, want] and want > 0
+    rows = {c.system: c for c in model_check.checks(runs, ORDER)}
+    assert rows["MIX"].vs_billed == pytest.approx(want / 1e-5 - 1) and rows["Remoe"].vs_billed == pytest.approx(1.0)
+    # a Remoe run from before the ledger kept its prediction has none to compare
+    old = _run("Remoe", {"backbone": 1.0}, 1.0, predicted_cost=None)
+    assert model_check.checks([old], ORDER) == []
