@@ -17,3 +17,12 @@ def machine_description() -> str:
     )
     cpu = f"{names[0]} x {len(names)}" if names else (platform.processor() or platform.machine())
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def source_commit() -> str:
+    """The checkout's short commit, with "+changes" when tracked files differ from it ("unknown" outside git)."""
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")

@@ -102,3 +102,43 @@ def test_a_small_model_on_the_cpu_pays_the_same_minimum_memory_as_the_main_model
                     hidden_bytes_per_token=256, backbone_bytes=10 * 2**20)  # fmt: skip
     systems = compare(small, PROFILE, Prices(), Limits(main_memory_gb=(1.0, 40.0)))
     assert systems["CPU"].cpu_gb == systems["MIX"].cpu_gb == 1.0  # 42 MB of weights, billed as the smallest size
+
+
+def test_a_prefill_batch_prices_experts_at_the_batched_rate_and_decode_at_the_one_token_rate():
+    """An expert reads its weights once for a whole prefill batch: with a batched rate 10x below the one-token
+    rate, every system's TTFT falls by 90% of its expert time and its TPOT does not move."""
+    request = Request(np.full((4, 8), 1 / 8), n_in=128, n_out=200, top_k=2, expert_bytes=200 * 2**20,
+                      hidden_bytes_per_token=4096, backbone_bytes=2**30)  # fmt: skip
+    from remoe.scheduler.estimate import Tokens
+
+    p = PROFILE
+    batched = Profile(
+        **{f: getattr(p, f) for f in Profile.__slots__ if not f.endswith("expert_prefill_s_per_token")},
+        local_expert_prefill_s_per_token=p.local_expert_s_per_token / 10,
+        cpu_expert_prefill_s_per_token=p.cpu_expert_s_per_token / 10,
+        gpu_expert_prefill_s_per_token=p.gpu_expert_s_per_token / 10,
+    )
+    one, many = compare(request, p, Prices(), LIMITS), compare(request, batched, Prices(), LIMITS)
+    for name, rate in {
+        "MIX": p.local_expert_s_per_token,
+        "CPU": p.cpu_expert_s_per_token,
+        "GPU": p.gpu_expert_s_per_token,
+    }.items():
+        saved = Tokens.of(request).worst.sum() * rate * 0.9  # TTFT: every layer's worst-case expert tokens
+        assert many[name].ttft_s == pytest.approx(one[name].ttft_s - saved)
+        assert many[name].tpot_s == pytest.approx(one[name].tpot_s)
+    assert Profile(local_expert_s_per_token=3e-4).local_expert_prefill_s_per_token == 3e-4  # unset: one rate
+
+
+def test_whole_gpu_billing_charges_the_instance_for_the_main_model_s_seconds_whatever_memory_it_holds():
+    from remoe.scheduler.baselines import billed_whole_gpu
+
+    prices, instance_s = Prices(1e-5, 2e-5), 1e-3
+    systems = compare(_request(3), PROFILE, prices, LIMITS)
+    for name in ("GPU", "MIX", "Fetch", "Remoe"):
+        r = systems[name]
+        busy = (r.cost - r.remote_cost) / (prices.gpu_gb_s * r.gpu_gb + prices.cpu_gb_s * r.cpu_gb)
+        whole = billed_whole_gpu(r, prices, instance_s)
+        assert whole.cost == pytest.approx(busy * (instance_s + prices.cpu_gb_s * r.cpu_gb) + r.remote_cost)
+        assert (whole.ttft_s, whole.tpot_s, whole.gpu_gb) == (r.ttft_s, r.tpot_s, r.gpu_gb)
+    assert billed_whole_gpu(systems["CPU"], prices, instance_s) == systems["CPU"]  # no GPU, nothing changes

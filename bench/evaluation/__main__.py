@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ import numpy as np
 from bench.evaluation import model_check, models, report, systems, workloads
 from bench.evaluation.resident import HeldMemory
 from remoe.corpus.build import read_prompts
-from remoe.machine import machine_description
+from remoe.machine import machine_description, source_commit
 from remoe.profiling.profile import profile_model
 from remoe.scheduler.problem import Prices, Profile
 from remoe.scheduler.profile_file import load_profile
@@ -251,12 +250,6 @@ def _reprice_runs(model: dict, prices: Prices) -> None:
             run["held_cost"] = systems.held_cost(run["system"], held, len(run["results"]), prices)
 
 
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    return (out.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.evaluation", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model, a short workload (under 10 minutes)")
@@ -296,7 +289,7 @@ def main() -> None:
     results = {
         "machine": machine_description(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit(),
+        "commit": source_commit(),
         "quick": args.quick,
         "prices": asdict(Prices()),
         "slo_slack": args.slo_slack,

@@ -2,8 +2,10 @@
 the routed experts' time per token there, for the paper's two model shapes (random init, bf16, a few layers).
 
 Each shape is timed twice with transformers on the GPU: the whole model, and the model with every routed-expert
-module answering zeros (the backbone alone). The difference is the experts' share. Results: OUT/gpu_speeds.json,
-read by bench/scheduler_costs.py for the GPU, Fetch and Remoe-backbone terms of the modelled shapes.
+module answering zeros (the backbone alone). The difference is the experts' share. Each is timed at two layer
+counts, so the backbone's per-layer time and its fixed part (embeddings, dense layer, LM head) come apart.
+Results: OUT/gpu_speeds.json, read by bench/scheduler_costs.py for the GPU, Fetch and Remoe-backbone terms of
+the modelled shapes.
 
 Usage: python bench/gpu/speeds.py --out DIR [--device cuda] [--small]
 """
@@ -103,6 +105,34 @@ def speeds(name: str, config, device: torch.device, prompt: int, steps: int, rep
     }
 
 
+def layered_speeds(name: str, config_of, layers: int, device: torch.device, prompt: int, steps: int, repeats: int):
+    """speeds() at `layers` and `layers + 1` decoder layers: one more MoE layer's backbone time is the per-layer
+    term, and what is left of the smaller model (embeddings, dense layers, final norm, LM head) a fixed term
+    counted once per forward, however many layers the full model has."""
+    small, large = (speeds(name, config_of(n), device, prompt, steps, repeats) for n in (layers, layers + 1))
+    extra = large["moe_layers"] - small["moe_layers"]
+    prefill = max((large["backbone_only_prefill_s"] - small["backbone_only_prefill_s"]) / extra, 0.0)
+    decode = max((large["backbone_only_decode_step_s"] - small["backbone_only_decode_step_s"]) / extra, 0.0)
+    return {
+        **large,
+        "runs": [small, large],
+        "backbone_prefill_s_per_token": prefill / prompt,  # per MoE layer
+        "backbone_decode_s": decode,
+        "backbone_fixed_prefill_s": max(small["backbone_only_prefill_s"] - small["moe_layers"] * prefill, 0.0),
+        "backbone_fixed_decode_s": max(small["backbone_only_decode_step_s"] - small["moe_layers"] * decode, 0.0),
+    }
+
+
+def per_moe_layer(speeds: dict, moe_layers: int) -> tuple[float, float]:
+    """(backbone prefill s per token, backbone decode s), per MoE layer of a model with `moe_layers` of them: the
+    fixed term spread over them (a file from before layered_speeds spread it over its own few layers)."""
+    prompt = speeds["prompt_tokens"]
+    return (
+        speeds["backbone_prefill_s_per_token"] + speeds.get("backbone_fixed_prefill_s", 0.0) / moe_layers / prompt,
+        speeds["backbone_decode_s"] + speeds.get("backbone_fixed_decode_s", 0.0) / moe_layers,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -114,11 +144,11 @@ def main() -> None:
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "shapes": {}}
-    for name, config in (
-        ("DeepSeek-V2-Lite", deepseek_v2_lite_config(args.layers, args.small)),
-        ("GPT2-moe", gpt2_moe_like_config(args.layers - 1, args.small)),
+    for name, config_of, layers in (
+        ("DeepSeek-V2-Lite", lambda n: deepseek_v2_lite_config(n, args.small), args.layers),
+        ("GPT2-moe", lambda n: gpt2_moe_like_config(n, args.small), args.layers - 1),
     ):
-        results["shapes"][name] = speeds(name, config, device, args.prompt_tokens, 16, 5)
+        results["shapes"][name] = layered_speeds(name, config_of, layers, device, args.prompt_tokens, 16, 5)
         print(json.dumps(results["shapes"][name]), flush=True)
         (args.out / "gpu_speeds.json").write_text(json.dumps(results, indent=2) + "\n")
 

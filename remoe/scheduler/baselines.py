@@ -11,7 +11,7 @@ Latency uses the worst-case token counts, cost the expected ones, as in estimate
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,15 +39,25 @@ def _kv_gb(request: Request) -> float:
     return request.kv_bytes_per_token * (request.n_in + request.n_out) / GIB
 
 
-def _one_device(
-    request: Request, tokens: Tokens, prefill_layer_s: float, prefill_token_s: float, decode_s: float, expert_s: float
-) -> tuple[float, float, float]:
+@dataclass(frozen=True, slots=True)
+class DeviceSpeeds:
+    """One device holding the backbone and every expert: per MoE layer."""
+
+    prefill_layer_s: float  # fixed, per prefill
+    prefill_token_s: float  # the backbone, per prompt token
+    decode_s: float  # the backbone, per decode step
+    expert_s: float  # one expert, one token (decode)
+    expert_prefill_s: float  # one expert, per token of a prefill batch
+
+
+def _one_device(request: Request, tokens: Tokens, speeds: DeviceSpeeds) -> tuple[float, float, float]:
     """(TTFT, TPOT, expected busy seconds) with the backbone and every expert on one device, run in turn: per
     MoE layer a fixed prefill cost, the prompt's tokens through the backbone and its expert-token pairs."""
     worst, expected = tokens.worst.sum(1), tokens.expected.sum(1)  # [L] expert-token pairs per layer
-    ttft = float((prefill_layer_s + request.n_in * prefill_token_s + worst * expert_s).sum())
-    tpot = request.layers * (decode_s + request.top_k * expert_s)
-    prefill = float((prefill_layer_s + request.n_in * prefill_token_s + expected * expert_s).sum())
+    base = speeds.prefill_layer_s + request.n_in * speeds.prefill_token_s
+    ttft = float((base + worst * speeds.expert_prefill_s).sum())
+    tpot = request.layers * (speeds.decode_s + request.top_k * speeds.expert_s)
+    prefill = float((base + expected * speeds.expert_prefill_s).sum())
     return ttft, tpot, prefill + decode_steps(request) * tpot
 
 
@@ -57,21 +67,24 @@ def _meets(request: Request, ttft: float, tpot: float) -> bool:
 
 def _on_one_device(request: Request, profile: Profile, tokens: Tokens, gpu: bool) -> tuple[float, float, float]:
     """(TTFT, TPOT, busy seconds) with the whole model on the GPU (gpu=True) or on the CPU."""
+    p = profile
     if gpu:
-        speeds = (
-            profile.gpu_backbone_prefill_layer_s,
-            profile.gpu_backbone_prefill_s_per_token,
-            profile.gpu_backbone_decode_s,
-            profile.gpu_expert_s_per_token,
+        speeds = DeviceSpeeds(
+            p.gpu_backbone_prefill_layer_s,
+            p.gpu_backbone_prefill_s_per_token,
+            p.gpu_backbone_decode_s,
+            p.gpu_expert_s_per_token,
+            p.gpu_expert_prefill_s_per_token,
         )
     else:
-        speeds = (
-            profile.cpu_backbone_prefill_layer_s,
-            profile.cpu_backbone_prefill_s_per_token,
-            profile.cpu_backbone_decode_s,
-            profile.cpu_expert_s_per_token,
+        speeds = DeviceSpeeds(
+            p.cpu_backbone_prefill_layer_s,
+            p.cpu_backbone_prefill_s_per_token,
+            p.cpu_backbone_decode_s,
+            p.cpu_expert_s_per_token,
+            p.cpu_expert_prefill_s_per_token,
         )
-    return _one_device(request, tokens, *speeds)
+    return _one_device(request, tokens, speeds)
 
 
 def _memory_gb(request: Request, limits: Limits, experts: int) -> float:
@@ -153,12 +166,29 @@ def summarise(results: list[SystemCost]) -> dict:
     }
 
 
+def billed_whole_gpu(result: SystemCost, prices: Prices, gpu_instance_s: float) -> SystemCost:
+    """The same request with the main model's GPU billed as a whole instance per second it is held, whatever
+    memory it uses (as GPU platforms bill), its CPU memory and the functions as before."""
+    if result.gpu_gb <= 0:
+        return result
+    rate = prices.gpu_gb_s * result.gpu_gb + prices.cpu_gb_s * result.cpu_gb
+    busy = (result.cost - result.remote_cost) / rate  # the main model's seconds
+    main = busy * (gpu_instance_s + prices.cpu_gb_s * result.cpu_gb)
+    return replace(result, cost=main + result.remote_cost)
+
+
 def workload_costs(
-    requests: list[Request], profile: Profile, prices: Prices | None = None, limits: Limits | None = None
+    requests: list[Request],
+    profile: Profile,
+    prices: Prices | None = None,
+    limits: Limits | None = None,
+    gpu_instance_s: float = 0.0,
 ) -> dict[str, dict]:
-    """Per system, `summarise` over the requests."""
+    """Per system, `summarise` over the requests; gpu_instance_s > 0: the GPU billed whole (planned at `prices`)."""
     rows: dict[str, list[SystemCost]] = {name: [] for name in SYSTEMS}
     for request in requests:
         for name, result in compare(request, profile, prices, limits).items():
+            if gpu_instance_s > 0:
+                result = billed_whole_gpu(result, prices or Prices(), gpu_instance_s)
             rows[name].append(result)
     return {name: summarise(results) for name, results in rows.items()}

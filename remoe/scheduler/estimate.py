@@ -1,8 +1,8 @@
 """The paper's latency and cost model for one request under a plan.
 
 Prefill, per MoE layer l: PT_l = t_layer + n_in * t_backbone + max(local, max_j ZT_lj) + 2 * tau_sw * n_in, with
-local = sum over local experts of tokens_e * t_loc and ZT_lj = sum over replica j's experts of
-tokens_e * (T(y_l) + 2 D / B) + t_rem. Decode, per token: GT_l = t_backbone_decode + 2 * tau_sw +
+local = sum over local experts of tokens_e * t_loc_prefill (the batched rate) and ZT_lj = sum over replica
+j's experts of tokens_e * (T(y_l) + 2 D / B) + t_rem. Decode, per token: GT_l = t_backbone_decode + 2 * tau_sw +
 max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). Remoe adds two
 measured terms the paper leaves out: t_layer, a fixed prefill cost per layer, and t_dispatch, the backbone's
 own serial work per replica it calls (z_l of them in prefill, min(k, z_l) per decode token); and a function's
@@ -85,7 +85,7 @@ def layer_prefill_s(
     experts the prompt may use (each costs its replica a call)."""
     remote = set(plan.remote)
     local = sum(float(tokens[e]) for e in range(request.experts) if e not in remote)
-    local_s = local * profile.local_expert_s_per_token
+    local_s = local * profile.local_expert_prefill_s_per_token
     per_token = (
         profile.remote_s_per_token(plan.memory_gb) + 2 * request.hidden_bytes_per_token / profile.bandwidth_bytes_s
         if remote

@@ -34,6 +34,9 @@ class Profile:
     range measured on the project's 2-core Xeon for the tiny models."""
 
     local_expert_s_per_token: float = 2e-4  # one expert, one token, on the main model's CPU
+    # An expert's time per token in a prefill batch (weights read once for many tokens: far below the one-token
+    # time where the weights' bytes set it); None: the one-token rate. Likewise for the one-device systems.
+    local_expert_prefill_s_per_token: float | None = None
     backbone_prefill_s_per_token: float = 2e-4  # per MoE layer: attention, router, shared parts
     backbone_prefill_layer_s: float = 0.0  # per MoE layer per prefill, whatever the length (calls, dispatch)
     backbone_decode_s: float = 1e-3  # per MoE layer per decode step
@@ -56,11 +59,18 @@ class Profile:
     cpu_backbone_prefill_layer_s: float = 0.0
     cpu_backbone_decode_s: float = 1e-3
     cpu_expert_s_per_token: float = 2e-4  # one expert, one token, with every core (a profile without it: t_loc)
+    cpu_expert_prefill_s_per_token: float | None = None
     gpu_backbone_prefill_s_per_token: float = 2e-4  # (a profile without the gpu_backbone_* ones: the backbone's)
     gpu_backbone_prefill_layer_s: float = 0.0
     gpu_backbone_decode_s: float = 1e-3
     gpu_expert_s_per_token: float = 2e-4
+    gpu_expert_prefill_s_per_token: float | None = None
     device: str = "cpu"  # where backbone_* were measured: on a CPU-only machine the "GPU" numbers are the CPU's
+
+    def __post_init__(self) -> None:
+        for where in ("local", "cpu", "gpu"):
+            if getattr(self, f"{where}_expert_prefill_s_per_token") is None:
+                setattr(self, f"{where}_expert_prefill_s_per_token", getattr(self, f"{where}_expert_s_per_token"))
 
     def remote_s_per_token(self, memory_gb: float) -> float:
         th1, th2, th3 = self.remote_fit

@@ -103,8 +103,9 @@ def terms(
     w_max, x_max, x_sum, hits, invocations, replicas, experts_max, experts_sum = stats.T[..., None]  # [R, 1]
     call = profile.expert_call_s
     remote = replicas > 0
-    local_w = (tokens.worst[layers] * local).sum(1, keepdims=True) * t_loc  # [R, 1]
-    local_x = (tokens.expected[layers] * local).sum(1, keepdims=True) * t_loc
+    t_loc_prefill = profile.local_expert_prefill_s_per_token
+    local_w = (tokens.worst[layers] * local).sum(1, keepdims=True) * t_loc_prefill  # [R, 1]
+    local_x = (tokens.expected[layers] * local).sum(1, keepdims=True) * t_loc_prefill
     n_local = local.sum(1, keepdims=True)
     n_remote = request.experts - n_local
     prefill_base = profile.backbone_prefill_layer_s + request.n_in * (
