@@ -34,17 +34,21 @@ from remoe.scheduler.problem import Profile
 from remoe.scheduler.profile_file import fit_remote
 from remoe.scheduler.shape import ModelShape, deepseek_v2_lite, gpt2_moe, shape_of_model
 
-CORPUS = Path("data/corpus/test.jsonl")
-TRAINED = Path("data/models/trained-qwen3")
+CORPORA = (Path("data/corpus/test.jsonl"), Path(".cache/bench/corpus/test.jsonl"))
 GPU_SPEEDS = Path("docs/results/gpu_speeds.json")
 SLO_SLACK = 1.5  # each request's SLO: this times MIX's own modelled TTFT and TPOT
 sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
 
 
 def prompts(n: int) -> list[str]:
-    texts = read_prompts(CORPUS) if CORPUS.is_file() else []
+    """The first n held-out corpus prompts: data/corpus, else the one bench/evaluation built (bench/gpu's `bench`
+    module shadows the bench package here, so its models.corpus() cannot be imported)."""
+    found = [path for path in CORPORA if path.is_file()]
+    texts = read_prompts(found[0]) if found else []
     if len(texts) < n:
-        raise SystemExit(f"need {n} prompts in {CORPUS}: run `remoe corpus build --out data/corpus` first")
+        raise SystemExit(
+            f"need {n} prompts in {' or '.join(map(str, CORPORA))}: run `remoe corpus build --out data/corpus`"
+        )
     return [t[:500] for t in texts[:n]]
 
 
