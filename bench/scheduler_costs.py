@@ -7,7 +7,7 @@ process, functions by memory size, transfer, the backbone at two layer counts) a
 docs/results/gpu_speeds.json (bench/gpu/speeds.py on a GPU). Forecasts are synthetic (a seeded skewed popularity
 per layer, per-request Dirichlet noise): the real models' activations are not available. Each request's SLO is
 1.5x the MIX baseline's own modelled TTFT and TPOT; every system's attainment of it is reported. Remoe plans at
-each set's per-GB prices; a whole-GPU set then bills the main model's GPU per second held. The measured
+each set's per-GB prices; a whole-GPU set then bills the main model's GPU as whole cards per second held. The measured
 comparison (what processes held, timed at the client) is bench/evaluation.
 
 Usage: python bench/scheduler_costs.py [--requests 50] [--new-tokens 200] [--out docs/results]
@@ -138,10 +138,7 @@ def modelled(shape: ModelShape, profile: Profile, texts: list[str], new_tokens: 
         mix = compare(shape.request(frequency, n_in, new_tokens), profile)["MIX"]  # latency: price-free
         slo = {"slo_ttft_s": SLO_SLACK * mix.ttft_s, "slo_tpot_s": SLO_SLACK * mix.tpot_s}
         requests.append(shape.request(frequency, n_in, new_tokens, **slo))
-    return {
-        price.name: workload_costs(requests, profile, price.prices, gpu_instance_s=price.whole_gpu_s)
-        for price in PRICE_SETS
-    }
+    return {price.name: workload_costs(requests, profile, price) for price in PRICE_SETS}
 
 
 def main() -> None:
@@ -161,7 +158,10 @@ def main() -> None:
         "commit": source_commit(),
         "requests": len(texts),
         "new_tokens": args.new_tokens,
-        "price_sets": {p.name: {"source": p.source, "date": p.date, "ratio": p.ratio} for p in PRICE_SETS},
+        "price_sets": {
+            p.name: {"source": p.source, "date": p.date, "ratio": p.ratio, "card_gb": p.whole_gpu_s and p.gpu_memory_gb}
+            for p in PRICE_SETS
+        },
         "shapes": {},
     }
     for shape in (deepseek_v2_lite(), gpt2_moe()):
@@ -193,7 +193,8 @@ def write_markdown(results: dict, out: Path) -> None:
         f"bench/gpu/speeds.py). {results['date']}, commit {results['commit']}. Written by "
         "`python bench/scheduler_costs.py`. SLO per request: "
         f"{SLO_SLACK}x MIX's own modelled TTFT and TPOT. Remoe plans at each price set's per-GB prices; whole-GPU "
-        "sets bill the main model's GPU per second held. The measured comparison is `evaluation.md`.",
+        "sets bill the main model's GPU as whole cards per second held, as many as its GPU memory needs (a model "
+        "that does not fit one card takes two). The measured comparison is `evaluation.md`.",
         "",
     ]
     for name, shape in results["shapes"].items():
@@ -214,14 +215,18 @@ def write_markdown(results: dict, out: Path) -> None:
             remoe = rows["Remoe"]["mean_cost"]
             cells = [f"{rows[s]['mean_cost']:.3g} ({rows[s]['mean_cost'] / remoe:.2f}x)" for s in systems]
             ratio, met = results["price_sets"][price]["ratio"], rows["Remoe"]["slo_attainment"]
-            lines.append(f"| {price} | {ratio:.2f} | " + " | ".join(cells) + f" | {met:.0%} |")
+            card = results["price_sets"][price].get("card_gb", 0)
+            ratio_cell = f"whole {card:g} GB cards (plans at {ratio:.2f})" if card else f"{ratio:.2f}"
+            lines.append(f"| {price} | {ratio_cell} | " + " | ".join(cells) + f" | {met:.0%} |")
         first = next(iter(tables))
-        lines += ["", f"Latency and memory (Remoe planned at {first}):", ""]
-        lines += ["| system | TTFT (s) | TPOT (ms) | SLO met | GPU GB | CPU GB |", "|---|---|---|---|---|---|"]
+        lines += ["", f"Latency and memory (Remoe planned at {first}; function invocations per request are billed "]
+        lines[-1] += "where the set has a per-request fee):"
+        lines += ["", "| system | TTFT (s) | TPOT (ms) | SLO met | GPU GB | CPU GB | function invocations |"]
+        lines += ["|---|---|---|---|---|---|---|"]
         for system, r in tables[first].items():
             lines.append(
                 f"| {system} | {r['mean_ttft_s']:.2f} | {r['mean_tpot_s'] * 1e3:.1f} | {r['slo_attainment']:.0%} | "
-                f"{r['mean_gpu_gb']:.1f} | {r['mean_cpu_gb']:.1f} |"
+                f"{r['mean_gpu_gb']:.1f} | {r['mean_cpu_gb']:.1f} | {r.get('mean_invocations', 0):.0f} |"
             )
         lines.append("")
     lines += ["Price sets:", ""]

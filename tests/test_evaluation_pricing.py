@@ -33,6 +33,10 @@ def test_a_whole_gpu_price_bills_the_instance_for_the_seconds_held_whatever_it_h
     small, big = price_table.HeldSplit("A", 1.0, 2.0, 5.0), price_table.HeldSplit("B", 9.0, 2.0, 5.0)
     assert small.cost(per_gb) == pytest.approx(3e-5 * 1.0 + 1e-5 * 2.0)
     assert small.cost(whole) == big.cost(whole) == pytest.approx(1e-3 * 5.0 + 1e-5 * 2.0)
+    # Held 9 GB-s over 5 s: 1.8 GB on average, which takes two cards of 1 GB.
+    cards = PriceSet("whole, 1 GB cards", Prices(1e-5, 3e-5), "test", whole_gpu_s=1e-3, gpu_memory_gb=1.0)
+    assert big.cost(cards) == pytest.approx(2 * 1e-3 * 5.0 + 1e-5 * 2.0)
+    assert small.cost(cards) == small.cost(whole)
 
 
 def test_the_break_even_ratio_is_where_the_two_held_costs_are_equal():

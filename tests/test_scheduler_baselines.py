@@ -130,15 +130,31 @@ def test_a_prefill_batch_prices_experts_at_the_batched_rate_and_decode_at_the_on
     assert Profile(local_expert_s_per_token=3e-4).local_expert_prefill_s_per_token == 3e-4  # unset: one rate
 
 
-def test_whole_gpu_billing_charges_the_instance_for_the_main_model_s_seconds_whatever_memory_it_holds():
-    from remoe.scheduler.baselines import billed_whole_gpu
+def test_whole_gpu_billing_charges_whole_cards_for_the_main_model_s_seconds_whatever_memory_it_holds():
+    from remoe.scheduler.baselines import billed_under
+    from remoe.scheduler.price_sets import PriceSet
 
-    prices, instance_s = Prices(1e-5, 2e-5), 1e-3
+    prices = Prices(1e-5, 2e-5)
     systems = compare(_request(3), PROFILE, prices, LIMITS)
-    for name in ("GPU", "MIX", "Fetch", "Remoe"):
-        r = systems[name]
-        busy = (r.cost - r.remote_cost) / (prices.gpu_gb_s * r.gpu_gb + prices.cpu_gb_s * r.cpu_gb)
-        whole = billed_whole_gpu(r, prices, instance_s)
-        assert whole.cost == pytest.approx(busy * (instance_s + prices.cpu_gb_s * r.cpu_gb) + r.remote_cost)
-        assert (whole.ttft_s, whole.tpot_s, whole.gpu_gb) == (r.ttft_s, r.tpot_s, r.gpu_gb)
-    assert billed_whole_gpu(systems["CPU"], prices, instance_s) == systems["CPU"]  # no GPU, nothing changes
+    for card_gb in (80.0, 1.5):  # the GPU system's 7.3 GB fits one 80 GB card, needs five of 1.5 GB
+        price = PriceSet("whole", prices, "test", whole_gpu_s=1e-3, gpu_memory_gb=card_gb)
+        for name in ("GPU", "MIX", "Fetch", "Remoe"):
+            r = systems[name]
+            busy = (r.cost - r.remote_cost) / (prices.gpu_gb_s * r.gpu_gb + prices.cpu_gb_s * r.cpu_gb)
+            cards = -(-r.gpu_gb // card_gb)
+            whole = billed_under(r, price)
+            assert whole.cost == pytest.approx(busy * (cards * 1e-3 + prices.cpu_gb_s * r.cpu_gb) + r.remote_cost)
+            assert (whole.ttft_s, whole.tpot_s, whole.gpu_gb) == (r.ttft_s, r.tpot_s, r.gpu_gb)
+        assert billed_under(systems["CPU"], price) == systems["CPU"]  # no GPU, nothing changes
+    assert price.gpus(systems["GPU"].gpu_gb) == 5
+
+
+def test_a_per_request_fee_is_charged_for_each_of_remoe_s_expected_function_invocations():
+    from remoe.scheduler.baselines import billed_under
+    from remoe.scheduler.price_sets import PriceSet
+
+    prices = Prices(1e-5, 2e-5)
+    remoe = compare(_request(3), PROFILE, prices, LIMITS)["Remoe"]
+    assert remoe.remote_cost > 0 and remoe.invocations >= 199  # experts out: at least one call per decode token
+    fee = PriceSet("fee", prices, "test", request_fee=1e-7)
+    assert billed_under(remoe, fee).cost == pytest.approx(remoe.cost + 1e-7 * remoe.invocations)

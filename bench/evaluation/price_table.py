@@ -2,7 +2,7 @@
 price ratio at which Remoe would cost what another system does.
 
 Per request, from the memory each system's processes held over the paper workload (GB-seconds per role): the
-backbone process at the GPU's price (or, for a whole-GPU set, its instance for the seconds it was held), every
+backbone process at the GPU's price (or, for a whole-GPU set, its cards for the seconds it was held), every
 other process at the CPU's. With G and C a system's GPU-side and CPU-side GB-s per request, Remoe costs what
 system X costs at c_g / c_c = (C_Remoe - C_X) / (G_X - G_Remoe).
 """
@@ -26,7 +26,11 @@ class HeldSplit:
     gpu_seconds: float
 
     def cost(self, price: PriceSet) -> float:
-        gpu = price.whole_gpu_s * self.gpu_seconds if price.whole_gpu_s else price.prices.gpu_gb_s * self.gpu_gb_s
+        if price.whole_gpu_s:  # as many cards as the mean GPU-side memory held needs
+            held = self.gpu_gb_s / self.gpu_seconds if self.gpu_seconds else 0.0
+            gpu = price.whole_gpu_s * price.gpus(held) * self.gpu_seconds
+        else:
+            gpu = price.prices.gpu_gb_s * self.gpu_gb_s
         return gpu + price.prices.cpu_gb_s * self.cpu_gb_s
 
 
@@ -64,8 +68,9 @@ def table(runs: list[dict], order: list[str], workload: str = "paper") -> list[s
         "",
         "Each system's measured memory (GB-seconds per process, as in the *held* column) priced by every set in "
         "`remoe/scheduler/price_sets.py` (sources and dates there and below). A whole-GPU set bills the backbone's "
-        "instance for the seconds it was held, whatever it held. Not counted: the per-invocation fee of functions "
-        "billed per request (Lambda's $0.20 per million); Remoe's function calls per request are not yet counted.",
+        "instance for the seconds it was held, whatever it held (as many cards as its mean memory needs). Not "
+        "counted: the per-invocation fee of functions billed per request (Lambda's $0.20 per million); Remoe's "
+        "function calls per request are not yet counted.",
         "",
         "| price set | c_g / c_c | " + " | ".join(systems) + " | Remoe vs GPU | Remoe vs the cheapest other |",
         "|---|---|" + "---|" * (len(systems) + 2),

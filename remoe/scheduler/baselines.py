@@ -17,6 +17,7 @@ import numpy as np
 
 from remoe.scheduler.estimate import GIB, LayerPlan, Tokens, decode_steps, estimate, main_memory_gb, round_up
 from remoe.scheduler.planner import plan
+from remoe.scheduler.price_sets import PriceSet
 from remoe.scheduler.problem import Limits, Prices, Profile, Request
 
 
@@ -30,6 +31,7 @@ class SystemCost:
     cpu_gb: float  # main model's CPU memory (functions excluded)
     remote_cost: float = 0.0
     meets_slo: bool = True
+    invocations: float = 0.0  # expected function invocations (Remoe's remote experts), for a per-request fee
 
     def as_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.__slots__}
@@ -137,6 +139,7 @@ def remoe(request: Request, profile: Profile, prices: Prices, limits: Limits, to
         result.main_cpu_gb,
         est.cost_remote,
         result.feasible,
+        est.invocations,
     )
 
 
@@ -161,34 +164,32 @@ def summarise(results: list[SystemCost]) -> dict:
         "mean_ttft_s": float(np.mean([r.ttft_s for r in results])),
         "mean_tpot_s": float(np.mean([r.tpot_s for r in results])),
         "slo_attainment": float(np.mean([r.meets_slo for r in results])),
+        "mean_invocations": float(np.mean([r.invocations for r in results])),
         "mean_gpu_gb": float(np.mean([r.gpu_gb for r in results])),
         "mean_cpu_gb": float(np.mean([r.cpu_gb for r in results])),
     }
 
 
-def billed_whole_gpu(result: SystemCost, prices: Prices, gpu_instance_s: float) -> SystemCost:
-    """The same request with the main model's GPU billed as a whole instance per second it is held, whatever
-    memory it uses (as GPU platforms bill), its CPU memory and the functions as before."""
-    if result.gpu_gb <= 0:
-        return result
-    rate = prices.gpu_gb_s * result.gpu_gb + prices.cpu_gb_s * result.cpu_gb
-    busy = (result.cost - result.remote_cost) / rate  # the main model's seconds
-    main = busy * (gpu_instance_s + prices.cpu_gb_s * result.cpu_gb)
-    return replace(result, cost=main + result.remote_cost)
+def billed_under(result: SystemCost, price: PriceSet) -> SystemCost:
+    """The same request as `price` bills it: a whole-GPU set bills the main model's GPU as whole cards per second
+    held, as many as its GPU memory needs, whatever they hold (as GPU platforms bill); a per-request fee is
+    charged per expected function invocation. The CPU memory and the functions' GB-seconds as before."""
+    cost, prices = result.cost + price.request_fee * result.invocations, price.prices
+    if price.whole_gpu_s and result.gpu_gb > 0:
+        rate = prices.gpu_gb_s * result.gpu_gb + prices.cpu_gb_s * result.cpu_gb
+        busy = (result.cost - result.remote_cost) / rate  # the main model's seconds
+        whole = busy * (price.gpus(result.gpu_gb) * price.whole_gpu_s + prices.cpu_gb_s * result.cpu_gb)
+        cost += whole - (result.cost - result.remote_cost)
+    return replace(result, cost=cost)
 
 
 def workload_costs(
-    requests: list[Request],
-    profile: Profile,
-    prices: Prices | None = None,
-    limits: Limits | None = None,
-    gpu_instance_s: float = 0.0,
+    requests: list[Request], profile: Profile, price: PriceSet | Prices | None = None, limits: Limits | None = None
 ) -> dict[str, dict]:
-    """Per system, `summarise` over the requests; gpu_instance_s > 0: the GPU billed whole (planned at `prices`)."""
+    """Per system, `summarise` over the requests: planned at the per-GB prices, billed as a price set bills."""
+    prices = price.prices if isinstance(price, PriceSet) else price
     rows: dict[str, list[SystemCost]] = {name: [] for name in SYSTEMS}
     for request in requests:
         for name, result in compare(request, profile, prices, limits).items():
-            if gpu_instance_s > 0:
-                result = billed_whole_gpu(result, prices or Prices(), gpu_instance_s)
-            rows[name].append(result)
+            rows[name].append(billed_under(result, price) if isinstance(price, PriceSet) else result)
     return {name: summarise(results) for name, results in rows.items()}

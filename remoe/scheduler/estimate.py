@@ -39,6 +39,7 @@ class Estimate:
     tpot_s: float
     cost_main: float
     cost_remote: float
+    invocations: float = 0.0  # expected function invocations (each replica called in prefill, per decode token)
 
     @property
     def cost(self) -> float:
@@ -119,6 +120,14 @@ def layer_decode_s(plan: LayerPlan, request: Request, profile: Profile) -> float
     return profile.backbone_decode_s + dispatch + 2 * profile.swap_s_per_token + max(local_s, remote_s)
 
 
+def invocations(plan: LayerPlan, tokens: np.ndarray, route: np.ndarray, request: Request) -> float:
+    """Expected calls to this layer's replicas: one per replica the prompt's tokens [E] reach, then per decode
+    token one per replica hosting one of its experts (capped at one expected call per replica)."""
+    prefill = sum(1 for part in plan.replicas if part and sum(float(tokens[e]) for e in part) > 0)
+    decode = sum(min(1.0, float(sum(route[e] for e in part))) for part in plan.replicas if part)
+    return prefill + decode_steps(request) * decode
+
+
 def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, profile: Profile) -> float:
     """Expected replica compute time over the whole decode (all replicas of one layer)."""
     if not plan.remote:
@@ -147,13 +156,14 @@ def estimate(
     gpu_gb, cpu_gb = main_memory_gb(request, [p.remote for p in layers], limits)
     ttft = sum(layer_prefill_s(tokens.worst[i], p, request, profile, tokens.route[i])[0] for i, p in enumerate(layers))
     tpot = sum(layer_decode_s(p, request, profile) for p in layers)
-    expected_prefill, remote_cost = 0.0, 0.0
+    expected_prefill, remote_cost, calls = 0.0, 0.0, 0.0
     for i, p in enumerate(layers):
         seconds, busy = layer_prefill_s(tokens.expected[i], p, request, profile, tokens.route[i])
         expected_prefill += seconds
+        calls += invocations(p, tokens.expected[i], tokens.route[i], request)
         remote_cost += (
             prices.cpu_gb_s * p.memory_gb * (sum(busy) + remote_decode_busy_s(p, tokens.route[i], request, profile))
         )
     main_s = expected_prefill + decode_steps(request) * tpot
     main_cost = main_s * (prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb)
-    return Estimate(ttft, tpot, main_cost, remote_cost)
+    return Estimate(ttft, tpot, main_cost, remote_cost, calls)

@@ -7,6 +7,7 @@ All prices in US dollars, on-demand, first tier, no free tier. Sources as read o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from remoe.scheduler.problem import LAMBDA_GB_S, Prices
@@ -37,8 +38,13 @@ class PriceSet:
     prices: Prices  # c_c, and c_g per GB-second of GPU memory held
     source: str
     whole_gpu_s: float = 0.0  # > 0: the backbone's instance per second instead of c_g x GB
+    gpu_memory_gb: float = 0.0  # one card's memory: a whole-GPU bill takes as many cards as the memory needs
     request_fee: float = 0.0  # $ per function invocation, where functions bill per request
     date: str = READ_ON
+
+    def gpus(self, gpu_gb: float) -> int:
+        """Cards a whole-GPU bill counts for this much GPU memory (at least one)."""
+        return max(1, math.ceil(gpu_gb / self.gpu_memory_gb - 1e-9)) if self.gpu_memory_gb > 0 else 1
 
     @property
     def ratio(self) -> float:
@@ -63,6 +69,7 @@ PRICE_SETS: tuple[PriceSet, ...] = (
         f"{LAMBDA_SOURCE}; Cloud Run L4 instance: GPU ${L4_GPU_HOUR}/h + the mandatory 4 vCPU and 16 GiB, "
         f"${L4_INSTANCE_S * HOUR:.3f}/h, billed whole",
         whole_gpu_s=L4_INSTANCE_S,
+        gpu_memory_gb=L4_GB,
         request_fee=LAMBDA_REQUEST,
     ),
     PriceSet(
@@ -77,6 +84,7 @@ PRICE_SETS: tuple[PriceSet, ...] = (
         f"{LAMBDA_SOURCE}; AWS p5.48xlarge ${H100_AWS_HOUR * 8:.2f}/h for 8 H100s, ${H100_AWS_HOUR:.2f}/GPU-h, "
         "billed whole",
         whole_gpu_s=H100_AWS_HOUR / HOUR,
+        gpu_memory_gb=H100_GB,
         request_fee=LAMBDA_REQUEST,
     ),
     PriceSet(
