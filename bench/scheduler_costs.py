@@ -87,7 +87,7 @@ def cpu_profile(name: str, checkpoint: Path, run_dir: Path, gpu: dict) -> tuple[
         config_of, layers = (lambda n: deepseek_v2_lite_config(n, False)), 2  # the first layer is dense
     else:
         config_of, layers = (lambda n: gpt2_moe_like_config(n, False)), 1
-    cpu = layered_speeds(name, config_of, layers, torch.device("cpu"), prompt=64, steps=8, repeats=3)
+    cpu = layered_speeds(name, config_of, layers, torch.device("cpu"), prompt=64, steps=8, repeats=5)
     cpu_prefill, cpu_decode = per_moe_layer(cpu, shape.layers)
     gpu_prefill, gpu_decode = per_moe_layer(gpu, shape.layers)
     experts = measure_experts(checkpoint, repeats=3)

@@ -105,11 +105,14 @@ def speeds(name: str, config, device: torch.device, prompt: int, steps: int, rep
     }
 
 
-def layered_speeds(name: str, config_of, layers: int, device: torch.device, prompt: int, steps: int, repeats: int):
-    """speeds() at `layers` and `layers + 1` decoder layers: one more MoE layer's backbone time is the per-layer
-    term, and what is left of the smaller model (embeddings, dense layers, final norm, LM head) a fixed term
-    counted once per forward, however many layers the full model has."""
-    small, large = (speeds(name, config_of(n), device, prompt, steps, repeats) for n in (layers, layers + 1))
+def layered_speeds(
+    name: str, config_of, layers: int, device: torch.device, prompt: int, steps: int, repeats: int, extra: int = 3
+):
+    """speeds() at `layers` and `layers + extra` decoder layers: the extra MoE layers' backbone time per layer is
+    the per-layer term, and what is left of the smaller model (embeddings, dense layers, final norm, LM head) a
+    fixed term counted once per forward, however many layers the full model has. Several extra layers, so their
+    time stands above the run-to-run noise of a step the LM head dominates."""
+    small, large = (speeds(name, config_of(n), device, prompt, steps, repeats) for n in (layers, layers + extra))
     extra = large["moe_layers"] - small["moe_layers"]
     prefill = max((large["backbone_only_prefill_s"] - small["backbone_only_prefill_s"]) / extra, 0.0)
     decode = max((large["backbone_only_decode_step_s"] - small["backbone_only_decode_step_s"]) / extra, 0.0)
