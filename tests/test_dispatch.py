@@ -338,6 +338,7 @@ def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_des
     """Rows of three requests in one step, the middle one's plan putting experts in a function: each destination
     gets one batch with every row it serves, the sum equals all experts computed in one place, and only the
     request whose plan used the function is billed for it."""
+    from remoe.dispatch.routing import FunctionBill
     from remoe.experts.placement import function_destination
     from remoe.transport.request_context import RequestRows, current_batch
 
@@ -367,7 +368,7 @@ def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_des
     hidden = torch.randn(6, arch.hidden_size)  # [T, H]: rows 0-1 request a, 2-3 request b (planned), 4-5 c
     index = torch.tensor([[0, 2], [1, 3], [0, 5], [1, 4], [6, 7], [0, 3]])
     routing_weights = torch.rand(6, 2)
-    bills = [{}, {}, {}]
+    bills = [FunctionBill(), FunctionBill(), FunctionBill()]
     rows = (
         RequestRows(2, "a", None, None, bills[0]),
         RequestRows(4, "b", None, planned, bills[1]),
@@ -381,4 +382,5 @@ def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_des
         executor.close()
     torch.testing.assert_close(out, LocalExpertExecutor(weights).compute(0, hidden, index, routing_weights))
     assert [v.Stats(None, None).batches for v in remote.servicers] == [1, 1, 1]
-    assert bills[0] == {} and bills[2] == {} and bills[1]["f"] > 0
+    assert bills[0] == bills[2] == FunctionBill() and bills[1].seconds["f"] > 0
+    assert bills[1].calls == {"f": 1.0}  # one invocation, all of whose rows were b's

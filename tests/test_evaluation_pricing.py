@@ -39,6 +39,21 @@ def test_a_whole_gpu_price_bills_the_instance_for_the_seconds_held_whatever_it_h
     assert small.cost(cards) == small.cost(whole)
 
 
+def test_a_per_request_fee_charges_each_function_invocation_the_backbone_counted():
+    fee = PriceSet("fee", Prices(1e-5, 3e-5), "test", request_fee=2e-7)
+    counted = price_table.split(_run("Remoe", {"backbone": 4.0, "functions": 2.0}, 10.0, function_calls=50.0))
+    assert counted.invocations == 50.0
+    assert counted.cost(fee) == pytest.approx(3e-5 * 2.0 + 1e-5 * 1.0 + 2e-7 * 50)
+    older = price_table.split(_run("Remoe", {"backbone": 4.0, "functions": 2.0}, 10.0))  # before the counting
+    assert older.invocations is None and older.cost(fee) == pytest.approx(3e-5 * 2.0 + 1e-5 * 1.0)
+    assert any(
+        "Not counted" in line
+        for line in price_table.table(
+            [_run("CPU", {"backbone": 8.0}, 10.0), _run("Remoe", {"backbone": 2.0}, 10.0)], ORDER
+        )
+    )
+
+
 def test_the_break_even_ratio_is_where_the_two_held_costs_are_equal():
     remoe, gpu = price_table.HeldSplit("Remoe", 1.0, 6.0, 1.0), price_table.HeldSplit("GPU", 3.0, 2.0, 1.0)
     assert price_table.break_even(remoe, gpu) == "cheaper above c_g / c_c = 2.00"  # 1 c_g + 6 c_c = 3 c_g + 2 c_c

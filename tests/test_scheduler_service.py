@@ -180,6 +180,8 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             assert result.client_tpot_s > 0
             used = result.usage.function_seconds  # the SDK shows what the ledger bills
             assert used and all(v > 0 for v in used.values()) and result.usage.function_memory_mb.keys() == used.keys()
+            calls = result.usage.function_calls  # each function answered at least one batch of this request alone
+            assert calls.keys() == used.keys() and all(n >= 1 for n in calls.values())
             with pytest.raises(InvalidArgument, match="slo_tpot_s"):
                 client.generate(token_ids=ids, max_new_tokens=2, slo_tpot_s=-1.0)
         records = Ledger(cluster.redis_url).read()
@@ -188,6 +190,7 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
         assert first.predicted_ttft_s > 0 and first.plan_signature and first.measured_ttft_s > 0
         assert second.plan_signature == first.plan_signature
         assert second.functions and all(f.seconds > 0 and f.memory_mb >= 1024 for f in second.functions.values())
+        assert all(f.calls >= 1 for f in second.functions.values())
         assert second.cost_remote > 0 and second.cost_main > 0
         summary = subprocess.run(
             [sys.executable, "-m", "remoe.cli", "cost", "--redis-url", cluster.redis_url],

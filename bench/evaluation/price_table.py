@@ -18,12 +18,14 @@ GPU_ROLE = "backbone"  # the process that would hold the GPU (CPU: none)
 
 @dataclass(frozen=True, slots=True)
 class HeldSplit:
-    """A system's held memory per request: GPU-side and CPU-side GB-s, and the seconds the backbone was held."""
+    """A system's held memory per request: GPU-side and CPU-side GB-s, the seconds the backbone was held, and
+    its function invocations (None: the run predates their recording)."""
 
     system: str
     gpu_gb_s: float
     cpu_gb_s: float
     gpu_seconds: float
+    invocations: float | None = 0.0
 
     def cost(self, price: PriceSet) -> float:
         if price.whole_gpu_s:  # as many cards as the mean GPU-side memory held needs
@@ -31,7 +33,7 @@ class HeldSplit:
             gpu = price.whole_gpu_s * price.gpus(held) * self.gpu_seconds
         else:
             gpu = price.prices.gpu_gb_s * self.gpu_gb_s
-        return gpu + price.prices.cpu_gb_s * self.cpu_gb_s
+        return gpu + price.prices.cpu_gb_s * self.cpu_gb_s + price.request_fee * (self.invocations or 0.0)
 
 
 def split(run: dict) -> HeldSplit | None:
@@ -43,7 +45,9 @@ def split(run: dict) -> HeldSplit | None:
     on_gpu = run["system"] != "CPU" and GPU_ROLE in gb_s
     gpu = gb_s.get(GPU_ROLE, 0.0) if on_gpu else 0.0
     cpu = sum(v for role, v in gb_s.items() if not (on_gpu and role == GPU_ROLE))
-    return HeldSplit(run["system"], gpu / n, cpu / n, resident["seconds"] / n if on_gpu else 0.0)
+    results = run["results"]
+    calls = sum(r["function_calls"] for r in results) / n if all("function_calls" in r for r in results) else None
+    return HeldSplit(run["system"], gpu / n, cpu / n, resident["seconds"] / n if on_gpu else 0.0, calls)
 
 
 def break_even(remoe: HeldSplit, other: HeldSplit) -> str:
@@ -63,14 +67,20 @@ def table(runs: list[dict], order: list[str], workload: str = "paper") -> list[s
     systems = [name for name in order if name in splits]
     if "Remoe" not in splits or len(systems) < 2:
         return []
+    remoe = splits["Remoe"]
+    fee = (
+        f"Remoe's {remoe.invocations:.1f} function invocations per request (as the backbone counted them) pay "
+        "Lambda's per-request fee ($0.20 per million) where a set has it."
+        if remoe.invocations is not None
+        else "Not counted: Lambda's per-request fee ($0.20 per million invocations), which Remoe's functions would "
+        "pay: this run predates the backbone counting invocations."
+    )
     lines = [
         "### The same run under each price set (memory held, $ per request)",
         "",
         "Each system's measured memory (GB-seconds per process, as in the *held* column) priced by every set in "
         "`remoe/scheduler/price_sets.py` (sources and dates there and below). A whole-GPU set bills the backbone's "
-        "instance for the seconds it was held, whatever it held (as many cards as its mean memory needs). Not "
-        "counted: the per-invocation fee of functions billed per request (Lambda's $0.20 per million); Remoe's "
-        "function calls per request are not yet counted.",
+        f"instance for the seconds it was held, whatever it held (as many cards as its mean memory needs). {fee}",
         "",
         "| price set | c_g / c_c | " + " | ".join(systems) + " | Remoe vs GPU | Remoe vs the cheapest other |",
         "|---|---|" + "---|" * (len(systems) + 2),

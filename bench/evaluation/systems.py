@@ -45,6 +45,7 @@ class Result:
     started_s: float = 0.0  # when it was sent, from the workload's start
     forecast_js: float | None = None
     function_s: float = 0.0  # function instance-seconds billed to it
+    function_calls: float = 0.0  # function invocations billed to it (its share of shared batches)
     modelled: bool = False
     predict_s: float = 0.0  # the gateway's forecast and plan before the backbone started (inside ttft_s)
     plan_s: float = 0.0
@@ -273,6 +274,7 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
         res = Result(system, workload.name, i, n_in, n_out, out.client_ttft_s, out.client_tpot_s, 0.0, sent)
         res.predict_s, res.plan_s = u.predict_s, u.plan_s
         res.function_s = float(sum(u.function_seconds.values()))
+        res.function_calls = float(sum(u.function_calls.values()))
         res.forecast_js = u.forecast_js if u.forecast_source else None
         if system in ("MIX", "GPU"):
             res.cost = modelled_cost(setting, system, None, res.n_in, res.n_out, res.busy_s)

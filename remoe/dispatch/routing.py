@@ -24,18 +24,31 @@ class Routing:
     owner_lists: dict[int, list[int]] = field(default_factory=dict)  # the same as lists (decode's split)
 
 
-# A request's own routing (the scheduler's plan) and where its functions' billed seconds accumulate.
+@dataclass
+class FunctionBill:
+    """What a request's functions bill it, per function: seconds (round trips, as a function bills its duration)
+    and invocations (where a platform charges per request); a batch shared by several requests splits both."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, float] = field(default_factory=dict)
+
+    def add(self, function: str, seconds: float, share: float = 1.0) -> None:
+        self.seconds[function] = self.seconds.get(function, 0.0) + seconds * share
+        self.calls[function] = self.calls.get(function, 0.0) + share
+
+
+# A request's own routing (the scheduler's plan) and where its functions' bill accumulates.
 current_routing: ContextVar[Routing | None] = ContextVar("remoe_routing", default=None)
-current_function_seconds: ContextVar[dict[str, float] | None] = ContextVar("remoe_function_seconds", default=None)
+current_function_bill: ContextVar[FunctionBill | None] = ContextVar("remoe_function_bill", default=None)
 ROUTINGS_KEPT = 256
 
 
 def bill_functions(function: str, seconds: float, rows: torch.Tensor, batch) -> None:
     """A function's round trip billed to the request(s) whose rows it computed, split by their rows in it."""
     if batch is None:
-        billed = current_function_seconds.get()
-        if billed is not None:
-            billed[function] = billed.get(function, 0.0) + seconds
+        bill = current_function_bill.get()
+        if bill is not None:
+            bill.add(function, seconds)
         return
     if len(batch) == 1:
         shares = {0: 1.0}
@@ -44,6 +57,6 @@ def bill_functions(function: str, seconds: float, rows: torch.Tensor, batch) -> 
         counts = Counter(bisect.bisect_right(stops, row) for row in rows.tolist())
         shares = {i: n / len(rows) for i, n in counts.items()}
     for i, share in shares.items():
-        billed = batch[i].function_seconds
-        if billed is not None:
-            billed[function] = billed.get(function, 0.0) + seconds * share
+        bill = batch[i].functions
+        if bill is not None:
+            bill.add(function, seconds, share)

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 
+from remoe.dispatch.routing import FunctionBill
 from remoe.model.activations import ActivationRecorder
 from remoe.model.generation import GenerationTrace, SamplingParams
 from remoe.transport.request_context import RequestRows
@@ -43,7 +44,7 @@ class BatchRequest:
     recorder: ActivationRecorder | None = None
     deadline: float | None = None  # time.time() seconds
     routing: object | None = None  # its compiled plan (dispatch.executor.Routing); None = the default
-    function_seconds: dict[str, float] = field(default_factory=dict)
+    functions: FunctionBill = field(default_factory=FunctionBill)  # what its functions billed it
     trace: GenerationTrace = field(default_factory=GenerationTrace)
     trace_context: object = None  # its OpenTelemetry context: a forward's span goes into the first request's trace
     backbone_s: float = 0.0  # its share of the forwards' wall time
@@ -62,7 +63,7 @@ class BatchRequest:
         return self._prefilled == len(self.prompt)
 
     def rows(self, stop: int) -> RequestRows:
-        return RequestRows(stop, self.request_id, self.deadline, self.routing, self.function_seconds, self.recorder)
+        return RequestRows(stop, self.request_id, self.deadline, self.routing, self.functions, self.recorder)
 
 
 def past_tokens(request: BatchRequest) -> int:

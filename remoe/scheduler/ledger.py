@@ -35,6 +35,7 @@ class FunctionUse:
     memory_mb: int
     seconds: float  # billed duration: the round trips of this request's batches
     cost: float
+    calls: float = 0.0  # invocations for this request's batches (its share of shared ones), for a per-request fee
 
 
 @dataclass(slots=True)
@@ -97,6 +98,7 @@ def meter(
             int(usage.function_memory_mb.get(name, 0)),
             float(seconds),
             cpu_gb_s * usage.function_memory_mb.get(name, 0) / 1024 * float(seconds),
+            float(usage.function_calls.get(name, 0.0)),
         )
         for name, seconds in usage.function_seconds.items()
     }

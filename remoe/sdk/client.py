@@ -36,6 +36,7 @@ class Usage:
     forecast_js: float = 0.0  # its mean JS divergence from the actual prefill activation
     function_seconds: dict[str, float] = field(default_factory=dict)  # function -> instance-seconds it billed
     function_memory_mb: dict[str, int] = field(default_factory=dict)  # function -> its memory size
+    function_calls: dict[str, float] = field(default_factory=dict)  # function -> invocations (its share of each)
     expert_format: str = ""  # "" when the experts are exact; else how a quantized split stores them
     predict_s: float = 0.0  # the gateway's forecast before the backbone started (ttft_s leaves it out)
     plan_s: float = 0.0  # the gateway's plan from the scheduler, likewise
@@ -57,6 +58,7 @@ class Usage:
             forecast_js=msg.forecast_js,
             function_seconds=dict(msg.function_seconds),
             function_memory_mb=dict(msg.function_memory_mb),
+            function_calls=dict(msg.function_calls),
             expert_format=msg.expert_format,
             predict_s=msg.predict_s,
             plan_s=msg.plan_s,

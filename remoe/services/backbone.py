@@ -21,7 +21,7 @@ from opentelemetry import context as otel_context
 from remoe.checkpoint.dtypes import resolve_dtype
 from remoe.checkpoint.weights import open_weights
 from remoe.dispatch.executor import DispatchingExecutor
-from remoe.dispatch.routing import current_function_seconds, current_routing
+from remoe.dispatch.routing import FunctionBill, current_function_bill, current_routing
 from remoe.errors import RemoeError
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
@@ -134,7 +134,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
         remaining = call_time_remaining(context)
         deadline = time.time() + remaining if remaining is not None else None
         request_id = request.request_id or uuid.uuid4().hex
-        billed: dict[str, float] = {}
+        billed = FunctionBill()
         with self._lock:
             self._active += 1
         platform = self.executor.platform
@@ -168,7 +168,8 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         tpot_s=trace.tpot_s,
                         activations=activation_summary(recorder),
                         plan=(routing or self.executor.default).placement.summary(),
-                        function_seconds=billed,
+                        function_seconds=billed.seconds,
+                        function_calls=billed.calls,
                         function_memory_mb=(routing or self.executor.default).memory_mb,
                         expert_format=self.backbone.expert_format,
                     )
@@ -198,7 +199,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
             current_request_id,
             current_deadline,
             current_routing,
-            current_function_seconds,
+            current_function_bill,
         )
         values = (recorder, request_id, deadline, routing, billed)
         tokens = [var.set(value) for var, value in zip(contextvars, values, strict=True)]

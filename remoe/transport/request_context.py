@@ -47,7 +47,7 @@ class RequestRows:
     request_id: str
     deadline: float | None  # time.time() seconds; None = none
     routing: Any = None  # the request's compiled plan (dispatch.executor.Routing); None = the default placement
-    function_seconds: dict[str, float] | None = None  # where its functions' billed seconds accumulate
+    functions: Any = None  # where its functions' bill accumulates (dispatch.routing.FunctionBill)
     recorder: Any = None  # its ActivationRecorder, or None
 
 
