@@ -338,9 +338,8 @@ def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_des
     """Rows of three requests in one step, the middle one's plan putting experts in a function: each destination
     gets one batch with every row it serves, the sum equals all experts computed in one place, and only the
     request whose plan used the function is billed for it."""
-    from remoe.dispatch.routing import FunctionBill
     from remoe.experts.placement import function_destination
-    from remoe.transport.request_context import RequestRows, current_batch
+    from remoe.transport.request_context import FunctionBill, RequestRows, current_batch
 
     weights = open_weights(tiny_model("mixtral"))
     arch = weights.arch

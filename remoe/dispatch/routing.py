@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from remoe.experts.placement import Placement
+from remoe.transport.request_context import FunctionBill
 
 
 @dataclass(frozen=True)
@@ -22,19 +23,6 @@ class Routing:
     owner: dict[int, torch.Tensor]  # layer -> [E] destination number of each expert
     memory_mb: dict[str, int]  # function name -> its memory size (for metering)
     owner_lists: dict[int, list[int]] = field(default_factory=dict)  # the same as lists (decode's split)
-
-
-@dataclass
-class FunctionBill:
-    """What a request's functions bill it, per function: seconds (round trips, as a function bills its duration)
-    and invocations (where a platform charges per request); a batch shared by several requests splits both."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    calls: dict[str, float] = field(default_factory=dict)
-
-    def add(self, function: str, seconds: float, share: float = 1.0) -> None:
-        self.seconds[function] = self.seconds.get(function, 0.0) + seconds * share
-        self.calls[function] = self.calls.get(function, 0.0) + share
 
 
 # A request's own routing (the scheduler's plan) and where its functions' bill accumulates.

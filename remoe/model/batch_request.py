@@ -9,10 +9,9 @@ from typing import Protocol
 
 import torch
 
-from remoe.dispatch.routing import FunctionBill
 from remoe.model.activations import ActivationRecorder
 from remoe.model.generation import GenerationTrace, SamplingParams
-from remoe.transport.request_context import RequestRows
+from remoe.transport.request_context import FunctionBill, RequestRows
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from opentelemetry import context as otel_context
 from remoe.checkpoint.dtypes import resolve_dtype
 from remoe.checkpoint.weights import open_weights
 from remoe.dispatch.executor import DispatchingExecutor
-from remoe.dispatch.routing import FunctionBill, current_function_bill, current_routing
+from remoe.dispatch.routing import current_function_bill, current_routing
 from remoe.errors import RemoeError
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.placement import LOCAL
@@ -51,7 +51,7 @@ from remoe.server.common import Server, setup_logging
 from remoe.server.tracing import tracer
 from remoe.settings import BackboneSettings, load_settings
 from remoe.transport.expert_stream import RemoteExpertError
-from remoe.transport.request_context import call_time_remaining, current_deadline, current_request_id
+from remoe.transport.request_context import FunctionBill, call_time_remaining, current_deadline, current_request_id
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)

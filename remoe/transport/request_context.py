@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -38,6 +38,19 @@ def call_time_remaining(context) -> float | None:
     return None if left is None or left > NO_DEADLINE_S else left
 
 
+@dataclass
+class FunctionBill:
+    """What a request's functions bill it, per function: seconds (round trips, as a function bills its duration)
+    and invocations (where a platform charges per request); a batch shared by several requests splits both."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, float] = field(default_factory=dict)
+
+    def add(self, function: str, seconds: float, share: float = 1.0) -> None:
+        self.seconds[function] = self.seconds.get(function, 0.0) + seconds * share
+        self.calls[function] = self.calls.get(function, 0.0) + share
+
+
 @dataclass(frozen=True, slots=True)
 class RequestRows:
     """One request's rows in a forward that carries several requests' tokens (a batched step): rows
@@ -47,7 +60,7 @@ class RequestRows:
     request_id: str
     deadline: float | None  # time.time() seconds; None = none
     routing: Any = None  # the request's compiled plan (dispatch.executor.Routing); None = the default placement
-    functions: Any = None  # where its functions' bill accumulates (dispatch.routing.FunctionBill)
+    functions: FunctionBill | None = None  # where its functions' bill accumulates
     recorder: Any = None  # its ActivationRecorder, or None
 
 
