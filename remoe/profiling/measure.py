@@ -183,26 +183,17 @@ def measure_end_to_end(
         ]
         plan_file = run_dir / "plan.json"
         plan_file.write_text(json.dumps(functions_to_json(specs)))
-    rows = {}
     services = {} if expert_services is None else {"expert_services": expert_services}
+    where = "in the backbone" if expert_services == 0 else f"{replicas if remote else 0} function(s)"
     with LocalCluster(model_dir, port=0, predictor=False, run_dir=run_dir, plan_file=plan_file, **services) as cluster:
         with Client(cluster.address) as client:
-            warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
-            for _ in range(2):  # every code path, the functions started and (very likely) every expert loaded
-                client.generate(token_ids=warm, max_new_tokens=4, ignore_eos=True)
-            for n in PROMPT_LENGTHS:
-                ids = [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)]
-                runs = [
-                    client.generate(token_ids=ids, max_new_tokens=new_tokens, ignore_eos=True) for _ in range(repeats)
-                ]
+
+            def generate(ids: list[int], tokens: int) -> tuple[float, float]:
+                out = client.generate(token_ids=ids, max_new_tokens=tokens, ignore_eos=True)
                 # At the client, as the evaluation and the SLO time a request (the gateway and stream included).
-                rows[n] = {
-                    "ttft_s": statistics.median(r.client_ttft_s for r in runs),
-                    "tpot_s": statistics.median(r.client_tpot_s for r in runs),
-                }
-                where = "in the backbone" if expert_services == 0 else f"{replicas if remote else 0} function(s)"
-                progress(f"end to end, {where} per layer, {n} prompt tokens")
-    return rows
+                return out.client_ttft_s, out.client_tpot_s
+
+            return latency_rows(generate, new_tokens, repeats, progress, f"end to end, {where} per layer")
 
 
 def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress) -> dict:
@@ -210,16 +201,24 @@ def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress)
     from remoe.model.engine import LocalEngine
 
     engine = LocalEngine(model_dir)
+
+    def generate(ids: list[int], tokens: int) -> tuple[float, float]:
+        out = engine.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False)
+        return out.ttft_s, out.tpot_s
+
+    return latency_rows(generate, new_tokens, repeats, progress, "in process")
+
+
+def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str) -> dict:
+    """{prompt length: median TTFT and TPOT} of generate(ids, tokens) -> (ttft_s, tpot_s) over PROMPT_LENGTHS,
+    after two warm-up requests (every code path run, every function started, very likely every expert loaded)."""
     warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
-    for _ in range(2):  # every expert loaded
-        engine.generate(token_ids=warm, max_new_tokens=4, stop_on_eos=False)
+    for _ in range(2):
+        generate(warm, 4)
     rows = {}
     for n in PROMPT_LENGTHS:
         ids = [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)]
-        runs = [engine.generate(token_ids=ids, max_new_tokens=new_tokens, stop_on_eos=False) for _ in range(repeats)]
-        rows[n] = {
-            "ttft_s": statistics.median(r.ttft_s for r in runs),
-            "tpot_s": statistics.median(r.tpot_s for r in runs),
-        }
-        progress(f"in process, {n} prompt tokens")
+        ttft, tpot = zip(*(generate(ids, new_tokens) for _ in range(repeats)), strict=True)
+        rows[n] = {"ttft_s": statistics.median(ttft), "tpot_s": statistics.median(tpot)}
+        progress(f"{label}, {n} prompt tokens")
     return rows
