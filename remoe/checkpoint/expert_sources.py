@@ -25,7 +25,7 @@ class FusedSource:
     deinterleave_dim: int | None = None
 
     def read(self, ckpt: Checkpoint, expert: int) -> torch.Tensor:
-        row = ckpt.read_row(self.key, expert)
+        row = ckpt.read_row_owned(self.key, expert)  # its own memory: a mapped page would be held twice
         return row if self.deinterleave_dim is None else deinterleave(row, self.deinterleave_dim)
 
     def keys(self, expert: int) -> list[str]:
@@ -60,7 +60,7 @@ class PerExpertSource:
         return sum(ckpt.info(k).nbytes for k in self.keys(expert))
 
     def read(self, ckpt: Checkpoint, expert: int) -> torch.Tensor:
-        parts = [ckpt.read(k) for k in self.keys(expert)]
+        parts = [ckpt.read_owned(k) for k in self.keys(expert)]
         return parts[0] if self.concat_dim is None else torch.cat(parts, dim=self.concat_dim)
 
     def to_json(self) -> dict:

@@ -1,11 +1,14 @@
 """Open a Hugging Face checkpoint directory: config.json plus one or more safetensors files.
 
-Only headers are read here; tensors are read on demand, one key (or one slice of a key) at a time.
+Only headers are read here; tensors are read on demand, one key (or one slice of a key) at a time: the backbone's
+through safetensors' memory map (its pages are the weights, used in place), an expert's with pread into memory of
+its own (`read_owned`), since it is copied into its kernel's layout and the mapped pages would be held twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError, safe_open
 
+from remoe.checkpoint.owned_reads import pread_tensor
 from remoe.errors import CheckpointError, MissingWeightError
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -27,6 +31,11 @@ if TYPE_CHECKING:  # transformers is imported only to load a config: a lean func
 
 def read_safetensors_header(path: Path) -> dict:
     """Parse a safetensors header without touching tensor data; raise CheckpointError naming the file."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(header, the file offset where tensor data begins)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -48,7 +57,7 @@ def read_safetensors_header(path: Path) -> dict:
         begin, end = info["data_offsets"]
         if not (0 <= begin <= end <= data_bytes):
             raise CheckpointError(f"{path}: tensor {key!r} lies outside the file (truncated or corrupt)")
-    return header
+    return header, _HEADER_LEN_BYTES + header_len
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,7 @@ class TensorInfo:
     dtype: str  # safetensors dtype name, e.g. "F32", "BF16"
     shape: tuple[int, ...]
     nbytes: int
+    offset: int | None = None  # where its bytes begin in `file`; None: a logical tensor (read by a subclass)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Checkpoint:
     config: PretrainedConfig | None  # None: read without transformers (remoe/functions/lean_weights.py)
     tensors: dict[str, TensorInfo]
     _handles: dict[Path, object] = field(default_factory=dict, repr=False)
+    _fds: dict[Path, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
@@ -127,6 +138,37 @@ class Checkpoint:
         except SafetensorError as e:
             raise CheckpointError(f"{file}: cannot read {key!r}[{index}] ({e})") from e
 
+    def read_owned(self, key: str) -> torch.Tensor:
+        """`key` in fresh anonymous memory (pread), leaving none of the file mapped in this process."""
+        return self._read_owned(key, self.info(key), None)
+
+    def read_row_owned(self, key: str, index: int) -> torch.Tensor:
+        """`tensor[index]` of an [E, ...] tensor, as read_owned: one expert's bytes only."""
+        return self._read_owned(key, self.info(key), index)
+
+    def _read_owned(self, key: str, info: TensorInfo, index: int | None) -> torch.Tensor:
+        if index is None:
+            return self._pread(key, info, 0, info.nbytes, info.shape)
+        if not info.shape or not 0 <= index < info.shape[0]:
+            raise CheckpointError(f"{info.file}: {key!r} {list(info.shape)} has no row {index}")
+        row_bytes = info.nbytes // info.shape[0]
+        return self._pread(key, info, index * row_bytes, row_bytes, info.shape[1:])
+
+    def _pread(self, key: str, info: TensorInfo, start: int, nbytes: int, shape: tuple[int, ...]) -> torch.Tensor:
+        if info.offset is None:
+            raise CheckpointError(f"{info.file}: {key!r} is not stored as is (a logical tensor has no bytes to read)")
+        fd = self._fds.get(info.file)
+        if fd is None:
+            try:
+                fd = os.open(info.file, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise CheckpointError(f"{info.file}: cannot open ({e.strerror})") from e
+            kept = self._fds.setdefault(info.file, fd)  # two threads opened it at once: keep one fd
+            if kept != fd:
+                os.close(fd)
+            fd = kept
+        return pread_tensor(fd, info.file, info.offset + start, nbytes, info.dtype, shape)
+
 
 def load_config(path: Path) -> PretrainedConfig:
     from transformers import AutoConfig
@@ -141,11 +183,12 @@ def load_config(path: Path) -> PretrainedConfig:
 
 def _file_tensors(file: Path) -> dict[str, TensorInfo]:
     out = {}
-    for key, info in read_safetensors_header(file).items():
+    header, data_start = _read_header(file)
+    for key, info in header.items():
         if key == "__metadata__":
             continue
         begin, end = info["data_offsets"]
-        out[key] = TensorInfo(file, info["dtype"], tuple(info["shape"]), end - begin)
+        out[key] = TensorInfo(file, info["dtype"], tuple(info["shape"]), end - begin, data_start + begin)
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import SafetensorError
 
 from remoe.checkpoint.dtypes import resolve_dtype
 from remoe.checkpoint.files import Checkpoint, TensorInfo
@@ -108,24 +107,24 @@ class DequantizingCheckpoint(Checkpoint):
         return cls(ckpt.path, ckpt.config, tensors, quantization=quantization, parts=parts, stored=stored)
 
     def _stored_read(self, key: str, index: int | None) -> torch.Tensor:
-        file = self.stored[key].file
-        try:
-            handle = self._handle(file)
-            return handle.get_tensor(key) if index is None else handle.get_slice(key)[index]
-        except SafetensorError as e:
-            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from e
+        # into memory of its own: the stored bytes are dropped once dequantized, and no mapped page stays behind
+        return self._read_owned(key, self.stored[key], index)
 
     def read(self, key: str) -> torch.Tensor:
         p = self.parts.get(key)
-        if p is None:
-            return super().read(key)
-        return self._dequantize(key, p, None)
+        return super().read(key) if p is None else self._dequantize(key, p, None)
 
     def read_row(self, key: str, index: int) -> torch.Tensor:
         p = self.parts.get(key)
-        if p is None:
-            return super().read_row(key, index)
-        return self._dequantize(key, p, index)
+        return super().read_row(key, index) if p is None else self._dequantize(key, p, index)
+
+    def read_owned(self, key: str) -> torch.Tensor:
+        p = self.parts.get(key)
+        return super().read_owned(key) if p is None else self._dequantize(key, p, None)
+
+    def read_row_owned(self, key: str, index: int) -> torch.Tensor:
+        p = self.parts.get(key)
+        return super().read_row_owned(key, index) if p is None else self._dequantize(key, p, index)
 
     def _dequantize(self, key: str, p: _Parts, index: int | None) -> torch.Tensor:
         data, scale = self._stored_read(p.data, index), self._stored_read(p.scale, index)

@@ -173,7 +173,7 @@ class SplitWeights(ModelWeights):
     def read_expert(self, layer: int, expert: int) -> dict[str, torch.Tensor | QuantizedWeight]:
         moe = self.arch.moe_layer(layer)
         fmt = self.manifest.expert_format
-        return {p: read_stored(self.ckpt.read, split_expert_key(layer, expert, p), fmt) for p in moe.param_shapes}
+        return {p: read_stored(self.ckpt.read_owned, split_expert_key(layer, expert, p), fmt) for p in moe.param_shapes}
 
     def expert_nbytes(self, layer: int, expert: int) -> int:
         return self.manifest.layer(layer).expert_bytes[expert]

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Generic, TypeVar
 
 from remoe.errors import ExpertBudgetError
+from remoe.experts.freed_memory import release_freed_memory
 
 ExpertId = tuple[int, int]  # (layer, expert)
 V = TypeVar("V")
@@ -69,6 +70,7 @@ class ExpertCache(Generic[V]):
             self._make_room(expert, nbytes)
             self._entries[expert] = _Entry(value, nbytes)
             self._resident += nbytes
+            release_freed_memory()  # the load's read buffers and what was evicted: not held any more
             return value
 
     def _make_room(self, expert: ExpertId, nbytes: int) -> None:
@@ -91,4 +93,6 @@ class ExpertCache(Generic[V]):
                 return False
             self._resident -= entry.nbytes
             self.stats.evictions += 1
-            return True
+        del entry
+        release_freed_memory()
+        return True

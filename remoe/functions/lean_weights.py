@@ -61,7 +61,8 @@ class LeanWeights:
             return {p: self.sources[(layer, p)].read(self.ckpt, expert) for p in params}
         # only a split has a format, and a split's source is one key per expert and param
         return {
-            p: read_stored(self.ckpt.read, self.sources[(layer, p)].keys(expert)[0], self.expert_format) for p in params
+            p: read_stored(self.ckpt.read_owned, self.sources[(layer, p)].keys(expert)[0], self.expert_format)
+            for p in params
         }
 
     def expert_nbytes(self, layer: int, expert: int) -> int:

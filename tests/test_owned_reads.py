@@ -1,0 +1,98 @@
+"""Experts are read into memory of their own: the same values as safetensors' mapped read, and a process that
+loaded them holds each expert once (its prepared copy), not again as mapped file pages or freed read buffers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from remoe.checkpoint.files import Checkpoint, TensorInfo
+from remoe.checkpoint.weights import open_weights
+from remoe.errors import CheckpointError
+from remoe.experts.executor import LocalExpertExecutor
+from remoe.model.split import split_checkpoint
+from remoe.model.tiny import TinySpec, make_tiny_model
+
+_TENSORS = {
+    "f32": torch.randn(3, 5),
+    "bf16": torch.randn(4, 2, 3).to(torch.bfloat16),
+    "f16": torch.randn(7).to(torch.float16),
+    "i8": torch.randint(-128, 127, (2, 9), dtype=torch.int8),
+    "u8": torch.randint(0, 255, (5, 3), dtype=torch.uint8),
+    "i64": torch.arange(6).reshape(3, 2),
+    "flag": torch.tensor([True, False, True]),
+    "fp8": torch.randn(4, 4).to(torch.float8_e4m3fn),
+    "scalar": torch.tensor(2.5),
+    "empty": torch.zeros(0, 4),
+}
+
+
+@pytest.fixture
+def stored(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    file = tmp_path / "model.safetensors"
+    save_file(_TENSORS, str(file))
+    return Checkpoint.from_files(tmp_path, None, [file])
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def test_owned_reads_equal_the_mapped_reads_for_every_dtype(stored):
+    for key, expected in _TENSORS.items():
+        got = stored.read_owned(key)
+        assert got.dtype == expected.dtype and got.shape == expected.shape, key
+        assert torch.equal(_bytes(got), _bytes(expected)) and torch.equal(_bytes(got), _bytes(stored.read(key))), key
+        for row in range(expected.shape[0] if expected.dim() else 0):
+            assert torch.equal(_bytes(stored.read_row_owned(key, row)), _bytes(expected[row])), (key, row)
+
+
+def test_a_row_outside_the_tensor_or_a_file_cut_short_is_a_checkpoint_error(stored):
+    with pytest.raises(CheckpointError, match=r"'f32' \[3, 5\] has no row 3"):
+        stored.read_row_owned("f32", 3)
+    with pytest.raises(CheckpointError, match="has no row"):
+        stored.read_row_owned("scalar", 0)
+    stored.read_owned("bf16")  # the file is open now; then it is cut short under the reader
+    file = stored.info("bf16").file
+    os.truncate(file, stored.info("f32").offset)
+    with pytest.raises(CheckpointError, match="truncated since it was opened"):
+        stored.read_owned("bf16")
+
+
+def test_a_tensor_not_stored_as_is_has_no_bytes_to_read(stored):
+    stored.tensors["logical"] = TensorInfo(stored.info("f32").file, "F32", (2,), 8)
+    with pytest.raises(CheckpointError, match="not stored as is"):
+        stored.read_owned("logical")
+
+
+def _resident_mib() -> tuple[float, float]:
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values["RssAnon"], values["RssFile"]
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "split"])
+def test_loaded_experts_are_held_once(tmp_path, source):
+    """Through the file map every loaded expert stayed resident twice (its prepared copy + its mapped pages)."""
+    path = make_tiny_model(TinySpec("mixtral", layers=1, experts=8, hidden=512), tmp_path / "ckpt", layout="fused")
+    if source == "split":
+        path = split_checkpoint(path, tmp_path / "split", progress=False) and tmp_path / "split"
+    executor = LocalExpertExecutor(open_weights(path), dtype=torch.float32)
+    layer = executor.weights.arch.layer_indices[0]
+    executor.preload(layer, 0)  # the kernel's one-time set-up (a build, its library mapped) is not an expert
+    anon, backed = _resident_mib()
+    for expert in range(1, 8):
+        executor.preload(layer, expert)
+    loaded_mib = 7 * executor.cache.resident_bytes / 8 / 2**20  # 7 experts of 6 MiB
+    now_anon, now_backed = _resident_mib()
+    grown_anon, grown_backed = now_anon - anon, now_backed - backed
+    assert grown_backed < 0.1 * loaded_mib, f"{grown_backed:.0f} MiB of the file stayed mapped for {loaded_mib:.0f}"
+    assert grown_anon < 1.15 * loaded_mib + 4, f"{grown_anon:.0f} MiB anonymous for {loaded_mib:.0f} MiB of experts"
