@@ -22,6 +22,9 @@ MEMORY_MB_PER_VCPU = 1024
 # The smallest function a platform starts (the scheduler's plans use 1 GB and more: its size range, not a limit).
 MIN_FUNCTION_MEMORY_MB = 128
 
+# The largest tensor one message carries (bytes); gRPC's message limit is set from it (transport/channel.py).
+MAX_TENSOR_BYTES = 64 * 1024 * 1024
+
 # The longest prompt accepted (characters), at the gateway and the predictor alike: refused before tokenizing.
 MAX_PROMPT_CHARS = 1_000_000
 

@@ -23,6 +23,7 @@ from remoe.scheduler.problem import Limits, Prices, Profile
 from remoe.scheduler.shape import ModelShape
 from remoe.scheduler.signature import PlanKey, plan_key
 from remoe.scheduler.warm_reuse import RunningFunction, prefer_running
+from remoe.transport.tensor_wire import decode_numpy
 
 log = logging.getLogger(__name__)
 CACHE_PREFIX = "remoe:plan:"
@@ -82,9 +83,7 @@ class PlanService:
         self.hits = self.misses = self.redis_errors = 0
 
     def _validate(self, request: scheduler_pb2.PlanRequest) -> np.ndarray:
-        from remoe.transport import tensor_codec
-
-        frequency = tensor_codec.decode(request.frequency, "frequency", dtype="float32", rank=2).numpy()
+        frequency = decode_numpy(request.frequency, "frequency", dtype="float32", rank=2)
         expected = (self.shape.layers, self.shape.experts)
         if frequency.shape != expected:
             raise ValueError(f"frequency is {list(frequency.shape)}; this model needs {list(expected)}")

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from remoe.scheduler.problem import Request
+
+if TYPE_CHECKING:  # the scheduler service plans from shapes it is sent: it never imports torch (~0.3 GB held)
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class ModelShape:
 
 def shape_of_config(name: str, config, dtype: torch.dtype) -> ModelShape:
     """Exact byte sizes of a transformers MoE config, counted on a meta-device skeleton (nothing allocated)."""
+    import torch
+
     from remoe.checkpoint.architecture import Architecture, kv_cache_bytes_per_token
 
     arch = Architecture.from_config(config, dtype=dtype)
@@ -71,6 +76,8 @@ def shape_of_config(name: str, config, dtype: torch.dtype) -> ModelShape:
 
 def shape_of_model(model_dir: str | Path) -> ModelShape:
     """Sizes of a checkpoint or split directory as stored (its own dtype)."""
+    import torch
+
     from remoe.checkpoint.architecture import kv_cache_bytes_per_token
     from remoe.checkpoint.dtypes import resolve_dtype
     from remoe.checkpoint.weights import open_weights
@@ -126,6 +133,7 @@ DEEPSEEK_V2_LITE = dict(
 def deepseek_v2_lite() -> ModelShape:
     """DeepSeek-V2-Lite (26 MoE layers x 64 routed experts, top-6, 2 shared experts), bf16, sized on the meta
     device."""
+    import torch
     from transformers import AutoConfig
 
     config = AutoConfig.for_model("deepseek_v2", **DEEPSEEK_V2_LITE)
@@ -157,6 +165,7 @@ GPT2_MOE_LIKE = dict(
 def paper_model_config(name: str, layers: int):
     """transformers config of a paper model's shape with `layers` layers: "deepseek-v2-lite" (deepseek_v2,
     bf16 as published) or "gpt2-moe" (qwen3_moe stand-in, float32). Returns (config, dtype)."""
+    import torch
     from transformers import AutoConfig
 
     if name == "deepseek-v2-lite":

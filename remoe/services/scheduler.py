@@ -18,11 +18,11 @@ from remoe.proto import scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices
 from remoe.scheduler.profile_file import load_profile
-from remoe.scheduler.shape import shape_of_model
+from remoe.scheduler.shape_probe import facts_of_model
 from remoe.server import startup
 from remoe.server.common import Server, setup_logging
 from remoe.settings import SchedulerSettings, load_settings
-from remoe.transport.tensor_codec import TensorDecodeError
+from remoe.transport.tensor_wire import TensorDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 
 def build_service(model_dir: str, profile_path: str | None, redis_url: str | None, prices: Prices) -> PlanService:
-    from remoe.checkpoint.weights import open_weights
-
-    weights = open_weights(model_dir)
-    shape = shape_of_model(model_dir)
+    facts = facts_of_model(model_dir)  # in a child process: this one never imports torch (see shape_probe)
+    shape = facts.shape
     profile = load_profile(profile_path) if profile_path else None
     if profile is None:
         log.warning("no --profile: planning with built-in placeholder speeds (run `remoe profile` on this machine)")
-    model_id = f"{shape.name}-{hashlib.sha1(str(weights.path.resolve()).encode()).hexdigest()[:12]}"
-    return PlanService(shape, weights.arch.layer_indices, profile, prices, redis_url=redis_url, model_id=model_id)
+    model_id = f"{shape.name}-{hashlib.sha1(facts.resolved_path.encode()).hexdigest()[:12]}"
+    return PlanService(shape, facts.layer_indices, profile, prices, redis_url=redis_url, model_id=model_id)
 
 
 def main(argv: list[str] | None = None) -> None:

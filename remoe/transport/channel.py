@@ -6,10 +6,11 @@ import json
 
 import grpc
 
-from remoe.transport.tensor_codec import DEFAULT_MAX_BYTES
+from remoe.constants import MAX_TENSOR_BYTES
 
-# Three tensors of the size limit plus headers fit in one message.
-MAX_MESSAGE_BYTES = 3 * DEFAULT_MAX_BYTES + 1024 * 1024
+# Three tensors of the size limit plus headers fit in one message. (Not from tensor_codec: a service that sends no
+# tensor, the scheduler, would import torch for it and hold ~0.3 GB more.)
+MAX_MESSAGE_BYTES = 3 * MAX_TENSOR_BYTES + 1024 * 1024
 
 # Retries happen at one layer only, the client's: retrying inside the cluster as well would multiply attempts.
 _RETRY_POLICY = {
