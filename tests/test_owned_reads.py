@@ -96,3 +96,18 @@ def test_loaded_experts_are_held_once(tmp_path, source):
     grown_anon, grown_backed = now_anon - anon, now_backed - backed
     assert grown_backed < 0.1 * loaded_mib, f"{grown_backed:.0f} MiB of the file stayed mapped for {loaded_mib:.0f}"
     assert grown_anon < 1.15 * loaded_mib + 4, f"{grown_anon:.0f} MiB anonymous for {loaded_mib:.0f} MiB of experts"
+
+
+def test_a_backbone_copied_to_another_dtype_does_not_keep_the_files_pages(tmp_path):
+    """Loaded as bfloat16 from a float32 checkpoint (as on an accelerator), the backbone's weights are copies: the
+    file's mapped pages they came from were held beside them for as long as the process ran."""
+    from remoe.model.backbone import Backbone
+
+    spec = TinySpec("mixtral", layers=2, experts=2, top_k=1, hidden=1024)
+    weights = open_weights(make_tiny_model(spec, tmp_path / "ckpt"))
+    backbone_mib = weights.backbone_nbytes() / 2**20  # float32 as stored: ~28 MiB
+    _, backed = _resident_mib()
+    backbone = Backbone(weights, LocalExpertExecutor(weights), device="cpu", dtype=torch.bfloat16)
+    grown_backed = _resident_mib()[1] - backed
+    assert backbone.param_bytes() < 0.6 * weights.backbone_nbytes()  # bf16 copies, half the stored bytes
+    assert grown_backed < 0.2 * backbone_mib, f"{grown_backed:.0f} MiB of {backbone_mib:.0f} MiB stayed mapped"

@@ -138,6 +138,11 @@ class Checkpoint:
         except SafetensorError as e:
             raise CheckpointError(f"{file}: cannot read {key!r}[{index}] ({e})") from e
 
+    def release_maps(self) -> None:
+        """Drop safetensors' handles: a file's map then lives only as long as a tensor still uses it in place, so
+        a backbone copied to its device or dtype stops holding the file's pages. A later read reopens the file."""
+        self._handles.clear()
+
     def read_owned(self, key: str) -> torch.Tensor:
         """`key` in fresh anonymous memory (pread), leaving none of the file mapped in this process."""
         return self._read_owned(key, self.info(key), None)

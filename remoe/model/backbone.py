@@ -109,6 +109,9 @@ def _load_backbone_weights(
         # Keep float tensors in the model dtype; integer buffers keep theirs.
         state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
     model.load_state_dict(state, strict=False, assign=True)
+    # Tensors used in place (CPU, the stored dtype) keep their file's map alive; copies (an accelerator, another
+    # dtype) leave the map unused once this returns, and its pages were held as file-backed memory for nothing.
+    weights.ckpt.release_maps()
     expert_params = arch.expert_param_paths()
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if name in state or name in expert_params:
