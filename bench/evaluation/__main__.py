@@ -119,6 +119,7 @@ def evaluate(
         oracle_server.server.stop(0)
     log(f"{model.name}: CPU (whole model in one process)")
     runs += [systems.cpu(setting, w, engine) for w in loads]
+    engine.close()  # its experts would stay held in this process (the next CPU run samples it) until a full gc
     runs += [systems.fetch(setting, w, frequencies, [n_in[p] for p in w.prompts]) for w in loads]
     quantized = None
     if expert_dtype:
@@ -201,6 +202,7 @@ def evaluate_quantized(
         oracle_server.server.stop(0)
     log(f"{case.name}: CPU (whole model in one process)")
     runs.append(systems.cpu(setting, paper, engine))
+    engine.close()
     return {
         "expert_dtype": expert_dtype,
         "group_size": models.QUANTIZED_GROUP if expert_dtype == "int4" else None,
@@ -306,6 +308,7 @@ def main() -> None:
             case(name, args.quick), plans[name], texts, train, work, args.slo_slack, args.expert_dtype
         )
         results["models"][name].update({k: results[k] for k in PROVENANCE})
+        reprice(results["models"][name], Prices(**results["prices"]))  # the cost model's predictions beside them
         path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
     report.write(results, args.out, stem)
     print((args.out / f"{stem}.md").read_text())

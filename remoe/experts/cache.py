@@ -85,6 +85,16 @@ class ExpertCache(Generic[V]):
             self._resident -= evicted.nbytes
             self.stats.evictions += 1
 
+    def clear(self) -> int:
+        """Drop every loaded expert now and give its memory back; the number dropped."""
+        with self._lock:
+            dropped = len(self._entries)
+            self._entries.clear()
+            self._resident = 0
+            self.stats.evictions += dropped
+        release_freed_memory()
+        return dropped
+
     def evict(self, expert: ExpertId) -> bool:
         """Drop one expert if resident; True when it was."""
         with self._lock:

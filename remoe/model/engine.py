@@ -60,6 +60,21 @@ class LocalEngine:
         self.eos_token_ids = eos_token_ids(self.model_dir, self.backbone.model.config)
         self._lock = threading.Lock()  # one request at a time: the expert cache and timings stay readable
 
+    def close(self) -> None:
+        """Free the loaded experts now. Dropping the engine frees them only at the next full garbage collection
+        (transformers' modules hold reference cycles): measured, a dropped DeepSeek-V2-Lite-shaped engine held its
+        3.2 GB of experts through a whole later benchmark in the same process. A closed engine still serves: it
+        loads experts again as they are routed to."""
+        cache = getattr(self.executor, "cache", None)  # a LocalExpertExecutor's; a dispatching one holds none here
+        if cache is not None:
+            cache.clear()
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
     def model(self):
         return self.backbone.model

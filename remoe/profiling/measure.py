@@ -200,13 +200,13 @@ def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress)
     """TTFT per prompt length and TPOT of the whole model in this process (LocalEngine, the CPU system)."""
     from remoe.model.engine import LocalEngine
 
-    engine = LocalEngine(model_dir)
+    with LocalEngine(model_dir) as engine:  # closed: its experts must not stay held in the caller's process
 
-    def generate(ids: list[int], tokens: int) -> tuple[float, float]:
-        out = engine.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False)
-        return out.ttft_s, out.tpot_s
+        def generate(ids: list[int], tokens: int) -> tuple[float, float]:
+            out = engine.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False)
+            return out.ttft_s, out.tpot_s
 
-    return latency_rows(generate, new_tokens, repeats, progress, "in process")
+        return latency_rows(generate, new_tokens, repeats, progress, "in process")
 
 
 def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str) -> dict:

@@ -1,5 +1,5 @@
-"""Experts are read into memory of their own: the same values as safetensors' mapped read, and a process that
-loaded them holds each expert once (its prepared copy), not again as mapped file pages or freed read buffers."""
+"""What a process holds is what it needs: experts read into memory of their own (the same values as safetensors'
+mapped read) and held once, a copied backbone without its file's pages, a closed engine without its experts."""
 
 from __future__ import annotations
 
@@ -111,3 +111,21 @@ def test_a_backbone_copied_to_another_dtype_does_not_keep_the_files_pages(tmp_pa
     grown_backed = _resident_mib()[1] - backed
     assert backbone.param_bytes() < 0.6 * weights.backbone_nbytes()  # bf16 copies, half the stored bytes
     assert grown_backed < 0.2 * backbone_mib, f"{grown_backed:.0f} MiB of {backbone_mib:.0f} MiB stayed mapped"
+
+
+def test_a_closed_engine_gives_its_experts_memory_back_and_still_serves_the_same_tokens(tmp_path):
+    """Dropped, an engine keeps its experts until a full garbage collection (transformers' reference cycles)."""
+    from remoe.model.engine import LocalEngine
+
+    path = make_tiny_model(TinySpec("mixtral", layers=1, experts=8, hidden=512), tmp_path / "ckpt")
+    with LocalEngine(path) as engine:
+        first = engine.generate(token_ids=[5, 6, 7], max_new_tokens=4, stop_on_eos=False).token_ids
+        for expert in range(8):
+            engine.executor.preload(engine.backbone.arch.layer_indices[0], expert)
+        loaded_mib = engine.executor.cache.resident_bytes / 2**20  # 8 experts of 6 MiB
+        anon, _ = _resident_mib()
+        engine.close()
+        freed = anon - _resident_mib()[0]
+        assert freed > 0.8 * loaded_mib, f"{freed:.0f} of {loaded_mib:.0f} MiB given back"
+        assert engine.executor.cache.resident_bytes == 0
+        assert engine.generate(token_ids=[5, 6, 7], max_new_tokens=4, stop_on_eos=False).token_ids == first
