@@ -3,6 +3,7 @@ mapped read) and held once, a copied backbone without its file's pages, a closed
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -129,3 +130,14 @@ def test_a_closed_engine_gives_its_experts_memory_back_and_still_serves_the_same
         assert freed > 0.8 * loaded_mib, f"{freed:.0f} of {loaded_mib:.0f} MiB given back"
         assert engine.executor.cache.resident_bytes == 0
         assert engine.generate(token_ids=[5, 6, 7], max_new_tokens=4, stop_on_eos=False).token_ids == first
+
+
+def test_the_files_an_owned_read_opened_close_with_the_checkpoint(stored):
+    ckpt = Checkpoint.from_files(stored.path, None, stored.files)  # one the fixture does not keep alive
+    ckpt.read_owned("f32")
+    (fd,) = ckpt._fds.values()
+    os.fstat(fd)  # open while the checkpoint lives
+    del ckpt
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +79,9 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     _handles: dict[Path, object] = field(default_factory=dict, repr=False)
     _fds: dict[Path, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        weakref.finalize(self, _close_fds, self._fds)  # the files read_owned opened close with the checkpoint
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
@@ -173,6 +177,12 @@ class Checkpoint:
                 os.close(fd)
             fd = kept
         return pread_tensor(fd, info.file, info.offset + start, nbytes, info.dtype, shape)
+
+
+def _close_fds(fds: dict[Path, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 def load_config(path: Path) -> PretrainedConfig:

@@ -12,7 +12,7 @@ import numpy as np
 
 from remoe.scheduler.problem import Request
 
-if TYPE_CHECKING:  # the scheduler service plans from shapes it is sent: it never imports torch (~0.3 GB held)
+if TYPE_CHECKING:  # the scheduler service plans from a shape a child process read: it never imports torch
     import torch
 
 

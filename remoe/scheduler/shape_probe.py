@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from remoe.checkpoint.weights import open_weights
     from remoe.scheduler.shape import shape_of_model
 
-    (model_dir,) = argv if argv is not None else sys.argv[1:]
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m remoe.scheduler.shape_probe MODEL_DIR  (prints its shape as JSON)", file=sys.stderr)
+        return 2
+    model_dir = args[0]
     try:
         weights = open_weights(model_dir)
         shape = shape_of_model(model_dir)
