@@ -19,10 +19,18 @@ def machine_description() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
+RESULTS_DIR = "docs/results"  # what benchmarks write: their own output does not make the source "+changes"
+
+
 def source_commit() -> str:
-    """The checkout's short commit, with "+changes" when tracked files differ from it ("unknown" outside git)."""
+    """The checkout's short commit, with "+changes" when tracked files other than the results differ from it
+    ("unknown" outside git): a second benchmark run after a first has rewritten results on the same code."""
     import subprocess
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}"],
+        capture_output=True,
+        text=True,
+    )
     return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
