@@ -80,13 +80,14 @@ def _resident_mib() -> tuple[float, float]:
     return values["RssAnon"], values["RssFile"]
 
 
+@pytest.mark.parametrize("kernel", ["auto", "class"])  # class: the reference path keeps the read tensors as they are
 @pytest.mark.parametrize("source", ["checkpoint", "split"])
-def test_loaded_experts_are_held_once(tmp_path, source):
+def test_loaded_experts_are_held_once(tmp_path, source, kernel):
     """Through the file map every loaded expert stayed resident twice (its prepared copy + its mapped pages)."""
     path = make_tiny_model(TinySpec("mixtral", layers=1, experts=8, hidden=512), tmp_path / "ckpt", layout="fused")
     if source == "split":
         path = split_checkpoint(path, tmp_path / "split", progress=False) and tmp_path / "split"
-    executor = LocalExpertExecutor(open_weights(path), dtype=torch.float32)
+    executor = LocalExpertExecutor(open_weights(path), dtype=torch.float32, kernel=kernel)
     layer = executor.weights.arch.layer_indices[0]
     executor.preload(layer, 0)  # the kernel's one-time set-up (a build, its library mapped) is not an expert
     anon, backed = _resident_mib()

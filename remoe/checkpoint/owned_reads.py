@@ -9,6 +9,7 @@ pread copies from the page cache straight into the buffer and leaves nothing map
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -45,10 +46,7 @@ def pread_tensor(
     if dtype is None:
         known = ", ".join(STORED_DTYPES)
         raise CheckpointError(f"{file}: tensor dtype {dtype_name!r} is not one Remoe reads ({known})")
-    elements = 1
-    for d in shape:
-        elements *= d
-    if elements * dtype.itemsize != nbytes:
+    if math.prod(shape) * dtype.itemsize != nbytes:
         raise CheckpointError(f"{file}: {nbytes} bytes at offset {offset} do not hold a {dtype_name} {list(shape)}")
     buffer = torch.empty(nbytes, dtype=torch.uint8)  # [nbytes]
     view = memoryview(buffer.numpy())

@@ -70,8 +70,8 @@ class ExpertCache(Generic[V]):
             self._make_room(expert, nbytes)
             self._entries[expert] = _Entry(value, nbytes)
             self._resident += nbytes
-            release_freed_memory()  # the load's read buffers and what was evicted: not held any more
-            return value
+        release_freed_memory()  # the load's read buffers and what was evicted; outside the lock: hits go on
+        return value
 
     def _make_room(self, expert: ExpertId, nbytes: int) -> None:
         if self.budget_bytes is None:

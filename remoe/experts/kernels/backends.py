@@ -40,8 +40,9 @@ def _rows_by_expert(experts: dict[int, Any], index: torch.Tensor):
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy in fresh anonymous memory (a safetensors read may be a view of file-backed pages)."""
-    return t.contiguous().clone()
+    """Contiguous, as the kernel reads it. The weights' readers already hand over memory of their own
+    (remoe/checkpoint/owned_reads.py: no file-backed pages), so this copies only a non-contiguous view."""
+    return t.contiguous()
 
 
 class ClassKernel:
