@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.evaluation import model_check, models, report, systems, workloads
-from bench.evaluation.resident import HeldMemory
+from bench.evaluation.resident import RSS_SUM, HeldMemory
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description, source_commit
 from remoe.profiling.profile import profile_model
@@ -248,8 +248,15 @@ def _reprice_runs(model: dict, prices: Prices) -> None:
                 r["cost"] = systems.modelled_cost(setting, run["system"], None, r["n_in"], r["n_out"], busy)
         if run.get("resident") and run["results"]:
             raw = run["resident"]
-            held = HeldMemory({k: (v[0], v[1]) for k, v in raw["gb_s"].items()}, raw["peak_gb"], raw["seconds"])
+            held = HeldMemory(
+                {k: (v[0], v[1]) for k, v in raw["gb_s"].items()},
+                raw["peak_gb"],
+                raw["seconds"],
+                {k: (v[0], v[1]) for k, v in raw.get("rss_gb_s", {}).items()},
+                raw.get("basis", RSS_SUM),  # results from before frames were read: gb_s is the RSS sum
+            )
             run["held_cost"] = systems.held_cost(run["system"], held, len(run["results"]), prices)
+            run["held_rss_cost"] = systems.held_cost(run["system"], held.as_rss_sum(), len(run["results"]), prices)
 
 
 def main() -> None:

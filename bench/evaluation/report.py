@@ -46,15 +46,35 @@ def summary(run: dict, slo_ttft: float, slo_tpot: float, burst_starts: list[int]
         "function_s": float(np.mean([r["function_s"] for r in rs])),
         "held_cost": run.get("held_cost"),  # absent in results from before memory was sampled
         "held_gb": _held_gb(run.get("resident")),
+        "held_rss_cost": run.get("held_rss_cost"),
+        "rss_gb": _held_gb(run.get("resident"), "rss_gb_s"),
+        "held_basis": (run.get("resident") or {}).get("basis", "RSS sum"),  # before frames were read: RSS summed
         "modelled": any(r["modelled"] for r in rs),
     }
 
 
-def _held_gb(resident: dict | None) -> dict[str, tuple[float, float]] | None:
-    """role -> mean (anonymous, file-backed) GB held over the run."""
-    if not resident or not resident["seconds"]:
+def _held_gb(resident: dict | None, key: str = "gb_s") -> dict[str, tuple[float, float]] | None:
+    """role -> mean (anonymous, file-backed) GB held over the run (`key`: gb_s held, rss_gb_s the RSS sum)."""
+    if not resident or not resident["seconds"] or not resident.get(key):
         return None
-    return {role: (a / resident["seconds"], f / resident["seconds"]) for role, (a, f) in resident["gb_s"].items()}
+    return {role: (a / resident["seconds"], f / resident["seconds"]) for role, (a, f) in resident[key].items()}
+
+
+def _cost_and_ratio(cost: float | None, remoe: float | None) -> tuple[str, str]:
+    if cost is None or not remoe:
+        return "-", "-"
+    return f"{cost:.3g}", f"{cost / remoe:.2f}x"
+
+
+def _basis_note(paper: dict[str, dict]) -> str:
+    if any(s["held_basis"] != "RSS sum" for s in paper.values() if s["held_gb"]):
+        return (
+            "*Held* counts each physical page once (frame numbers from /proc/PID/pagemap): the runtime template's "
+            "pages its forked function instances share copy-on-write, and the shared libraries every process maps, "
+            "count once, as this machine holds them. *RSS sum* counts such a page once per process: closer to "
+            "separate containers, one per process, each importing its own runtime."
+        )
+    return "This run summed RSS (a page shared by several processes counted once per process)."
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
@@ -162,35 +182,47 @@ def write(results: dict, out: Path, stem: str) -> None:
             f"### Paper workload: {plan['requests']} corpus prompts (first 500 characters), {plan['new_tokens']} "
             "output tokens, batch 1",
             "",
-            "Two costs per request: *billed* is what the plan's sizes bill (Remoe: the metering ledger) or, for CPU, "
-            "GPU and MIX, busy time x the main memory of the scheduler's model; *held* is the resident memory every "
+            "Costs per request: *billed* is what the plan's sizes bill (Remoe: the metering ledger) or, for CPU, "
+            "GPU and MIX, busy time x the main memory of the scheduler's model; *held* is the memory every "
             "process of the system held while the workload ran (sampled from /proc, anonymous + file-backed), "
-            "the backbone process at the GPU's price and the rest at the CPU's, over the workload's requests.",
+            "the backbone process at the GPU's price and the rest at the CPU's, over the workload's requests. "
+            f"{_basis_note(paper)}",
             "",
-            f"| system | $ per request, billed | vs Remoe | $ per request, held | vs Remoe | TTFT p50 (ms) | {tail} | "
-            "TPOT p50 (ms) | SLO met | gateway predict + plan p50 (ms) | expert cache hits | forecast JS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| system | $ per request, billed | vs Remoe | $ per request, held | vs Remoe | held, RSS sum | vs Remoe "
+            f"| TTFT p50 (ms) | {tail} | TPOT p50 (ms) | SLO met | gateway predict + plan p50 (ms) | "
+            "expert cache hits | forecast JS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         remoe = paper["Remoe"]["cost"]
         remoe_held = paper["Remoe"]["held_cost"]
+        remoe_rss = paper["Remoe"]["held_rss_cost"]
         client = model.get("latency_at") == "client"
         for system in ORDER:
             s = paper[system]
             gateway = f"{s['gateway_p50'] * 1e3:.2f}" if client and system not in ("CPU", "Fetch") else "-"
-            held, held_ratio = "-", "-"
-            if s["held_cost"] is not None and remoe_held:
-                held, held_ratio = f"{s['held_cost']:.3g}", f"{s['held_cost'] / remoe_held:.2f}x"
+            held, held_ratio = _cost_and_ratio(s["held_cost"], remoe_held)
+            rss, rss_ratio = _cost_and_ratio(s["held_rss_cost"], remoe_rss)
             lines.append(
                 f"| {system}{' (modelled)' if s['modelled'] else ''} | {s['cost']:.3g} | {s['cost'] / remoe:.2f}x | "
-                f"{held} | {held_ratio} | {s['ttft_p50'] * 1e3:.1f} | {s['ttft_p99'] * 1e3:.1f} | "
+                f"{held} | {held_ratio} | {rss} | {rss_ratio} | {s['ttft_p50'] * 1e3:.1f} | "
+                f"{s['ttft_p99'] * 1e3:.1f} | "
                 f"{s['tpot_p50'] * 1e3:.2f} | {s['slo']:.0%} | {gateway} | {_fmt(s['hit_rate'], '.1%')} | "
                 f"{_fmt(s['js'], '.3f')} |"
             )
         where = [(system, paper[system]["held_gb"]) for system in ORDER if paper[system]["held_gb"]]
         if where:
-            lines += ["", "Memory held on the paper workload, mean GB (anonymous + file-backed) per process:", ""]
+            lines += [
+                "",
+                "Memory held on the paper workload, mean GB (anonymous + file-backed) per process, and in brackets "
+                "the same processes' RSS:",
+                "",
+            ]
             for system, roles in where:
-                parts = ", ".join(f"{role} {a:.2f} + {f:.2f}" for role, (a, f) in sorted(roles.items()))
+                rss = paper[system]["rss_gb"] or {}
+                parts = ", ".join(
+                    f"{role} {a:.2f} + {f:.2f}" + (f" ({rss[role][0]:.2f} + {rss[role][1]:.2f})" if role in rss else "")
+                    for role, (a, f) in sorted(roles.items())
+                )
                 lines.append(f"- {system}: {parts}")
         lines.append("")
         lines += model_check.table(model_check.checks(model["runs"], ORDER))

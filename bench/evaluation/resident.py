@@ -1,10 +1,17 @@
 """Memory actually held by a system while it serves: every process it runs, sampled from /proc and integrated
-over time, resident set split into anonymous and file-backed pages (a mapped safetensors file is the latter).
+over time, split into anonymous and file-backed pages (a mapped safetensors file is the latter).
 
 A plan's billing counts what the plan sized; this counts what the processes held, whatever served the request
 (an expert service computing a function's batch while the function starts, the predictor's embedding model, the
 runtime template a platform would not bill but this machine holds). Each service's children (the backbone's
 function processes and their template) are counted under `<service>/children`.
+
+*Held* counts each physical page once (page_frames.py): a function instance forked from the runtime template
+shares most of the template's pages copy-on-write, and every process maps the same shared libraries, so the sum
+of RSS counts those pages once per process. The RSS sum is kept beside it: it is closer to what separate
+containers, one per process, would each hold. Frame numbers are read every `pages_period_s` (a read costs about
+0.05 s per GB held here); between reads each process's RSS is corrected by its own last overcount, so a process that
+started since the last read counts its whole RSS until the next.
 """
 
 from __future__ import annotations
@@ -14,21 +21,34 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.evaluation import page_frames
+
 _PROC = Path("/proc")
 _KB = 1024
 
 
+HELD_ONCE = "each page once"  # HeldMemory.basis: physical pages, a page shared by processes counted once
+RSS_SUM = "RSS sum"  # frame numbers unreadable (not root): held is the sum of the processes' RSS
+
+
 @dataclass
 class HeldMemory:
-    """GB-seconds held per role: (anonymous, file-backed), and the largest resident GB seen."""
+    """GB-seconds held per role: (anonymous, file-backed), and the largest GB held at one sample; `rss_gb_s` the
+    same integral of the processes' summed RSS."""
 
     gb_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     peak_gb: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    rss_gb_s: dict[str, tuple[float, float]] = field(default_factory=dict)
+    basis: str = HELD_ONCE
 
     def total_gb_s(self, role: str) -> float:
         anon, backed = self.gb_s.get(role, (0.0, 0.0))
         return anon + backed
+
+    def as_rss_sum(self) -> HeldMemory:
+        """The same run billed by summed RSS."""
+        return HeldMemory(self.rss_gb_s or self.gb_s, self.peak_gb, self.seconds, self.rss_gb_s or self.gb_s, RSS_SUM)
 
     def cost(self, gpu_roles: set[str], cpu_gb_s: float, gpu_gb_s: float) -> float:
         """Every role's GB-seconds at its memory's price: `gpu_roles` at the GPU's, the rest at the CPU's."""
@@ -72,34 +92,64 @@ def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
     return out
 
 
+def _integral(samples: list[tuple[float, dict[str, tuple[int, int]]]], role: str) -> tuple[float, float]:
+    """Trapezoidal GB-seconds of one role's (anonymous, file-backed) bytes."""
+    anon = backed = 0.0
+    for (t0, a), (t1, b) in zip(samples, samples[1:], strict=False):
+        a0, f0 = a.get(role, (0, 0))
+        a1, f1 = b.get(role, (0, 0))
+        anon += (t1 - t0) * (a0 + a1) / 2 / 1e9
+        backed += (t1 - t0) * (f0 + f1) / 2 / 1e9
+    return anon, backed
+
+
 class ResidentSampler(threading.Thread):
-    """Samples `roots` (role -> pid) and their descendants every `period_s` until stopped."""
+    """Samples `roots` (role -> pid) and their descendants every `period_s` until stopped; frame numbers every
+    `pages_period_s` (and at the first and last sample)."""
 
-    def __init__(self, roots: dict[str, int], period_s: float = 0.5) -> None:
+    def __init__(self, roots: dict[str, int], period_s: float = 0.5, pages_period_s: float = 10.0) -> None:
         super().__init__(daemon=True)
-        self.roots, self.period_s = roots, period_s
+        self.roots, self.period_s, self.pages_period_s = roots, period_s, pages_period_s
         self.stop_event = threading.Event()
-        self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
+        self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []  # held
+        self.rss_samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
         self.t0 = time.monotonic()
+        self.pages = page_frames.readable()
+        self.overcount: dict[int, tuple[int, int]] = {}  # pid -> RSS minus its pages held once, at the last read
+        self.next_pages_t = 0.0
 
-    def sample(self, t: float) -> None:
+    def sample(self, t: float, pages: bool = False) -> None:
         children = _children()
-        held: dict[str, tuple[int, int]] = {}
+        groups = {}
         for role, pid in self.roots.items():
-            for name, pids in ((role, [pid]), (f"{role}/children", _descendants(pid, children))):
-                anon = backed = 0
-                for p in pids:
-                    rss = _rss(p)
-                    if rss is not None:
-                        anon, backed = anon + rss[0], backed + rss[1]
-                if pids and (anon or backed):
-                    held[name] = (anon, backed)
-        self.samples.append((t, held))
+            groups[role] = [pid]
+            groups[f"{role}/children"] = sorted(_descendants(pid, children))  # the template starts first
+        rss = {p: r for pids in groups.values() for p in pids if (r := _rss(p)) is not None}
+        if self.pages and (pages or t >= self.next_pages_t):
+            once = page_frames.held_once([p for pids in groups.values() for p in pids if p in rss])
+            self.overcount = {
+                p: (max(0, rss[p][0] - a), max(0, rss[p][1] - f)) for p, (a, f) in once.items() if p in rss
+            }
+            self.next_pages_t = t + self.pages_period_s
+        held: dict[str, tuple[int, int]] = {}
+        summed: dict[str, tuple[int, int]] = {}
+        for name, pids in groups.items():
+            live = [p for p in pids if p in rss]
+            if not live:
+                continue
+            summed[name] = (sum(rss[p][0] for p in live), sum(rss[p][1] for p in live))
+            over = [self.overcount.get(p, (0, 0)) for p in live]
+            held[name] = (
+                sum(max(0, rss[p][0] - o[0]) for p, o in zip(live, over, strict=True)),
+                sum(max(0, rss[p][1] - o[1]) for p, o in zip(live, over, strict=True)),
+            )
+        self.samples.append((t, {k: v for k, v in held.items() if any(v)}))
+        self.rss_samples.append((t, {k: v for k, v in summed.items() if any(v)}))
 
     def begin(self) -> ResidentSampler:
         """A first sample now, then one every period in the background."""
         self.t0 = time.monotonic()
-        self.sample(0.0)
+        self.sample(0.0, pages=True)
         self.start()
         return self
 
@@ -112,16 +162,13 @@ class ResidentSampler(threading.Thread):
         self.stop_event.set()
         if self.is_alive():
             self.join()
-        self.sample(time.monotonic() - self.t0)
-        out = HeldMemory(seconds=self.samples[-1][0] - self.samples[0][0] if len(self.samples) > 1 else 0.0)
-        roles = {r for _, held in self.samples for r in held}
-        for role in sorted(roles):
-            anon = backed = 0.0
-            for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
-                a0, f0 = a.get(role, (0, 0))
-                a1, f1 = b.get(role, (0, 0))
-                anon += (t1 - t0) * (a0 + a1) / 2 / 1e9
-                backed += (t1 - t0) * (f0 + f1) / 2 / 1e9
-            out.gb_s[role] = (anon, backed)
+        self.sample(time.monotonic() - self.t0, pages=True)
+        out = HeldMemory(
+            seconds=self.samples[-1][0] - self.samples[0][0] if len(self.samples) > 1 else 0.0,
+            basis=HELD_ONCE if self.pages else RSS_SUM,
+        )
+        for role in sorted({r for _, held in self.rss_samples for r in held}):
+            out.gb_s[role] = _integral(self.samples, role)
+            out.rss_gb_s[role] = _integral(self.rss_samples, role)
             out.peak_gb[role] = max(sum(held.get(role, (0, 0))) for _, held in self.samples) / 1e9
         return out

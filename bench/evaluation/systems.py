@@ -71,7 +71,8 @@ class Run:
     held_gb_s: float = 0.0  # function memory held (instances starting or warm) while it ran
     held_at_end_mb: int = 0  # function memory still held at its end (held one TTL more, unless reused)
     resident: HeldMemory | None = None  # what every process of the system held, sampled from /proc
-    held_cost: float | None = None  # per request: resident GB-s at each memory's price over the requests
+    held_cost: float | None = None  # per request: GB-s held (each page once) at each memory's price
+    held_rss_cost: float | None = None  # the same from the processes' summed RSS (a shared page once per process)
 
     @property
     def hit_rate(self) -> float | None:
@@ -80,6 +81,7 @@ class Run:
     def price_resident(self, prices: Prices) -> None:
         if self.resident is not None and self.results:
             self.held_cost = held_cost(self.system, self.resident, len(self.results), prices)
+            self.held_rss_cost = held_cost(self.system, self.resident.as_rss_sum(), len(self.results), prices)
 
 
 def held_cost(system: str, held: HeldMemory, requests: int, prices: Prices) -> float:
