@@ -18,6 +18,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _PRESENT = np.uint64(1 << 63)
 _FILE_OR_SHARED = np.uint64(1 << 61)  # a file page or shared anonymous memory (shmem): the file-backed side of RSS
 _PFN = np.uint64((1 << 55) - 1)
+_CHUNK = 1 << 18  # pagemap entries per read: 2 MiB of them, 1 GiB of address space
 _USER_TOP = 1 << 47  # [vsyscall] and other kernel-side ranges above user space have no pagemap entries
 
 
@@ -35,14 +36,16 @@ def frames(pid: int) -> np.ndarray | None:
             start, end = int(lo, 16), int(hi, 16)
             if start >= _USER_TOP:
                 continue
-            try:
-                raw = os.pread(fd, (end - start) // PAGE * 8, start // PAGE * 8)
-            except OSError:  # the range was unmapped since maps was read
-                continue
-            entries = np.frombuffer(raw, dtype=np.uint64)
-            entries = entries[(entries & _PRESENT) != 0]
-            if entries.size:
-                out.append((entries & _PFN) * np.uint64(2) + ((entries & _FILE_OR_SHARED) != 0).astype(np.uint64))
+            # in chunks: a reserved but untouched range (an allocator's arena, say) may span gigabytes of entries
+            for page in range(start // PAGE, end // PAGE, _CHUNK):
+                try:
+                    raw = os.pread(fd, min(_CHUNK, end // PAGE - page) * 8, page * 8)
+                except OSError:  # the range was unmapped since maps was read
+                    break
+                entries = np.frombuffer(raw, dtype=np.uint64)
+                entries = entries[(entries & _PRESENT) != 0]
+                if entries.size:
+                    out.append((entries & _PFN) * np.uint64(2) + ((entries & _FILE_OR_SHARED) != 0).astype(np.uint64))
     except OSError:
         return None
     finally:
