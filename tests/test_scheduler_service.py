@@ -18,6 +18,8 @@ from remoe.cluster import LocalCluster, free_port
 from remoe.constants import LEDGER_STREAM
 from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from remoe.scheduler import baselines
+from remoe.scheduler.estimate import Tokens
 from remoe.scheduler.ledger import Ledger, MeterRecord
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices, Profile
@@ -66,6 +68,23 @@ def test_plans_are_cached_by_signature_and_a_tight_slo_sends_experts_out(service
         _request(equal + 1e-4 * (np.arange(shape.experts) % 2 - 0.5), n_in=35, slo_ttft_s=0.5 * loose.ttft_s)
     )
     assert again.cached and again.signature == tight.signature and again.planning_ms < tight.planning_ms
+
+
+def test_a_cached_plan_predicts_each_request_at_its_own_lengths(service):
+    """A plan is made and cached for its bucket (lengths rounded up to 32), but what it predicts a request costs
+    is that request's: an all-local plan predicts exactly what the MIX model does for the same lengths."""
+    shape = service[1]
+    plans = PlanService(shape, list(range(shape.layers)), Profile())  # local experts fast: nothing goes out
+    equal = np.full((shape.layers, shape.experts), 1 / shape.experts)
+    bucket = plans.plan(_request(equal, n_in=64, n_out_max=224))
+    own = plans.plan(_request(equal, n_in=47, n_out_max=200))
+    assert own.cached and own.signature == bucket.signature and not any(layer.remote for layer in own.layers)
+    request = shape.request(equal, 47, 200)
+    mix = baselines.mix(request, plans.profile, plans.prices, plans.limits, Tokens.of(request))
+    assert own.cost_main + own.cost_remote == pytest.approx(mix.cost, rel=1e-9)
+    assert own.ttft_s == pytest.approx(mix.ttft_s, rel=1e-9) and own.ttft_s < bucket.ttft_s
+    assert own.cost_main < bucket.cost_main * 0.95  # 176 decode steps against 223
+    assert (own.main_gpu_gb, own.main_cpu_gb) == (bucket.main_gpu_gb, bucket.main_cpu_gb)  # what is provisioned
 
 
 @pytest.mark.parametrize(

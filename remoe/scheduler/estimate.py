@@ -149,11 +149,14 @@ def estimate(
     prices: Prices,
     limits: Limits,
     tokens: Tokens | None = None,
+    main_gb: tuple[float, float] | None = None,
 ) -> Estimate:
+    """`main_gb`: the main model's (GPU GB, CPU GB) as provisioned (a plan made for a longer request's bucket);
+    default: what this request needs."""
     if len(layers) != request.layers:
         raise ValueError(f"a plan for {len(layers)} layers, the request has {request.layers}")
     tokens = tokens or Tokens.of(request)
-    gpu_gb, cpu_gb = main_memory_gb(request, [p.remote for p in layers], limits)
+    gpu_gb, cpu_gb = main_gb or main_memory_gb(request, [p.remote for p in layers], limits)
     ttft = sum(layer_prefill_s(tokens.worst[i], p, request, profile, tokens.route[i])[0] for i, p in enumerate(layers))
     tpot = sum(layer_decode_s(p, request, profile) for p in layers)
     expected_prefill, remote_cost, calls = 0.0, 0.0, 0.0
