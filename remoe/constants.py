@@ -50,3 +50,6 @@ class FunctionEnv:
 # Set by `remoe up` (LocalCluster) on every service it starts: the service stops when that process is gone, so a
 # `remoe up` killed hard (SIGKILL, out of memory) leaves no service running and holding memory and ports.
 SERVICE_PARENT_PID = "REMOE_SERVICE_PARENT_PID"
+# An expert service drops the experts it loaded for another destination's batches (a function still starting, a
+# failed service) once unused this long: a function starts in well under it, and its experts then stop coming.
+GUEST_IDLE_S = 10.0

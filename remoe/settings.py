@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from remoe.constants import FUNCTION_IMAGE, MIN_FUNCTION_MEMORY_MB, MODEL_VOLUME
+from remoe.constants import FUNCTION_IMAGE, GUEST_IDLE_S, MIN_FUNCTION_MEMORY_MB, MODEL_VOLUME
 from remoe.ports import DEFAULT_HTTP_PORT, DEFAULT_PORTS
 
 
@@ -194,6 +194,12 @@ class ExpertSettings(ServerSettings):
     workers: int = Field(64, ge=1, description="concurrent RPCs and streams (one per backbone request thread)")
     model: Path = Field(description="checkpoint or split directory")
     budget_bytes: int | None = Field(None, ge=0, description="expert bytes kept loaded (unset: all)")
+    guest_idle_s: float = Field(
+        GUEST_IDLE_S,
+        gt=0,
+        description="experts loaded for another destination's batches (a function still starting, a failed "
+        "service) are dropped after this many seconds unused",
+    )
     dtype: str = Field("auto", description="compute dtype (auto: the checkpoint's own)")
     kernel: Literal["auto", "native", "aten", "onednn", "class"] = Field(
         "auto",

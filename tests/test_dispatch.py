@@ -307,6 +307,15 @@ def test_a_function_not_serving_has_its_batch_computed_on_an_expert_service(cold
         assert (executor.fallbacks, executor.cold_fallbacks, platform.warmed) == (1, 0, [])
     else:
         assert (executor.fallbacks, executor.cold_fallbacks, platform.warmed) == (0, 1, ["f"])
+    # The service stood in for the function: it loaded f's experts as guests, and lets them go once unused; its own
+    # expert stays.
+    layer, own = experts[0]
+    assert own == 0  # the service's one expert; index's 2, 3 and 4 are f's
+    cache = remote.servicers[0].executor.cache
+    assert set(cache.resident()) == {(layer, 0), (layer, 2), (layer, 3), (layer, 4)}
+    assert cache.release_idle_guests() == 0  # still within guest_idle_s
+    assert cache.release_idle_guests(time.monotonic() + cache.guest_idle_s) == 3
+    assert set(cache.resident()) <= {(layer, own)} and cache.guest_bytes == 0
 
 
 def test_an_unknown_cold_start_policy_is_refused(tiny_model):

@@ -243,8 +243,10 @@ class DispatchingExecutor:
                     self.fallbacks += 1
                     log.warning("%s cannot start (%s); computing its batch on %s", dest, e, self.fallback)
                 if self.fallback == LOCAL:
-                    _accumulate(out, rows, self.local.compute(layer, hidden[rows], part.index, part.weights))
+                    partial = self.local.compute(layer, hidden[rows], part.index, part.weights, guest=True)
+                    _accumulate(out, rows, partial)
                 else:
+                    batch.guest = True  # the function's experts: the service lets them go once it serves
                     in_flight.append(self._send(self.fallback, rows, batch))
         sent = time.perf_counter()
         if local_job is not None:
@@ -352,12 +354,14 @@ class DispatchingExecutor:
         if self.fallback == LOCAL:
             index = tensor_codec.decode(job.batch.top_k_index)
             weights = tensor_codec.decode(job.batch.top_k_weights)
-            return self.local.compute(job.batch.layer, hidden[job.rows], index, weights)
+            return self.local.compute(job.batch.layer, hidden[job.rows], index, weights, guest=True)
+        job.batch.guest = True
         return self._result(self._send(self.fallback, job.rows, job.batch))
 
     def _failover(self, job: InFlight, error: RemoteExpertError) -> torch.Tensor:
         """An expert service failed a batch (it died, or is restarting): the other services each load any expert
         lazily, so the next one computes it; only when every one fails does the request fail, with the status."""
+        job.batch.guest = True  # the failed service's experts: the next one keeps them while they are used
         for other in self.services:
             if other == job.address:
                 continue

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from remoe.constants import GUEST_IDLE_S
 from remoe.errors import CheckpointError, RemoeError
 from remoe.experts.cache import CacheStats, ExpertCache, ExpertId
 from remoe.experts.kernels import ExpertKernel, choose_kernel, kernel_for_family
@@ -58,6 +59,7 @@ class LocalExpertExecutor:
         device: str | torch.device = "cpu",
         implementation: str = DEFAULT_IMPLEMENTATION,
         kernel: str = "auto",
+        guest_idle_s: float = GUEST_IDLE_S,
     ) -> None:
         self.weights = weights
         self.dtype = dtype
@@ -83,7 +85,7 @@ class LocalExpertExecutor:
             if self.stored_format is not None:
                 chosen, why = for_stored_format(chosen, why, self.stored_format, dtype, self.device)
             self.kernels[m.layer], self.kernel_reasons[m.layer] = chosen, why
-        self.cache: ExpertCache = ExpertCache(self._load, budget_bytes)
+        self.cache: ExpertCache = ExpertCache(self._load, budget_bytes, guest_idle_s)
 
     @property
     def computes_on_host(self) -> bool:
@@ -116,8 +118,14 @@ class LocalExpertExecutor:
 
     @torch.inference_mode()
     def compute(
-        self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+        self,
+        layer: int,
+        hidden_states: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        guest: bool = False,
     ) -> torch.Tensor:
+        """As ExpertExecutor.compute; `guest`: the experts are another destination's, kept only while used."""
         out_device, out_dtype = hidden_states.device, hidden_states.dtype
         hidden = hidden_states.to(self.device, self.dtype)  # [T, H]
         index = top_k_index.to(self.device)  # [T, K]
@@ -128,6 +136,8 @@ class LocalExpertExecutor:
                 continue  # a slot served by another destination
             if (layer, expert) not in self.hosted:
                 raise ExpertNotHostedError(f"layer {layer} expert {expert} is not hosted by this executor")
-            experts[expert] = self.cache.get((layer, expert))
+            experts[expert] = self.cache.get((layer, expert), guest)
         out = self.kernels[layer].compute(experts, hidden, index, weights)  # [T, H]
+        del experts  # so that a guest released now frees its memory at once
+        self.cache.release_idle_guests()  # those no batch used for guest_idle_s
         return out.to(out_device, out_dtype)

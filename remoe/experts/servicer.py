@@ -82,7 +82,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             if batch.deadline_unix_s and time.time() > batch.deadline_unix_s:
                 raise BatchError(grpc.StatusCode.DEADLINE_EXCEEDED, "batch arrived after its deadline")
             hidden, index, weights = self._decode(batch)
-            output = self.executor.compute(batch.layer, hidden, index, weights)
+            output = self.executor.compute(batch.layer, hidden, index, weights, guest=batch.guest)
             reply = expert_pb2.ExpertResult(seq=batch.seq, output=tensor_codec.encode(output))
         except BatchError as e:
             reply = expert_pb2.ExpertResult(seq=batch.seq, status_code=e.code.value[0], error=str(e))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from remoe.proto import tensor_pb2 as remoe_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15remoe/v1/expert.proto\x12\x08remoe.v1\x1a\x15remoe/v1/tensor.proto\"\xc4\x02\n\x0b\x45xpertBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\'\n\rhidden_states\x18\x04 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12%\n\x0btop_k_index\x18\x05 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\'\n\rtop_k_weights\x18\x06 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x07 \x01(\x01\x12>\n\rtrace_context\x18\x08 \x03(\x0b\x32\'.remoe.v1.ExpertBatch.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x0c\x45xpertResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12 \n\x06output\x18\x02 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\"*\n\tExpertRef\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0e\n\x06\x65xpert\x18\x02 \x01(\x05\"3\n\x0bLoadRequest\x12$\n\x07\x65xperts\x18\x01 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\"1\n\tLoadReply\x12\x14\n\x0c\x62ytes_loaded\x18\x01 \x01(\x04\x12\x0e\n\x06load_s\x18\x02 \x01(\x01\"5\n\rUnloadRequest\x12$\n\x07\x65xperts\x18\x01 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\"\x1f\n\x0bUnloadReply\x12\x10\n\x08unloaded\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"\xb1\x03\n\nStatsReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x06hosted\x18\x02 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\x12%\n\x08resident\x18\x03 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\x12\x16\n\x0eresident_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x62udget_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\r\n\x05loads\x18\x07 \x01(\x04\x12\x14\n\x0c\x62ytes_loaded\x18\x08 \x01(\x04\x12\x11\n\tevictions\x18\t \x01(\x04\x12\x0e\n\x06load_s\x18\n \x01(\x01\x12\x0f\n\x07\x62\x61tches\x18\x0b \x01(\x04\x12\x11\n\tcompute_s\x18\x0c \x01(\x01\x12\x1b\n\x13recent_batch_ms_p50\x18\r \x01(\x01\x12\x1b\n\x13recent_batch_ms_p99\x18\x0e \x01(\x01\x12\'\n\ncold_start\x18\x0f \x01(\x0b\x32\x13.remoe.v1.ColdStart\x12\x0c\n\x04kind\x18\x10 \x01(\t\x12\x13\n\x0blocal_plane\x18\x11 \x01(\t\x12\x1b\n\x13local_plane_batches\x18\x12 \x01(\x04\"\x88\x01\n\tColdStart\x12\x17\n\x0fprocess_start_s\x18\x01 \x01(\x01\x12\x11\n\timports_s\x18\x02 \x01(\x01\x12\x0e\n\x06init_s\x18\x03 \x01(\x01\x12\x14\n\x0c\x66irst_load_s\x18\x04 \x01(\x01\x12\x17\n\x0f\x66irst_compute_s\x18\x05 \x01(\x01\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x32\xf2\x01\n\rExpertService\x12<\n\x07\x43ompute\x12\x15.remoe.v1.ExpertBatch\x1a\x16.remoe.v1.ExpertResult(\x01\x30\x01\x12\x32\n\x04Load\x12\x15.remoe.v1.LoadRequest\x1a\x13.remoe.v1.LoadReply\x12\x38\n\x06Unload\x12\x17.remoe.v1.UnloadRequest\x1a\x15.remoe.v1.UnloadReply\x12\x35\n\x05Stats\x12\x16.remoe.v1.StatsRequest\x1a\x14.remoe.v1.StatsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15remoe/v1/expert.proto\x12\x08remoe.v1\x1a\x15remoe/v1/tensor.proto\"\xd3\x02\n\x0b\x45xpertBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\'\n\rhidden_states\x18\x04 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12%\n\x0btop_k_index\x18\x05 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\'\n\rtop_k_weights\x18\x06 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x07 \x01(\x01\x12>\n\rtrace_context\x18\x08 \x03(\x0b\x32\'.remoe.v1.ExpertBatch.TraceContextEntry\x12\r\n\x05guest\x18\t \x01(\x08\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x0c\x45xpertResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12 \n\x06output\x18\x02 \x01(\x0b\x32\x10.remoe.v1.Tensor\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\"*\n\tExpertRef\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0e\n\x06\x65xpert\x18\x02 \x01(\x05\"3\n\x0bLoadRequest\x12$\n\x07\x65xperts\x18\x01 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\"1\n\tLoadReply\x12\x14\n\x0c\x62ytes_loaded\x18\x01 \x01(\x04\x12\x0e\n\x06load_s\x18\x02 \x01(\x01\"5\n\rUnloadRequest\x12$\n\x07\x65xperts\x18\x01 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\"\x1f\n\x0bUnloadReply\x12\x10\n\x08unloaded\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"\xb1\x03\n\nStatsReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x06hosted\x18\x02 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\x12%\n\x08resident\x18\x03 \x03(\x0b\x32\x13.remoe.v1.ExpertRef\x12\x16\n\x0eresident_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x62udget_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04hits\x18\x06 \x01(\x04\x12\r\n\x05loads\x18\x07 \x01(\x04\x12\x14\n\x0c\x62ytes_loaded\x18\x08 \x01(\x04\x12\x11\n\tevictions\x18\t \x01(\x04\x12\x0e\n\x06load_s\x18\n \x01(\x01\x12\x0f\n\x07\x62\x61tches\x18\x0b \x01(\x04\x12\x11\n\tcompute_s\x18\x0c \x01(\x01\x12\x1b\n\x13recent_batch_ms_p50\x18\r \x01(\x01\x12\x1b\n\x13recent_batch_ms_p99\x18\x0e \x01(\x01\x12\'\n\ncold_start\x18\x0f \x01(\x0b\x32\x13.remoe.v1.ColdStart\x12\x0c\n\x04kind\x18\x10 \x01(\t\x12\x13\n\x0blocal_plane\x18\x11 \x01(\t\x12\x1b\n\x13local_plane_batches\x18\x12 \x01(\x04\"\x88\x01\n\tColdStart\x12\x17\n\x0fprocess_start_s\x18\x01 \x01(\x01\x12\x11\n\timports_s\x18\x02 \x01(\x01\x12\x0e\n\x06init_s\x18\x03 \x01(\x01\x12\x14\n\x0c\x66irst_load_s\x18\x04 \x01(\x01\x12\x17\n\x0f\x66irst_compute_s\x18\x05 \x01(\x01\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x32\xf2\x01\n\rExpertService\x12<\n\x07\x43ompute\x12\x15.remoe.v1.ExpertBatch\x1a\x16.remoe.v1.ExpertResult(\x01\x30\x01\x12\x32\n\x04Load\x12\x15.remoe.v1.LoadRequest\x1a\x13.remoe.v1.LoadReply\x12\x38\n\x06Unload\x12\x17.remoe.v1.UnloadRequest\x1a\x15.remoe.v1.UnloadReply\x12\x35\n\x05Stats\x12\x16.remoe.v1.StatsRequest\x1a\x14.remoe.v1.StatsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERTBATCH_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_EXPERTBATCH_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_EXPERTBATCH']._serialized_start=59
-  _globals['_EXPERTBATCH']._serialized_end=383
-  _globals['_EXPERTBATCH_TRACECONTEXTENTRY']._serialized_start=332
-  _globals['_EXPERTBATCH_TRACECONTEXTENTRY']._serialized_end=383
-  _globals['_EXPERTRESULT']._serialized_start=385
-  _globals['_EXPERTRESULT']._serialized_end=501
-  _globals['_EXPERTREF']._serialized_start=503
-  _globals['_EXPERTREF']._serialized_end=545
-  _globals['_LOADREQUEST']._serialized_start=547
-  _globals['_LOADREQUEST']._serialized_end=598
-  _globals['_LOADREPLY']._serialized_start=600
-  _globals['_LOADREPLY']._serialized_end=649
-  _globals['_UNLOADREQUEST']._serialized_start=651
-  _globals['_UNLOADREQUEST']._serialized_end=704
-  _globals['_UNLOADREPLY']._serialized_start=706
-  _globals['_UNLOADREPLY']._serialized_end=737
-  _globals['_STATSREQUEST']._serialized_start=739
-  _globals['_STATSREQUEST']._serialized_end=753
-  _globals['_STATSREPLY']._serialized_start=756
-  _globals['_STATSREPLY']._serialized_end=1189
-  _globals['_COLDSTART']._serialized_start=1192
-  _globals['_COLDSTART']._serialized_end=1328
-  _globals['_EXPERTSERVICE']._serialized_start=1331
-  _globals['_EXPERTSERVICE']._serialized_end=1573
+  _globals['_EXPERTBATCH']._serialized_end=398
+  _globals['_EXPERTBATCH_TRACECONTEXTENTRY']._serialized_start=347
+  _globals['_EXPERTBATCH_TRACECONTEXTENTRY']._serialized_end=398
+  _globals['_EXPERTRESULT']._serialized_start=400
+  _globals['_EXPERTRESULT']._serialized_end=516
+  _globals['_EXPERTREF']._serialized_start=518
+  _globals['_EXPERTREF']._serialized_end=560
+  _globals['_LOADREQUEST']._serialized_start=562
+  _globals['_LOADREQUEST']._serialized_end=613
+  _globals['_LOADREPLY']._serialized_start=615
+  _globals['_LOADREPLY']._serialized_end=664
+  _globals['_UNLOADREQUEST']._serialized_start=666
+  _globals['_UNLOADREQUEST']._serialized_end=719
+  _globals['_UNLOADREPLY']._serialized_start=721
+  _globals['_UNLOADREPLY']._serialized_end=752
+  _globals['_STATSREQUEST']._serialized_start=754
+  _globals['_STATSREQUEST']._serialized_end=768
+  _globals['_STATSREPLY']._serialized_start=771
+  _globals['_STATSREPLY']._serialized_end=1204
+  _globals['_COLDSTART']._serialized_start=1207
+  _globals['_COLDSTART']._serialized_end=1343
+  _globals['_EXPERTSERVICE']._serialized_start=1346
+  _globals['_EXPERTSERVICE']._serialized_end=1588
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,8 @@
 A backbone on the same host sends its batches through the co-located data plane the service advertises in
 Stats (a unix socket, remoe/transport/local_plane.py) rather than through gRPC. Which experts it is sent is the
 backbone's placement; it can serve any expert, which is what lets it take
-over a failed function's batches. `--budget-bytes` bounds what it keeps loaded (LRU).
+over a failed function's batches; what it loads for those it drops once they stop coming (`--guest-idle-s`).
+`--budget-bytes` bounds what it keeps loaded (LRU).
 
     python -m remoe.services.expert --model DIR [--budget-bytes N] [--port 0]
 """
@@ -11,9 +12,11 @@ over a failed function's batches. `--budget-bytes` bounds what it keeps loaded (
 from __future__ import annotations
 
 import logging
+import threading
 
 from remoe.checkpoint.dtypes import resolve_dtype
 from remoe.checkpoint.weights import open_weights
+from remoe.experts.cache import release_idle_guests_every
 from remoe.experts.executor import LocalExpertExecutor
 from remoe.experts.servicer import ExpertServicer
 from remoe.metrics.exposition import serve_metrics
@@ -38,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         weights = open_weights(s.model)
     dtype = resolve_dtype(weights.config, s.dtype)
     with startup.step("expert kernels"):
-        executor = LocalExpertExecutor(weights, budget_bytes=s.budget_bytes, dtype=dtype, kernel=s.kernel)
+        executor = LocalExpertExecutor(
+            weights, budget_bytes=s.budget_bytes, dtype=dtype, kernel=s.kernel, guest_idle_s=s.guest_idle_s
+        )
     for layer, why in executor.kernel_reasons.items():
         log.info("layer %d experts: %s", layer, why)
     servicer = ExpertServicer(executor, name)
@@ -48,8 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         servicer.local_plane = LocalPlaneServer(name, servicer._answer, s.workers)
     if s.metrics_port is not None:
         serve_metrics(expert_registry(servicer), s.host, s.metrics_port, name, side_port_file(s.ready_file, "metrics"))
+    stop = threading.Event()
+    release_idle_guests_every(executor.cache, s.guest_idle_s / 2, stop)
     server.start(s.ready_file)
     server.wait_for_signal()
+    stop.set()
     if servicer.local_plane is not None:
         servicer.local_plane.close()
 
