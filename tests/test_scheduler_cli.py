@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from remoe.platform.plan import load_plan_file
-from remoe.profiling.profile import one_device_speeds
+from remoe.profiling.profile import decode_line, one_device_speeds
 from remoe.scheduler.profile_file import fit_remote, load_profile
 from remoe.scheduler.shape import deepseek_v2_lite, gpt2_moe, shape_of_model
 
@@ -35,11 +35,18 @@ def test_the_remote_time_fit_recovers_a_known_curve():
 
 
 def test_one_device_speeds_recover_the_per_layer_terms_of_known_latencies():
-    layers, k, expert = 4, 2, 1e-4
-    fixed, per_token, decode = 2e-3, 3e-4, 1.5e-3  # per MoE layer
-    rows = {n: {"ttft_s": layers * (fixed + n * (per_token + k * expert)), "tpot_s": layers * (decode + k * expert)}
+    layers, k, expert, new = 4, 2, 1e-4, 16
+    fixed, per_token, decode, context = 2e-3, 3e-4, 1.5e-3, 2e-6  # per MoE layer
+    rows = {n: {"ttft_s": layers * (fixed + n * (per_token + k * expert)),
+                "tpot_s": layers * (decode + (n + new / 2) * context + k * expert)}
             for n in (16, 64, 128, 256)}  # fmt: skip
-    assert one_device_speeds(rows, layers, k, expert) == pytest.approx((fixed, per_token, decode))
+    assert one_device_speeds(rows, layers, k, expert, new) == pytest.approx((fixed, per_token, decode, context))
+
+
+def test_a_decode_that_does_not_grow_with_context_gets_no_context_term():
+    # Noise that slopes down is not a faster decode with more context: the median, flat.
+    rows = {16: {"tpot_s": 0.0103}, 64: {"tpot_s": 0.0101}, 128: {"tpot_s": 0.0100}, 256: {"tpot_s": 0.0099}}
+    assert decode_line(rows, layers=1, new_tokens=16) == pytest.approx((0.01005, 0.0))
 
 
 def test_shapes_have_the_published_sizes():

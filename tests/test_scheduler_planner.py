@@ -11,8 +11,15 @@ from remoe.scheduler.problem import Limits, Prices, Profile, Request
 from remoe.scheduler.replicas import lpt_partition
 from remoe.scheduler.sizing import convexity, memory_grid
 
-# Functions cheaper per expert than the main model's CPU memory, so that moving experts out can pay.
-PROFILE = Profile(remote_fit=(4e-3, 2.44, 2e-4), local_expert_s_per_token=4e-4, dispatch_s=3e-4, expert_call_s=1e-4)
+# Functions cheaper per expert than the main model's CPU memory, so that moving experts out can pay; a decode
+# step that grows with its context.
+PROFILE = Profile(
+    remote_fit=(4e-3, 2.44, 2e-4),
+    local_expert_s_per_token=4e-4,
+    dispatch_s=3e-4,
+    expert_call_s=1e-4,
+    backbone_decode_s_per_context_token=2e-6,
+)
 LIMITS = Limits(remote_memory_gb=(0.5, 3.0), main_memory_gb=(0.1, 40.0))
 
 

@@ -9,7 +9,8 @@
    T(y) = th1 exp(-th2 y) + th3.
 4. The backbone end to end through `remoe up` with every expert on the expert services: TTFT at the
    prompt lengths and TPOT, as the SDK client sees them, give the backbone's per-layer prefill (fixed + per
-   token) and decode times, the expert compute and transfer subtracted.
+   token) and decode times (at no context + per token of context: a step attends to the prompt and the tokens
+   before it), the expert compute and transfer subtracted.
 5. The one-device systems the same way: the whole model in this process (LocalEngine: the CPU system) and
    `remoe up` with every expert in the backbone process (the GPU system; on a CPU-only machine, its cores).
 Everything measured is kept in the report's samples; the fit's points are plotted.
@@ -95,12 +96,14 @@ def profile_model(
     layers, k = shape.layers, shape.top_k
     swap = shape.hidden_bytes_per_token / bandwidth
     # All local: TTFT = L (a + n_in (b + 2 tau + k t_loc)), a and b from the line through the prompt lengths;
-    # TPOT = L (decode + 2 tau + k t_loc). The fan-out to the expert services is part of a and decode.
+    # TPOT = L (decode + context c + 2 tau + k t_loc), decode and c from the line through the mean contexts. The
+    # fan-out to the expert services is part of a and decode.
     lengths = sorted(e2e)
     intercept, slope = line_fit(lengths, [e2e[n]["ttft_s"] / layers for n in lengths])
     prefill_token = max(slope - 2 * swap - k * t_loc, 0.0)
     prefill_layer = max(intercept, 0.0)
-    decode = max(statistics.median(e2e[n]["tpot_s"] for n in lengths) / layers - 2 * swap - k * t_loc, 0.0)
+    decode, per_context = decode_line(e2e, layers, new_tokens)
+    decode = max(decode - 2 * swap - k * t_loc, 0.0)
     # With z functions per layer the remote side is the slower one: TPOT / L = decode + 2 tau + z t_dispatch +
     # k' T(1) + 2 D / B + t_rem. One and two functions per layer give t_dispatch (serial, in the backbone) and
     # t_rem (in parallel) as the backbone sees them, contention for the cores included; the function's bare
@@ -108,11 +111,13 @@ def profile_model(
     t_remote_1gb = fit[0] * np.exp(-fit[1]) + fit[2]
 
     def extra(rows: dict, z: int) -> float:
-        per_layer = statistics.median(rows[n]["tpot_s"] for n in lengths) / layers
+        per_layer = statistics.median(
+            rows[n]["tpot_s"] / layers - per_context * decode_context(n, new_tokens) for n in lengths
+        )
         return per_layer - decode - 2 * swap - min(k, half // z) * (t_remote_1gb + expert_call) - d_over_b
 
-    cpu_layer, cpu_token, cpu_decode = one_device_speeds(in_process, layers, k, t_all)
-    gpu_layer, gpu_token, gpu_decode = one_device_speeds(in_backbone, layers, k, t_all)
+    cpu_layer, cpu_token, cpu_decode, cpu_context = one_device_speeds(in_process, layers, k, t_all, new_tokens)
+    gpu_layer, gpu_token, gpu_decode, gpu_context = one_device_speeds(in_backbone, layers, k, t_all, new_tokens)
     x1, x2 = extra(one, 1), extra(two, 2)
     dispatch = min(max(x2 - x1, 0.0), max(x1, 0.0))
     invoke = max(x1 - dispatch, 0.0)
@@ -123,6 +128,7 @@ def profile_model(
         backbone_prefill_s_per_token=prefill_token,
         backbone_prefill_layer_s=prefill_layer,
         backbone_decode_s=decode,
+        backbone_decode_s_per_context_token=per_context,
         swap_s_per_token=swap,
         invoke_s=invoke,
         dispatch_s=dispatch,
@@ -133,10 +139,12 @@ def profile_model(
         cpu_backbone_prefill_s_per_token=cpu_token,
         cpu_backbone_prefill_layer_s=cpu_layer,
         cpu_backbone_decode_s=cpu_decode,
+        cpu_backbone_decode_s_per_context_token=cpu_context,
         cpu_expert_s_per_token=t_all,
         gpu_backbone_prefill_s_per_token=gpu_token,
         gpu_backbone_prefill_layer_s=gpu_layer,
         gpu_backbone_decode_s=gpu_decode,
+        gpu_backbone_decode_s_per_context_token=gpu_context,
         gpu_expert_s_per_token=t_all,
         device="cpu",
     )
@@ -171,13 +179,32 @@ def profile_model(
     )
 
 
-def one_device_speeds(rows: dict, layers: int, top_k: int, expert_s: float) -> tuple[float, float, float]:
-    """(fixed prefill s, prefill s per token, decode s), each per MoE layer, of a system with every expert beside
-    the backbone: TTFT = L (a + n_in (b + k t)) through the prompt lengths, TPOT = L (decode + k t)."""
+def decode_context(prompt_tokens: int, new_tokens: int) -> float:
+    """Mean tokens a measured decode step attended to (as `remoe.scheduler.estimate.decode_context`)."""
+    return prompt_tokens + new_tokens / 2
+
+
+def decode_line(rows: dict, layers: int, new_tokens: int) -> tuple[float, float]:
+    """(seconds per MoE layer per decode step at no context, seconds more per token attended to): the line
+    through TPOT / L at each prompt length's mean context. A slope below zero is noise: then the median, flat."""
+    lengths = sorted(rows)
+    per_layer = [rows[n]["tpot_s"] / layers for n in lengths]
+    at_zero, slope = line_fit([decode_context(n, new_tokens) for n in lengths], per_layer)
+    if slope <= 0:
+        return statistics.median(per_layer), 0.0
+    return at_zero, slope
+
+
+def one_device_speeds(
+    rows: dict, layers: int, top_k: int, expert_s: float, new_tokens: int
+) -> tuple[float, float, float, float]:
+    """(fixed prefill s, prefill s per token, decode s at no context, decode s per context token), each per MoE
+    layer, of a system with every expert beside the backbone: TTFT = L (a + n_in (b + k t)) through the prompt
+    lengths, TPOT = L (decode + context c + k t)."""
     lengths = sorted(rows)
     intercept, slope = line_fit(lengths, [rows[n]["ttft_s"] / layers for n in lengths])
-    decode = statistics.median(rows[n]["tpot_s"] for n in lengths) / layers - top_k * expert_s
-    return max(intercept, 0.0), max(slope - top_k * expert_s, 0.0), max(decode, 0.0)
+    decode, per_context = decode_line(rows, layers, new_tokens)
+    return max(intercept, 0.0), max(slope - top_k * expert_s, 0.0), max(decode - top_k * expert_s, 0.0), per_context
 
 
 def plot_profile(report: ProfileReport, path: str | Path) -> None:

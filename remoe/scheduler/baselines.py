@@ -15,7 +15,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from remoe.scheduler.estimate import GIB, LayerPlan, Tokens, decode_steps, estimate, main_memory_gb, round_up
+from remoe.scheduler.estimate import (
+    GIB,
+    LayerPlan,
+    Tokens,
+    decode_context,
+    decode_steps,
+    estimate,
+    main_memory_gb,
+    round_up,
+)
 from remoe.scheduler.planner import plan
 from remoe.scheduler.price_sets import PriceSet
 from remoe.scheduler.problem import Limits, Prices, Profile, Request
@@ -47,7 +56,8 @@ class DeviceSpeeds:
 
     prefill_layer_s: float  # fixed, per prefill
     prefill_token_s: float  # the backbone, per prompt token
-    decode_s: float  # the backbone, per decode step
+    decode_s: float  # the backbone, per decode step, at no context
+    decode_s_per_context_token: float  # ... and per token the step attends to
     expert_s: float  # one expert, one token (decode)
     expert_prefill_s: float  # one expert, per token of a prefill batch
 
@@ -58,7 +68,8 @@ def _one_device(request: Request, tokens: Tokens, speeds: DeviceSpeeds) -> tuple
     worst, expected = tokens.worst.sum(1), tokens.expected.sum(1)  # [L] expert-token pairs per layer
     base = speeds.prefill_layer_s + request.n_in * speeds.prefill_token_s
     ttft = float((base + worst * speeds.expert_prefill_s).sum())
-    tpot = request.layers * (speeds.decode_s + request.top_k * speeds.expert_s)
+    decode = speeds.decode_s + speeds.decode_s_per_context_token * decode_context(request)
+    tpot = request.layers * (decode + request.top_k * speeds.expert_s)
     prefill = float((base + expected * speeds.expert_prefill_s).sum())
     return ttft, tpot, prefill + decode_steps(request) * tpot
 
@@ -75,6 +86,7 @@ def _on_one_device(request: Request, profile: Profile, tokens: Tokens, gpu: bool
             p.gpu_backbone_prefill_layer_s,
             p.gpu_backbone_prefill_s_per_token,
             p.gpu_backbone_decode_s,
+            p.gpu_backbone_decode_s_per_context_token,
             p.gpu_expert_s_per_token,
             p.gpu_expert_prefill_s_per_token,
         )
@@ -83,6 +95,7 @@ def _on_one_device(request: Request, profile: Profile, tokens: Tokens, gpu: bool
             p.cpu_backbone_prefill_layer_s,
             p.cpu_backbone_prefill_s_per_token,
             p.cpu_backbone_decode_s,
+            p.cpu_backbone_decode_s_per_context_token,
             p.cpu_expert_s_per_token,
             p.cpu_expert_prefill_s_per_token,
         )

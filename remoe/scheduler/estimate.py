@@ -3,14 +3,14 @@
 Prefill, per MoE layer l: PT_l = t_layer + n_in * t_backbone + max(local, max_j ZT_lj) + 2 * tau_sw * n_in, with
 local = sum over local experts of tokens_e * t_loc_prefill (the batched rate) and ZT_lj = sum over replica
 j's experts of tokens_e * (T(y_l) + 2 D / B) + t_rem. Decode, per token: GT_l = t_backbone_decode + 2 * tau_sw +
-max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). Remoe adds two
-measured terms the paper leaves out: t_layer, a fixed prefill cost per layer, and t_dispatch, the backbone's
-own serial work per replica it calls (z_l of them in prefill, min(k, z_l) per decode token); and a function's
-fixed cost per expert it computes in a batch (t_call, added per routed expert to ZT_lj and per remote expert
-of a decode token). TTFT = sum PT_l,
-TPOT = sum GT_l. Constraints use worst-case token counts (mmp.py); cost uses expected ones:
-main = (prefill + (n_out - 1) * decode) * (c_g * GPU GB + c_c * CPU GB); each remote replica bills c_c * y_l for
-the time it computes. L = MoE layers, E = experts per layer.
+max(k * t_loc, k * T(y_l) + 2 D / B + t_rem) (the worst split of the token's k experts). Remoe adds measured
+terms the paper leaves out: t_layer, a fixed prefill cost per layer; t_dispatch, the backbone's own serial work
+per replica it calls (z_l of them in prefill, min(k, z_l) per decode token); a function's fixed cost per expert
+it computes in a batch (t_call, added per routed expert to ZT_lj and per remote expert of a decode token); and
+t_context in t_backbone_decode = t_decode + t_context * (n_in + n_out / 2), a step's attention growing with the
+tokens it attends to (the decode's mean). TTFT = sum PT_l, TPOT = sum GT_l. Constraints use worst-case token
+counts (mmp.py); cost uses expected ones: main = (prefill + (n_out - 1) * decode) * (c_g * GPU GB + c_c * CPU
+GB); each remote replica bills c_c * y_l for the time it computes. L = MoE layers, E = experts per layer.
 """
 
 from __future__ import annotations
@@ -69,6 +69,17 @@ def decode_steps(request: Request) -> int:
     return max(request.n_out - 1, 0)
 
 
+def decode_context(request: Request) -> float:
+    """Mean tokens a decode step attends to: the prompt and the tokens before it (step t of n_out - 1 attends
+    n_in + t), as the client's TPOT is the mean step."""
+    return request.n_in + request.n_out / 2
+
+
+def backbone_decode_s(request: Request, profile: Profile) -> float:
+    """The backbone's part of the mean decode step, per MoE layer."""
+    return profile.backbone_decode_s + profile.backbone_decode_s_per_context_token * decode_context(request)
+
+
 def main_memory_gb(request: Request, remote: list[tuple[int, ...]], limits: Limits) -> tuple[float, float]:
     """(GPU GB, CPU GB) of the main model: backbone + KV cache on the GPU, local experts on the CPU; each at
     least the smallest main-model size (one minimum for every memory kind)."""
@@ -117,7 +128,7 @@ def layer_decode_s(plan: LayerPlan, request: Request, profile: Profile) -> float
             + profile.invoke_s
         )
     dispatch = profile.dispatch_s * min(k, len([p for p in plan.replicas if p]))
-    return profile.backbone_decode_s + dispatch + 2 * profile.swap_s_per_token + max(local_s, remote_s)
+    return backbone_decode_s(request, profile) + dispatch + 2 * profile.swap_s_per_token + max(local_s, remote_s)
 
 
 def invocations(plan: LayerPlan, tokens: np.ndarray, route: np.ndarray, request: Request) -> float:

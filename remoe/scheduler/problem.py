@@ -39,7 +39,10 @@ class Profile:
     local_expert_prefill_s_per_token: float | None = None
     backbone_prefill_s_per_token: float = 2e-4  # per MoE layer: attention, router, shared parts
     backbone_prefill_layer_s: float = 0.0  # per MoE layer per prefill, whatever the length (calls, dispatch)
-    backbone_decode_s: float = 1e-3  # per MoE layer per decode step
+    backbone_decode_s: float = 1e-3  # per MoE layer per decode step, at no context
+    # ... and per token the step attends to (prompt + tokens so far): attention over the KV cache, and on
+    # DeepSeek's MLA the cache's latents decompressed again each step. 0: a profile from before it was measured.
+    backbone_decode_s_per_context_token: float = 0.0
     swap_s_per_token: float = 1e-6  # tau_sw: hidden states to/from the expert side, per token
     invoke_s: float = 2e-3  # t_rem: a warm function invocation's fixed overhead
     # The backbone's own serial work per replica it calls in a layer (encode, send, receive, decode): unlike
@@ -58,11 +61,13 @@ class Profile:
     cpu_backbone_prefill_s_per_token: float = 2e-4
     cpu_backbone_prefill_layer_s: float = 0.0
     cpu_backbone_decode_s: float = 1e-3
+    cpu_backbone_decode_s_per_context_token: float = 0.0
     cpu_expert_s_per_token: float = 2e-4  # one expert, one token, with every core (a profile without it: t_loc)
     cpu_expert_prefill_s_per_token: float | None = None
     gpu_backbone_prefill_s_per_token: float = 2e-4  # (a profile without the gpu_backbone_* ones: the backbone's)
     gpu_backbone_prefill_layer_s: float = 0.0
     gpu_backbone_decode_s: float = 1e-3
+    gpu_backbone_decode_s_per_context_token: float = 0.0
     gpu_expert_s_per_token: float = 2e-4
     gpu_expert_prefill_s_per_token: float | None = None
     device: str = "cpu"  # where backbone_* were measured: on a CPU-only machine the "GPU" numbers are the CPU's

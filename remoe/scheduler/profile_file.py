@@ -46,6 +46,7 @@ FALLBACKS = {
     "cpu_expert_s_per_token": "local_expert_s_per_token",
     "gpu_backbone_prefill_s_per_token": "backbone_prefill_s_per_token",
     "gpu_backbone_decode_s": "backbone_decode_s",
+    "gpu_backbone_decode_s_per_context_token": "backbone_decode_s_per_context_token",
 }
 
 

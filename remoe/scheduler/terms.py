@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remoe.scheduler.estimate import Tokens, decode_steps
+from remoe.scheduler.estimate import Tokens, backbone_decode_s, decode_steps
 from remoe.scheduler.problem import Prices, Profile, Request
 
 
@@ -111,7 +111,7 @@ def terms(
     prefill_base = profile.backbone_prefill_layer_s + request.n_in * (
         profile.backbone_prefill_s_per_token + 2 * profile.swap_s_per_token
     )
-    decode_base = profile.backbone_decode_s + 2 * profile.swap_s_per_token
+    decode_base = backbone_decode_s(request, profile) + 2 * profile.swap_s_per_token
     dispatch = profile.dispatch_s * replicas  # [R, 1] serial, in the backbone, per replica called
     remote_w = w_max * per_token + t_inv + call * experts_max
     prefill = prefill_base + dispatch + np.maximum(local_w, np.where(remote, remote_w, 0.0))
