@@ -1,22 +1,38 @@
-"""One line that says which machine a measurement came from: CPU model x cores, torch threads, torch version."""
+"""One line that says which machine a measurement came from: CPU model x cores, the vector extensions the
+CPU kernels can use, torch threads, torch version."""
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
 
+# CPU flags that change which kernel runs and how fast (two machines with one model name can differ here):
+# bf16 and int8 dot products, tile units. The ATen dispatch level (AVX2 / AVX512) is named before them.
+KERNEL_FLAGS = {
+    "avx512_bf16": "AVX512-BF16",
+    "avx512_vnni": "AVX512-VNNI",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+}
+
+
+def vector_extensions(cpu_flags: set[str], aten_capability: str) -> str:
+    """E.g. "ATen AVX512; AVX512-BF16, AVX512-VNNI": what ATen dispatches to, then the kernel-relevant flags present
+    ("ATen AVX2; none" on a CPU without AVX-512, where bf16 matmuls and int4 kernels are much slower)."""
+    present = [name for flag, name in KERNEL_FLAGS.items() if flag in cpu_flags]
+    return f"ATen {aten_capability}; {', '.join(present) or 'none'}"
+
 
 def machine_description() -> str:
     import torch
 
     cpuinfo = Path("/proc/cpuinfo")
-    names = (
-        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        if cpuinfo.is_file()
-        else []
-    )
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
     cpu = f"{names[0]} x {len(names)}" if names else (platform.processor() or platform.machine())
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    vector = vector_extensions(flags, torch.backends.cpu.get_cpu_capability())
+    return f"{cpu} ({vector}), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 RESULTS_DIR = "docs/results"  # what benchmarks write: their own output does not make the source "+changes"
