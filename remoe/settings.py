@@ -235,6 +235,11 @@ class SchedulerSettings(ServerSettings):
     redis_url: str | None = Field(None, description="Redis for the plan cache (unset: this process only)")
     cpu_price: float | None = Field(None, gt=0, description="$ per GB-s of CPU memory (unset: AWS Lambda's)")
     gpu_price: float | None = Field(None, gt=0, description="$ per GB-s of GPU memory (unset: Cloud Run L4's)")
+    price_evictions: bool = Field(
+        True,
+        description="warm-aware plans price the restarts of the running functions their new ones push out of the "
+        "platform's memory budget (off: each plan fits the budget on its own, as if nothing else ran)",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -95,6 +95,34 @@ def test_a_plan_fits_the_platforms_memory_budget_before_anything_else():
     assert loose.fits_budget and loose.layers == own.layers
 
 
+def test_new_functions_that_push_running_ones_out_of_the_budget_pay_for_their_restarts():
+    """The budget is shared with the functions earlier plans started: a new function that does not fit beside them
+    evicts one (LRU) that a later request restarts. A plan that fits the budget on its own but would evict is
+    priced with those restarts, and reuses what runs where that is cheaper overall; with room to spare nothing
+    changes."""
+    running = _running_of(plan(_request(0), PROFILE, Prices(), LIMITS).layers)
+    running_gb = sum(f.memory_gb for f in running)
+    second = _request(1)
+    own = plan(second, PROFILE, Prices(), LIMITS)
+    # Starts cheap enough that a new function pays for itself, and not for the function it pushes out as well.
+    cheap = Profile(**{**{f: getattr(PROFILE, f) for f in Profile.__slots__}, "cold_start_s": 0.06})
+    args = (second, own.layers, running, cheap, Prices(), LIMITS)
+    full = running_gb + 0.5  # room for less than the plan's new functions beside the running ones
+    blind = prefer_running(*args, budget_gb=full, price_evictions=False)
+    assert blind.new_functions >= 1 and blind.evicted_gb > 0  # fits on its own, evicts what runs
+    priced = prefer_running(*args, budget_gb=full)
+    assert priced.fits_budget and priced.feasible
+    assert priced.evicted_gb < blind.evicted_gb and priced.new_functions < blind.new_functions
+    restarts = start_cost(blind.evicted_gb, cheap, Prices(), 0.0)
+    assert priced.estimate.cost + priced.start_cost < blind.estimate.cost + blind.start_cost + restarts
+    roomy = running_gb + 10.0
+    spare = prefer_running(*args, budget_gb=roomy)
+    assert (
+        spare.evicted_gb == 0 and spare.layers == prefer_running(*args, budget_gb=roomy, price_evictions=False).layers
+    )
+    assert spare.new_functions >= 1  # the start pays for itself when it evicts nothing
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_the_plan_counts_the_functions_the_backbone_starts(seed):
     """new_functions agrees with the backbone's routing of a plan against running functions (plan_reuse)."""

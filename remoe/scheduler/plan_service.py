@@ -67,12 +67,14 @@ class PlanService:
         limits: Limits | None = None,
         redis_url: str | None = None,
         model_id: str = "",
+        price_evictions: bool = True,  # warm-aware plans price the restarts of the functions they evict
     ) -> None:
         if len(moe_layers) != shape.layers:
             raise ValueError(f"{len(moe_layers)} MoE layer indices for a model with {shape.layers}")
         self.shape, self.moe_layers = shape, moe_layers
         self.profile, self.prices, self.limits = profile or Profile(), prices or Prices(), limits or Limits()
         self.model_id = model_id or shape.name
+        self.price_evictions = price_evictions
         self._local: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.redis = None
@@ -183,6 +185,7 @@ class PlanService:
         choice = prefer_running(
             planning, planned, running, self.profile, prices, self.limits, request.function_keep_alive_s,
             request.recent_requests or 1.0, request.function_memory_budget_mb / 1024 or None,
+            sum(f.memory_mb for f in request.running) / 1024, self.price_evictions,
         )  # fmt: skip
         del reply.layers[:]
         reply.layers.extend(

@@ -42,14 +42,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
 
-def build_service(model_dir: str, profile_path: str | None, redis_url: str | None, prices: Prices) -> PlanService:
+def build_service(
+    model_dir: str, profile_path: str | None, redis_url: str | None, prices: Prices, price_evictions: bool = True
+) -> PlanService:
     facts = facts_of_model(model_dir)  # in a child process: this one never imports torch (see shape_probe)
     shape = facts.shape
     profile = load_profile(profile_path) if profile_path else None
     if profile is None:
         log.warning("no --profile: planning with built-in placeholder speeds (run `remoe profile` on this machine)")
     model_id = f"{shape.name}-{hashlib.sha1(facts.resolved_path.encode()).hexdigest()[:12]}"
-    return PlanService(shape, facts.layer_indices, profile, prices, redis_url=redis_url, model_id=model_id)
+    return PlanService(
+        shape, facts.layer_indices, profile, prices, redis_url=redis_url, model_id=model_id,
+        price_evictions=price_evictions,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     prices = Prices(s.cpu_price or defaults.cpu_gb_s, s.gpu_price or defaults.gpu_gb_s)
     server = Server("scheduler", s.host, s.port, s.workers)
     with startup.step("model shape and profile"):
-        service = build_service(str(s.model), str(s.profile) if s.profile else None, s.redis_url, prices)
+        service = build_service(
+            str(s.model), str(s.profile) if s.profile else None, s.redis_url, prices, s.price_evictions
+        )
     servicer = SchedulerServicer(service)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server.server)
     server.add(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name)
