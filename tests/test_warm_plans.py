@@ -100,9 +100,10 @@ def test_new_functions_that_push_running_ones_out_of_the_budget_pay_for_their_re
     evicts one (LRU) that a later request restarts. A plan that fits the budget on its own but would evict is
     priced with those restarts, and reuses what runs where that is cheaper overall; with room to spare nothing
     changes."""
-    running = _running_of(plan(_request(0), PROFILE, Prices(), LIMITS).layers)
+    # An earlier plan's functions of layers 0 and 1 run; what layer 2 sends out needs a new function.
+    running = [f for f in _running_of(plan(_request(1), PROFILE, Prices(), LIMITS).layers) if f.layer != 2]
     running_gb = sum(f.memory_gb for f in running)
-    second = _request(1)
+    second = _request(2)
     own = plan(second, PROFILE, Prices(), LIMITS)
     # Starts cheap enough that a new function pays for itself, and not for the function it pushes out as well.
     cheap = Profile(**{**{f: getattr(PROFILE, f) for f in Profile.__slots__}, "cold_start_s": 0.06})
@@ -121,6 +122,27 @@ def test_new_functions_that_push_running_ones_out_of_the_budget_pay_for_their_re
         spare.evicted_gb == 0 and spare.layers == prefer_running(*args, budget_gb=roomy, price_evictions=False).layers
     )
     assert spare.new_functions >= 1  # the start pays for itself when it evicts nothing
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_descent_over_many_layers_finds_what_trying_every_combination_finds(seed):
+    """Past a few layers the search is a coordinate descent; started only from the plan's own choice it stopped in
+    local optima (seeds 1, 7 and 10 here: a layer made local where reusing a running one cost 0.58x as much). From
+    several starts it lands where scoring every combination does, on these instances."""
+    running = _running_of(plan(_request(seed), PROFILE, Prices(), LIMITS).layers)
+    second = _request(seed + 100)
+    own = plan(second, PROFILE, Prices(), LIMITS)
+    for cold_start_s in (0.0, 0.06):
+        starts = Profile(**{**{f: getattr(PROFILE, f) for f in Profile.__slots__}, "cold_start_s": cold_start_s})
+        for room in (0.5, 1.0):
+            args = (second, own.layers, running, starts, Prices(), LIMITS)
+            budget = sum(f.memory_gb for f in running) + room
+            every = prefer_running(*args, budget_gb=budget)
+            descent = prefer_running(*args, budget_gb=budget, exhaustive_up_to=0)
+            assert (descent.fits_budget, descent.feasible) == (every.fits_budget, every.feasible)
+            assert descent.estimate.cost + descent.start_cost == pytest.approx(
+                every.estimate.cost + every.start_cost, rel=1e-9
+            )
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -164,8 +186,9 @@ def service() -> PlanService:
 
 def test_the_scheduler_service_plans_onto_running_functions_told_by_the_gateway(service):
     rng = np.random.default_rng(0)
-    first = service.plan(_plan_request(rng.dirichlet(np.ones(8), size=3), price_starts=True))
-    assert first.new_functions > 0 and not first.cached
+    # An earlier request's plan (starts not priced: it sends experts out) left its functions running.
+    first = service.plan(_plan_request(rng.dirichlet(np.ones(8), size=3)))
+    assert any(r.experts for p in first.layers for r in p.replicas) and not first.cached
     running = [
         scheduler_pb2.RunningFunction(
             layers=[p.layer] * len(r.experts), experts=r.experts, memory_mb=round(p.memory_gb * 1024)

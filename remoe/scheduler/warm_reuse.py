@@ -7,10 +7,11 @@ gateway counts them; a function no later request reuses holds its memory that lo
 while a running one is held anyway. Per layer the choices are: the plan's own remote set (each replica the
 running functions do not already cover is a new function, as the backbone routes it: plan_reuse.py), the
 experts the running functions of that layer host (no start), the plan's set in one replica (less memory held),
-or every expert local (no start). A coordinate descent over the layers first fits the plan's functions into the
-platform's memory budget (a plan that needs more than the platform holds at once keeps evicting its own
-functions: each batch then starts one), then keeps the SLO, then lowers the plan's cost plus its starts; the
-plan's main memory and estimate are recomputed for the result. L = MoE layers, E = experts per layer.
+or every expert local (no start). The search (every combination for a few layers, coordinate descents from
+several starts beyond) first fits the plan's functions into the platform's memory budget (a plan that needs more
+than the platform holds at once keeps evicting its own functions: each batch then starts one), then keeps the
+SLO, then lowers the plan's cost plus its starts; the plan's main memory and estimate are recomputed for the
+result. L = MoE layers, E = experts per layer.
 
 Functions other plans started share that budget: a new function that does not fit beside the running ones makes
 the platform evict the least recently used (LRU), and the next request that wants those restarts them. Each plan
@@ -20,6 +21,9 @@ GB a plan's new functions push out (running + new - budget) are priced as starts
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +33,10 @@ from remoe.scheduler.problem import Limits, Prices, Profile, Request
 from remoe.scheduler.terms import PartStats, stats_array, terms
 
 PASSES = 3  # coordinate-descent passes over the layers (each pass that changes nothing ends it)
+# Up to this many layer-option combinations every one is scored (a 4-layer model has at most 4^4 = 256); beyond,
+# a coordinate descent from each uniform start (a descent from the plan's own choice alone stops in local optima:
+# it takes the first single-layer move that fits the budget, e.g. a layer local, where reusing another is cheaper).
+EXHAUSTIVE_UP_TO = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,49 @@ def _option(kind, request, layer, plan, tokens, profile, prices, running, start_
                    float(t.decode[0, 0]), started * start_one, held, started * plan.memory_gb)  # fmt: skip
 
 
+Score = tuple[bool, bool, float]
+
+
+def _search(
+    options: list[list[_Option]],
+    score: Callable[[list[int]], Score],
+    better: Callable[[Score, Score], bool],
+    exhaustive_up_to: int,
+) -> tuple[list[int], Score]:
+    """The best choice of one option per layer: all combinations when there are at most `exhaustive_up_to`, else
+    the best of coordinate descents started from the plan's own choice and from each kind on every layer."""
+    if math.prod(len(o) for o in options) <= exhaustive_up_to:
+        found = None
+        for combo in itertools.product(*(range(len(o)) for o in options)):
+            s = score(list(combo))
+            if found is None or better(s, found[1]):
+                found = (list(combo), s)
+        return found
+    starts = [[0] * len(options)]
+    for kind in ("running", "packed", "local"):
+        start = [next((c for c, o in enumerate(opts) if o.kind == kind), 0) for opts in options]
+        if start not in starts:
+            starts.append(start)
+    found = None
+    for start in starts:
+        choice, best = start, score(start)
+        for _ in range(PASSES):
+            changed = False
+            for i, layer_options in enumerate(options):
+                for c in range(len(layer_options)):
+                    if c == choice[i]:
+                        continue
+                    trial = choice[:i] + [c] + choice[i + 1 :]
+                    s = score(trial)
+                    if better(s, best):
+                        choice, best, changed = trial, s, True
+            if not changed:
+                break
+        if found is None or better(best, found[1]):
+            found = (choice, best)
+    return found
+
+
 def prefer_running(
     request: Request,
     planned: list[LayerPlan],
@@ -157,6 +208,7 @@ def prefer_running(
     budget_gb: float | None = None,
     running_gb: float | None = None,
     price_evictions: bool = True,
+    exhaustive_up_to: int = EXHAUSTIVE_UP_TO,
 ) -> WarmChoice:
     """The plan with each layer on its own new functions, on the running ones, in one replica, or local: whichever
     fits `budget_gb` (the functions' memory at once; None: no limit), keeps the SLO (or violates it least) and
@@ -209,20 +261,7 @@ def prefer_running(
     def better(a: tuple[bool, bool, float], b: tuple[bool, bool, float]) -> bool:
         return a[:2] > b[:2] or (a[:2] == b[:2] and a[2] < b[2] * (1 - 1e-9))
 
-    choice = [0] * len(planned)
-    best = score(choice)
-    for _ in range(PASSES):
-        changed = False
-        for i, layer_options in enumerate(options):
-            for c in range(len(layer_options)):
-                if c == choice[i]:
-                    continue
-                trial = choice[:i] + [c] + choice[i + 1 :]
-                s = score(trial)
-                if better(s, best):
-                    choice, best, changed = trial, s, True
-        if not changed:
-            break
+    choice, best = _search(options, score, better, exhaustive_up_to)
     picked = [options[i][c] for i, c in enumerate(choice)]
     layers = [o.plan for o in picked]
     pushed_out = evicted(picked)
