@@ -17,6 +17,8 @@ Functions other plans started share that budget: a new function that does not fi
 the platform evict the least recently used (LRU), and the next request that wants those restarts them. Each plan
 fitting the budget on its own, 50 DeepSeek-shaped requests started 147 functions that way (issue 25). So the
 GB a plan's new functions push out (running + new - budget) are priced as starts too: the restart they cause.
+(Measured once the search below was fixed, warm_plans 2026-12-07: 18 starts in those 50 requests with or without
+this price; it guards the tight-budget case the tests build, it did not cause that drop.)
 """
 
 from __future__ import annotations
@@ -225,8 +227,11 @@ def prefer_running(
             return 0.0
         return max(0.0, min(running_gb, running_gb + sum(o.new_gb for o in picked) - budget_gb))
 
-    def restarts(gb: float) -> float:
-        return start_cost(gb, profile, prices, keep_alive_s, sharing) if gb > 0 else 0.0
+    def starts_cost(picked: list[_Option]) -> float:
+        """Modelled $ of the picked options' new functions and (price_evictions) of the restarts they cause."""
+        pushed_out = evicted(picked) if price_evictions else 0.0
+        restarts = start_cost(pushed_out, profile, prices, keep_alive_s, sharing) if pushed_out > 0 else 0.0
+        return sum(o.starts for o in picked) + restarts
 
     options: list[list[_Option]] = []
     for i, plan in enumerate(planned):
@@ -254,8 +259,8 @@ def prefer_running(
         rate = prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb
         ttft, tpot = sum(o.prefill for o in picked), sum(o.decode for o in picked)
         if ttft <= request.slo_ttft_s and tpot <= request.slo_tpot_s:
-            starts = sum(o.starts for o in picked) + (restarts(evicted(picked)) if price_evictions else 0.0)
-            return True, True, sum(o.remote_cost for o in picked) + starts + rate * sum(o.main_s for o in picked)
+            remote = sum(o.remote_cost for o in picked)
+            return True, True, remote + starts_cost(picked) + rate * sum(o.main_s for o in picked)
         return True, False, ttft / request.slo_ttft_s + tpot / request.slo_tpot_s
 
     def better(a: tuple[bool, bool, float], b: tuple[bool, bool, float]) -> bool:
@@ -264,7 +269,6 @@ def prefer_running(
     choice, best = _search(options, score, better, exhaustive_up_to)
     picked = [options[i][c] for i, c in enumerate(choice)]
     layers = [o.plan for o in picked]
-    pushed_out = evicted(picked)
     gpu_gb, cpu_gb = main_memory_gb(request, [p.remote for p in layers], limits)
     return WarmChoice(
         layers,
@@ -275,6 +279,6 @@ def prefer_running(
         best[0],
         sum(new_functions(i, p, running) for i, p in enumerate(layers)),
         [i for i, c in enumerate(choice) if options[i][c].kind == "running"],
-        sum(o.starts for o in picked) + (restarts(pushed_out) if price_evictions else 0.0),
-        pushed_out,
+        starts_cost(picked),
+        evicted(picked),
     )
