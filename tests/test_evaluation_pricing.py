@@ -89,3 +89,19 @@ def test_the_cost_model_check_sets_predictions_from_the_profile_and_compares_the
     # a Remoe run from before the ledger kept its prediction has none to compare
     old = _run("Remoe", {"backbone": 1.0}, 1.0, predicted_cost=None)
     assert model_check.checks([old], ORDER) == []
+
+
+def test_the_planned_systems_gap_is_split_into_the_main_models_part_and_the_functions_part():
+    # The plan predicted $3 main + $1 functions; the bill was $6 main (twice the busy time) + $1 functions.
+    ledger = dict(predicted_cost=4.0, predicted_cost_main=3.0, cost=7.0, cost_main=6.0, main_s=2.0,
+                  predicted_ttft_s=0.1, backbone_ttft_s=0.3, predicted_tpot_s=0.02, backbone_tpot_s=0.04)  # fmt: skip
+    runs = [_run("MIX", {"backbone": 1.0}, 1.0), _run("Remoe", {"backbone": 1.0}, 1.0, **ledger)]
+    (parts,) = model_check.ledger_parts(runs, ORDER)
+    assert parts.system == "Remoe"
+    assert (parts.main_predicted, parts.main_billed, parts.main_predicted_s, parts.main_s) == (3.0, 6.0, 1.0, 2.0)
+    assert (parts.functions_predicted, parts.functions_billed) == (1.0, 1.0)
+    row = next(line for line in model_check.parts_table([parts]) if line.startswith("| Remoe"))
+    assert "| -50% |" in row and "| +0% |" in row and "| 100.0 | 300.0 |" in row
+    # a run from before the ledger kept its parts shows no split
+    older = _run("Remoe", {"backbone": 1.0}, 1.0, predicted_cost=4.0)
+    assert model_check.ledger_parts([older], ORDER) == [] and model_check.parts_table([]) == []

@@ -3,6 +3,7 @@ request is planned, served with the exact reference tokens on the plan's functio
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from remoe.model.tokenizer import load_tokenizer
 from remoe.proto import backbone_pb2, backbone_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from remoe.scheduler import baselines
 from remoe.scheduler.estimate import Tokens
-from remoe.scheduler.ledger import Ledger, MeterRecord
+from remoe.scheduler.ledger import FunctionUse, Ledger, MeterRecord
 from remoe.scheduler.plan_service import PlanService
 from remoe.scheduler.problem import Prices, Profile
 from remoe.scheduler.profile_file import write_profile
@@ -164,6 +165,19 @@ def _record(request_id: str) -> MeterRecord:
     return MeterRecord(request_id, "m", 10, 5, 0.1, 0.01, 1.0, 1.0, 0.14, 1e-6, 0.0)
 
 
+def test_a_ledger_record_reads_back_across_versions_of_the_gateway_that_wrote_it():
+    record = _record("a")
+    record.functions = {"f": FunctionUse(1024, 0.5, 1e-5, 2.0)}
+    assert MeterRecord.from_json(record.to_json()) == record
+    newer = json.loads(record.to_json()) | {"field_from_later": 1}
+    newer["functions"]["f"]["also_later"] = 2
+    assert MeterRecord.from_json(json.dumps(newer)) == record
+    older = json.loads(record.to_json())
+    del older["predicted_cost_main"], older["functions"]["f"]["calls"]
+    back = MeterRecord.from_json(json.dumps(older))
+    assert back.predicted_cost_main == 0.0 and back.functions["f"].calls == 0.0 and back.request_id == "a"
+
+
 def test_the_ledger_meters_each_request_exactly_once_and_buffers_while_redis_is_down(redis_url, tmp_path):
     ledger = Ledger(redis_url, stream="test:ledger")
     ledger.write(_record("a"))
@@ -245,6 +259,9 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
         assert second.functions and all(f.seconds > 0 and f.memory_mb >= 1024 for f in second.functions.values())
         assert all(f.calls >= 1 for f in second.functions.values())
         assert second.cost_remote > 0 and second.cost_main > 0
+        # the plan's prediction is kept in the same two parts as the bill, so a gap can be told apart
+        assert second.predicted_cost_main > 0 and second.predicted_cost_remote > 0
+        assert second.predicted_cost == pytest.approx(second.predicted_cost_main + second.predicted_cost_remote)
         summary = subprocess.run(
             [sys.executable, "-m", "remoe.cli", "cost", "--redis-url", cluster.redis_url],
             capture_output=True, text=True, timeout=60,

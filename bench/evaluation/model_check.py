@@ -79,6 +79,82 @@ def checks(runs: list[dict], order: list[str], workload: str = "paper") -> list[
     return sorted(out, key=lambda c: order.index(c.system) if c.system in order else len(order))
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerParts:
+    """A planned system's prediction and bill in the ledger's two parts, means per request: where a gap is."""
+
+    system: str
+    main_predicted: float  # $: the plan's main memory x its predicted busy time
+    main_billed: float  # $: the same memory x the busy time measured
+    main_predicted_s: float  # the busy seconds the prediction implies (same memory and prices as the bill)
+    main_s: float
+    functions_predicted: float  # $
+    functions_billed: float  # $
+    ttft_planned_s: float  # worst case at the plan's confidence
+    ttft_s: float  # the backbone's, measured
+    tpot_planned_s: float
+    tpot_s: float
+
+
+def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") -> list[LedgerParts]:
+    """One row per planned system whose every request on `workload` kept the ledger's parts, in `order`."""
+    out = []
+    for run in runs:
+        rs = run["results"]
+        if run["system"] not in FROM_LEDGER or run["workload"] != workload or not rs:
+            continue
+        if any(r.get("cost_main") is None or not r.get("predicted_cost") for r in rs):
+            continue  # a run from before the ledger kept its parts
+
+        def mean(values) -> float:
+            return float(np.mean(list(values)))
+
+        out.append(
+            LedgerParts(
+                run["system"],
+                mean(r["predicted_cost_main"] for r in rs),
+                mean(r["cost_main"] for r in rs),
+                # billed at main_s for cost_main, so the prediction's seconds are in the same proportion
+                mean(r["predicted_cost_main"] / r["cost_main"] * r["main_s"] if r["cost_main"] else 0.0 for r in rs),
+                mean(r["main_s"] for r in rs),
+                mean(r["predicted_cost"] - r["predicted_cost_main"] for r in rs),
+                mean(r["cost"] - r["cost_main"] for r in rs),
+                mean(r["predicted_ttft_s"] for r in rs),
+                mean(r["backbone_ttft_s"] for r in rs),
+                mean(r["predicted_tpot_s"] for r in rs),
+                mean(r["backbone_tpot_s"] for r in rs),
+            )
+        )
+    return sorted(out, key=lambda c: order.index(c.system) if c.system in order else len(order))
+
+
+def _gap(predicted: float, measured: float) -> str:
+    return f"{predicted / measured - 1:+.0%}" if measured else "-"
+
+
+def parts_table(rows: list[LedgerParts]) -> list[str]:
+    """Markdown lines: the planned systems' gap split into the main model's and the functions' (none without)."""
+    if not rows:
+        return []
+    lines = [
+        "Where the planned systems' gap is, means per request (the ledger keeps the plan's prediction and the bill "
+        "in the same two parts; TTFT and TPOT are the backbone's, without the gateway's predict and plan; the "
+        "plan's TTFT is its worst case at the forecast's confidence, its cost the expected case):",
+        "",
+        "| system | main model $, modelled | billed | vs billed | main busy s, modelled | measured | functions $, "
+        "modelled | billed | vs billed | TTFT ms, planned | measured | TPOT ms, planned | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in rows:
+        lines.append(
+            f"| {p.system} | {p.main_predicted:.3g} | {p.main_billed:.3g} | {_gap(p.main_predicted, p.main_billed)} "
+            f"| {p.main_predicted_s:.2f} | {p.main_s:.2f} | {p.functions_predicted:.3g} | {p.functions_billed:.3g} "
+            f"| {_gap(p.functions_predicted, p.functions_billed)} | {p.ttft_planned_s * 1e3:.1f} | "
+            f"{p.ttft_s * 1e3:.1f} | {p.tpot_planned_s * 1e3:.2f} | {p.tpot_s * 1e3:.2f} |"
+        )
+    return lines + [""]
+
+
 def table(rows: list[CostCheck]) -> list[str]:
     """Markdown lines: the check on the paper workload, or nothing when the run has no predictions."""
     if not rows:

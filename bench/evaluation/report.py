@@ -226,6 +226,7 @@ def write(results: dict, out: Path, stem: str) -> None:
                 lines.append(f"- {system}: {parts}")
         lines.append("")
         lines += model_check.table(model_check.checks(model["runs"], ORDER))
+        lines += model_check.parts_table(model_check.ledger_parts(model["runs"], ORDER))
         lines += price_table.table(model["runs"], ORDER)
         if model.get("quantized"):
             lines += quantized_table(model, paper)

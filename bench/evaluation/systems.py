@@ -50,6 +50,16 @@ class Result:
     predict_s: float = 0.0  # the gateway's forecast and plan before the backbone started (inside ttft_s)
     plan_s: float = 0.0
     predicted_cost: float | None = None  # the cost model's $ (Remoe: the plan's, from the ledger)
+    # Remoe's bill and the plan's prediction in parts, from the ledger (None for the other systems): the main
+    # model's $ (the rest of `cost` is the functions'), its busy seconds, and the plan's TTFT and TPOT beside the
+    # backbone's measured ones.
+    cost_main: float | None = None
+    predicted_cost_main: float | None = None
+    main_s: float | None = None
+    predicted_ttft_s: float | None = None
+    predicted_tpot_s: float | None = None
+    backbone_ttft_s: float | None = None
+    backbone_tpot_s: float | None = None
 
     @property
     def busy_s(self) -> float:
@@ -251,6 +261,10 @@ def serve(system: str, setting: Setting, workloads: list[Workload], oracle_addre
                         raise RuntimeError(f"{system}: request {res.index} of {run.workload} was not metered")
                     res.cost = record.cost
                     res.predicted_cost = record.predicted_cost
+                    res.cost_main, res.predicted_cost_main = record.cost_main, record.predicted_cost_main
+                    res.main_s = record.main_s
+                    res.predicted_ttft_s, res.predicted_tpot_s = record.predicted_ttft_s, record.predicted_tpot_s
+                    res.backbone_ttft_s, res.backbone_tpot_s = record.measured_ttft_s, record.measured_tpot_s
     return runs
 
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from remoe.constants import LEDGER_STREAM
 
@@ -55,7 +55,9 @@ class MeterRecord:
     functions: dict[str, FunctionUse] = field(default_factory=dict)
     predicted_ttft_s: float = 0.0  # 0 when no plan was made
     predicted_tpot_s: float = 0.0
-    predicted_cost: float = 0.0
+    predicted_cost: float = 0.0  # predicted_cost_main + predicted_cost_remote
+    predicted_cost_main: float = 0.0  # the plan's main model: its memory x its predicted busy time
+    predicted_cost_remote: float = 0.0  # the plan's functions: their memory x their predicted compute time
     plan_signature: str = ""
     plan_feasible: bool = True
     forecast_source: str = ""
@@ -75,9 +77,19 @@ class MeterRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> MeterRecord:
-        raw = json.loads(text)
-        raw["functions"] = {name: FunctionUse(**use) for name, use in raw.get("functions", {}).items()}
+        # A stream outlives versions: fields a newer gateway added are skipped, ones an older one lacked default.
+        raw = _known(json.loads(text), _RECORD_FIELDS)
+        uses = raw.get("functions", {}).items()
+        raw["functions"] = {name: FunctionUse(**_known(use, _USE_FIELDS)) for name, use in uses}
         return cls(**raw)
+
+
+def _known(raw: dict, names: frozenset[str]) -> dict:
+    return {k: v for k, v in raw.items() if k in names}
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(MeterRecord))
+_USE_FIELDS = frozenset(f.name for f in fields(FunctionUse))
 
 
 def meter(
@@ -124,6 +136,7 @@ def meter(
     )
     if plan is not None:
         record.predicted_ttft_s, record.predicted_tpot_s = plan.ttft_s, plan.tpot_s
+        record.predicted_cost_main, record.predicted_cost_remote = plan.cost_main, plan.cost_remote
         record.predicted_cost = plan.cost_main + plan.cost_remote
         record.plan_signature, record.plan_feasible = plan.signature, plan.feasible
     return record
