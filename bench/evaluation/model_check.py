@@ -105,10 +105,6 @@ def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") ->
             continue
         if any(r.get("cost_main") is None or not r.get("predicted_cost") for r in rs):
             continue  # a run from before the ledger kept its parts
-
-        def mean(values) -> float:
-            return float(np.mean(list(values)))
-
         out.append(
             LedgerParts(
                 run["system"],
@@ -126,6 +122,10 @@ def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") ->
             )
         )
     return sorted(out, key=lambda c: order.index(c.system) if c.system in order else len(order))
+
+
+def mean(values) -> float:
+    return float(np.mean(list(values)))
 
 
 def _gap(predicted: float, measured: float) -> str:

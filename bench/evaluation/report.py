@@ -44,6 +44,9 @@ def summary(run: dict, slo_ttft: float, slo_tpot: float, burst_starts: list[int]
         "cold_starts": run["cold_starts"],
         "cold_fallbacks": run.get("cold_fallbacks"),  # absent in results from before the fallback existed
         "function_s": float(np.mean([r["function_s"] for r in rs])),
+        "function_calls": float(np.mean([r.get("function_calls", 0.0) for r in rs])),
+        "warm_mean": float(np.mean([w for *_, w in run["timeline"]])) if run["timeline"] else None,
+        "function_gb_mean": float(np.mean([f for _, _, f, _ in run["timeline"]])) / 2**30 if run["timeline"] else None,
         "held_cost": run.get("held_cost"),  # absent in results from before memory was sampled
         "held_gb": _held_gb(run.get("resident")),
         "held_rss_cost": run.get("held_rss_cost"),
@@ -51,6 +54,28 @@ def summary(run: dict, slo_ttft: float, slo_tpot: float, burst_starts: list[int]
         "held_basis": (run.get("resident") or {}).get("basis", "RSS sum"),  # before frames were read: RSS summed
         "modelled": any(r["modelled"] for r in rs),
     }
+
+
+def functions_table(paper: dict[str, dict]) -> list[str]:
+    """Markdown lines: what the systems that ran functions did with them on the paper workload (summaries by
+    system), or nothing when none did."""
+    rows = [(system, s) for system in ORDER if (s := paper.get(system)) and s["function_s"] > 0]
+    if not rows:
+        return []
+    lines = [
+        "Functions on the paper workload (per request: what the backbone billed to it; warm instances and the "
+        "expert GiB they hosted: the mean of the samples taken while it ran):",
+        "",
+        "| system | function cold starts | batches computed while a function started | function instances warm "
+        "(mean) | expert GiB in functions (mean) | function s per request | function calls per request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for system, s in rows:
+        lines.append(
+            f"| {system} | {s['cold_starts']} | {_fmt(s['cold_fallbacks'], 'd')} | {_fmt(s['warm_mean'], '.1f')} | "
+            f"{_fmt(s['function_gb_mean'], '.2f')} | {s['function_s']:.2f} | {s['function_calls']:.1f} |"
+        )
+    return lines + [""]
 
 
 def _held_gb(resident: dict | None, key: str = "gb_s") -> dict[str, tuple[float, float]] | None:
@@ -225,6 +250,7 @@ def write(results: dict, out: Path, stem: str) -> None:
                 )
                 lines.append(f"- {system}: {parts}")
         lines.append("")
+        lines += functions_table(paper)
         lines += model_check.table(model_check.checks(model["runs"], ORDER))
         lines += model_check.parts_table(model_check.ledger_parts(model["runs"], ORDER))
         lines += price_table.table(model["runs"], ORDER)
