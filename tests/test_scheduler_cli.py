@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from remoe.platform.plan import load_plan_file
-from remoe.profiling.profile import decode_line, one_device_speeds
+from remoe.profiling.profile import decode_context, decode_line, one_device_speeds
 from remoe.scheduler.profile_file import fit_remote, load_profile
 from remoe.scheduler.shape import deepseek_v2_lite, gpt2_moe, shape_of_model
 
@@ -73,12 +73,26 @@ def test_profile_measures_writes_json_and_plot_and_plan_uses_it(tiny_model, tmp_
     # process start, a server start and a first load: more than a warm call, and more than 5 ms on any machine.
     assert 0.005 < profile.cold_start_s < 2.0 and profile.cold_start_s > profile.invoke_s
     assert all(v >= 0 for v in profile.remote_fit)
-    # The one-device systems are priced at their own measured speed: the CPU system's modelled TPOT is the TPOT
-    # the whole model gave in one process.
+    # The one-device systems are priced at their own measured speed: the CPU system's modelled TPOT at each prompt
+    # length is the line through the TPOTs the whole model gave in one process (flat at their median when they
+    # do not grow with the context), so over the lengths it averages what was measured.
     shape, measured = raw["samples"]["shape"], raw["samples"]["in_process"]
-    tpot = statistics.median(row["tpot_s"] for row in measured.values())
-    modelled = shape["layers"] * (profile.cpu_backbone_decode_s + shape["top_k"] * profile.cpu_expert_s_per_token)
-    assert modelled == pytest.approx(tpot, rel=1e-6) and raw["samples"]["end_to_end_in_backbone"]
+    tpots = [row["tpot_s"] for row in measured.values()]
+    new_tokens, per_context = raw["samples"]["decode_new_tokens"], profile.cpu_backbone_decode_s_per_context_token
+    modelled = [
+        shape["layers"]
+        * (
+            profile.cpu_backbone_decode_s
+            + per_context * decode_context(int(n), new_tokens)
+            + shape["top_k"] * profile.cpu_expert_s_per_token
+        )
+        for n in measured
+    ]
+    if per_context == 0:
+        assert modelled == pytest.approx([statistics.median(tpots)] * len(tpots), rel=1e-6)
+    else:
+        assert statistics.mean(modelled) == pytest.approx(statistics.mean(tpots), rel=1e-6)
+    assert raw["samples"]["end_to_end_in_backbone"]
     # The plan command takes the profile and writes a plan file that `remoe up --plan` loads.
     plan_file = tmp_path / "plan.json"
     result = remoe(

@@ -160,6 +160,7 @@ def profile_model(
         "end_to_end_in_backbone": {str(n): v for n, v in in_backbone.items()},
         "in_process": {str(n): v for n, v in in_process.items()},
         "function_round_trip_s": rtt,
+        "decode_new_tokens": new_tokens,  # tokens each latency row generated: its decode context (decode_context)
     }
     notes = [
         "backbone_* include the fan-out to the expert services (one gRPC round trip per layer), the gateway, the "
