@@ -392,3 +392,7 @@ def test_a_batched_step_of_requests_with_different_plans_sends_one_batch_per_des
     assert [v.Stats(None, None).batches for v in remote.servicers] == [1, 1, 1]
     assert bills[0] == bills[2] == FunctionBill() and bills[1].seconds["f"] > 0
     assert bills[1].calls == {"f": 1.0}  # one invocation, all of whose rows were b's
+    # billed: the function's own time on the batch, as it reported it; the round trip around it is kept apart
+    function_s = remote.servicers[2].Stats(None, None).compute_s
+    assert bills[1].seconds["f"] == pytest.approx(function_s, rel=1e-12)
+    assert bills[1].round_trip_s["f"] > function_s

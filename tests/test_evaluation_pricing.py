@@ -109,14 +109,23 @@ def test_the_planned_systems_gap_is_split_into_the_main_models_part_and_the_func
 
 def test_the_report_says_what_the_functions_did_for_the_systems_that_ran_them():
     gib = 2**30
-    remoe = _run("Remoe", {"backbone": 1.0}, 10.0, function_s=3.0, function_calls=40.0, index=0, ttft_s=0.1,
-                 tpot_s=0.01, forecast_js=None, modelled=False)  # fmt: skip
+    remoe = _run("Remoe", {"backbone": 1.0}, 10.0, function_s=3.0, function_round_trip_s=4.5, function_calls=40.0,
+                 index=0, ttft_s=0.1, tpot_s=0.01, forecast_js=None, modelled=False)  # fmt: skip
     # samples (s, service bytes, function bytes, warm instances): 2 then 4 instances hosting 1 then 3 GiB
     remoe |= {"timeline": [(0.0, 0, 1 * gib, 2), (1.0, 0, 3 * gib, 4)], "cold_starts": 5, "cold_fallbacks": 6,
               "hit_rate": None}  # fmt: skip
     mix = {**remoe, "system": "MIX", "results": [{**r, "function_s": 0.0} for r in remoe["results"]], "timeline": []}
     paper = {run["system"]: report.summary(run, 1.0, 1.0, []) for run in (remoe, mix)}
     (row,) = [line for line in report.functions_table(paper) if line.startswith("| Remoe")]
-    assert row == "| Remoe | 5 | 6 | 3.0 | 2.00 | 3.00 | 40.0 |"
+    assert row == "| Remoe | 5 | 6 | 3.0 | 2.00 | 3.00 | 4.50 | 40.0 |"
     assert not any(line.startswith("| MIX") for line in report.functions_table(paper))  # it ran none
     assert report.functions_table({"MIX": paper["MIX"]}) == []
+    # a run from before the bill was the handlers' time kept no round trips: it says what its bill was
+    older = {
+        **remoe,
+        "results": [{k: v for k, v in r.items() if k != "function_round_trip_s"} for r in remoe["results"]],
+    }
+    lines = report.functions_table({"Remoe": report.summary(older, 1.0, 1.0, [])})
+    assert "| Remoe | 5 | 6 | 3.0 | 2.00 | 3.00 | - | 40.0 |" in lines and any(
+        "billed the round trips" in x for x in lines
+    )

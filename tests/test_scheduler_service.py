@@ -249,6 +249,8 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
             assert used and all(v > 0 for v in used.values()) and result.usage.function_memory_mb.keys() == used.keys()
             calls = result.usage.function_calls  # each function answered at least one batch of this request alone
             assert calls.keys() == used.keys() and all(n >= 1 for n in calls.values())
+            trips = result.usage.function_round_trip_seconds  # billed: the handlers' time, inside the round trips
+            assert trips.keys() == used.keys() and all(trips[f] > used[f] for f in used)
             with pytest.raises(InvalidArgument, match="slo_tpot_s"):
                 client.generate(token_ids=ids, max_new_tokens=2, slo_tpot_s=-1.0)
         records = Ledger(cluster.redis_url).read()
@@ -258,6 +260,7 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
         assert second.plan_signature == first.plan_signature
         assert second.functions and all(f.seconds > 0 and f.memory_mb >= 1024 for f in second.functions.values())
         assert all(f.calls >= 1 for f in second.functions.values())
+        assert all(f.round_trip_s > f.seconds for f in second.functions.values())
         assert second.cost_remote > 0 and second.cost_main > 0
         # the plan's prediction is kept in the same two parts as the bill, so a gap can be told apart
         assert second.predicted_cost_main > 0 and second.predicted_cost_remote > 0

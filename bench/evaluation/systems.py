@@ -44,7 +44,8 @@ class Result:
     cost: float
     started_s: float = 0.0  # when it was sent, from the workload's start
     forecast_js: float | None = None
-    function_s: float = 0.0  # function instance-seconds billed to it
+    function_s: float = 0.0  # function seconds billed to it (the handlers' time on its batches)
+    function_round_trip_s: float | None = None  # the same batches' round trips as the backbone saw them
     function_calls: float = 0.0  # function invocations billed to it (its share of shared batches)
     modelled: bool = False
     predict_s: float = 0.0  # the gateway's forecast and plan before the backbone started (inside ttft_s)
@@ -290,6 +291,7 @@ def _serve_workload(system: str, setting: Setting, workload: Workload, client: C
         res = Result(system, workload.name, i, n_in, n_out, out.client_ttft_s, out.client_tpot_s, 0.0, sent)
         res.predict_s, res.plan_s = u.predict_s, u.plan_s
         res.function_s = float(sum(u.function_seconds.values()))
+        res.function_round_trip_s = float(sum(u.function_round_trip_seconds.values()))
         res.function_calls = float(sum(u.function_calls.values()))
         res.forecast_js = u.forecast_js if u.forecast_source else None
         if system in ("MIX", "GPU"):

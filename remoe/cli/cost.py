@@ -33,7 +33,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     print(
         f"cost: ${summary['cost_total']:.4g} in all, ${summary['cost_per_request']:.4g} per request "
         f"(main ${summary['cost_main']:.4g}, functions ${summary['cost_remote']:.4g}; "
-        f"{summary['function_seconds']:.2f} function-seconds)"
+        f"{summary['function_seconds']:.2f} billed function-seconds, "
+        f"{summary['function_round_trip_seconds']:.2f} s of round trips)"
     )
     if summary["planned_requests"]:
         print(

@@ -255,9 +255,12 @@ class DispatchingExecutor:
         local_done = time.perf_counter()
         for job in in_flight:
             _accumulate(out, job.rows, self._await(job, hidden))
-            if job.dest.startswith(FUNCTION_PREFIX):  # a function bills its batches' round trips
-                seconds = (job.done_s or time.perf_counter()) - job.sent_s
-                bill_functions(job.dest.removeprefix(FUNCTION_PREFIX), seconds, job.rows, requests)
+            if job.dest.startswith(FUNCTION_PREFIX):
+                # A function bills its handler's time on the batch, not the round trip: once it has answered it
+                # is idle, however long the answer waits here behind this process's own experts.
+                round_trip = (job.done_s or time.perf_counter()) - job.sent_s
+                seconds = job.server_s if job.server_s > 0 else round_trip  # 0: a function that reports none
+                bill_functions(job.dest.removeprefix(FUNCTION_PREFIX), seconds, round_trip, job.rows, requests)
         if in_flight:
             end = time.perf_counter()
             self.fanout_s.append(end - start)

@@ -1,5 +1,5 @@
 """A placement compiled for dispatch, the request's own one (its plan) in a context variable, and the billing of
-function round trips to the requests whose rows they computed."""
+function batches to the requests whose rows they computed."""
 
 from __future__ import annotations
 
@@ -31,12 +31,13 @@ current_function_bill: ContextVar[FunctionBill | None] = ContextVar("remoe_funct
 ROUTINGS_KEPT = 256
 
 
-def bill_functions(function: str, seconds: float, rows: torch.Tensor, batch) -> None:
-    """A function's round trip billed to the request(s) whose rows it computed, split by their rows in it."""
+def bill_functions(function: str, seconds: float, round_trip_s: float, rows: torch.Tensor, batch) -> None:
+    """A function's batch billed to the request(s) whose rows it computed, split by their rows in it: `seconds`
+    the handler's own time on it (what the function bills), `round_trip_s` the round trip the backbone saw."""
     if batch is None:
         bill = current_function_bill.get()
         if bill is not None:
-            bill.add(function, seconds)
+            bill.add(function, seconds, round_trip_s=round_trip_s)
         return
     if len(batch) == 1:
         shares = {0: 1.0}
@@ -47,4 +48,4 @@ def bill_functions(function: str, seconds: float, rows: torch.Tensor, batch) -> 
     for i, share in shares.items():
         bill = batch[i].functions
         if bill is not None:
-            bill.add(function, seconds, share)
+            bill.add(function, seconds, share, round_trip_s)

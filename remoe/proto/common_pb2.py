@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15remoe/v1/common.proto\x12\x08remoe.v1\"\xae\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nignore_eos\x18\x05 \x01(\x08\x12\x15\n\x08logprobs\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x0c\n\x04\x65\x63ho\x18\x07 \x01(\x08\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\x03\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"l\n\x11\x41\x63tivationSummary\x12\x12\n\nmoe_layers\x18\x01 \x03(\x05\x12\x13\n\x0bnum_experts\x18\x02 \x01(\r\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07prefill\x18\x04 \x03(\x03\x12\x0e\n\x06\x64\x65\x63ode\x18\x05 \x03(\x03\"\xbc\x05\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\x0e\n\x06tpot_s\x18\x04 \x01(\x01\x12\x30\n\x0b\x61\x63tivations\x18\x05 \x01(\x0b\x32\x1b.remoe.v1.ActivationSummary\x12\x0c\n\x04plan\x18\x06 \x01(\t\x12\x17\n\x0f\x66orecast_source\x18\x07 \x01(\t\x12\x13\n\x0b\x66orecast_js\x18\x08 \x01(\x01\x12>\n\x10\x66unction_seconds\x18\t \x03(\x0b\x32$.remoe.v1.Usage.FunctionSecondsEntry\x12\x41\n\x12\x66unction_memory_mb\x18\n \x03(\x0b\x32%.remoe.v1.Usage.FunctionMemoryMbEntry\x12\x12\n\nbackbone_s\x18\x0b \x01(\x01\x12\r\n\x05steps\x18\x0c \x01(\r\x12\x14\n\x0cshared_steps\x18\r \x01(\r\x12\x1a\n\x12mean_step_requests\x18\x0e \x01(\x01\x12\x15\n\rexpert_format\x18\x0f \x01(\t\x12\x11\n\tpredict_s\x18\x10 \x01(\x01\x12\x0e\n\x06plan_s\x18\x11 \x01(\x01\x12:\n\x0e\x66unction_calls\x18\x12 \x03(\x0b\x32\".remoe.v1.Usage.FunctionCallsEntry\x1a\x36\n\x14\x46unctionSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x37\n\x15\x46unctionMemoryMbEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x34\n\x12\x46unctionCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15remoe/v1/common.proto\x12\x08remoe.v1\"\xae\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nignore_eos\x18\x05 \x01(\x08\x12\x15\n\x08logprobs\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x0c\n\x04\x65\x63ho\x18\x07 \x01(\x08\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\x03\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"l\n\x11\x41\x63tivationSummary\x12\x12\n\nmoe_layers\x18\x01 \x03(\x05\x12\x13\n\x0bnum_experts\x18\x02 \x01(\r\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x0f\n\x07prefill\x18\x04 \x03(\x03\x12\x0e\n\x06\x64\x65\x63ode\x18\x05 \x03(\x03\"\xd1\x06\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x0e\n\x06ttft_s\x18\x03 \x01(\x01\x12\x0e\n\x06tpot_s\x18\x04 \x01(\x01\x12\x30\n\x0b\x61\x63tivations\x18\x05 \x01(\x0b\x32\x1b.remoe.v1.ActivationSummary\x12\x0c\n\x04plan\x18\x06 \x01(\t\x12\x17\n\x0f\x66orecast_source\x18\x07 \x01(\t\x12\x13\n\x0b\x66orecast_js\x18\x08 \x01(\x01\x12>\n\x10\x66unction_seconds\x18\t \x03(\x0b\x32$.remoe.v1.Usage.FunctionSecondsEntry\x12\x41\n\x12\x66unction_memory_mb\x18\n \x03(\x0b\x32%.remoe.v1.Usage.FunctionMemoryMbEntry\x12\x12\n\nbackbone_s\x18\x0b \x01(\x01\x12\r\n\x05steps\x18\x0c \x01(\r\x12\x14\n\x0cshared_steps\x18\r \x01(\r\x12\x1a\n\x12mean_step_requests\x18\x0e \x01(\x01\x12\x15\n\rexpert_format\x18\x0f \x01(\t\x12\x11\n\tpredict_s\x18\x10 \x01(\x01\x12\x0e\n\x06plan_s\x18\x11 \x01(\x01\x12:\n\x0e\x66unction_calls\x18\x12 \x03(\x0b\x32\".remoe.v1.Usage.FunctionCallsEntry\x12R\n\x1b\x66unction_round_trip_seconds\x18\x13 \x03(\x0b\x32-.remoe.v1.Usage.FunctionRoundTripSecondsEntry\x1a\x36\n\x14\x46unctionSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x37\n\x15\x46unctionMemoryMbEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x34\n\x12\x46unctionCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a?\n\x1d\x46unctionRoundTripSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE_FUNCTIONMEMORYMBENTRY']._serialized_options = b'8\001'
   _globals['_USAGE_FUNCTIONCALLSENTRY']._loaded_options = None
   _globals['_USAGE_FUNCTIONCALLSENTRY']._serialized_options = b'8\001'
+  _globals['_USAGE_FUNCTIONROUNDTRIPSECONDSENTRY']._loaded_options = None
+  _globals['_USAGE_FUNCTIONROUNDTRIPSECONDSENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=36
   _globals['_SAMPLINGPARAMS']._serialized_end=210
   _globals['_TOKENLOGPROB']._serialized_start=212
@@ -44,11 +46,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTIVATIONSUMMARY']._serialized_start=302
   _globals['_ACTIVATIONSUMMARY']._serialized_end=410
   _globals['_USAGE']._serialized_start=413
-  _globals['_USAGE']._serialized_end=1113
-  _globals['_USAGE_FUNCTIONSECONDSENTRY']._serialized_start=948
-  _globals['_USAGE_FUNCTIONSECONDSENTRY']._serialized_end=1002
-  _globals['_USAGE_FUNCTIONMEMORYMBENTRY']._serialized_start=1004
-  _globals['_USAGE_FUNCTIONMEMORYMBENTRY']._serialized_end=1059
-  _globals['_USAGE_FUNCTIONCALLSENTRY']._serialized_start=1061
-  _globals['_USAGE_FUNCTIONCALLSENTRY']._serialized_end=1113
+  _globals['_USAGE']._serialized_end=1262
+  _globals['_USAGE_FUNCTIONSECONDSENTRY']._serialized_start=1032
+  _globals['_USAGE_FUNCTIONSECONDSENTRY']._serialized_end=1086
+  _globals['_USAGE_FUNCTIONMEMORYMBENTRY']._serialized_start=1088
+  _globals['_USAGE_FUNCTIONMEMORYMBENTRY']._serialized_end=1143
+  _globals['_USAGE_FUNCTIONCALLSENTRY']._serialized_start=1145
+  _globals['_USAGE_FUNCTIONCALLSENTRY']._serialized_end=1197
+  _globals['_USAGE_FUNCTIONROUNDTRIPSECONDSENTRY']._serialized_start=1199
+  _globals['_USAGE_FUNCTIONROUNDTRIPSECONDSENTRY']._serialized_end=1262
 # @@protoc_insertion_point(module_scope)

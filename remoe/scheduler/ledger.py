@@ -33,9 +33,10 @@ return false
 @dataclass(slots=True)
 class FunctionUse:
     memory_mb: int
-    seconds: float  # billed duration: the round trips of this request's batches
+    seconds: float  # billed duration: the function's handler time on this request's batches
     cost: float
     calls: float = 0.0  # invocations for this request's batches (its share of shared ones), for a per-request fee
+    round_trip_s: float = 0.0  # the same batches' round trips as the backbone saw them (not billed)
 
 
 @dataclass(slots=True)
@@ -111,6 +112,7 @@ def meter(
             float(seconds),
             cpu_gb_s * usage.function_memory_mb.get(name, 0) / 1024 * float(seconds),
             float(usage.function_calls.get(name, 0.0)),
+            float(usage.function_round_trip_seconds.get(name, seconds)),
         )
         for name, seconds in usage.function_seconds.items()
     }
@@ -217,5 +219,6 @@ def summarize(records: list[MeterRecord]) -> dict:
         "planned_requests": len(planned),
         "infeasible_plans": sum(1 for r in planned if not r.plan_feasible),
         "function_seconds": sum(f.seconds for r in records for f in r.functions.values()),
+        "function_round_trip_seconds": sum(f.round_trip_s for r in records for f in r.functions.values()),
         "tokens_out": sum(r.n_out for r in records),
     }

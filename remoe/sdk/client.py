@@ -34,9 +34,11 @@ class Usage:
     plan: str = ""  # JSON: which destination hosted which experts
     forecast_source: str = ""  # the predictor's forecast: "sps", "prior", "equal" ("" when none was made)
     forecast_js: float = 0.0  # its mean JS divergence from the actual prefill activation
-    function_seconds: dict[str, float] = field(default_factory=dict)  # function -> instance-seconds it billed
+    function_seconds: dict[str, float] = field(default_factory=dict)  # function -> handler seconds it billed
     function_memory_mb: dict[str, int] = field(default_factory=dict)  # function -> its memory size
     function_calls: dict[str, float] = field(default_factory=dict)  # function -> invocations (its share of each)
+    # function -> its batches' round trips as the backbone saw them (the billed seconds plus transport and waits)
+    function_round_trip_seconds: dict[str, float] = field(default_factory=dict)
     expert_format: str = ""  # "" when the experts are exact; else how a quantized split stores them
     predict_s: float = 0.0  # the gateway's forecast before the backbone started (ttft_s leaves it out)
     plan_s: float = 0.0  # the gateway's plan from the scheduler, likewise
@@ -59,6 +61,7 @@ class Usage:
             function_seconds=dict(msg.function_seconds),
             function_memory_mb=dict(msg.function_memory_mb),
             function_calls=dict(msg.function_calls),
+            function_round_trip_seconds=dict(msg.function_round_trip_seconds),
             expert_format=msg.expert_format,
             predict_s=msg.predict_s,
             plan_s=msg.plan_s,

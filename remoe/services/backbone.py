@@ -170,6 +170,7 @@ class BackboneServicer(backbone_pb2_grpc.BackboneServiceServicer):
                         plan=(routing or self.executor.default).placement.summary(),
                         function_seconds=billed.seconds,
                         function_calls=billed.calls,
+                        function_round_trip_seconds=billed.round_trip_s,
                         function_memory_mb=(routing or self.executor.default).memory_mb,
                         expert_format=self.backbone.expert_format,
                     )

@@ -40,15 +40,21 @@ def call_time_remaining(context) -> float | None:
 
 @dataclass
 class FunctionBill:
-    """What a request's functions bill it, per function: seconds (round trips, as a function bills its duration)
-    and invocations (where a platform charges per request); a batch shared by several requests splits both."""
+    """What a request's functions bill it, per function: seconds (each batch's handler time as the function
+    reports it, the duration a per-invocation platform bills) and invocations (where a platform charges per
+    request); beside them the round trips the backbone saw, which also hold the transport and the time the
+    answer waited to be read. A batch shared by several requests splits all three."""
 
     seconds: dict[str, float] = field(default_factory=dict)
     calls: dict[str, float] = field(default_factory=dict)
+    round_trip_s: dict[str, float] = field(default_factory=dict)
 
-    def add(self, function: str, seconds: float, share: float = 1.0) -> None:
+    def add(self, function: str, seconds: float, share: float = 1.0, round_trip_s: float | None = None) -> None:
+        """`round_trip_s` defaults to `seconds` (a caller that knows no handler time bills the round trip)."""
         self.seconds[function] = self.seconds.get(function, 0.0) + seconds * share
         self.calls[function] = self.calls.get(function, 0.0) + share
+        trip = seconds if round_trip_s is None else round_trip_s
+        self.round_trip_s[function] = self.round_trip_s.get(function, 0.0) + trip * share
 
 
 @dataclass(frozen=True, slots=True)
