@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def test_profile_measures_writes_json_and_plot_and_plan_uses_it(tiny_model, tmp_
     # process start, a server start and a first load: more than a warm call, and more than 5 ms on any machine.
     assert 0.005 < profile.cold_start_s < 2.0 and profile.cold_start_s > profile.invoke_s
     assert all(v >= 0 for v in profile.remote_fit)
+    assert profile.function_host_cores == os.cpu_count()  # its functions shared this host's cores, as remoe up's
     # The one-device systems are priced at their own measured speed: the CPU system's modelled TPOT at each prompt
     # length is the line through the TPOTs the whole model gave in one process (flat at their median when they
     # do not grow with the context), so over the lengths it averages what was measured.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,3 +106,33 @@ def test_the_prefill_estimate_is_the_papers_formula_on_a_hand_checked_case():
     plan = [LayerPlan((1,), 1.0, ((1,),))]
     # local: 5 tokens x 1 s; remote: 5 x 2 s + 0.5 s invoke -> the layer waits for the remote side.
     assert estimate(request, plan, profile, Prices(), Limits(), tokens).ttft_s == pytest.approx(10.5)
+
+
+def test_functions_on_the_hosts_cores_share_them_and_compute_at_their_threads_speed():
+    """On the local platform a function gets floor(y) threads and a layer's batches share the host's cores: the
+    layer lasts at least their core-seconds over the cores, each replica is billed its stretched handler time,
+    and memory between whole GB buys no speed."""
+    request = _request(frequency=np.array([[0.25, 0.25, 0.25, 0.25]]), n_in=40, n_out=0, top_k=2, confidence=0.5)
+    own = Profile(
+        local_expert_s_per_token=1e-3,
+        backbone_prefill_s_per_token=0.0,
+        swap_s_per_token=0.0,
+        invoke_s=0.0,
+        bandwidth_bytes_s=math.inf,
+        remote_fit=(0.0, 1.0, 1e-3),  # 1 ms per token at any size: threads do not matter here
+    )
+    shared = replace(own, function_host_cores=1)
+    tokens = Tokens.of(request)
+    assert tokens.expected[0].tolist() == [20, 20, 20, 20]
+    four = [LayerPlan((0, 1, 2, 3), 1.0, ((0,), (1,), (2,), (3,)))]  # every expert in its own function
+    alone = estimate(request, four, own, Prices(), Limits(), tokens)
+    together = estimate(request, four, shared, Prices(), Limits(), tokens)
+    assert alone.ttft_s == pytest.approx(20e-3)  # four replicas at once, each 20 tokens x 1 ms
+    assert together.ttft_s == pytest.approx(80e-3)  # one core: their 80 ms of work one after another
+    # Each handler is busy until the phase ends on one core (4 threads at once, capped at the phase).
+    assert together.cost_remote == pytest.approx(4 * alone.cost_remote)
+    # Memory between whole GB: one thread at 1.9 GB as at 1 GB (the fit is read at the whole GB).
+    fit = replace(own, remote_fit=(4e-3, 2.0, 0.0), function_host_cores=2)
+    assert fit.remote_s_per_token(1.9) == pytest.approx(fit.remote_s_per_token(1.0))
+    assert fit.remote_s_per_token(2.0) < fit.remote_s_per_token(1.0)
+    assert replace(fit, function_host_cores=0).remote_s_per_token(1.9) < fit.remote_s_per_token(1.0)  # a share grows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -38,15 +40,17 @@ def _request(seed: int, slo_ttft: float = 10.0, slo_tpot: float = 1.0, experts: 
     )
 
 
-def test_the_planner_objective_is_the_cost_model():
+@pytest.mark.parametrize("host_cores", [0, 2])  # functions on a platform's CPUs, or sharing a 2-core host
+def test_the_planner_objective_is_the_cost_model(host_cores):
+    profile = replace(PROFILE, function_host_cores=host_cores)
     request = _request(0)
     tokens = Tokens.of(request)
     sets = remote_sets(request, 3)
     partitions = [lpt_partition({e: float(tokens.worst[i][e]) for e in r}, 2) for i, r in enumerate(sets)]
     grid = memory_grid(LIMITS)
-    c = curves(request, sets, partitions, tokens, PROFILE, Prices(), LIMITS, grid)
+    c = curves(request, sets, partitions, tokens, profile, Prices(), LIMITS, grid)
     index = np.array([3, 10, 17])
-    est = estimate(request, _layer_plans(sets, partitions, grid, index), PROFILE, Prices(), LIMITS, tokens)
+    est = estimate(request, _layer_plans(sets, partitions, grid, index), profile, Prices(), LIMITS, tokens)
     rows = np.arange(3)
     assert est.cost == pytest.approx(float(c.cost[rows, index].sum()), rel=1e-9)
     assert est.ttft_s == pytest.approx(float(c.prefill[rows, index].sum()), rel=1e-9)

@@ -147,6 +147,7 @@ def profile_model(
         gpu_backbone_decode_s_per_context_token=gpu_context,
         gpu_expert_s_per_token=t_all,
         device="cpu",
+        function_host_cores=os.cpu_count() or 1,  # its functions ran as processes here, as `remoe up` runs them
     )
     samples = {
         "shape": shape.as_dict(),
@@ -169,6 +170,8 @@ def profile_model(
         "in the backbone process. Both per MoE layer, with the experts at every core's rate (*_expert_s_per_token); "
         f"{'the backbone ran on the GPU' if profile.device != 'cpu' else 'there is no GPU here: both ran on the CPU'}",
         f"functions: 1 GiB buys one thread, capped at {os.cpu_count()} cores, so T(y) is flat above that",
+        "function_host_cores: the functions shared this host's cores with the backbone and each other, as under "
+        "`remoe up`; set it to 0 where each function gets a CPU share of its own (Knative, a serverless platform)",
     ]
     return ProfileReport(
         shape.name,

@@ -10,7 +10,10 @@ it computes in a batch (t_call, added per routed expert to ZT_lj and per remote 
 t_context in t_backbone_decode = t_decode + t_context * (n_in + n_out / 2), a step's attention growing with the
 tokens it attends to (the decode's mean). TTFT = sum PT_l, TPOT = sum GT_l. Constraints use worst-case token
 counts (mmp.py); cost uses expected ones: main = (prefill + (n_out - 1) * decode) * (c_g * GPU GB + c_c * CPU
-GB); each remote replica bills c_c * y_l for the time it computes. L = MoE layers, E = experts per layer.
+GB); each remote replica bills c_c * y_l for the time it computes. Functions on the backbone's host share its
+cores (Profile.function_host_cores, host_cores.py): the prefill expert phase lasts at least all its batches'
+core-seconds over them, and each replica's billed time is stretched by the threads beside it. L = MoE layers,
+E = experts per layer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from remoe.scheduler import host_cores
 from remoe.scheduler.mmp import expected_tokens, route_probability, worst_case_tokens
 from remoe.scheduler.problem import Limits, Prices, Profile, Request
 
@@ -103,14 +107,22 @@ def layer_prefill_s(
         if remote
         else 0.0
     )
-    busy = [
+    alone = [
         sum(float(tokens[e]) for e in part) * per_token
         + profile.invoke_s
         + profile.expert_call_s * sum(1 for e in part if route[e] > 0)
         for part in plan.replicas
         if part
     ]
-    expert_s = max([local_s, *busy])
+    # On the host's cores the batches share them (host_cores.py): the phase, and each replica's billed time.
+    cores = profile.function_host_cores
+    n = float(host_cores.threads(plan.memory_gb, cores)) if cores > 0 else 1.0
+    expert_s = float(host_cores.expert_phase_s(max([local_s, *alone]), local_s + n * sum(alone), cores))
+    busy = alone
+    if cores > 0 and alone:  # each replica at the layer's mean work (as terms.prefill_busy), stretched
+        busy_threads = n * len(alone) + (1.0 if local_s > 0 else 0.0)
+        each = float(host_cores.stretched_s(sum(alone) / len(alone), busy_threads, expert_s, cores))
+        busy = [each] * len(alone)
     backbone_s = profile.backbone_prefill_layer_s + request.n_in * profile.backbone_prefill_s_per_token
     backbone_s += profile.dispatch_s * len(busy)
     return backbone_s + expert_s + 2 * profile.swap_s_per_token * request.n_in, busy
@@ -146,11 +158,23 @@ def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, p
     per_token = profile.remote_s_per_token(plan.memory_gb) + 2 * request.hidden_bytes_per_token / (
         profile.bandwidth_bytes_s
     )
-    busy = 0.0
+    busy, invoked = 0.0, 0.0
     for part in plan.replicas:
         hit = float(sum(route[e] for e in part))  # expected experts of this replica one token uses
         busy += hit * (per_token + profile.expert_call_s) + min(1.0, hit) * profile.invoke_s
+        invoked += min(1.0, hit)
+    cores = profile.function_host_cores
+    if cores > 0:  # the replicas a token calls compute beside each other and the main model's own experts
+        threads = invoked * float(host_cores.threads(plan.memory_gb, cores))
+        busy = float(
+            host_cores.stretched_s(busy, threads + (1.0 if local_decode(plan, request) else 0.0), np.inf, cores)
+        )
     return decode_steps(request) * busy
+
+
+def local_decode(plan: LayerPlan, request: Request) -> bool:
+    """Whether a decode token can use one of the main model's own experts in this layer."""
+    return request.experts > len(plan.remote)
 
 
 def estimate(

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from remoe.scheduler.host_cores import speed_memory_gb
+
 # Defaults from published prices (docs/scheduler.md cites them): AWS Lambda x86 duration, us-east-1, first
 # tier: $0.0000166667 per GB-s; Google Cloud Run NVIDIA L4 (24 GB), about $0.67 per hour: per GB of GPU
 # memory $0.67 / 3600 / 24 = $7.75e-6 per GB-s.
@@ -71,6 +73,10 @@ class Profile:
     gpu_expert_s_per_token: float = 2e-4
     gpu_expert_prefill_s_per_token: float | None = None
     device: str = "cpu"  # where backbone_* were measured: on a CPU-only machine the "GPU" numbers are the CPU's
+    # The host's cores where functions run as processes beside the backbone (the local platform, as `remoe
+    # profile` measures them): floor(y) threads each, all of a layer's expert work on these cores (host_cores.py).
+    # 0: each function has a CPU share of its own (a serverless platform; the paper's model).
+    function_host_cores: int = 0
 
     def __post_init__(self) -> None:
         for where in ("local", "cpu", "gpu"):
@@ -79,7 +85,7 @@ class Profile:
 
     def remote_s_per_token(self, memory_gb: float) -> float:
         th1, th2, th3 = self.remote_fit
-        return th1 * math.exp(-th2 * memory_gb) + th3
+        return th1 * math.exp(-th2 * float(speed_memory_gb(memory_gb, self.function_host_cores))) + th3
 
 
 @dataclass(slots=True)

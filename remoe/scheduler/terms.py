@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from remoe.scheduler import host_cores
 from remoe.scheduler.estimate import Tokens, backbone_decode_s, decode_steps
 from remoe.scheduler.problem import Prices, Profile, Request
 
@@ -27,6 +28,7 @@ class PartStats:
     replicas: int  # non-empty replicas
     experts_max: int  # experts a prompt may route to on the busiest replica (each costs a call per batch)
     experts_sum: int  # experts a prompt may route to, over all replicas
+    worst_sum: float  # worst-case prefill tokens summed over the replicas (their work on shared cores)
 
     @classmethod
     def of(cls, layer: int, parts: list[list[int]], tokens: Tokens) -> PartStats:
@@ -47,10 +49,11 @@ class PartStats:
             len(parts),
             active[busiest],
             sum(active),
+            float(sum(worst[p].sum() for p in parts)),
         )
 
 
-NO_REMOTE = PartStats(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0)
+NO_REMOTE = PartStats(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0.0)
 FIELDS = len(PartStats.__slots__)
 
 
@@ -68,7 +71,7 @@ def single_replica_stats(layers: np.ndarray, local: np.ndarray, tokens: Tokens) 
     hits = (tokens.route[layers] * remote).sum(1)
     any_remote = remote.any(1).astype(np.float64)
     active = (remote & (tokens.route[layers] > 0)).sum(1).astype(np.float64)
-    return np.stack([worst, expected, expected, hits, np.minimum(1.0, hits), any_remote, active, active], axis=1)
+    return np.stack([worst, expected, expected, hits, np.minimum(1.0, hits), any_remote, active, active, worst], axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +97,15 @@ def terms(
     prices: Prices,
     grid: np.ndarray,
 ) -> Terms:
-    """Rows for (layer index [R], local-expert mask [R, E], remote partition stats [R, 6]) over grid [G]."""
+    """Rows for (layer index [R], local-expert mask [R, E], remote partition stats [R, FIELDS]) over grid [G]."""
     k, t_loc, t_inv = request.top_k, profile.local_expert_s_per_token, profile.invoke_s
     d_over_b = 2 * request.hidden_bytes_per_token / profile.bandwidth_bytes_s
     th1, th2, th3 = profile.remote_fit
-    t_remote = (th1 * np.exp(-th2 * grid) + th3)[None, :]  # [1, G]
+    cores = profile.function_host_cores
+    t_remote = (th1 * np.exp(-th2 * host_cores.speed_memory_gb(grid, cores)) + th3)[None, :]  # [1, G]
     per_token = t_remote + d_over_b
-    w_max, x_max, x_sum, hits, invocations, replicas, experts_max, experts_sum = stats.T[..., None]  # [R, 1]
+    threads = host_cores.threads(grid, cores)[None, :] if cores > 0 else np.ones((1, len(grid)))  # [1, G]
+    w_max, x_max, x_sum, hits, invocations, replicas, experts_max, experts_sum, w_sum = stats.T[..., None]  # [R, 1]
     call = profile.expert_call_s
     remote = replicas > 0
     t_loc_prefill = profile.local_expert_prefill_s_per_token
@@ -113,16 +118,39 @@ def terms(
     )
     decode_base = backbone_decode_s(request, profile) + 2 * profile.swap_s_per_token
     dispatch = profile.dispatch_s * replicas  # [R, 1] serial, in the backbone, per replica called
+    # The expert phase: the longest batch, on the host's cores at least all batches' core-seconds over them.
     remote_w = w_max * per_token + t_inv + call * experts_max
-    prefill = prefill_base + dispatch + np.maximum(local_w, np.where(remote, remote_w, 0.0))
+    all_w = np.where(remote, w_sum * per_token + replicas * t_inv + call * experts_sum, 0.0)
+    phase_w = host_cores.expert_phase_s(
+        np.maximum(local_w, np.where(remote, remote_w, 0.0)), local_w + threads * all_w, cores
+    )
+    prefill = prefill_base + dispatch + phase_w
     remote_x = x_max * per_token + t_inv + call * experts_max
-    expected_prefill = prefill_base + dispatch + np.maximum(local_x, np.where(remote, remote_x, 0.0))
+    all_x = x_sum * per_token + replicas * t_inv + call * experts_sum
+    phase_x = host_cores.expert_phase_s(
+        np.maximum(local_x, np.where(remote, remote_x, 0.0)), local_x + threads * np.where(remote, all_x, 0.0), cores
+    )
+    expected_prefill = prefill_base + dispatch + phase_x
     remote_decode = np.minimum(k, n_remote) * (t_remote + call) + d_over_b + t_inv
     decode_dispatch = profile.dispatch_s * np.minimum(k, replicas)  # worst case: the token's experts spread out
     decode = (
         decode_base + decode_dispatch + np.maximum(np.minimum(k, n_local) * t_loc, np.where(remote, remote_decode, 0.0))
     )
-    busy = x_sum * per_token + replicas * t_inv + call * experts_sum
-    busy = busy + decode_steps(request) * (hits * (per_token + call) + invocations * t_inv)
+    busy = prefill_busy(all_x, replicas, threads, local_x, phase_x, cores)
+    decode_busy = hits * (per_token + call) + invocations * t_inv
+    decode_threads = invocations * threads + (n_local > 0)
+    busy = busy + decode_steps(request) * host_cores.stretched_s(decode_busy, decode_threads, np.inf, cores)
     remote_cost = np.where(remote, prices.cpu_gb_s * grid[None, :] * busy, 0.0)
     return Terms(remote_cost, expected_prefill + decode_steps(request) * decode, prefill, decode)
+
+
+def prefill_busy(all_x, replicas, threads, local_x, phase_x, cores: int) -> np.ndarray:
+    """The replicas' billed prefill seconds, summed: alone, `all_x`; on the host's cores each replica (of equal
+    expected work, all_x / replicas) is stretched by the threads busy beside it, up to the phase."""
+    if cores <= 0:
+        return all_x
+    each = np.divide(
+        all_x, replicas, out=np.zeros(np.broadcast_shapes(all_x.shape, replicas.shape)), where=replicas > 0
+    )
+    busy_threads = replicas * threads + (local_x > 0)
+    return replicas * host_cores.stretched_s(each, busy_threads, phase_x, cores)
