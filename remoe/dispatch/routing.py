@@ -37,7 +37,7 @@ def bill_functions(function: str, seconds: float, round_trip_s: float, rows: tor
     if batch is None:
         bill = current_function_bill.get()
         if bill is not None:
-            bill.add(function, seconds, round_trip_s=round_trip_s)
+            bill.add(function, seconds, round_trip_s)
         return
     if len(batch) == 1:
         shares = {0: 1.0}
@@ -48,4 +48,4 @@ def bill_functions(function: str, seconds: float, round_trip_s: float, rows: tor
     for i, share in shares.items():
         bill = batch[i].functions
         if bill is not None:
-            bill.add(function, seconds, share, round_trip_s)
+            bill.add(function, seconds, round_trip_s, share)

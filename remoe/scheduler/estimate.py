@@ -97,7 +97,7 @@ def main_memory_gb(request: Request, remote: list[tuple[int, ...]], limits: Limi
 def layer_prefill_s(
     tokens: np.ndarray, plan: LayerPlan, request: Request, profile: Profile, route: np.ndarray
 ) -> tuple[float, list[float]]:
-    """(layer prefill time, each replica's busy time) for token counts [E] of one layer; route [E]: which
+    """(layer prefill time, its replicas' billed time summed) for token counts [E] of one layer; route [E]: which
     experts the prompt may use (each costs its replica a call)."""
     remote = set(plan.remote)
     local = sum(float(tokens[e]) for e in range(request.experts) if e not in remote)
@@ -116,16 +116,12 @@ def layer_prefill_s(
     ]
     # On the host's cores the batches share them (host_cores.py): the phase, and each replica's billed time.
     cores = profile.function_host_cores
-    n = float(host_cores.threads(plan.memory_gb, cores)) if cores > 0 else 1.0
+    n = float(host_cores.threads(plan.memory_gb, cores))
     expert_s = float(host_cores.expert_phase_s(max([local_s, *alone]), local_s + n * sum(alone), cores))
-    busy = alone
-    if cores > 0 and alone:  # each replica at the layer's mean work (as terms.prefill_busy), stretched
-        busy_threads = n * len(alone) + (1.0 if local_s > 0 else 0.0)
-        each = float(host_cores.stretched_s(sum(alone) / len(alone), busy_threads, expert_s, cores))
-        busy = [each] * len(alone)
+    billed = float(host_cores.replicas_billed_s(sum(alone), len(alone), n, local_s > 0, expert_s, cores))
     backbone_s = profile.backbone_prefill_layer_s + request.n_in * profile.backbone_prefill_s_per_token
-    backbone_s += profile.dispatch_s * len(busy)
-    return backbone_s + expert_s + 2 * profile.swap_s_per_token * request.n_in, busy
+    backbone_s += profile.dispatch_s * len(alone)
+    return backbone_s + expert_s + 2 * profile.swap_s_per_token * request.n_in, billed
 
 
 def layer_decode_s(plan: LayerPlan, request: Request, profile: Profile) -> float:
@@ -163,18 +159,10 @@ def remote_decode_busy_s(plan: LayerPlan, route: np.ndarray, request: Request, p
         hit = float(sum(route[e] for e in part))  # expected experts of this replica one token uses
         busy += hit * (per_token + profile.expert_call_s) + min(1.0, hit) * profile.invoke_s
         invoked += min(1.0, hit)
+    # the replicas a token calls compute beside each other and the main model's own experts (if it has any here)
     cores = profile.function_host_cores
-    if cores > 0:  # the replicas a token calls compute beside each other and the main model's own experts
-        threads = invoked * float(host_cores.threads(plan.memory_gb, cores))
-        busy = float(
-            host_cores.stretched_s(busy, threads + (1.0 if local_decode(plan, request) else 0.0), np.inf, cores)
-        )
-    return decode_steps(request) * busy
-
-
-def local_decode(plan: LayerPlan, request: Request) -> bool:
-    """Whether a decode token can use one of the main model's own experts in this layer."""
-    return request.experts > len(plan.remote)
+    threads = invoked * float(host_cores.threads(plan.memory_gb, cores)) + (request.experts > len(plan.remote))
+    return decode_steps(request) * float(host_cores.stretched_s(busy, threads, np.inf, cores))
 
 
 def estimate(
@@ -196,11 +184,11 @@ def estimate(
     tpot = sum(layer_decode_s(p, request, profile) for p in layers)
     expected_prefill, remote_cost, calls = 0.0, 0.0, 0.0
     for i, p in enumerate(layers):
-        seconds, busy = layer_prefill_s(tokens.expected[i], p, request, profile, tokens.route[i])
+        seconds, billed = layer_prefill_s(tokens.expected[i], p, request, profile, tokens.route[i])
         expected_prefill += seconds
         calls += invocations(p, tokens.expected[i], tokens.route[i], request)
         remote_cost += (
-            prices.cpu_gb_s * p.memory_gb * (sum(busy) + remote_decode_busy_s(p, tokens.route[i], request, profile))
+            prices.cpu_gb_s * p.memory_gb * (billed + remote_decode_busy_s(p, tokens.route[i], request, profile))
         )
     main_s = expected_prefill + decode_steps(request) * tpot
     main_cost = main_s * (prices.gpu_gb_s * gpu_gb + prices.cpu_gb_s * cpu_gb)

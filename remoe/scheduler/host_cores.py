@@ -34,6 +34,17 @@ def expert_phase_s(longest_s, core_s, cores: int):
     return np.maximum(longest_s, core_s / cores) if cores > 0 else longest_s
 
 
+def replicas_billed_s(alone_s, replicas, threads, local_busy, phase_s, cores: int):
+    """A layer's replicas' billed prefill seconds, summed, from their time alone (`alone_s`, summed): on the
+    host's cores each, at the layer's mean work, is stretched by the threads busy beside it (its replicas' and
+    the main model's own experts' when `local_busy`), up to the phase. The mean keeps the planner's vectorised
+    terms exact (they know a partition only by its sums)."""
+    if cores <= 0:
+        return alone_s
+    each = alone_s / np.maximum(replicas, 1)  # no replicas: alone_s is 0
+    return replicas * stretched_s(each, replicas * threads + local_busy, phase_s, cores)
+
+
 def stretched_s(busy_s, busy_threads, phase_s, cores: int):
     """A replica's handler time when `busy_threads` threads compute at once on the cores (each gets its share),
     never past the layer's expert phase; its time alone (`busy_s`) off shared cores."""

@@ -104,7 +104,7 @@ def terms(
     cores = profile.function_host_cores
     t_remote = (th1 * np.exp(-th2 * host_cores.speed_memory_gb(grid, cores)) + th3)[None, :]  # [1, G]
     per_token = t_remote + d_over_b
-    threads = host_cores.threads(grid, cores)[None, :] if cores > 0 else np.ones((1, len(grid)))  # [1, G]
+    threads = host_cores.threads(grid, cores)[None, :]  # [1, G] (1 where functions have CPUs of their own)
     w_max, x_max, x_sum, hits, invocations, replicas, experts_max, experts_sum, w_sum = stats.T[..., None]  # [R, 1]
     call = profile.expert_call_s
     remote = replicas > 0
@@ -136,21 +136,9 @@ def terms(
     decode = (
         decode_base + decode_dispatch + np.maximum(np.minimum(k, n_local) * t_loc, np.where(remote, remote_decode, 0.0))
     )
-    busy = prefill_busy(all_x, replicas, threads, local_x, phase_x, cores)
+    busy = host_cores.replicas_billed_s(all_x, replicas, threads, local_x > 0, phase_x, cores)
     decode_busy = hits * (per_token + call) + invocations * t_inv
     decode_threads = invocations * threads + (n_local > 0)
     busy = busy + decode_steps(request) * host_cores.stretched_s(decode_busy, decode_threads, np.inf, cores)
     remote_cost = np.where(remote, prices.cpu_gb_s * grid[None, :] * busy, 0.0)
     return Terms(remote_cost, expected_prefill + decode_steps(request) * decode, prefill, decode)
-
-
-def prefill_busy(all_x, replicas, threads, local_x, phase_x, cores: int) -> np.ndarray:
-    """The replicas' billed prefill seconds, summed: alone, `all_x`; on the host's cores each replica (of equal
-    expected work, all_x / replicas) is stretched by the threads busy beside it, up to the phase."""
-    if cores <= 0:
-        return all_x
-    each = np.divide(
-        all_x, replicas, out=np.zeros(np.broadcast_shapes(all_x.shape, replicas.shape)), where=replicas > 0
-    )
-    busy_threads = replicas * threads + (local_x > 0)
-    return replicas * host_cores.stretched_s(each, busy_threads, phase_x, cores)

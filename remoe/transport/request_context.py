@@ -49,12 +49,10 @@ class FunctionBill:
     calls: dict[str, float] = field(default_factory=dict)
     round_trip_s: dict[str, float] = field(default_factory=dict)
 
-    def add(self, function: str, seconds: float, share: float = 1.0, round_trip_s: float | None = None) -> None:
-        """`round_trip_s` defaults to `seconds` (a caller that knows no handler time bills the round trip)."""
+    def add(self, function: str, seconds: float, round_trip_s: float, share: float = 1.0) -> None:
         self.seconds[function] = self.seconds.get(function, 0.0) + seconds * share
         self.calls[function] = self.calls.get(function, 0.0) + share
-        trip = seconds if round_trip_s is None else round_trip_s
-        self.round_trip_s[function] = self.round_trip_s.get(function, 0.0) + trip * share
+        self.round_trip_s[function] = self.round_trip_s.get(function, 0.0) + round_trip_s * share
 
 
 @dataclass(frozen=True, slots=True)
