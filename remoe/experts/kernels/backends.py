@@ -173,3 +173,66 @@ class WidenedKernel:
 
     def compute(self, experts: dict[int, Any], hidden, index, weights) -> torch.Tensor:
         return self.inner.compute(experts, hidden, index, weights)
+
+
+# Input-column groups torch's CPU int4 kernel takes, and the output rows it packs at a time.
+TORCH_INT4_GROUPS = (32, 64, 128, 256)
+TORCH_INT4_ROWS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TorchPacked:
+    """One quantized matrix in torch's weight-only layout: int8 [N, K] with a scale per row, or int4 packed by
+    `_convert_weight_to_int4pack_for_cpu` with [K/G, N, 2] (scale, zero) pairs, both in the activations' dtype."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+    group: int  # int4's input columns per scale; 0 for int8
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes + self.scales.nbytes
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, K] -> [N, rows]."""
+        if self.group == 0:
+            return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, self.group, self.scales)
+
+
+def torch_pack(t: QuantizedWeight, dtype: torch.dtype) -> TorchPacked:
+    """The stored matrix as torch's kernels take it. int4: w = q * s + m becomes torch's (q - 8) * s + zero with
+    zero = m + 8 s; the scales are rounded to `dtype` (torch's kernels take them in the activations' dtype)."""
+    if t.dtype == INT8:
+        return TorchPacked(_owned(t.qweight), t.scale.to(dtype).contiguous(), 0)
+    levels = t.levels().to(torch.int32)  # [N, K] in 0..15
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.contiguous(), 1)
+    scale, low = t.scale.float(), t.min.float()  # [N, K/G]
+    pairs = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)  # [K/G, N, 2]
+    return TorchPacked(packed, pairs.to(dtype).contiguous(), t.group)
+
+
+class TorchQuantizedKernel(AtenKernel):
+    """The gated-MLP family over a split's int8/int4 experts with torch's weight-only CPU kernels
+    (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`), where the native kernel does not serve
+    (no AVX-512): the experts keep their quantized bytes instead of being widened (docs/results/quantized_fallback.md).
+    bf16 only: with float32 activations they ran 2x (int8) and 10x (int4) slower than widened float32 F.linear in
+    a probe at DeepSeek-V2-Lite's expert shape (AMD EPYC, AVX2, 2026-12-07). Arithmetic in bf16, the scales
+    rounded to bf16: within bf16 rounding of the dequantized weights' math, not the float packings' 1e-5."""
+
+    name = "aten-quantized"
+
+    def __init__(self, family: GatedFamily, dtype: torch.dtype) -> None:
+        super().__init__(family)
+        self.dtype = dtype
+
+    def prepare(self, tensors: dict[str, torch.Tensor | QuantizedWeight]) -> tuple[GatedWeights, int]:
+        w = GatedWeights(
+            torch_pack(tensors["gate_up_proj"], self.dtype),  # type: ignore[arg-type]
+            torch_pack(tensors["down_proj"], self.dtype),  # type: ignore[arg-type]
+        )
+        return w, w.nbytes
+
+    def _expert(self, w: GatedWeights, x: torch.Tensor) -> torch.Tensor:
+        gate, up = w.gate_up.matmul(x).chunk(2, dim=-1)  # [N, I] each
+        return w.down.matmul(self.family.act(gate) * up)

@@ -8,9 +8,18 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from remoe.checkpoint.quantized import ExpertFormat
+from remoe.checkpoint.quantized import INT4, ExpertFormat, int4_group
 from remoe.experts.kernels import native
-from remoe.experts.kernels.backends import AtenKernel, ClassKernel, NativeKernel, OneDnnKernel, WidenedKernel
+from remoe.experts.kernels.backends import (
+    TORCH_INT4_GROUPS,
+    TORCH_INT4_ROWS,
+    AtenKernel,
+    ClassKernel,
+    NativeKernel,
+    OneDnnKernel,
+    TorchQuantizedKernel,
+    WidenedKernel,
+)
 from remoe.experts.kernels.family import GatedFamily, inspect_gated
 
 log = logging.getLogger(__name__)
@@ -69,11 +78,31 @@ def for_stored_format(
     chosen: ExpertKernel, why: str, fmt: ExpertFormat, dtype: torch.dtype, device: torch.device
 ) -> tuple[ExpertKernel, str]:
     """The layer's kernel for a split whose experts are stored as `fmt`: the native kernel computes on them as
-    stored; any other kernel gets them widened to `dtype` at load (the reason says so)."""
+    stored; without it, bf16 int8/int4 experts go to torch's weight-only kernels, also as stored; any other
+    kernel gets them widened to `dtype` at load (the reason says so)."""
     if isinstance(chosen, NativeKernel):
         kernel = NativeKernel(chosen.family, dtype, fmt.dtype)
         return kernel, f"native gated-SiLU ({fmt.label()}, packed as stored{_vnni_note(chosen.family, fmt)})"
+    if isinstance(chosen, AtenKernel) and _torch_quantized_fits(chosen.family, fmt, dtype, device):
+        return TorchQuantizedKernel(chosen.family, dtype), (
+            f"{why}; experts {fmt.label()} kept as stored, torch's weight-only {fmt.dtype} kernel in bf16"
+        )
     return WidenedKernel(chosen, dtype, device), f"{why}; experts {fmt.label()} widened to {_dtype_name(dtype)} at load"
+
+
+def _torch_quantized_fits(family: GatedFamily, fmt: ExpertFormat, dtype: torch.dtype, device: torch.device) -> bool:
+    """torch's int8/int4 CPU kernels for this layer: bf16 activations (in float32 they are slower than widening:
+    TorchQuantizedKernel says by how much); int4 needs a group of 32-256 columns and output rows in blocks of 16 for
+    both matrices (gate_up [2I, H], down [H, I])."""
+    if not fmt.quantized or dtype != torch.bfloat16 or device.type != "cpu":
+        return False
+    if fmt.dtype != INT4:
+        return True
+    matrices = ((2 * family.intermediate, family.hidden), (family.hidden, family.intermediate))  # (rows, columns)
+    return all(
+        rows % TORCH_INT4_ROWS == 0 and int4_group(columns, fmt.group_size or columns) in TORCH_INT4_GROUPS
+        for rows, columns in matrices
+    )
 
 
 def _vnni_note(family: GatedFamily, fmt: ExpertFormat) -> str:
