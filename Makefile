@@ -22,7 +22,7 @@ help:
 	@echo "make bench-scheduler   optimality gap, planning time, predicted vs measured latency, cost vs baselines"
 	@echo "make bench-load    concurrent clients with a function killed mid-run: exact tokens, errors, ledger"
 	@echo "make bench-http    the HTTP API's cost: the openai client vs the gRPC SDK on the same cluster"
-	@echo "make bench-quantized-kernels  int8/int4 CPU expert kernels vs bf16 at DeepSeek-V2-Lite's shape"
+	@echo "make bench-quantized-kernels  int8/int4 CPU expert kernels vs bf16 at DeepSeek-V2-Lite's shape; without AVX-512, kept vs widened"
 	@echo "make bench-quantization   int8/int4 experts: greedy agreement, KL, perplexity, lm-eval accuracy, speed"
 	@echo "make bench-quick   the headline comparison on the tiny model + hardware limits + docs/results/README.md (<10 min)"
 	@echo "make bench         every bench, then docs/results/README.md (about two hours on 2 cores)"
@@ -64,6 +64,7 @@ protos: $(STAMP)
 
 bench-quantized-kernels: $(STAMP)
 	$(BIN)/python bench/quantized_kernels.py
+	$(BIN)/python bench/quantized_fallback.py
 
 # int8/int4 experts' quality (agreement, KL, perplexity, lm-eval accuracy), bytes and speed; needs the trained
 # tiny model (make bench-predictor builds it); about 20 minutes.
