@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -277,9 +278,17 @@ def main() -> None:
         help="also serve each model from a split with its experts in this format (int4: group 128), at the same "
         "SLO, in the same run: CPU, MIX, Remoe and Remoe-oracle on the paper workload, side by side",
     )
+    parser.add_argument(
+        "--quantized-only",
+        action="store_true",
+        help="with --expert-dtype and --models: serve only the quantized split, beside the exact runs the JSON "
+        "already holds for each model, at their SLO (the report says they come from different runs)",
+    )
     args = parser.parse_args()
     if not args.slo_slack > 0:
         parser.error("--slo-slack must be > 0")
+    if args.quantized_only and not (args.expert_dtype and args.models):
+        parser.error("--quantized-only needs --expert-dtype and --models")
     stem = "evaluation-quick" if args.quick else "evaluation"
     if args.slo_slack != SLO_SLACK:
         stem += f"-slo{args.slo_slack:g}"
@@ -295,6 +304,9 @@ def main() -> None:
     names = args.models or list(plans)
     corpus = models.corpus()
     texts, train = read_prompts(corpus / "test.jsonl"), read_prompts(corpus / "train.jsonl")
+    if args.quantized_only:
+        add_quantized(args.out, stem, names, plans, texts, train, args.quick, args.expert_dtype)
+        return
     results = {
         "machine": machine_description(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -322,6 +334,35 @@ def main() -> None:
 
 
 PROVENANCE = ("machine", "date", "commit")
+
+
+def add_quantized(
+    out: Path, stem: str, names: list[str], plans: dict, texts: list[str], train: list[str], quick: bool, dtype: str
+) -> None:
+    """Each model's quantized split served beside the exact runs `stem`.json already holds (same requests, same
+    SLO), with this run's own machine, date and commit: for when the exact run takes too long to repeat."""
+    path = out / f"{stem}.json"
+    results = json.loads(path.read_text())
+    for name in names:
+        model = results["models"][name]
+        plan = plans[name]
+        paper = workloads.paper(texts, plan.requests, plan.new_tokens)
+        exact = next(r for r in model["runs"] if r["workload"] == "paper")["results"]  # same corpus, same order
+        if [len(paper.requests), plan.new_tokens] != [len(exact), exact[0]["n_out"]]:
+            raise SystemExit(f"{name}: the paper workload differs from the exact runs' requests; rerun them too")
+        exact_slo = SimpleNamespace(slo_ttft_s=model["slo_ttft_s"], slo_tpot_s=model["slo_tpot_s"])
+        work = models.CACHE / "runs" / name
+        quantized = evaluate_quantized(case(name, quick), dtype, plan, exact_slo, paper, train, work)  # type: ignore[arg-type]
+        quantized["separate_run"] = {
+            "machine": machine_description(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": source_commit(),
+        }
+        model["quantized"] = quantized
+        reprice(model, Prices(**results["prices"]))
+        path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
+    report.write(results, out, stem)
+    print((out / f"{stem}.md").read_text())
 
 
 def _with_provenance(old: dict) -> dict:

@@ -147,6 +147,17 @@ def _held_total(s: dict) -> str:
     return "-" if not s["held_gb"] else f"{sum(a + f for a, f in s['held_gb'].values()):.2f}"
 
 
+def _quantized_when(q: dict) -> str:
+    """Whether the quantized runs shared the exact runs' run (`--expert-dtype`) or came later (`--quantized-only`)."""
+    run = q.get("separate_run")
+    if run is None:
+        return "measured in the same run as the table above"
+    return (
+        f"measured in a separate run ({run['machine']}, {run['date']}, commit {run['commit']}) beside the exact "
+        "rows of the table above: the machine's load differs between the two runs"
+    )
+
+
 def quantized_table(model: dict, paper: dict[str, dict]) -> list[str]:
     """The paper workload with the experts quantized, beside the same systems with exact experts (same SLO)."""
     q = model["quantized"]
@@ -162,8 +173,8 @@ def quantized_table(model: dict, paper: dict[str, dict]) -> list[str]:
         f"### Paper workload with {fmt} experts, same SLO",
         "",
         f"The same requests served from `remoe split --expert-dtype {q['expert_dtype']}` of this checkpoint (routed "
-        f"experts {quant_mb:.0f} MiB instead of {exact_mb:.0f} MiB; the backbone unchanged), measured in the same "
-        "run as the table above. GPU keeps the checkpoint's experts on its device, Fetch is modelled: both left "
+        f"experts {quant_mb:.0f} MiB instead of {exact_mb:.0f} MiB; the backbone unchanged), {_quantized_when(q)}. "
+        "GPU keeps the checkpoint's experts on its device, Fetch is modelled: both left "
         "out. Quantized experts change the tokens (docs/results/quantization.md has the quality cost).",
         "",
         "| system | experts | $ per request, billed | $ per request, held | held vs exact | TTFT p50 (ms) | "
