@@ -129,3 +129,12 @@ def test_the_report_says_what_the_functions_did_for_the_systems_that_ran_them():
     assert "| Remoe | 5 | 6 | 3.0 | 2.00 | 3.00 | - | 40.0 |" in lines and any(
         "billed the round trips" in x for x in lines
     )
+
+
+def test_quantized_runs_from_a_later_run_say_so_and_name_it():
+    """`--quantized-only` serves the quantized split after the exact runs: the report must not call them one run."""
+    later = {"separate_run": {"machine": "AMD EPYC x 2", "date": "2026-12-07 18:40 UTC", "commit": "d1e2aca"}}
+    assert "same run" in report._quantized_when({})
+    sentence = report._quantized_when(later)
+    assert "separate run" in sentence and "d1e2aca" in sentence and "2026-12-07 18:40 UTC" in sentence
+    assert "same run" not in sentence
