@@ -310,7 +310,7 @@ def cluster_ratios(rows: list[dict]) -> list[str]:
     )
     # The best any overlap can do: the functions' own starts (what starting them after the backbone added) hidden
     # entirely behind the cluster's, max(main, functions) / (main + functions), however many cores there were.
-    added = p_after - alone
+    added = max(0.0, p_after - alone)  # a noisy run may put it below the backbone alone
     best = max(alone, added) / (alone + added)
     return [
         f"Overlap, process start: {p_during / p_after:.2f}x the launch-to-first-token of starting the functions after",

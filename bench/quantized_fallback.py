@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -25,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cold_start import deepseek_layer  # noqa: E402
 from remoe.checkpoint.weights import open_weights  # noqa: E402
 from remoe.experts.executor import LocalExpertExecutor  # noqa: E402
 from remoe.experts.kernels import select  # noqa: E402
-from remoe.machine import machine_description  # noqa: E402
+from remoe.machine import machine_description, source_commit  # noqa: E402
 from remoe.model.split import split_checkpoint  # noqa: E402
 
 EXPERTS = 16
@@ -36,26 +38,10 @@ LAYER = 1
 STEPS = {1: 6, 4: 6}  # tokens -> slots per token
 
 
-def _model(tmp: Path) -> Path:
-    from transformers import AutoModelForCausalLM
-
-    from remoe.scheduler.shape import paper_model_config
-
-    out = tmp / "deepseek-v2-lite-2l"
-    config, dtype = paper_model_config("deepseek-v2-lite", 2)
-    config.vocab_size = 1024
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(out)
-    return out
-
-
 def _executor(split: Path, widen: bool) -> LocalExpertExecutor:
     """widen: the path before torch's kernels took quantized bf16 experts (they were dequantized at load)."""
     weights = open_weights(split)
-    if widen:
-        with mock.patch.object(select, "_torch_quantized_fits", return_value=False):
-            executor = LocalExpertExecutor(weights, dtype=torch.bfloat16)
-    else:
+    with mock.patch.object(select, "_torch_quantized_fits", return_value=False) if widen else nullcontext():
         executor = LocalExpertExecutor(weights, dtype=torch.bfloat16)
     for e in range(EXPERTS):
         executor.preload(LAYER, e)
@@ -75,7 +61,7 @@ def _steps(hidden_size: int) -> dict[int, tuple[torch.Tensor, torch.Tensor, torc
 def measure(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        model = _model(tmp)
+        model = deepseek_layer(tmp).path  # one dense and one MoE layer of 64 experts, bf16
         splits = {}
         for fmt in ("same", "int8", "int4"):
             splits[fmt] = tmp / f"split-{fmt}"
@@ -121,16 +107,10 @@ def measure(rounds: int) -> dict:
     return {
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": _commit(),
+        "commit": source_commit(),
         "rounds": rounds,
         "rows": rows,
     }
-
-
-def _commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def report(result: dict) -> str:
