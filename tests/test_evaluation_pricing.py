@@ -102,6 +102,12 @@ def test_the_planned_systems_gap_is_split_into_the_main_models_part_and_the_func
     assert (parts.functions_predicted, parts.functions_billed) == (1.0, 1.0)
     row = next(line for line in model_check.parts_table([parts]) if line.startswith("| Remoe"))
     assert "| -50% |" in row and "| +0% |" in row and "| 100.0 | 300.0 |" in row
+    assert "| - | - |" in row  # a run from before the ledger kept the functions' sizes
+    # Planned at 1 and 2 GB, billed 1 s at 2 GB each: the functions ran bigger than the plan sized them.
+    sized = _run("Remoe", {}, 1.0, **ledger, planned_function_mb=[1024, 2048], function_s=1.0, function_mb_s=2048.0)
+    (parts,) = model_check.ledger_parts([sized], ORDER)
+    assert (parts.function_mb_planned, parts.function_mb_billed) == (1536.0, 2048.0)
+    assert "| 1536 | 2048 |" in model_check.parts_table([parts])[-2]
     # a run from before the ledger kept its parts shows no split
     older = _run("Remoe", {"backbone": 1.0}, 1.0, predicted_cost=4.0)
     assert model_check.ledger_parts([older], ORDER) == [] and model_check.parts_table([]) == []

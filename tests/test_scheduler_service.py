@@ -265,6 +265,8 @@ def test_remoe_up_plans_each_request_runs_its_functions_with_exact_tokens_and_me
         # the plan's prediction is kept in the same two parts as the bill, so a gap can be told apart
         assert second.predicted_cost_main > 0 and second.predicted_cost_remote > 0
         assert second.predicted_cost == pytest.approx(second.predicted_cost_main + second.predicted_cost_remote)
+        # and the sizes the plan gave its remote layers, to set beside the billed ones
+        assert second.planned_function_mb and all(mb >= 1024 for mb in second.planned_function_mb)
         summary = subprocess.run(
             [sys.executable, "-m", "remoe.cli", "cost", "--redis-url", cluster.redis_url],
             capture_output=True, text=True, timeout=60,

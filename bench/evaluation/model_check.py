@@ -94,6 +94,18 @@ class LedgerParts:
     ttft_s: float  # the backbone's, measured
     tpot_planned_s: float
     tpot_s: float
+    function_mb_planned: float | None = None  # the plan's remote layers' size, mean over requests and layers
+    function_mb_billed: float | None = None  # the billed functions' size, weighted by their billed seconds
+
+
+def _sizes(rs: list[dict]) -> tuple[float | None, float | None]:
+    """(planned, billed) function MB over a run's requests; None from a run before the ledger kept sizes."""
+    planned = [mb for r in rs for mb in r.get("planned_function_mb") or []]
+    seconds = sum(r.get("function_s", 0.0) for r in rs)
+    billed = [r.get("function_mb_s") for r in rs]
+    if not planned or None in billed or not seconds:
+        return None, None
+    return mean(planned), sum(billed) / seconds
 
 
 def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") -> list[LedgerParts]:
@@ -119,6 +131,7 @@ def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") ->
                 mean(r["backbone_ttft_s"] for r in rs),
                 mean(r["predicted_tpot_s"] for r in rs),
                 mean(r["backbone_tpot_s"] for r in rs),
+                *_sizes(rs),
             )
         )
     return sorted(out, key=lambda c: order.index(c.system) if c.system in order else len(order))
@@ -132,6 +145,10 @@ def _gap(predicted: float, measured: float) -> str:
     return f"{predicted / measured - 1:+.0%}" if measured else "-"
 
 
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def parts_table(rows: list[LedgerParts]) -> list[str]:
     """Markdown lines: the planned systems' gap split into the main model's and the functions' (none without)."""
     if not rows:
@@ -142,14 +159,16 @@ def parts_table(rows: list[LedgerParts]) -> list[str]:
         "plan's TTFT is its worst case at the forecast's confidence, its cost the expected case):",
         "",
         "| system | main model $, modelled | billed | vs billed | main busy s, modelled | measured | functions $, "
-        "modelled | billed | vs billed | TTFT ms, planned | measured | TPOT ms, planned | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "modelled | billed | vs billed | function MB, planned | billed | TTFT ms, planned | measured | TPOT ms, "
+        "planned | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in rows:
         lines.append(
             f"| {p.system} | {p.main_predicted:.3g} | {p.main_billed:.3g} | {_gap(p.main_predicted, p.main_billed)} "
             f"| {p.main_predicted_s:.2f} | {p.main_s:.2f} | {p.functions_predicted:.3g} | {p.functions_billed:.3g} "
-            f"| {_gap(p.functions_predicted, p.functions_billed)} | {p.ttft_planned_s * 1e3:.1f} | "
+            f"| {_gap(p.functions_predicted, p.functions_billed)} | {_mb(p.function_mb_planned)} | "
+            f"{_mb(p.function_mb_billed)} | {p.ttft_planned_s * 1e3:.1f} | "
             f"{p.ttft_s * 1e3:.1f} | {p.tpot_planned_s * 1e3:.2f} | {p.tpot_s * 1e3:.2f} |"
         )
     return lines + [""]

@@ -61,6 +61,10 @@ class Result:
     predicted_tpot_s: float | None = None
     backbone_ttft_s: float | None = None
     backbone_tpot_s: float | None = None
+    # The functions' sizes from the ledger: MB x seconds over the functions billed to it (billed size = this /
+    # function_s) and the sizes its plan gave its remote layers (a bill above the prediction: memory or time?)
+    function_mb_s: float | None = None
+    planned_function_mb: list[int] | None = None
 
     @property
     def busy_s(self) -> float:
@@ -266,6 +270,8 @@ def serve(system: str, setting: Setting, workloads: list[Workload], oracle_addre
                     res.main_s = record.main_s
                     res.predicted_ttft_s, res.predicted_tpot_s = record.predicted_ttft_s, record.predicted_tpot_s
                     res.backbone_ttft_s, res.backbone_tpot_s = record.measured_ttft_s, record.measured_tpot_s
+                    res.function_mb_s = sum(f.memory_mb * f.seconds for f in record.functions.values())
+                    res.planned_function_mb = record.planned_function_mb
     return runs
 
 

@@ -59,6 +59,9 @@ class MeterRecord:
     predicted_cost: float = 0.0  # predicted_cost_main + predicted_cost_remote
     predicted_cost_main: float = 0.0  # the plan's main model: its memory x its predicted busy time
     predicted_cost_remote: float = 0.0  # the plan's functions: their memory x their predicted compute time
+    # The memory the plan sized each remote layer's functions at (MB, one per layer with remote experts): beside
+    # `functions`' billed sizes it says whether a bill above the prediction is in the memory or in the time.
+    planned_function_mb: list[int] = field(default_factory=list)
     plan_signature: str = ""
     plan_feasible: bool = True
     forecast_source: str = ""
@@ -141,6 +144,7 @@ def meter(
         record.predicted_cost_main, record.predicted_cost_remote = plan.cost_main, plan.cost_remote
         record.predicted_cost = plan.cost_main + plan.cost_remote
         record.plan_signature, record.plan_feasible = plan.signature, plan.feasible
+        record.planned_function_mb = [round(layer.memory_gb * 1024) for layer in plan.layers if layer.remote]
     return record
 
 
