@@ -59,7 +59,7 @@ class Plan:
 QUICK = {"tiny": Plan(8, 32, (64, 500), (8, 32), 1, 2, 16, 3.0, 12.0, 20)}
 FULL = {
     "tiny": Plan(50, 200, (64, 400, 900), (16, 64, 192), 2, 5, 32, 5.0, 25.0, 200),
-    "medium": Plan(50, 64, warm_prompts=50),  # 50 requests per system: what a 2-core run allows in ~30 min
+    "medium": Plan(50, 64, warm_prompts=50),  # 50 requests per system: ~20 min a model on 2 cores
     "gpt2-moe": Plan(50, 64, warm_prompts=30),
     "deepseek-v2-lite": Plan(50, 32, warm_prompts=10),  # 50: p99 and SLO attainment mean something
 }
