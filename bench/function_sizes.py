@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.evaluation import models, systems, workloads
+from bench.evaluation import model_check, models, systems, workloads
 from bench.evaluation.__main__ import FULL, case, log, profiled_setting
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description, source_commit
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--evaluation", type=Path, default=Path("docs/results/evaluation.json"))
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    provenance = {"machine": machine_description(), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                  "commit": source_commit()}  # fmt: skip
     from remoe.model.engine import LocalEngine
 
     stored = json.loads(args.evaluation.read_text())["models"][MODEL]
@@ -59,7 +60,7 @@ def main() -> None:
     lines = [
         f"# Function sizes: planned against billed ({MODEL}, 4 layers)",
         "",
-        f"Measured. Machine: {machine_description()}. Date: {date}. Commit: {source_commit()}. "
+        f"Measured. Machine: {provenance['machine']}. Date: {provenance['date']}. Commit: {provenance['commit']}. "
         f"{args.requests} corpus prompts x {plan.new_tokens} output tokens per system, the evaluation's profile "
         f"and SLO (TTFT {setting.slo_ttft_s * 1e3:.1f} ms, TPOT {setting.slo_tpot_s * 1e3:.2f} ms). "
         "Regenerate: `python -m bench.function_sizes`.",
@@ -76,19 +77,18 @@ def main() -> None:
     price = setting.prices.cpu_gb_s
     for r in rows:
         planned = r.planned_function_mb or []
-        billed_mb = r.function_mb_s / r.function_s if r.function_s and r.function_mb_s else 0.0
+        planned_mb, billed_mb = model_check.function_sizes([asdict(r)])
         predicted_remote = (r.predicted_cost or 0.0) - (r.predicted_cost_main or 0.0)
         billed_remote = r.cost - (r.cost_main or 0.0)
-        mean_planned_gb = sum(planned) / len(planned) / 1024 if planned else 0.0
-        predicted_s = predicted_remote / (price * mean_planned_gb) if mean_planned_gb else 0.0
+        predicted_s = predicted_remote / (price * planned_mb / 1024) if planned_mb else 0.0
         ratio = f"{predicted_remote / billed_remote:.2f}" if billed_remote else "-"
         lines.append(
-            f"| {r.system} | {r.index} | {', '.join(map(str, planned)) or '-'} | {billed_mb:.0f} | {r.function_s:.2f} "
+            f"| {r.system} | {r.index} | {', '.join(map(str, planned)) or '-'} | {model_check.format_mb(billed_mb)} | "
+            f"{r.function_s:.2f} "
             f"| {predicted_s:.2f} | {ratio} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine_description(), "date": date, "commit": source_commit(), "requests": args.requests,
-               "results": [asdict(r) for r in rows]}  # fmt: skip
+    payload = {**provenance, "requests": args.requests, "results": [asdict(r) for r in rows]}
     (args.out / "function_sizes.json").write_text(json.dumps(payload, indent=1) + "\n")
     (args.out / "function_sizes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

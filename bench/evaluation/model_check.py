@@ -98,14 +98,15 @@ class LedgerParts:
     function_mb_billed: float | None = None  # the billed functions' size, weighted by their billed seconds
 
 
-def _sizes(rs: list[dict]) -> tuple[float | None, float | None]:
-    """(planned, billed) function MB over a run's requests; None from a run before the ledger kept sizes."""
+def function_sizes(rs: list[dict]) -> tuple[float | None, float | None]:
+    """(planned, billed) function MB over requests: the plans' remote layers' mean size and the billed functions'
+    size weighted by their seconds; each None where nothing says it (no remote layer, no function billed, or a
+    run from before the ledger kept sizes)."""
     planned = [mb for r in rs for mb in r.get("planned_function_mb") or []]
     seconds = sum(r.get("function_s", 0.0) for r in rs)
     billed = [r.get("function_mb_s") for r in rs]
-    if not planned or None in billed or not seconds:
-        return None, None
-    return mean(planned), sum(billed) / seconds
+    billed_mb = sum(billed) / seconds if seconds and None not in billed else None
+    return (mean(planned) if planned else None), billed_mb
 
 
 def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") -> list[LedgerParts]:
@@ -131,7 +132,7 @@ def ledger_parts(runs: list[dict], order: list[str], workload: str = "paper") ->
                 mean(r["backbone_ttft_s"] for r in rs),
                 mean(r["predicted_tpot_s"] for r in rs),
                 mean(r["backbone_tpot_s"] for r in rs),
-                *_sizes(rs),
+                *function_sizes(rs),
             )
         )
     return sorted(out, key=lambda c: order.index(c.system) if c.system in order else len(order))
@@ -145,7 +146,7 @@ def _gap(predicted: float, measured: float) -> str:
     return f"{predicted / measured - 1:+.0%}" if measured else "-"
 
 
-def _mb(value: float | None) -> str:
+def format_mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
@@ -167,8 +168,8 @@ def parts_table(rows: list[LedgerParts]) -> list[str]:
         lines.append(
             f"| {p.system} | {p.main_predicted:.3g} | {p.main_billed:.3g} | {_gap(p.main_predicted, p.main_billed)} "
             f"| {p.main_predicted_s:.2f} | {p.main_s:.2f} | {p.functions_predicted:.3g} | {p.functions_billed:.3g} "
-            f"| {_gap(p.functions_predicted, p.functions_billed)} | {_mb(p.function_mb_planned)} | "
-            f"{_mb(p.function_mb_billed)} | {p.ttft_planned_s * 1e3:.1f} | "
+            f"| {_gap(p.functions_predicted, p.functions_billed)} | {format_mb(p.function_mb_planned)} | "
+            f"{format_mb(p.function_mb_billed)} | {p.ttft_planned_s * 1e3:.1f} | "
             f"{p.ttft_s * 1e3:.1f} | {p.tpot_planned_s * 1e3:.2f} | {p.tpot_s * 1e3:.2f} |"
         )
     return lines + [""]
