@@ -53,3 +53,7 @@ SERVICE_PARENT_PID = "REMOE_SERVICE_PARENT_PID"
 # An expert service drops the experts it loaded for another destination's batches (a function still starting, a
 # failed service) once unused this long: a function starts in well under it, and its experts then stop coming.
 GUEST_IDLE_S = 10.0
+
+# Decode seconds a full `remoe profile` times per end-to-end configuration, at least: on a shared 2-core machine a
+# 1-s sample's TPOT was off the run's mean by 11% RMS, a 30-s one by 5% (docs/results/profile_sampling.md).
+DECODE_SAMPLE_S = 30.0

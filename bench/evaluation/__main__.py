@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.evaluation import model_check, models, report, systems, workloads
 from bench.evaluation.resident import RSS_SUM, HeldMemory
+from remoe.constants import DECODE_SAMPLE_S
 from remoe.corpus.build import read_prompts
 from remoe.machine import machine_description, source_commit
 from remoe.profiling.profile import profile_model
@@ -143,11 +144,15 @@ def evaluate(
 
 
 def profiled_setting(model: models.ModelCase, plan: Plan, train: list[str], work: Path) -> systems.Setting:
-    """`remoe profile --quick` of the model, and the setting every system of it shares (SLO unset)."""
+    """`remoe profile --quick` of the model, its end-to-end latencies timed as long as a full profile's (the cost
+    model is checked against them), and the setting every system of it shares (SLO unset)."""
     work.mkdir(parents=True, exist_ok=True)
     profile_path = work / "profile.json"
-    log(f"{model.name}: remoe profile (quick)")
-    profile_model(model.path, quick=True, progress=False, run_dir=work / "profile").save(profile_path)
+    log(f"{model.name}: remoe profile (quick, {DECODE_SAMPLE_S:g} s of decode per configuration)")
+    run_dir = work / "profile"
+    profile_model(model.path, quick=True, progress=False, run_dir=run_dir, min_decode_s=DECODE_SAMPLE_S).save(
+        profile_path
+    )
     profile: Profile = load_profile(profile_path)
     setting = systems.Setting(
         model.path,

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from remoe.cli.common import check_slos
+from remoe.constants import DECODE_SAMPLE_S
 from remoe.errors import RemoeError
 
 
@@ -14,7 +15,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     from remoe.profiling.profile import plot_profile, profile_model
 
-    report = profile_model(args.model, quick=args.quick, progress=not args.quiet)
+    report = profile_model(args.model, quick=args.quick, progress=not args.quiet, min_decode_s=args.decode_seconds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report.save(out)
@@ -116,11 +117,18 @@ def add_profile(sub) -> None:
         description="Measures, through the real parts, what the scheduler's cost model needs: expert compute vs "
         "tokens and threads, transfer per byte, function cold start, warm invocation and remote time vs memory "
         "(fitted to T(y) = th1 exp(-th2 y) + th3), and the backbone's per-layer times through `remoe up`. "
-        "Writes the JSON and a PNG plot of the fit next to it. Takes 1-3 minutes on a small model.",
+        "Writes the JSON and a PNG plot of the fit next to it. Takes 3-5 minutes on a small model (--quick: 1-2).",
     )
     p.add_argument("--model", required=True, help="checkpoint or split directory")
     p.add_argument("--out", default="profile.json", help="JSON to write; the plot goes to the same name .png")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for tests)")
+    p.add_argument(
+        "--decode-seconds",
+        type=float,
+        help="decode seconds to time per end-to-end configuration, at least (default: "
+        f"{DECODE_SAMPLE_S:g}, --quick: 0). On a shared machine a short sample is off by the machine's own noise: "
+        "see bench/profile_sampling.py",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_profile)
 

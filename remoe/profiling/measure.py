@@ -161,6 +161,7 @@ def measure_end_to_end(
     replicas: int = 1,
     memory_mb: int = 1024,
     expert_services: int | None = None,
+    min_decode_s: float = 0.0,
 ) -> dict:
     """TTFT per prompt length and TPOT through `remoe up`, as the SDK client sees them: every expert on the
     expert services, or the last `remote` experts of every layer in functions, split over `replicas` functions
@@ -193,10 +194,11 @@ def measure_end_to_end(
                 # At the client, as the evaluation and the SLO time a request (the gateway and stream included).
                 return out.client_ttft_s, out.client_tpot_s
 
-            return latency_rows(generate, new_tokens, repeats, progress, f"end to end, {where} per layer")
+            label = f"end to end, {where} per layer"
+            return latency_rows(generate, new_tokens, repeats, progress, label, min_decode_s)
 
 
-def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress) -> dict:
+def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress, min_decode_s: float = 0.0) -> dict:
     """TTFT per prompt length and TPOT of the whole model in this process (LocalEngine, the CPU system)."""
     from remoe.model.engine import LocalEngine
 
@@ -206,19 +208,37 @@ def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress)
             out = engine.generate(token_ids=ids, max_new_tokens=tokens, stop_on_eos=False)
             return out.ttft_s, out.tpot_s
 
-        return latency_rows(generate, new_tokens, repeats, progress, "in process")
+        return latency_rows(generate, new_tokens, repeats, progress, "in process", min_decode_s)
 
 
-def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str) -> dict:
-    """{prompt length: median TTFT and TPOT} of generate(ids, tokens) -> (ttft_s, tpot_s) over PROMPT_LENGTHS,
-    after two warm-up requests (every code path run, every function started, very likely every expert loaded)."""
+def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str, min_decode_s: float = 0.0) -> dict:
+    """{prompt length: mean TTFT and TPOT, and the requests they are the mean of} of generate(ids, tokens) ->
+    (ttft_s, tpot_s) over PROMPT_LENGTHS, after two warm-up requests (every code path run, every function started,
+    very likely every expert loaded).
+
+    Rounds visit every length in turn, so a slow spell of a shared machine lands on all of them rather than bending
+    the line through them, and go on past `repeats` until `min_decode_s` of decode steps were timed: one second of
+    decode on a shared 2-core machine was off the mean by 11% RMS (docs/results/profile_sampling.md). The mean, not the
+    median: what a request is billed for is the sum of its seconds, slow steps included."""
     warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
     for _ in range(2):
         generate(warm, 4)
-    rows = {}
-    for n in PROMPT_LENGTHS:
-        ids = [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)]
-        ttft, tpot = zip(*(generate(ids, new_tokens) for _ in range(repeats)), strict=True)
-        rows[n] = {"ttft_s": statistics.median(ttft), "tpot_s": statistics.median(tpot)}
-        progress(f"{label}, {n} prompt tokens")
-    return rows
+    prompts = {n: [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)] for n in PROMPT_LENGTHS}
+    times: dict[int, list[tuple[float, float]]] = {n: [] for n in PROMPT_LENGTHS}
+    decode_s, rounds = 0.0, 0
+    while rounds < repeats or decode_s < min_decode_s:
+        for n, ids in prompts.items():
+            ttft, tpot = generate(ids, new_tokens)
+            times[n].append((ttft, tpot))
+            decode_s += tpot * max(new_tokens - 1, 0)
+            if rounds == 0:
+                progress(f"{label}, {n} prompt tokens")
+        rounds += 1
+    return {
+        n: {
+            "ttft_s": statistics.mean(t for t, _ in rows),
+            "tpot_s": statistics.mean(t for _, t in rows),
+            "requests": len(rows),
+        }
+        for n, rows in times.items()
+    }

@@ -10,7 +10,8 @@
 4. The backbone end to end through `remoe up` with every expert on the expert services: TTFT at the
    prompt lengths and TPOT, as the SDK client sees them, give the backbone's per-layer prefill (fixed + per
    token) and decode times (at no context + per token of context: a step attends to the prompt and the tokens
-   before it), the expert compute and transfer subtracted.
+   before it), the expert compute and transfer subtracted. Each configuration is timed in rounds over the prompt
+   lengths for at least `min_decode_s` of decode: a short sample is off by the machine's own noise.
 5. The one-device systems the same way: the whole model in this process (LocalEngine: the CPU system) and
    `remoe up` with every expert in the backbone process (the GPU system; on a CPU-only machine, its cores).
 Everything measured is kept in the report's samples; the fit's points are plotted.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from remoe.constants import DECODE_SAMPLE_S
 from remoe.profiling.measure import (
     MEMORY_SIZES_GB,
     PROMPT_LENGTHS,
@@ -45,7 +47,10 @@ def profile_model(
     quick: bool = False,
     progress: bool = True,
     run_dir: str | Path | None = None,
+    min_decode_s: float | None = None,
 ) -> ProfileReport:
+    """Every speed of the cost model for `model_dir` on this machine. `min_decode_s`: decode seconds each
+    end-to-end configuration times at least (default: 0 with `quick`, else DECODE_SAMPLE_S)."""
     from tqdm.auto import tqdm
 
     from remoe.machine import machine_description
@@ -54,6 +59,8 @@ def profile_model(
     model_dir = Path(model_dir).resolve()
     shape = shape_of_model(model_dir)
     repeats = 5 if quick else 11
+    if min_decode_s is None:
+        min_decode_s = 0.0 if quick else DECODE_SAMPLE_S
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="remoe-profile-"))
     steps = 3 + (3 if quick else len(MEMORY_SIZES_GB)) + 5 * len(PROMPT_LENGTHS)
     bar = tqdm(total=steps, disable=not progress, desc="profile")
@@ -82,14 +89,17 @@ def profile_model(
     rtt = statistics.median(functions[y]["rtt_1_s"] for y in ys)
     cold = functions[ys[0]]["cold_start_s"]
     new_tokens, e2e_repeats = (8 if quick else 16), max(2, repeats // 2)
-    e2e = measure_end_to_end(model_dir, run_dir / "cluster", new_tokens, e2e_repeats, step)
+    sampled = {"min_decode_s": min_decode_s}
+    e2e = measure_end_to_end(model_dir, run_dir / "cluster", new_tokens, e2e_repeats, step, **sampled)
     half = shape.experts // 2
-    one = measure_end_to_end(model_dir, run_dir / "cluster-one", new_tokens, e2e_repeats, step, half)
-    two = measure_end_to_end(model_dir, run_dir / "cluster-two", new_tokens, e2e_repeats, step, half, replicas=2)
-    in_backbone = measure_end_to_end(
-        model_dir, run_dir / "cluster-in-backbone", new_tokens, e2e_repeats, step, expert_services=0
+    one = measure_end_to_end(model_dir, run_dir / "cluster-one", new_tokens, e2e_repeats, step, half, **sampled)
+    two = measure_end_to_end(
+        model_dir, run_dir / "cluster-two", new_tokens, e2e_repeats, step, half, replicas=2, **sampled
     )
-    in_process = measure_in_process(model_dir, new_tokens, e2e_repeats, step)
+    in_backbone = measure_end_to_end(
+        model_dir, run_dir / "cluster-in-backbone", new_tokens, e2e_repeats, step, expert_services=0, **sampled
+    )
+    in_process = measure_in_process(model_dir, new_tokens, e2e_repeats, step, min_decode_s)
     # In one process the experts compute with every core.
     _, t_all = line_fit(*zip(*experts[max(experts)], strict=True))
     t_all = max(t_all, 1e-9)
@@ -162,6 +172,7 @@ def profile_model(
         "in_process": {str(n): v for n, v in in_process.items()},
         "function_round_trip_s": rtt,
         "decode_new_tokens": new_tokens,  # tokens each latency row generated: its decode context (decode_context)
+        "min_decode_s": min_decode_s,  # decode seconds each end-to-end configuration timed at least
     }
     notes = [
         "backbone_* include the fan-out to the expert services (one gRPC round trip per layer), the gateway, the "
