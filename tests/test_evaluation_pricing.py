@@ -91,6 +91,19 @@ def test_the_cost_model_check_sets_predictions_from_the_profile_and_compares_the
     assert model_check.checks([old], ORDER) == []
 
 
+def test_the_cost_model_check_says_how_long_its_profile_timed_and_how_far_off_that_is_here():
+    spreads = [{"window_s": 1.0, "rms_error": 0.11}, {"window_s": 10.0, "rms_error": 0.07}]
+    # 4 lengths x 5 requests x 15 decode steps at 0.01 s: 3 s timed, nearest the 1-s spread below it
+    rows = {str(n): {"ttft_s": 0.02, "tpot_s": 0.01, "requests": 5} for n in (16, 64, 128, 256)}
+    note = model_check.sampling_note({"decode_new_tokens": 16, "end_to_end": rows}, spreads)
+    assert "timed 3 s of decode" in note and "a 1-s sample" in note and "11% RMS" in note
+    # an old quick profile (2 requests a length, no count kept) of 8 tokens: shorter than any spread measured
+    old = {str(n): {"ttft_s": 0.02, "tpot_s": 0.01} for n in (16, 64, 128, 256)}
+    note = model_check.sampling_note({"decode_new_tokens": 8, "end_to_end": old}, spreads)
+    assert "timed 0.56 s" in note and "even a 1-s sample" in note
+    assert model_check.sampling_note({"decode_new_tokens": 8, "end_to_end": old}, []).endswith("services).")
+
+
 def test_the_planned_systems_gap_is_split_into_the_main_models_part_and_the_functions_part():
     # The plan predicted $3 main + $1 functions; the bill was $6 main (twice the busy time) + $1 functions.
     ledger = dict(predicted_cost=4.0, predicted_cost_main=3.0, cost=7.0, cost_main=6.0, main_s=2.0,

@@ -175,7 +175,33 @@ def parts_table(rows: list[LedgerParts]) -> list[str]:
     return lines + [""]
 
 
-def table(rows: list[CostCheck]) -> list[str]:
+QUICK_REPEATS = 2  # requests per prompt length of a quick profile from before the rows kept their count
+
+
+def decode_timed_s(profile_samples: dict) -> float:
+    """Decode seconds the profile timed in its main configuration (every expert on the expert services)."""
+    steps = max(profile_samples["decode_new_tokens"] - 1, 0)
+    rows = profile_samples["end_to_end"].values()
+    return sum(row.get("requests", QUICK_REPEATS) * row["tpot_s"] * steps for row in rows)
+
+
+def sampling_note(profile_samples: dict, spreads: list[dict]) -> str:
+    """How long the profile the model predicts from timed decode, and how far off a sample that long was on this
+    machine (`spreads`: bench/profile_sampling.py's; none where it has not run)."""
+    timed = decode_timed_s(profile_samples)
+    what = f"The profile timed {timed:.2g} s of decode in its main configuration (every expert on the services)"
+    if not spreads:
+        return what + "."
+    near = [s for s in spreads if s["window_s"] <= timed]
+    spread = max(near, key=lambda s: s["window_s"]) if near else min(spreads, key=lambda s: s["window_s"])
+    even = "" if near else "even "  # the profile's sample was shorter still, so noisier
+    return (
+        f"{what}; on this machine {even}a {spread['window_s']:g}-s sample of the tiny model's TPOT was off a long "
+        f"run's mean by {spread['rms_error']:.0%} RMS (profile_sampling.md)."
+    )
+
+
+def table(rows: list[CostCheck], sampling: str = "") -> list[str]:
     """Markdown lines: the check on the paper workload, or nothing when the run has no predictions."""
     if not rows:
         return []
@@ -185,7 +211,8 @@ def table(rows: list[CostCheck]) -> list[str]:
         "*Modelled* is the scheduler's cost model from the profile alone (CPU, GPU, MIX: `remoe.scheduler."
         "baselines` at each request's lengths; Remoe: the plan's prediction in the metering ledger). *Billed* is the "
         "same memory for the time measured (Remoe: the ledger's bill), so their gap is the model's time; *held* is "
-        f"the memory every process held x time. Within {TOLERANCE:.0%} is the aim.",
+        f"the memory every process held x time. Within {TOLERANCE:.0%} is the aim."
+        + (" " + sampling if sampling else ""),
         "",
         "| system | requests | $ per request, modelled | billed | modelled vs billed | held | modelled vs held |",
         "|---|---|---|---|---|---|---|",

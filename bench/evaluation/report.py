@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,8 @@ def quantized_table(model: dict, paper: dict[str, dict]) -> list[str]:
 
 
 def write(results: dict, out: Path, stem: str) -> None:
+    sampling = out / "profile_sampling.json"  # how far off a profile's sample is here: bench/profile_sampling.py
+    spreads = json.loads(sampling.read_text())["spreads"] if sampling.is_file() else []
     lines = [
         "# Evaluation: CPU, GPU, MIX, Fetch, Remoe and Remoe with an oracle forecast, side by side",
         "",
@@ -273,7 +276,8 @@ def write(results: dict, out: Path, stem: str) -> None:
                 lines.append(f"- {system}: {parts}")
         lines.append("")
         lines += functions_table(paper)
-        lines += model_check.table(model_check.checks(model["runs"], ORDER))
+        sampling = model_check.sampling_note(model["profile"]["samples"], spreads)
+        lines += model_check.table(model_check.checks(model["runs"], ORDER), sampling)
         lines += model_check.parts_table(model_check.ledger_parts(model["runs"], ORDER))
         lines += price_table.table(model["runs"], ORDER)
         if model.get("quantized"):
