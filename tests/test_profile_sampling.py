@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.profile_sampling import spreads
+from bench.profile_sampling import between, spreads
 from remoe.profiling.measure import PROMPT_LENGTHS, latency_rows
 
 
@@ -38,8 +38,15 @@ def test_each_length_takes_the_mean_so_a_slow_request_counts_as_billed():
 def test_spread_of_samples_against_the_whole_run():
     # 11 tokens: 10 decode steps a request, 1 s of decode at 0.1 s a step and 2 s at 0.2
     tpots = [0.1, 0.2] * 6  # mean 0.15
-    one, three = spreads(tpots, 11, (1.0, 3.0))
+    one, three = spreads([tpots], 11, (1.0, 3.0))
     assert (one.samples, one.rms_error, one.max_error) == (12, pytest.approx(1 / 3), pytest.approx(1 / 3))
     # three-second samples hold one slow and one fast request each: each is the run's mean
     assert (three.samples, three.rms_error, three.max_error) == (6, pytest.approx(0.0), pytest.approx(0.0))
-    assert spreads(tpots, 11, (100.0,)) == []  # fewer than two samples: no spread
+    assert spreads([tpots], 11, (100.0,)) == []  # fewer than two samples: no spread
+    # each series against its own mean: a slower cluster's steady series has no spread within it
+    assert spreads([[0.1] * 4, [0.2] * 4], 11, (1.0,))[0].rms_error == pytest.approx(0.0)
+
+
+def test_spread_between_clusters_is_each_ones_mean_against_the_mean_of_all():
+    rms, largest = between([[0.1, 0.1], [0.2, 0.2], [0.15]])  # means 0.1, 0.2, 0.15 around 0.15
+    assert rms == pytest.approx((2 / 27) ** 0.5) and largest == pytest.approx(1 / 3)
