@@ -55,5 +55,6 @@ SERVICE_PARENT_PID = "REMOE_SERVICE_PARENT_PID"
 GUEST_IDLE_S = 10.0
 
 # Decode seconds a full `remoe profile` times per end-to-end configuration, at least: on a shared 2-core machine a
-# 1-s sample's TPOT was off the run's mean by 11% RMS, a 30-s one by 5% (docs/results/profile_sampling.md).
+# 1-s sample's TPOT was off its cluster's mean by 11-13% RMS, a 30-s one by 5-7% (docs/results/profile_sampling.md).
+# Longer does not help past that: one cluster's mean was off another's by 13% RMS there.
 DECODE_SAMPLE_S = 30.0

@@ -92,7 +92,7 @@ def test_the_cost_model_check_sets_predictions_from_the_profile_and_compares_the
 
 
 def test_the_cost_model_check_says_how_long_its_profile_timed_and_how_far_off_that_is_here():
-    spreads = [{"window_s": 1.0, "rms_error": 0.11}, {"window_s": 10.0, "rms_error": 0.07}]
+    spreads = {"spreads": [{"window_s": 1.0, "rms_error": 0.11}, {"window_s": 10.0, "rms_error": 0.07}]}
     # 4 lengths x 5 requests x 15 decode steps at 0.01 s: 3 s timed, nearest the 1-s spread below it
     rows = {str(n): {"ttft_s": 0.02, "tpot_s": 0.01, "requests": 5} for n in (16, 64, 128, 256)}
     note = model_check.sampling_note({"decode_new_tokens": 16, "end_to_end": rows}, spreads)
@@ -101,7 +101,12 @@ def test_the_cost_model_check_says_how_long_its_profile_timed_and_how_far_off_th
     old = {str(n): {"ttft_s": 0.02, "tpot_s": 0.01} for n in (16, 64, 128, 256)}
     note = model_check.sampling_note({"decode_new_tokens": 8, "end_to_end": old}, spreads)
     assert "timed 0.56 s" in note and "even a 1-s sample" in note
-    assert model_check.sampling_note({"decode_new_tokens": 8, "end_to_end": old}, []).endswith("services).")
+    assert model_check.sampling_note({"decode_new_tokens": 8, "end_to_end": old}, None).endswith("services).")
+    # the spread between clusters, where the bench measured more than one
+    between = {**spreads, "between_instances": {"instances": 4, "rms_error": 0.127, "max_error": 0.21}}
+    assert "off the mean of 4 by 13% RMS" in model_check.sampling_note(
+        {"decode_new_tokens": 8, "end_to_end": old}, between
+    )
 
 
 def test_the_planned_systems_gap_is_split_into_the_main_models_part_and_the_functions_part():

@@ -185,20 +185,25 @@ def decode_timed_s(profile_samples: dict) -> float:
     return sum(row.get("requests", QUICK_REPEATS) * row["tpot_s"] * steps for row in rows)
 
 
-def sampling_note(profile_samples: dict, spreads: list[dict]) -> str:
-    """How long the profile the model predicts from timed decode, and how far off a sample that long was on this
-    machine (`spreads`: bench/profile_sampling.py's; none where it has not run)."""
+def sampling_note(profile_samples: dict, sampling: dict | None) -> str:
+    """How long the profile the model predicts from timed decode, and how far off a sample that long, and another
+    cluster, were on this machine (`sampling`: bench/profile_sampling.py's JSON; None where it has not run)."""
     timed = decode_timed_s(profile_samples)
     what = f"The profile timed {timed:.2g} s of decode in its main configuration (every expert on the services)"
+    spreads = (sampling or {}).get("spreads") or []
     if not spreads:
         return what + "."
     near = [s for s in spreads if s["window_s"] <= timed]
     spread = max(near, key=lambda s: s["window_s"]) if near else min(spreads, key=lambda s: s["window_s"])
     even = "" if near else "even "  # the profile's sample was shorter still, so noisier
-    return (
-        f"{what}; on this machine {even}a {spread['window_s']:g}-s sample of the tiny model's TPOT was off a long "
-        f"run's mean by {spread['rms_error']:.0%} RMS (profile_sampling.md)."
+    note = (
+        f"{what}; on this machine {even}a {spread['window_s']:g}-s sample of the tiny model's TPOT was off its "
+        f"cluster's mean by {spread['rms_error']:.0%} RMS"
     )
+    between = sampling.get("between_instances") if sampling else None
+    if between and between["instances"] > 1:  # each system runs on a cluster of its own, the profile on others
+        note += f", and one cluster's mean off the mean of {between['instances']} by {between['rms_error']:.0%} RMS"
+    return note + " (profile_sampling.md)."
 
 
 def table(rows: list[CostCheck], sampling: str = "") -> list[str]:

@@ -197,7 +197,7 @@ def quantized_table(model: dict, paper: dict[str, dict]) -> list[str]:
 
 def write(results: dict, out: Path, stem: str) -> None:
     sampling = out / "profile_sampling.json"  # how far off a profile's sample is here: bench/profile_sampling.py
-    spreads = json.loads(sampling.read_text())["spreads"] if sampling.is_file() else []
+    sampled = json.loads(sampling.read_text()) if sampling.is_file() else None
     lines = [
         "# Evaluation: CPU, GPU, MIX, Fetch, Remoe and Remoe with an oracle forecast, side by side",
         "",
@@ -276,7 +276,7 @@ def write(results: dict, out: Path, stem: str) -> None:
                 lines.append(f"- {system}: {parts}")
         lines.append("")
         lines += functions_table(paper)
-        sampling = model_check.sampling_note(model["profile"]["samples"], spreads)
+        sampling = model_check.sampling_note(model["profile"]["samples"], sampled)
         lines += model_check.table(model_check.checks(model["runs"], ORDER), sampling)
         lines += model_check.parts_table(model_check.ledger_parts(model["runs"], ORDER))
         lines += price_table.table(model["runs"], ORDER)

@@ -218,8 +218,8 @@ def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str, 
 
     Rounds visit every length in turn, so a slow spell of a shared machine lands on all of them rather than bending
     the line through them, and go on past `repeats` until `min_decode_s` of decode steps were timed: one second of
-    decode on a shared 2-core machine was off the mean by 11% RMS (docs/results/profile_sampling.md). The mean, not the
-    median: what a request is billed for is the sum of its seconds, slow steps included."""
+    decode on a shared 2-core machine was off the mean by 11-13% RMS (docs/results/profile_sampling.md). The mean,
+    not the median: what a request is billed for is the sum of its seconds, slow steps included."""
     warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
     for _ in range(2):
         generate(warm, 4)
