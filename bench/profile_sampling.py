@@ -33,7 +33,7 @@ NEW_TOKENS = 32  # per request: a sample is several requests, each a short decod
 class Spread:
     window_s: float  # decode seconds per sample, at least
     samples: int
-    rms_error: float  # of a sample's mean TPOT against the whole run's, relative
+    rms_error: float  # of a sample's mean TPOT against its cluster's mean, relative
     max_error: float
 
 
