@@ -84,8 +84,7 @@ def main() -> None:
         ratio = f"{predicted_remote / billed_remote:.2f}" if billed_remote else "-"
         lines.append(
             f"| {r.system} | {r.index} | {', '.join(map(str, planned)) or '-'} | {model_check.format_mb(billed_mb)} | "
-            f"{r.function_s:.2f} "
-            f"| {predicted_s:.2f} | {ratio} |"
+            f"{r.function_s:.2f} | {predicted_s:.2f} | {ratio} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {**provenance, "requests": args.requests, "results": [asdict(r) for r in rows]}

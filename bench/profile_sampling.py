@@ -68,9 +68,10 @@ def between(series: list[list[float]]) -> tuple[float, float]:
 def measure(model: Path, seconds: float) -> list[float]:
     """Client TPOT of one request after another on a fresh cluster, for `seconds`."""
     from remoe.cluster import LocalCluster
+    from remoe.profiling.measure import prompt_ids
     from remoe.sdk import Client
 
-    ids = [int(i) for i in np.random.default_rng(128).integers(3, 200, size=128)]
+    ids = prompt_ids(128)  # the profile's own 128-token prompt
     with LocalCluster(model, port=0, predictor=False) as cluster, Client(cluster.address) as client:
         for _ in range(2):  # warm-up: every code path run
             client.generate(token_ids=ids, max_new_tokens=4, ignore_eos=True)

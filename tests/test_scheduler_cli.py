@@ -118,6 +118,8 @@ def test_plan_says_when_no_plan_meets_the_slo_and_refuses_bad_input(tiny_model):
     assert result.returncode != 0 and "--n-in" in result.stderr
     result = remoe("plan", "--model", model, "--n-in", "5", "--profile", "/nonexistent.json")
     assert result.returncode != 0 and "remoe profile" in result.stderr
+    result = remoe("profile", "--model", model, "--decode-seconds", "-1")
+    assert result.returncode != 0 and "--decode-seconds" in result.stderr
 
 
 def test_plan_for_a_paper_shape_as_json():

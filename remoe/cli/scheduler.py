@@ -13,6 +13,8 @@ from remoe.errors import RemoeError
 def _cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.decode_seconds is not None and not args.decode_seconds >= 0:
+        raise RemoeError(f"--decode-seconds must be a number of seconds >= 0, got {args.decode_seconds}")
     from remoe.profiling.profile import plot_profile, profile_model
 
     report = profile_model(args.model, quick=args.quick, progress=not args.quiet, min_decode_s=args.decode_seconds)

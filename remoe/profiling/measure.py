@@ -211,6 +211,11 @@ def measure_in_process(model_dir: Path, new_tokens: int, repeats: int, progress,
         return latency_rows(generate, new_tokens, repeats, progress, "in process", min_decode_s)
 
 
+def prompt_ids(n: int) -> list[int]:
+    """The profile's prompt of `n` tokens (seeded by its length: the same prompt every run)."""
+    return [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)]
+
+
 def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str, min_decode_s: float = 0.0) -> dict:
     """{prompt length: mean TTFT and TPOT, and the requests they are the mean of} of generate(ids, tokens) ->
     (ttft_s, tpot_s) over PROMPT_LENGTHS, after two warm-up requests (every code path run, every function started,
@@ -223,7 +228,7 @@ def latency_rows(generate, new_tokens: int, repeats: int, progress, label: str, 
     warm = [int(i) for i in np.random.default_rng(0).integers(3, 200, size=256)]
     for _ in range(2):
         generate(warm, 4)
-    prompts = {n: [int(i) for i in np.random.default_rng(n).integers(3, 200, size=n)] for n in PROMPT_LENGTHS}
+    prompts = {n: prompt_ids(n) for n in PROMPT_LENGTHS}
     times: dict[int, list[tuple[float, float]]] = {n: [] for n in PROMPT_LENGTHS}
     decode_s, rounds = 0.0, 0
     while rounds < repeats or decode_s < min_decode_s:
